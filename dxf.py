@@ -1,0 +1,2180 @@
+#!/usr/bin/env python3
+"""Store arbitrary data in a Docker / OCI registry: one file, standard library only.
+
+Blobs are content-addressed (``sha256:<hex>``); aliases (registry tags) name
+ordered sets of blobs.  Module example::
+
+    from dxf import DXF
+
+    def auth(dxf, response):
+        dxf.auth_by_password('fred', 'somepassword', response=response)
+
+    dxf = DXF('registry-1.docker.io', 'fred/datalogger', auth)
+    digest = dxf.push_blob('logger.dat')
+    dxf.set_alias('may15-readings', digest)
+    assert dxf.get_alias('may15-readings') == [digest]
+    for chunk in dxf.pull_blob(digest):
+        sys.stdout.buffer.write(chunk)
+
+Command line::
+
+    python dxf.py push-blob fred/datalogger logger.dat @may15-readings
+    python dxf.py pull-blob fred/datalogger @may15-readings > logger.dat
+
+Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
+  1 Imports and metadata   2 Constants      3 Errors
+  4 Digests, names and small helpers        5 HTTP transport
+  6 Authentication         7 Blob streams   8 Manifests
+  9 Public API (DXFBase, DXF)               10 Command line
+  11 Entry point
+The command line's environment variables are documented in section 10.
+
+Licence: MIT.
+"""
+
+# =============================================================================
+# 1. Imports and metadata
+#    Heavy modules (http.client, ssl, argparse, socket) are imported where they
+#    are first needed, so a command that makes no request starts fast.
+# =============================================================================
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.parse
+
+__version__ = '1.0.0'
+__license__ = 'MIT'
+
+__all__ = [
+    # classes
+    'BlobReader', 'DXF', 'DXFBase',
+    # functions
+    'hash_bytes', 'hash_file', 'split_digest', 'main',
+    # errors
+    'DXFError', 'DXFInputError', 'DXFConnectionError', 'DXFHTTPError',
+    'DXFUnauthorizedError', 'DXFNotFoundError', 'DXFAuthError',
+    'DXFAuthInsecureError', 'DXFIntegrityError', 'DXFDigestMismatchError',
+    'DXFSizeMismatchError', 'DXFUnexpectedDigestMethodError',
+    'DXFManifestError', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound',
+    'DXFMountFailed',
+    # python-dxf compatibility names
+    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+]
+
+# =============================================================================
+# 2. Constants
+# =============================================================================
+
+_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+_DOCKER_V1 = 'application/vnd.docker.distribution.manifest.v1+prettyjws'
+_MANIFEST_TYPES = (_OCI_MANIFEST, _DOCKER_MANIFEST)
+_INDEX_TYPES = (_OCI_INDEX, _DOCKER_LIST)
+# Without an OCI type in Accept, distribution answers 404 for OCI manifests.
+_ACCEPT = ', '.join((_OCI_MANIFEST, _OCI_INDEX, _DOCKER_MANIFEST, _DOCKER_LIST,
+                     _DOCKER_V1))
+
+# What backs an alias (OCI image-spec 1.1 artifact with the empty config).
+_ALIAS_ARTIFACT_TYPE = 'application/vnd.dxf.alias.v1'
+_LAYER_TYPE = 'application/octet-stream'
+_EMPTY_TYPE = 'application/vnd.oci.empty.v1+json'
+_EMPTY_BLOB = b'{}'
+_EMPTY_DIGEST = ('sha256:44136fa355b3678a1146ad16f7e8649e'
+                 '94fb4fc21fe77e8310c060f61caaff8a')
+_TITLE_ANNOTATION = 'org.opencontainers.image.title'
+
+_CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
+_DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
+_DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
+_MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
+_MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
+_MAX_REDIRECTS = 10
+_MAX_PAGES = 100000              # a registry's Link chain cannot loop forever
+_TOKEN_MARGIN = 10               # renew a token this many seconds early
+_USER_AGENT = 'dxf.py/' + __version__
+
+# Name grammars from the OCI distribution spec ("Pulling manifests") and the
+# image spec's descriptor.md; digests are limited to the two registered ones.
+_REPO_RE = re.compile(r'[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*'
+                      r'(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\Z')
+_TAG_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z')
+_DIGEST_RE = re.compile(r'(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z')
+_DIGEST_LIKE_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z')
+_HASHES = {'sha256': hashlib.sha256, 'sha512': hashlib.sha512}
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+# =============================================================================
+# 3. Errors
+#    Every failure dxf raises on purpose is a DXFError; exit_code is what the
+#    command line exits with (errno names, one meaning each).
+# =============================================================================
+
+
+class DXFError(Exception):
+    """Base class of every error dxf raises on purpose."""
+    exit_code = 1
+
+
+class DXFInputError(DXFError, ValueError):
+    """Bad input: a malformed digest, repository name or alias, a missing file."""
+    exit_code = errno.EINVAL
+
+
+class DXFUnexpectedDigestMethodError(DXFInputError):
+    """A digest uses an algorithm other than sha256 or sha512."""
+
+    def __init__(self, got, expected='sha256'):
+        super().__init__('unsupported digest algorithm %r (expected %s)'
+                         % (got, expected))
+        self.got = got
+        self.expected = expected
+
+
+class DXFConnectionError(DXFError):
+    """The registry cannot be reached or talked to (DNS, refused, TLS, timeout)."""
+
+
+class DXFHTTPError(DXFError):
+    """The registry answered with a status the operation did not expect.
+
+    ``status`` is the HTTP status, ``errors`` the registry's error list
+    (``[{'code': ..., 'message': ...}]``, possibly empty).
+    """
+
+    def __init__(self, method, url, status, errors=None, reason='',
+                 expected=None):
+        self.method = method
+        self.url = url
+        self.status = status
+        self.errors = errors or []
+        self.reason = reason
+        self.got = status
+        self.expected = expected
+        super().__init__(self._describe())
+
+    def _describe(self):
+        path = urllib.parse.urlsplit(self.url).path
+        what = '; '.join(
+            ('%s: %s' % (e.get('code', ''), e.get('message', ''))).strip(': ')
+            for e in self.errors if isinstance(e, dict))
+        return '%s %s -> %s %s' % (self.method, path, self.status,
+                                   _printable(what or self.reason))
+
+
+class DXFUnauthorizedError(DXFHTTPError):
+    """The registry refused us (401/403), even after authenticating."""
+    exit_code = errno.EACCES
+
+
+class DXFNotFoundError(DXFHTTPError):
+    """No such blob, manifest, alias or repository (404)."""
+    exit_code = errno.ENOENT
+
+
+class DXFAuthError(DXFError):
+    """The token service failed or answered something unusable."""
+    exit_code = errno.EACCES
+
+
+class DXFAuthInsecureError(DXFAuthError):
+    """Credentials would have travelled over plain HTTP."""
+
+
+class DXFIntegrityError(DXFError):
+    """Bytes received do not match what they claim to be."""
+    exit_code = errno.EIO
+
+
+class DXFDigestMismatchError(DXFIntegrityError):
+    """Content hashed to ``got`` where ``expected`` was promised."""
+
+    def __init__(self, got, expected):
+        super().__init__('digest mismatch: expected %s, got %s'
+                         % (expected, got))
+        self.got = got
+        self.expected = expected
+
+
+class DXFSizeMismatchError(DXFIntegrityError):
+    """A body was shorter or longer than its declared size."""
+
+    def __init__(self, got, expected, what='body'):
+        super().__init__('%s is %d bytes, expected %d' % (what, got, expected))
+        self.got = got
+        self.expected = expected
+
+
+class DXFManifestError(DXFError):
+    """A manifest is malformed or cannot be used for the operation."""
+
+
+class DXFUnsupportedSchemaType(DXFManifestError):
+    """A manifest's media type is not one dxf understands."""
+
+    def __init__(self, media_type):
+        super().__init__('unsupported manifest type %r' % (media_type,))
+        self.media_type = media_type
+
+
+class DXFPlatformDataNotFound(DXFManifestError):
+    """A multi-platform alias has no (or no chosen) matching platform."""
+    exit_code = errno.ENOENT
+
+    def __init__(self, platform, available):
+        self.platform = platform
+        self.available = list(available)
+        listed = ', '.join(self.available) or 'none'
+        if platform:
+            msg = 'platform %s not found (available: %s)' % (platform, listed)
+        else:
+            msg = ('alias is multi-platform; choose one with DXF_PLATFORM or '
+                   'platform= (available: %s)' % listed)
+        super().__init__(msg)
+
+
+class DXFMountFailed(DXFError):
+    """A cross-repository mount was not honoured by the registry."""
+
+
+# python-dxf's names for the same concepts.
+DXFUnexpectedError = DXFError
+DXFUnexpectedStatusCodeError = DXFHTTPError
+
+# =============================================================================
+# 4. Digests, names and small helpers
+#    Pure functions only.
+# =============================================================================
+
+
+def split_digest(digest):
+    """Split ``'sha256:<hex>'`` into ``('sha256', '<hex>')``, validating it.
+
+    :raises DXFUnexpectedDigestMethodError: the algorithm is not sha256/sha512
+    :raises DXFInputError: the digest is malformed
+    """
+    if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
+        raise DXFInputError('invalid digest %r' % (_printable(digest),))
+    method, _, encoded = digest.partition(':')
+    if method not in _HASHES:
+        raise DXFUnexpectedDigestMethodError(method)
+    if not _DIGEST_RE.match(digest):
+        raise DXFInputError('invalid %s digest %r (lower-case hex of %d digits '
+                            'expected)' % (method, _printable(digest),
+                                           _HASHES[method]().digest_size * 2))
+    return method, encoded
+
+
+def hash_bytes(data, algorithm='sha256'):
+    """Return the digest (``'sha256:<hex>'``) of a bytes-like object."""
+    return algorithm + ':' + _HASHES[algorithm](data).hexdigest()
+
+
+def hash_file(filename, algorithm='sha256'):
+    """Return the digest (``'sha256:<hex>'``) of a file's contents."""
+    with _open_input(filename) as f:
+        return _hash_stream(f, algorithm)
+
+
+def _hash_stream(f, algorithm='sha256'):
+    h = _HASHES[algorithm]()
+    buf = bytearray(_CHUNK_SIZE)
+    view = memoryview(buf)
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            break
+        h.update(view[:n])
+    return algorithm + ':' + h.hexdigest()
+
+
+def _open_input(filename):
+    try:
+        return open(filename, 'rb')
+    except OSError as exc:
+        raise DXFInputError('cannot read %s: %s'
+                            % (filename, exc.strerror or exc)) from exc
+
+
+def _check_repo(repo):
+    if (not isinstance(repo, str) or len(repo) > 255
+            or not _REPO_RE.match(repo)):
+        raise DXFInputError(
+            'invalid repository name %r (lower-case letters, digits and '
+            'separators . _ - /)' % (_printable(repo),))
+    return repo
+
+
+def _check_alias(alias):
+    if not isinstance(alias, str) or not _TAG_RE.match(alias):
+        raise DXFInputError('invalid alias %r (letters, digits, . _ -, at '
+                            'most 128)' % (_printable(alias),))
+    return alias
+
+
+def _check_ref(ref):
+    """An alias or a digest (for manifests)."""
+    if isinstance(ref, str) and ':' in ref:
+        split_digest(ref)
+        return ref
+    return _check_alias(ref)
+
+
+def _printable(value, limit=200):
+    """A value safe to show on one line (no control characters)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = ''.join(c if c.isprintable() else '?' for c in text)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _new_hash(digest):
+    return _HASHES[split_digest(digest)[0]]()
+
+
+def _is_loopback(host):
+    host = host.strip('[]').lower()
+    return (host in ('localhost', '::1') or host.startswith('127.')
+            or host.endswith('.localhost'))
+
+
+def _split_hostport(netloc):
+    """'host:port' -> (host, port or None), IPv6 brackets kept off."""
+    parts = urllib.parse.urlsplit('//' + netloc)
+    try:
+        port = parts.port
+    except ValueError:
+        raise DXFInputError('invalid port in %r' % (netloc,))
+    return parts.hostname or '', port
+
+
+def _parse_link_next(header):
+    """The target of rel="next" in an RFC 8288 Link header, or None."""
+    if not header:
+        return None
+    for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header):
+        for param in m.group(2).split(';'):
+            name, _, value = param.strip().partition('=')
+            if (name.strip().lower() == 'rel'
+                    and 'next' in value.strip().strip('"').split()):
+                return m.group(1)
+    return None
+
+
+# A token (RFC 7230 tchar) or a quoted string with backslash escapes.
+_AUTH_PARAM_RE = re.compile(
+    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*'
+    r'("(?:[^"\\]|\\.)*"|[!#$%&\'*+.^_`|~0-9A-Za-z/:=-]*)\s*(,|\Z)')
+_AUTH_SCHEME_RE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)(?:\s+|\Z)')
+
+
+def _parse_www_authenticate(header):
+    """Parse a WWW-Authenticate value into ``[(scheme, {param: value})]``.
+
+    Scheme names are lower-cased; quoted values may hold commas and spaces
+    (``scope="repository:a:pull,push"``); several challenges may follow each
+    other (RFC 7235 section 4.1).
+    """
+    challenges = []
+    pos = 0
+    header = header or ''
+    while pos < len(header):
+        if header[pos] in ', \t':
+            pos += 1
+            continue
+        m = _AUTH_SCHEME_RE.match(header, pos)
+        if not m:
+            break
+        scheme, pos = m.group(1).lower(), m.end()
+        params = {}
+        while True:
+            p = _AUTH_PARAM_RE.match(header, pos)
+            if not p:
+                break
+            value = p.group(2)
+            if value.startswith('"'):
+                value = re.sub(r'\\(.)', r'\1', value[1:-1])
+            params[p.group(1).lower()] = value
+            pos = p.end()
+        if not params:   # token68 form (e.g. "Negotiate abc=="); skip it
+            m2 = re.compile(r'[^,]*').match(header, pos)
+            pos = m2.end()
+        challenges.append((scheme, params))
+    return challenges
+
+
+def _registry_errors(body):
+    """The ``errors`` list of a registry error body, or []."""
+    try:
+        doc = json.loads(body.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errors = doc.get('errors') if isinstance(doc, dict) else None
+    return [e for e in errors if isinstance(e, dict)] if isinstance(
+        errors, list) else []
+
+
+def _load_json(body, what):
+    try:
+        return json.loads(body.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError):
+        raise DXFManifestError('%s is not valid JSON' % what) from None
+
+
+# =============================================================================
+# 5. HTTP transport
+#    One pool of keep-alive connections per (scheme, host, port); redirects
+#    (Authorization dropped when the host changes); timeouts; low-level
+#    exceptions become DXFConnectionError.  No knowledge of auth or registries.
+# =============================================================================
+
+
+class _FileBody:
+    """An upload body read from an open file, ``length`` bytes from ``start``.
+
+    ``on_data(view)`` sees every piece sent (hashing, progress).
+    """
+
+    def __init__(self, f, length, on_data=None):
+        self.f = f
+        self.start = f.tell()
+        self.length = length
+        self.on_data = on_data
+
+    def rewind(self):
+        self.f.seek(self.start)
+
+    def send(self, conn):
+        buf = bytearray(min(_CHUNK_SIZE, max(self.length, 1)))
+        view = memoryview(buf)
+        left = self.length
+        while left > 0:
+            n = self.f.readinto(view[:min(left, len(buf))])
+            if not n:
+                raise DXFInputError('file shrank while it was being sent')
+            if self.on_data:
+                self.on_data(view[:n])
+            conn.send(view[:n])
+            left -= n
+
+
+class _ChunkedBody:
+    """An upload body from an iterable of bytes, sent with chunked encoding."""
+
+    def __init__(self, chunks, on_data=None):
+        self.chunks = chunks
+        self.on_data = on_data
+
+    def send(self, conn):
+        for chunk in self.chunks:
+            if not chunk:
+                continue
+            if self.on_data:
+                self.on_data(chunk)
+            conn.send(b'%x\r\n' % len(chunk))
+            conn.send(chunk)
+            conn.send(b'\r\n')
+        conn.send(b'0\r\n\r\n')
+
+
+class _Response:
+    """A response whose connection goes back to the pool once it is read."""
+
+    def __init__(self, transport, key, conn, raw, method, url):
+        self._transport = transport
+        self._key = key
+        self._conn = conn
+        self.raw = raw
+        self.method = method
+        self.url = url
+        self.status = raw.status
+        self.reason = raw.reason
+        self.headers = raw.msg
+        self._body = None
+
+    def header(self, name, default=None):
+        return self.headers.get(name, default)
+
+    @property
+    def length(self):
+        """Content-Length as an int, or None."""
+        value = self.headers.get('Content-Length')
+        if value is None or self.headers.get('Transfer-Encoding'):
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            return None
+        return n if n >= 0 else None
+
+    def read(self, limit=_MAX_SMALL_BODY, what='response body'):
+        """The whole body (for small answers), at most ``limit`` bytes."""
+        if self._body is not None:
+            return self._body
+        length = self.length
+        if self.method == 'HEAD' or self.status in (204, 304):
+            length = 0
+        if length is not None and length > limit:
+            self.close()
+            raise DXFSizeMismatchError(length, limit, what + ' size limit')
+        parts = []
+        got = 0
+        try:
+            while True:
+                piece = self.raw.read(min(_CHUNK_SIZE, limit + 1 - got))
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+                if got > limit:
+                    self.close()
+                    raise DXFSizeMismatchError(got, limit,
+                                               what + ' size limit')
+        except _transport_errors() as exc:
+            self.close()
+            raise DXFConnectionError('%s %s: connection broke while reading '
+                                     '(%s)' % (self.method, _path(self.url),
+                                               _exc_text(exc))) from exc
+        if length is not None and got != length:
+            self.close()
+            raise DXFSizeMismatchError(got, length, what)
+        self.release()
+        self._body = b''.join(parts)
+        return self._body
+
+    def readinto(self, view):
+        try:
+            return self.raw.readinto(view)
+        except _transport_errors() as exc:
+            self.close()
+            raise DXFConnectionError('%s %s: connection broke while reading '
+                                     '(%s)' % (self.method, _path(self.url),
+                                               _exc_text(exc))) from exc
+
+    def release(self):
+        """Give the connection back if the body was read to its end."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self.raw.isclosed() and not self.raw.will_close:
+            self._transport._put(self._key, conn)
+        else:
+            self.raw.close()
+            conn.close()
+
+    def close(self):
+        """Drop the response; the connection is closed unless fully read."""
+        if self._conn is not None and not self.raw.isclosed():
+            self.raw.close()
+            self._conn.close()
+            self._conn = None
+        self.release()
+
+
+_TRANSPORT_ERRORS = None
+
+
+def _transport_errors():
+    """The low-level exceptions a connection can raise (imported lazily)."""
+    global _TRANSPORT_ERRORS
+    if _TRANSPORT_ERRORS is None:
+        import http.client
+        _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+    return _TRANSPORT_ERRORS
+
+
+def _exc_text(exc):
+    import socket
+    if isinstance(exc, socket.timeout):
+        return 'timed out'
+    text = getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__
+    reason = getattr(exc, 'reason', None)   # ssl.SSLError's short reason
+    if reason and reason not in text:
+        text = '%s (%s)' % (text, reason)
+    return _printable(text)
+
+
+def _path(url):
+    return urllib.parse.urlsplit(url).path or '/'
+
+
+class _Transport:
+    """Keep-alive HTTP(S) connections shared by every DXF object made from one.
+
+    Thread-safe: each request takes a connection out of the pool and gives it
+    back once its response has been read to the end.
+    """
+
+    def __init__(self, tlsverify=True, timeout=None):
+        self.tlsverify = tlsverify
+        self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
+        self._ssl_context = None
+        self._pool = {}
+        self._lock = threading.Lock()
+
+    def _context(self):
+        if self._ssl_context is None:
+            try:
+                import ssl
+            except ImportError:
+                raise DXFConnectionError('this Python has no ssl module; '
+                                         'https is unavailable') from None
+            if self.tlsverify is False:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            elif isinstance(self.tlsverify, str):
+                if not os.path.isfile(self.tlsverify):
+                    raise DXFInputError('CA bundle %s not found'
+                                        % self.tlsverify)
+                try:
+                    ctx = ssl.create_default_context(cafile=self.tlsverify)
+                except (OSError, ssl.SSLError) as exc:
+                    raise DXFInputError('cannot load CA bundle %s: %s' % (
+                        self.tlsverify, _exc_text(exc))) from exc
+            else:
+                ctx = ssl.create_default_context()
+            self._ssl_context = ctx
+        return self._ssl_context
+
+    def _get(self, key):
+        with self._lock:
+            idle = self._pool.get(key)
+            if idle:
+                return idle.pop(), True
+        import http.client
+        scheme, host, port = key
+        if scheme == 'https':
+            conn = http.client.HTTPSConnection(
+                host, port, timeout=self.timeout, context=self._context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        return conn, False
+
+    def _put(self, key, conn):
+        with self._lock:
+            self._pool.setdefault(key, []).append(conn)
+
+    def close(self):
+        """Close every idle connection."""
+        with self._lock:
+            pools, self._pool = self._pool, {}
+        for conns in pools.values():
+            for conn in conns:
+                conn.close()
+
+    def request(self, method, url, headers=None, body=None):
+        """Send a request, following redirects; returns an unread _Response.
+
+        ``body`` is None, bytes, a _FileBody or a _ChunkedBody.  Redirects are
+        followed only while the body can be sent again.
+        """
+        headers = dict(headers or {})
+        for _ in range(_MAX_REDIRECTS + 1):
+            resp = self._send(method, url, headers, body)
+            location = resp.header('Location')
+            if resp.status not in _REDIRECTS or not location or (
+                    isinstance(body, _ChunkedBody)):
+                return resp
+            resp.read(limit=_MAX_SMALL_BODY)
+            new_url = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(new_url).scheme not in ('http', 'https'):
+                return resp
+            if _origin(new_url) != _origin(url):
+                # Never hand our credentials to another host (e.g. the S3
+                # bucket a registry redirects blob downloads to).
+                headers.pop('Authorization', None)
+            if resp.status == 303 or (resp.status in (301, 302)
+                                      and method == 'POST'):
+                method, body = ('HEAD' if method == 'HEAD' else 'GET'), None
+                headers.pop('Content-Length', None)
+                headers.pop('Content-Type', None)
+            if isinstance(body, _FileBody):
+                body.rewind()
+            url = new_url
+        raise DXFConnectionError('%s %s: more than %d redirects'
+                                 % (method, _path(url), _MAX_REDIRECTS))
+
+    def _send(self, method, url, headers, body):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ('http', 'https') or not parts.hostname:
+            raise DXFConnectionError('cannot fetch %r' % _printable(url))
+        try:
+            port = parts.port
+        except ValueError:
+            raise DXFConnectionError('bad port in %r' % _printable(url))
+        key = (parts.scheme, parts.hostname, port)
+        target = parts.path or '/'
+        if parts.query:
+            target += '?' + parts.query
+        errors = _transport_errors()
+        for attempt in (0, 1):
+            conn, reused = self._get(key)
+            try:
+                self._write(conn, method, target, headers, body)
+                raw = conn.getresponse()
+            except errors as exc:
+                conn.close()
+                # A pooled connection the server has since closed fails at
+                # once: try again on a fresh one if the body can be resent.
+                if (reused and attempt == 0 and _is_stale(exc)
+                        and not isinstance(body, _ChunkedBody)):
+                    if isinstance(body, _FileBody):
+                        body.rewind()
+                    continue
+                if isinstance(exc, DXFError):
+                    raise
+                raise DXFConnectionError('%s %s: %s' % (
+                    method, _path(url), _exc_text(exc))) from exc
+            return _Response(self, key, conn, raw, method, url)
+
+    @staticmethod
+    def _write(conn, method, target, headers, body):
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        names = {k.lower() for k in headers}
+        if 'user-agent' not in names:
+            conn.putheader('User-Agent', _USER_AGENT)
+        if isinstance(body, _ChunkedBody):
+            conn.putheader('Transfer-Encoding', 'chunked')
+        elif 'content-length' not in names:
+            if isinstance(body, _FileBody):
+                conn.putheader('Content-Length', str(body.length))
+            elif body is not None or method in ('POST', 'PUT', 'PATCH'):
+                conn.putheader('Content-Length', str(len(body or b'')))
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        if isinstance(body, (_FileBody, _ChunkedBody)):
+            body.send(conn)
+        elif body:
+            conn.send(body)
+
+
+def _is_stale(exc):
+    import http.client
+    return isinstance(exc, (ConnectionResetError, BrokenPipeError,
+                            ConnectionAbortedError,
+                            http.client.RemoteDisconnected,
+                            http.client.BadStatusLine))
+
+
+def _origin(url):
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    return parts.scheme, (parts.hostname or '').lower(), port
+
+
+# =============================================================================
+# 6. Authentication
+#    WWW-Authenticate challenges; HTTP Basic; the Bearer token flow of
+#    distribution's token spec with a token cache keyed by scope.
+# =============================================================================
+
+
+class _AuthState:
+    """Credentials and tokens, shared by DXF objects made with from_base()."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tokens = {}          # scope -> (token, renew_at)
+        self.token = None         # the newest token (DXFBase.token)
+        self.fixed_token = None   # set by the user: used for every request
+        self.basic = None         # 'Basic ...' once the registry asked for it
+        self.challenge = None     # (realm, service) of the Bearer challenge
+        self.creds = None         # Authorization for the token service, or ''
+        self.local = threading.local()   # .scope: what the request needs
+
+
+class _AuthMixin:
+    """The authentication half of DXFBase (kept apart to read on its own)."""
+
+    def _check_secure(self, url, what):
+        parts = urllib.parse.urlsplit(url)
+        if (parts.scheme != 'https' and not _is_loopback(parts.hostname or '')
+                and not self._allow_insecure_auth):
+            raise DXFAuthInsecureError(
+                'not sending credentials over plain http to %s (%s); use '
+                'https, or opt in with DXF_ALLOW_INSECURE_AUTH=1 '
+                '(allow_insecure_auth=True)' % (parts.netloc, what))
+
+    def _scope(self, actions):
+        """The token scope an operation on this repository needs."""
+        if actions is None:
+            return None
+        if actions == 'catalog':
+            return 'registry:catalog:*'
+        return 'repository:%s:%s' % (self._repo, ','.join(actions))
+
+    def _authorization(self, scope):
+        """The Authorization header value to send for ``scope``, or None."""
+        st = self._auth_state
+        if st.basic:
+            return st.basic
+        if st.fixed_token:
+            return 'Bearer ' + st.fixed_token
+        if scope:
+            with st.lock:
+                cached = st.tokens.get(scope)
+            if cached and cached[1] > time.time():
+                return 'Bearer ' + cached[0]
+            # The realm is known and so are the credentials: fetch the token
+            # now instead of waiting for the registry's 401.
+            if st.challenge and st.creds is not None:
+                return 'Bearer ' + self._fetch_token(scope)
+        return 'Bearer ' + st.token if st.token else None
+
+    def _fetch_token(self, scope):
+        st = self._auth_state
+        realm, service = st.challenge
+        parts = urllib.parse.urlsplit(realm)
+        if self._auth_host:
+            parts = parts._replace(netloc=self._auth_host)
+        query = urllib.parse.parse_qsl(parts.query)
+        if service:
+            query.append(('service', service))
+        for one in (scope or '').split():
+            query.append(('scope', one))
+        url = urllib.parse.urlunsplit(
+            parts._replace(query=urllib.parse.urlencode(query)))
+        headers = {}
+        if st.creds:
+            self._check_secure(url, 'token service')
+            headers['Authorization'] = st.creds
+        resp = self._transport.request('GET', url, headers)
+        body = resp.read(what='token answer')
+        if resp.status in (401, 403):
+            raise DXFUnauthorizedError('GET', url, resp.status,
+                                       _registry_errors(body),
+                                       'token service refused the credentials')
+        if resp.status != 200:
+            raise DXFAuthError('token service %s answered %d %s' % (
+                parts.netloc, resp.status, _printable(resp.reason)))
+        try:
+            doc = json.loads(body.decode('utf-8'))
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict):
+            raise DXFAuthError('token service %s answered something that is '
+                               'not a JSON object' % parts.netloc)
+        # ACR sends only access_token; Harbor sends an empty access_token
+        # beside a good token (python-dxf #22, #27).
+        token = doc.get('access_token') or doc.get('token')
+        if not isinstance(token, str) or not token:
+            raise DXFAuthError('token service %s answered without a token'
+                               % parts.netloc)
+        expires_in = doc.get('expires_in')
+        if not isinstance(expires_in, (int, float)) or expires_in < 60:
+            expires_in = 60       # the token spec's default and minimum
+        with st.lock:
+            st.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
+            st.token = token
+        return token
+
+    def _handle_401(self, response, scope):
+        """Let the auth callback (or the stored credentials) answer a 401."""
+        st = self._auth_state
+        st.local.scope = scope
+        try:
+            if self._auth is not None:
+                self._auth(self, response)
+            elif not st.fixed_token:
+                self._authenticate(st.creds or None, None, response)
+        finally:
+            st.local.scope = None
+
+    def authenticate(self, username=None, password=None, actions=None,
+                     response=None, authorization=None):
+        """Authenticate to the registry; return the bearer token, if any.
+
+        With no ``response``, first asks ``/v2/`` whether authentication is
+        needed (None when it is not).  A Bearer challenge fetches a token from
+        the token service (anonymously when no credentials are given); a
+        Basic challenge stores the credentials for every later request.
+
+        :param actions: e.g. ``['pull', 'push']``; defaults to what the
+            challenge (or the operation in progress) asks for
+        :param authorization: a raw ``Authorization`` value instead of
+            username and password
+        :raises DXFAuthInsecureError: credentials would go over plain http
+        :raises DXFUnauthorizedError: the credentials were refused
+        """
+        creds = authorization
+        if creds is None and username is not None:
+            creds = 'Basic ' + base64.b64encode(('%s:%s' % (
+                username, password or '')).encode('utf-8')).decode('ascii')
+        if creds:
+            self._check_secure(self._base, 'registry')
+        return self._authenticate(creds, actions, response)
+
+    def _authenticate(self, creds, actions, response):
+        st = self._auth_state
+        if response is None:
+            response = self._transport.request('GET', self._base)
+            body = response.read()
+            if response.status == 200:
+                return None
+            if response.status != 401:
+                raise _http_error(response, body, expected=401)
+        challenges = _parse_www_authenticate(response.header('WWW-Authenticate'))
+        bearer = [p for s, p in challenges if s == 'bearer']
+        if bearer:
+            params = bearer[0]
+            realm = params.get('realm')
+            if not realm or urllib.parse.urlsplit(realm).scheme not in (
+                    'http', 'https'):
+                raise DXFAuthError('registry sent a Bearer challenge without '
+                                   'a usable realm')
+            if actions:
+                scope = self._scope(actions)
+            else:
+                # What the operation in progress needs, else what the
+                # registry asked for; gcr.io sends no scope for _catalog.
+                scope = (getattr(st.local, 'scope', None) or params.get('scope')
+                         or ('registry:catalog:*' if self._repo is None
+                             else self._scope(['pull'])))
+            with st.lock:
+                st.challenge = (realm, params.get('service'))
+                st.creds = creds or ''
+            return self._fetch_token(scope)
+        if any(s == 'basic' for s, _ in challenges):
+            if creds:
+                self._check_secure(self._base, 'registry')
+                st.basic = creds
+            return None
+        if not challenges:
+            raise DXFAuthError('registry answered 401 without a usable '
+                               'WWW-Authenticate challenge')
+        raise DXFAuthError('registry wants %s authentication, which dxf does '
+                           'not support' % _printable(challenges[0][0]))
+
+
+def _http_error(response, body=b'', expected=None):
+    """The DXFHTTPError subclass for a response with an unexpected status."""
+    cls = {401: DXFUnauthorizedError, 403: DXFUnauthorizedError,
+           404: DXFNotFoundError}.get(response.status, DXFHTTPError)
+    return cls(response.method, response.url, response.status,
+               _registry_errors(body), response.reason, expected)
+
+
+# =============================================================================
+# 7. Blob streams
+#    BlobReader hands out a blob's bytes, hashing as they pass and holding the
+#    last piece back until the digest (and size) check out.
+# =============================================================================
+
+
+class BlobReader:
+    """An iterator over a blob's bytes, verified against its digest.
+
+    Iterate for chunks of ``chunk_size`` bytes, or call ``read(n)``.  The
+    final bytes are returned only once the whole blob has hashed to
+    ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
+    raised instead.  ``size`` is the blob's length when the registry said it.
+    """
+
+    def __init__(self, response, digest, chunk_size=None, progress=None,
+                 expected_size=None):
+        self.digest = digest
+        self.size = response.length
+        self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
+        if (expected_size is not None and self.size is not None
+                and self.size != expected_size):
+            response.close()
+            raise DXFSizeMismatchError(self.size, expected_size,
+                                       'blob %s' % digest)
+        if self.size is None:
+            self.size = expected_size
+        self._resp = response
+        self._hash = _new_hash(digest)
+        self._progress = progress
+        self._done = 0
+        self._ahead = None        # look-ahead piece when the size is unknown
+        self._finished = False
+        if progress:
+            progress(digest, b'', self.size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        chunk = self.read(self.chunk_size)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop reading; the connection is dropped if bytes remain."""
+        self._finished = True
+        self._resp.close()
+
+    def _raw(self, n):
+        """Up to n bytes from the body, b'' only at its end."""
+        try:
+            return self._resp.raw.read(n)
+        except _transport_errors() as exc:
+            self._resp.close()
+            raise DXFConnectionError('blob %s: connection broke after %d '
+                                     'bytes (%s)' % (self.digest, self._done,
+                                                     _exc_text(exc))) from exc
+
+    def read(self, n=-1):
+        """Return up to ``n`` bytes (all that remain if ``n`` < 0)."""
+        if self._finished:
+            return b''
+        if n is None or n < 0:
+            return b''.join(iter(lambda: self.read(_CHUNK_SIZE), b''))
+        if self.size is not None:
+            want = min(n, self.size - self._done)
+            data = self._raw(want) if want else b''
+            if want and not data:
+                self.close()
+                raise DXFSizeMismatchError(self._done, self.size,
+                                           'blob %s' % self.digest)
+            last = self._done + len(data) >= self.size
+        else:
+            data = self._ahead if self._ahead is not None else self._raw(n)
+            self._ahead = self._raw(n) if data else b''
+            last = not self._ahead
+        self._done += len(data)
+        self._hash.update(data)
+        if last:
+            self._verify()
+        if self._progress and data:
+            self._progress(self.digest, data, self.size)
+        return data
+
+    def _verify(self):
+        self._finished = True
+        if self.size is not None:
+            # Anything beyond the declared size means the body is not the blob.
+            extra = self._raw(1)
+            if extra:
+                self._resp.close()
+                raise DXFSizeMismatchError(self._done + len(extra), self.size,
+                                           'blob %s' % self.digest)
+        self._resp.release()
+        got = '%s:%s' % (self.digest.split(':')[0], self._hash.hexdigest())
+        if got != self.digest:
+            raise DXFDigestMismatchError(got, self.digest)
+
+
+# =============================================================================
+# 8. Manifests
+#    The manifest that backs an alias, and reading every kind users meet:
+#    OCI manifests and indexes, Docker schema-2 manifests and manifest lists
+#    (python-dxf's aliases among them).  Manifests stay bytes as on the wire.
+# =============================================================================
+
+
+def _descriptor(media_type, digest, size, annotations=None):
+    desc = {'mediaType': media_type, 'digest': digest, 'size': size}
+    if annotations:
+        desc['annotations'] = annotations
+    return desc
+
+
+def _alias_manifest(layers, annotations=None):
+    """The bytes of the OCI manifest backing an alias over ``layers``."""
+    manifest = {
+        'schemaVersion': 2,
+        'mediaType': _OCI_MANIFEST,
+        'artifactType': _ALIAS_ARTIFACT_TYPE,
+        'config': _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)),
+        'layers': layers,
+    }
+    if annotations:
+        manifest['annotations'] = annotations
+    return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _parse_manifest(data, content_type=None):
+    """``(manifest dict, media type)``; the type from the body or the header."""
+    m = _load_json(data, 'manifest')
+    if not isinstance(m, dict):
+        raise DXFManifestError('manifest is not a JSON object')
+    media = m.get('mediaType') or (content_type or '').split(';')[0].strip()
+    if m.get('schemaVersion') == 1 or media == _DOCKER_V1:
+        raise DXFUnsupportedSchemaType(media or 'schema 1')
+    if media not in _MANIFEST_TYPES + _INDEX_TYPES:
+        # OCI allows mediaType to be left out; judge by the shape.
+        if isinstance(m.get('manifests'), list):
+            media = _OCI_INDEX
+        elif isinstance(m.get('layers'), list):
+            media = _OCI_MANIFEST
+        else:
+            raise DXFUnsupportedSchemaType(media or 'unknown')
+    return m, media
+
+
+def _check_descriptor(desc):
+    if (not isinstance(desc, dict) or not isinstance(desc.get('size'), int)
+            or desc['size'] < 0):
+        raise DXFManifestError('manifest has a malformed descriptor')
+    try:
+        split_digest(desc.get('digest'))
+    except DXFInputError as exc:
+        raise DXFManifestError('manifest names %s' % exc) from None
+    return desc['digest'], desc['size']
+
+
+def _manifest_layers(m):
+    layers = m.get('layers')
+    if not isinstance(layers, list):
+        raise DXFManifestError('manifest has no layers list')
+    return [_check_descriptor(d) for d in layers]
+
+
+def _manifest_config(m):
+    return _check_descriptor(m.get('config'))[0]
+
+
+def _platform_name(platform):
+    if not isinstance(platform, dict):
+        return None
+    parts = [platform.get('os'), platform.get('architecture')]
+    if not all(isinstance(p, str) and p for p in parts):
+        return None
+    if isinstance(platform.get('variant'), str) and platform['variant']:
+        parts.append(platform['variant'])
+    return '/'.join(parts)
+
+
+def _index_platforms(m):
+    """``{'os/arch[/variant]': digest}`` of an index or manifest list."""
+    entries = m.get('manifests')
+    if not isinstance(entries, list):
+        raise DXFManifestError('index has no manifests list')
+    found = {}
+    for entry in entries:
+        digest, _ = _check_descriptor(entry)
+        name = _platform_name(entry.get('platform'))
+        if name and name not in found:   # entries without one (attestations)
+            found[name] = digest
+    return found
+
+
+def _choose_platform(m, platform):
+    platforms = _index_platforms(m)
+    if platform in platforms:
+        return platforms[platform]
+    if platform:
+        # 'linux/arm' picks 'linux/arm/v7' when that is the only variant.
+        matches = [p for p in platforms if p.startswith(platform + '/')]
+        if len(matches) == 1:
+            return platforms[matches[0]]
+    raise DXFPlatformDataNotFound(platform, sorted(platforms))
+
+
+# =============================================================================
+# 9. Public API
+#    DXFBase: one registry (auth, catalog, connections).  DXF: one repository
+#    in it (blobs, aliases, manifests).  python-dxf names are kept.
+# =============================================================================
+
+
+class DXFBase(_AuthMixin):
+    """A Docker / OCI registry.
+
+    :param host: registry host, optionally with ``:port``
+    :param auth: ``auth(dxf, response)`` called on a 401; it is expected to
+        call ``dxf.authenticate(..., response=response)``.  Without one, dxf
+        authenticates anonymously (or with the credentials of an earlier
+        ``authenticate`` call)
+    :param insecure: use plain http instead of https
+    :param auth_host: host to use instead of the token realm's
+    :param tlsverify: False to skip certificate checks, or a CA bundle path
+    :param timeout: seconds of silence before a request fails (default 60)
+    :param allow_insecure_auth: allow credentials over plain http to a host
+        that is not the loopback
+    """
+
+    def __init__(self, host, auth=None, insecure=False, auth_host=None,
+                 tlsverify=True, timeout=None, allow_insecure_auth=False):
+        if (not isinstance(host, str) or not host or '/' in host
+                or not _split_hostport(host)[0]):
+            raise DXFInputError('invalid registry host %r (host[:port] '
+                                'expected)' % (_printable(host),))
+        self._host = host
+        self._insecure = insecure
+        self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)
+        self._auth = auth
+        self._auth_host = auth_host
+        self._allow_insecure_auth = allow_insecure_auth
+        self._transport = _Transport(tlsverify, timeout)
+        self._auth_state = _AuthState()
+        self._repo = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Close idle keep-alive connections (they reopen when needed)."""
+        self._transport.close()
+
+    @property
+    def token(self):
+        """The bearer token in use; set it to use a token obtained elsewhere."""
+        return self._auth_state.fixed_token or self._auth_state.token
+
+    @token.setter
+    def token(self, value):
+        self._auth_state.fixed_token = value
+
+    def _request(self, method, url, scope=None, headers=None, body=None,
+                 ok=(200,), stream=False, limit=_MAX_SMALL_BODY):
+        """Send one registry request with authentication.
+
+        Returns the _Response (its body read into ``.body`` unless
+        ``stream``); a status outside ``ok`` raises the matching DXFHTTPError.
+        """
+        url = urllib.parse.urljoin(self._base, url)
+        replayable = not isinstance(body, _ChunkedBody)
+        for attempt in (0, 1):
+            headers = dict(headers or {})
+            authz = self._authorization(scope)
+            if authz:
+                headers['Authorization'] = authz
+            resp = self._transport.request(method, url, headers, body)
+            if resp.status != 401 or attempt or not replayable:
+                break
+            resp.read()
+            self._handle_401(resp, scope)
+            if self._authorization(scope) == authz:
+                break
+            if isinstance(body, _FileBody):
+                body.rewind()
+        if resp.status not in ok:
+            raise _http_error(resp, resp.read(), expected=ok[0])
+        resp.body = b'' if stream else resp.read(limit=limit)
+        return resp
+
+    def _paginate(self, url, key, scope, batch_size):
+        """Yield the items of a paginated JSON list, following Link headers."""
+        if batch_size:
+            url += '?n=%d' % int(batch_size)
+        url = urllib.parse.urljoin(self._base, url)
+        seen = set()
+        while url:
+            seen.add(url)
+            resp = self._request('GET', url, scope=scope)
+            doc = _load_json(resp.body, '%s answer' % _path(url))
+            items = doc.get(key) if isinstance(doc, dict) else None
+            if items is None and isinstance(doc, dict):
+                items = []            # distribution sends "tags": null
+            if not isinstance(items, list) or not all(
+                    isinstance(i, str) for i in items):
+                raise DXFManifestError('%s answer has no %s list'
+                                       % (_path(url), key))
+            for item in items:
+                yield item
+            nxt = _parse_link_next(resp.header('Link'))
+            if not nxt:
+                return
+            nxt = urllib.parse.urljoin(url, nxt)
+            if _origin(nxt) != _origin(url):
+                raise DXFConnectionError('registry sent a next-page link to '
+                                         'another host')
+            if nxt in seen or len(seen) >= _MAX_PAGES:
+                raise DXFConnectionError('registry pagination does not end')
+            url = nxt
+
+    def list_repos(self, batch_size=None, iterate=False):
+        """The repository names in the registry (its ``_catalog``).
+
+        :param batch_size: page size to ask for
+        :param iterate: return an iterator instead of a list
+        """
+        items = self._paginate('_catalog', 'repositories', 'registry:catalog:*',
+                               batch_size)
+        return items if iterate else list(items)
+
+    def api_version_check(self):
+        """GET ``/v2/``; return ``(body text, response)``."""
+        resp = self._request('GET', '')
+        return resp.body.decode('utf-8', 'replace'), resp
+
+
+class DXF(DXFBase):
+    """One repository in a Docker / OCI registry.
+
+    Takes DXFBase's arguments plus ``repo``, the repository name
+    (``library/`` is prefixed to one-component names on Docker Hub).
+    """
+
+    def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
+                 tlsverify=True, timeout=None, allow_insecure_auth=False):
+        super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
+                         allow_insecure_auth)
+        self._set_repo(repo)
+
+    def _set_repo(self, repo):
+        _check_repo(repo)
+        if self._host.split(':')[0].endswith('docker.io') and '/' not in repo:
+            repo = 'library/' + repo
+        self._repo = repo
+        self._repo_path = repo + '/'
+        self._sizes = {}     # digest -> size, learnt from pushes and HEADs
+
+    @classmethod
+    def from_base(cls, base, repo):
+        """A DXF for ``repo`` sharing ``base``'s connections, settings and tokens."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(base.__dict__)   # the same transport and auth state
+        obj._set_repo(repo)
+        return obj
+
+    @property
+    def repo(self):
+        """The repository name."""
+        return self._repo
+
+    def _url(self, *parts):
+        return self._repo_path + '/'.join(parts)
+
+    # -- blobs ---------------------------------------------------------------
+
+    def _blob_head(self, digest):
+        """The blob's size, or None when the repository does not have it."""
+        split_digest(digest)
+        resp = self._request('HEAD', self._url('blobs', digest),
+                             self._scope(['pull']), ok=(200, 404))
+        if resp.status == 404:
+            return None
+        size = resp.length
+        if size is None:
+            raise DXFHTTPError('HEAD', resp.url, 200, reason='no Content-Length')
+        self._sizes[digest] = size
+        return size
+
+    def blob_size(self, digest):
+        """Return the size in bytes of a blob."""
+        size = self._blob_head(digest)
+        if size is None:
+            raise DXFNotFoundError('HEAD', urllib.parse.urljoin(
+                self._base, self._url('blobs', digest)), 404,
+                reason='blob unknown')
+        return size
+
+    def _start_upload(self, query=''):
+        scope = self._scope(['pull', 'push'])
+        resp = self._request('POST', self._url('blobs', 'uploads/') + query,
+                             scope, ok=(201, 202))
+        location = resp.header('Location')
+        if resp.status == 202 and not location:
+            raise DXFHTTPError('POST', resp.url, 202,
+                               reason='upload session without a Location')
+        return resp, urllib.parse.urljoin(resp.url, location or '')
+
+    def _cancel_upload(self, location):
+        try:
+            self._request('DELETE', location, self._scope(['pull', 'push']),
+                          ok=(204, 404))
+        except DXFError:
+            pass   # best effort: the registry expires sessions anyway
+
+    def _finish_upload(self, location, digest, body=None):
+        url = _add_query(location, digest=digest)
+        headers = {'Content-Type': 'application/octet-stream'}
+        resp = self._request('PUT', url, self._scope(['pull', 'push']),
+                             headers=headers, body=body, ok=(201,))
+        echoed = resp.header('Docker-Content-Digest')
+        if echoed and echoed != digest:
+            raise DXFDigestMismatchError(echoed, digest)
+
+    def push_blob(self, filename=None, progress=None, data=None, digest=None,
+                  check_exists=True):
+        """Upload a blob from a file or from ``data``; return its digest.
+
+        :param filename: file to upload
+        :param progress: ``progress(digest, chunk, total)`` after each piece
+            sent (first with ``b''``); for ``data`` ``total`` is None
+        :param data: bytes, or an iterable of bytes, instead of a file
+        :param digest: the digest if known (checked against the content)
+        :param check_exists: skip the upload if the registry has the blob
+        """
+        if (filename is None) == (data is None):
+            raise TypeError('push_blob needs filename or data (not both)')
+        if digest is not None:
+            split_digest(digest)
+        if filename is not None:
+            with _open_input(filename) as f:
+                return self._push_file(f, progress, digest, check_exists)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data)
+            got = hash_bytes(data) if digest is None else _hash_as(digest, data)
+            if digest is not None and got != digest:
+                raise DXFDigestMismatchError(got, digest)
+            digest = got
+            data = [data]
+        if digest is not None and check_exists and self._blob_head(digest) is not None:
+            return digest
+        return self._push_stream(iter(data), progress, digest)
+
+    def _push_file(self, f, progress, digest, check_exists):
+        import stat
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):     # a pipe or a device: stream it
+            chunks = iter(lambda: f.read(_CHUNK_SIZE), b'')
+            if digest is not None and check_exists and self._blob_head(digest) is not None:
+                return digest
+            return self._push_stream(chunks, progress, digest)
+        size = st.st_size
+        if digest is None and check_exists:
+            digest = _hash_stream(f)
+            f.seek(0)
+        if check_exists and digest and self._blob_head(digest) is not None:
+            return digest
+        if digest is None:
+            return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
+                                     progress, None, size)
+        h = _new_hash(digest)
+
+        def on_data(view):
+            h.update(view)
+            if progress:
+                progress(digest, bytes(view), size)
+        if progress:
+            progress(digest, b'', size)
+        _, location = self._start_upload()
+        # The registry refuses content that does not match the digest; if the
+        # file changed since it was hashed, say so rather than "bad request".
+        try:
+            self._finish_upload(location, digest, _FileBody(f, size, on_data))
+        except DXFHTTPError:
+            got = '%s:%s' % (digest.split(':')[0], h.hexdigest())
+            if got != digest:
+                raise DXFDigestMismatchError(got, digest) from None
+            raise
+        self._sizes[digest] = size
+        return digest
+
+    def _push_stream(self, chunks, progress, digest, total=None):
+        """Upload in one pass: a chunked PATCH hashed as it goes, then PUT."""
+        algorithm = split_digest(digest)[0] if digest else 'sha256'
+        h = _HASHES[algorithm]()
+        count = [0]
+
+        def on_data(chunk):
+            h.update(chunk)
+            count[0] += len(chunk)
+            if progress:
+                progress(digest, bytes(chunk), total)
+        if progress:
+            progress(digest, b'', total)
+        _, location = self._start_upload()
+        try:
+            resp = self._request('PATCH', location, self._scope(['pull', 'push']),
+                                 headers={'Content-Type':
+                                          'application/octet-stream'},
+                                 body=_ChunkedBody(chunks, on_data), ok=(202,))
+            location = urllib.parse.urljoin(location, resp.header('Location')
+                                            or location)
+            got = algorithm + ':' + h.hexdigest()
+            if digest is not None and got != digest:
+                raise DXFDigestMismatchError(got, digest)
+            self._finish_upload(location, got)
+        except BaseException:
+            self._cancel_upload(location)
+            raise
+        self._sizes[got] = count[0]
+        return got
+
+    def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
+        """Download a blob: return a BlobReader over its verified bytes.
+
+        :param size: python-dxf compatibility: return ``(reader, size)``
+        :param chunk_size: bytes per iteration (default 8192)
+        :param progress: ``progress(digest, chunk, total)`` as bytes arrive
+        """
+        split_digest(digest)
+        resp = self._request('GET', self._url('blobs', digest),
+                             self._scope(['pull']), stream=True)
+        reader = BlobReader(resp, digest, chunk_size, progress,
+                            self._sizes.get(digest))
+        return (reader, reader.size) if size else reader
+
+    def del_blob(self, digest):
+        """Delete a blob from the repository."""
+        split_digest(digest)
+        self._request('DELETE', self._url('blobs', digest),
+                      self._scope(['delete']), ok=(202,))
+        self._sizes.pop(digest, None)
+
+    def mount_blob(self, repo, digest):
+        """Mount a blob from another repository of the same registry.
+
+        :raises DXFMountFailed: the registry did not mount it (e.g. ``repo``
+            lacks the blob); the session it opened instead is cancelled
+        """
+        _check_repo(repo)
+        split_digest(digest)
+        scope = '%s repository:%s:pull' % (self._scope(['pull', 'push']), repo)
+        query = '?' + urllib.parse.urlencode([('mount', digest), ('from', repo)])
+        resp = self._request('POST', self._url('blobs', 'uploads/') + query,
+                             scope, ok=(201, 202))
+        if resp.status == 202:
+            location = resp.header('Location')
+            if location:
+                self._cancel_upload(urllib.parse.urljoin(resp.url, location))
+            raise DXFMountFailed('registry did not mount %s from %s'
+                                 % (digest, repo))
+        echoed = resp.header('Docker-Content-Digest')
+        if echoed and echoed != digest:
+            raise DXFDigestMismatchError(echoed, digest)
+        return digest
+
+    # -- manifests -----------------------------------------------------------
+
+    def _get_manifest(self, ref, method='GET'):
+        """``(bytes, media type, digest)`` of a manifest, verified."""
+        _check_ref(ref)
+        resp = self._request(method, self._url('manifests', ref),
+                             self._scope(['pull']), headers={'Accept': _ACCEPT},
+                             limit=_MAX_MANIFEST)
+        data = resp.body
+        content_type = resp.header('Content-Type', '')
+        echoed = resp.header('Docker-Content-Digest')
+        digest = None
+        for claimed in (ref if ':' in ref else None, echoed):
+            if claimed and method == 'GET':
+                got = _hash_as(claimed, data)
+                if got != claimed:
+                    raise DXFDigestMismatchError(got, claimed)
+                digest = digest or claimed
+        return data, content_type, digest or echoed or hash_bytes(data)
+
+    def _image_manifest(self, alias, manifest, platform):
+        """The parsed image manifest an alias (or given manifest) leads to."""
+        if manifest is None:
+            if alias is None:
+                raise TypeError('give alias or manifest')
+            data, content_type, _ = self._get_manifest(alias)
+        else:
+            data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
+            content_type = None
+        m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES:
+            data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
+            m, media = _parse_manifest(data, content_type)
+            if media in _INDEX_TYPES:
+                raise DXFManifestError('nested index (an index of indexes) '
+                                       'is not supported')
+        return m
+
+    def get_manifest(self, alias, platform=None):
+        """Return an alias's manifest as a string, exactly as stored.
+
+        For a multi-platform alias, ``platform`` (``'os/arch[/variant]'``)
+        picks one platform's manifest; without it the index itself is
+        returned.
+        """
+        data, content_type, _ = self._get_manifest(alias)
+        if platform:
+            m, media = _parse_manifest(data, content_type)
+            if media in _INDEX_TYPES:
+                data = self._get_manifest(_choose_platform(m, platform))[0]
+        return data.decode('utf-8')
+
+    def get_manifest_digest(self, alias):
+        """Return the digest of an alias's manifest (a HEAD request)."""
+        return self._get_manifest(alias, method='HEAD')[2]
+
+    def set_manifest(self, alias, manifest):
+        """Store a manifest (str or bytes) under an alias; return its digest."""
+        _check_ref(alias)
+        data = manifest.encode('utf-8') if isinstance(manifest, str) else bytes(manifest)
+        if len(data) > _MAX_MANIFEST:
+            raise DXFInputError('manifest is larger than 4 MiB')
+        _, media = _parse_manifest(data)
+        digest = hash_bytes(data)
+        resp = self._request('PUT', self._url('manifests', alias),
+                             self._scope(['pull', 'push']),
+                             headers={'Content-Type': media}, body=data,
+                             ok=(201,))
+        echoed = resp.header('Docker-Content-Digest')
+        if echoed and echoed.startswith('sha256:') and echoed != digest:
+            raise DXFDigestMismatchError(echoed, digest)
+        return digest
+
+    def _ensure_empty_config(self):
+        if self._blob_head(_EMPTY_DIGEST) is None:
+            self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST,
+                           check_exists=False)
+
+    def make_manifest(self, *digests):
+        """Return the manifest (str) an alias over ``digests`` would store."""
+        if not digests:
+            raise DXFInputError('an alias needs at least one blob')
+        layers = []
+        for digest in digests:
+            size = self._sizes.get(digest)
+            if size is None:
+                size = self.blob_size(digest)
+            layers.append(_descriptor(_LAYER_TYPE, digest, size))
+        return _alias_manifest(layers).decode('utf-8')
+
+    def set_alias(self, alias, *digests):
+        """Point ``alias`` at the blobs ``digests``; return the manifest stored.
+
+        The blobs must already be in the repository.
+        """
+        _check_alias(alias)
+        manifest = self.make_manifest(*digests)
+        self._ensure_empty_config()
+        self.set_manifest(alias, manifest)
+        return manifest
+
+    def get_alias(self, alias=None, manifest=None, verify=True, sizes=False,
+                  platform=None):
+        """Return the blob digests an alias names, in order.
+
+        :param manifest: a manifest (str) to read instead of fetching ``alias``
+        :param verify: accepted for python-dxf compatibility (manifests are
+            always verified against their digest)
+        :param sizes: return ``(digest, size)`` pairs
+        :param platform: ``'os/arch[/variant]'`` for a multi-platform alias
+        """
+        layers = _manifest_layers(self._image_manifest(alias, manifest, platform))
+        return layers if sizes else [d for d, _ in layers]
+
+    def get_digest(self, alias=None, manifest=None, platform=None):
+        """Return the digest of an alias's config blob (``docker inspect`` Id)."""
+        return _manifest_config(self._image_manifest(alias, manifest, platform))
+
+    def del_alias(self, alias):
+        """Delete an alias; return the digests of the blobs it named.
+
+        The blobs stay.  Other aliases are never touched, even those sharing
+        the same manifest: the alias is first moved to a manifest of its own,
+        which is then deleted (registries delete manifests by digest, taking
+        every tag on them along).
+        """
+        _check_alias(alias)
+        data, content_type, _ = self._get_manifest(alias)
+        m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES:
+            named = sorted(set(_index_platforms(m).values()))
+        else:
+            named = [d for d, _ in _manifest_layers(m)]
+        placeholder = _alias_manifest([], {
+            'vnd.dxf.deleting': alias,
+            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
+        self._ensure_empty_config()
+        digest = self.set_manifest(alias, placeholder)
+        self._request('DELETE', self._url('manifests', digest),
+                      self._scope(['delete']), ok=(202,))
+        return named
+
+    def list_aliases(self, batch_size=None, iterate=False):
+        """The aliases (tags) in the repository.
+
+        :param batch_size: page size to ask for
+        :param iterate: return an iterator instead of a list
+        """
+        items = self._paginate(self._url('tags', 'list'), 'tags',
+                               self._scope(['pull']), batch_size)
+        return items if iterate else list(items)
+
+
+# python-dxf compatibility: the 2015 README calls authenticate this.
+DXFBase.auth_by_password = DXFBase.authenticate
+
+
+def _hash_as(digest, data):
+    """The digest of ``data`` with the algorithm ``digest`` uses."""
+    return hash_bytes(data, split_digest(digest)[0])
+
+
+def _add_query(url, **params):
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query += sorted(params.items())
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query)))
+
+
+# =============================================================================
+# 10. Command line
+#     dxf COMMAND REPO ARGS...; settings come from the environment:
+#
+#     DXF_HOST            registry host[:port] (required)
+#     DXF_INSECURE        1: plain http instead of https
+#     DXF_USERNAME        user to authenticate as
+#     DXF_PASSWORD        that user's password
+#     DXF_AUTHORIZATION   a raw Authorization header value instead
+#     DXF_TOKEN           a bearer token (e.g. from "dxf auth") instead
+#     DXF_AUTH_HOST       host to use instead of the token realm's
+#     DXF_TLSVERIFY       CA bundle to verify the registry with
+#     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
+#     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
+#     DXF_TIMEOUT         seconds of silence before a request fails (60)
+#     DXF_PLATFORM        os/arch[/variant] for multi-platform aliases
+#     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
+#     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
+#     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
+#     DXF_DEBUG           1: add a traceback to error messages
+# =============================================================================
+
+_ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
+             'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
+             'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
+             'DXF_TIMEOUT', 'DXF_PLATFORM', 'DXF_PROGRESS', 'DXF_BLOB_INFO',
+             'DXF_CHUNK_SIZE', 'DXF_DEBUG')
+_EXIT_INTERRUPTED = 130
+_PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
+
+
+class _UsageError(Exception):
+    """A bad command line or environment: exit EINVAL."""
+
+
+class _Exit(Exception):
+    """argparse wants to exit (after --help or --version)."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+def _env_flag(environ, name, default=False):
+    value = environ.get(name, '').strip().lower()
+    if not value:
+        return default
+    if value in ('1', 'true', 'yes', 'on'):
+        return True
+    if value in ('0', 'false', 'no', 'off'):
+        return False
+    raise _UsageError('%s must be 1 or 0, not %r' % (name, _printable(value)))
+
+
+def _env_number(environ, name, kind, default):
+    value = environ.get(name, '').strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        number = 0
+    if not number > 0:
+        raise _UsageError('%s must be a positive number, not %r'
+                          % (name, _printable(value)))
+    return number
+
+
+class _Settings:
+    """Every DXF_* variable, read and checked in one place."""
+
+    @classmethod
+    def from_environ(cls, environ):
+        s = cls()
+        s.host = environ.get('DXF_HOST', '').strip()
+        s.insecure = _env_flag(environ, 'DXF_INSECURE')
+        s.username = environ.get('DXF_USERNAME') or None
+        s.password = environ.get('DXF_PASSWORD') or None
+        s.authorization = environ.get('DXF_AUTHORIZATION') or None
+        s.token = environ.get('DXF_TOKEN') or None
+        s.auth_host = environ.get('DXF_AUTH_HOST') or None
+        s.tlsverify = True
+        if _env_flag(environ, 'DXF_SKIPTLSVERIFY'):
+            s.tlsverify = False
+        elif environ.get('DXF_TLSVERIFY'):
+            s.tlsverify = environ['DXF_TLSVERIFY']
+            if not os.path.isfile(s.tlsverify):
+                raise _UsageError('DXF_TLSVERIFY: no such file: %s'
+                                  % s.tlsverify)
+        s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
+        s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
+        s.platform = environ.get('DXF_PLATFORM') or None
+        if s.platform and not _PLATFORM_RE.match(s.platform):
+            raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
+                              'not %r' % _printable(s.platform))
+        s.progress = _env_flag(environ, 'DXF_PROGRESS', None)
+        s.blob_info = _env_flag(environ, 'DXF_BLOB_INFO')
+        s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE)
+        s.debug = _env_flag(environ, 'DXF_DEBUG')
+        return s
+
+    def open(self, repo):
+        """The DXF (or DXFBase when ``repo`` is None) these settings describe."""
+        if not self.host:
+            raise _UsageError('DXF_HOST is not set (the registry host[:port])')
+        username, password, authorization = (
+            self.username, self.password, self.authorization)
+
+        def auth(dxf, response):
+            dxf.authenticate(username, password, response=response,
+                             authorization=authorization)
+        if self.token:     # a token replaces credentials entirely
+            auth = None
+        options = dict(auth=auth, insecure=self.insecure,
+                       auth_host=self.auth_host, tlsverify=self.tlsverify,
+                       timeout=self.timeout,
+                       allow_insecure_auth=self.allow_insecure_auth)
+        dxf = DXFBase(self.host, **options) if repo is None else DXF(
+            self.host, repo, **options)
+        if self.token:
+            dxf.token = self.token
+        return dxf
+
+
+class _Progress:
+    """One line per blob on stderr, redrawn in place: bytes, rate, ETA."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.label = None
+        self.done = self.start = self.drawn = 0
+
+    def __call__(self, digest, chunk, total=None):
+        now = time.time()
+        if not chunk:          # a new blob starts
+            self.finish()
+            self.label, self.done, self.start, self.drawn = digest, 0, now, 0
+        self.done += len(chunk)
+        if now - self.drawn < 0.2 and (total is None or self.done < total):
+            return
+        self.drawn = now
+        rate = self.done / max(now - self.start, 1e-6)
+        text = '%s %s' % ((digest or 'upload')[:19], _human(self.done))
+        if total:
+            text += ' / %s %3d%%' % (_human(total), 100 * self.done // max(total, 1))
+        text += ' %s/s' % _human(rate)
+        if total and rate and self.done < total:
+            text += ' ETA %ds' % ((total - self.done) / rate)
+        self.stream.write('\r' + text + '\x1b[K')
+        self.stream.flush()
+
+    def finish(self):
+        if self.done:
+            self.stream.write('\n')
+            self.stream.flush()
+            self.done = 0
+
+
+def _human(n):
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if n < 1024 or unit == 'GiB':
+            return ('%d %s' if unit == 'B' else '%.1f %s') % (n, unit)
+        n /= 1024.0
+
+
+def _write_line(out, text):
+    out.write(text.encode('utf-8') + b'\n')
+
+
+def _alias_arg(arg):
+    if not arg.startswith('@'):
+        raise _UsageError('invalid alias %r: aliases start with @'
+                          % _printable(arg))
+    return _check_alias(arg[1:])
+
+
+def _resolve_refs(dxf, refs, settings, stdin, sizes=False):
+    """Expand digests and @aliases (or a manifest on stdin) into blobs.
+
+    Returns ``[(digest, size or None)]`` in order.
+    """
+    if not refs:
+        manifest = stdin.read(_MAX_MANIFEST + 1)
+        if len(manifest) > _MAX_MANIFEST:
+            raise DXFInputError('manifest on stdin is larger than 4 MiB')
+        return dxf.get_alias(manifest=manifest, sizes=True,
+                             platform=settings.platform)
+    blobs = []
+    for ref in refs:
+        if ref.startswith('@'):
+            blobs.extend(dxf.get_alias(_alias_arg(ref), sizes=True,
+                                       platform=settings.platform))
+        else:
+            split_digest(ref)
+            blobs.append((ref, None))
+    return blobs
+
+
+def cmd_auth(dxf, args, settings, out, stdin):
+    """dxf auth REPO [ACTION...]: print a token for the actions."""
+    for action in args.actions:
+        if action not in ('pull', 'push', 'delete', '*'):
+            raise _UsageError('invalid action %r (pull, push, delete or *)'
+                              % _printable(action))
+    token = dxf.authenticate(settings.username, settings.password,
+                             actions=args.actions or None,
+                             authorization=settings.authorization)
+    if token:
+        _write_line(out, token)
+
+
+def cmd_push_blob(dxf, args, settings, out, stdin):
+    """dxf push-blob REPO FILE [@ALIAS]: upload, print the digest."""
+    alias = _alias_arg(args.alias) if args.alias else None
+    progress = settings.progress_printer
+    if args.file == '-':
+        digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
+                               progress=progress)
+    else:
+        digest = dxf.push_blob(args.file, progress=progress)
+    if progress:
+        progress.finish()
+    if alias:
+        dxf.set_alias(alias, digest)
+    _write_line(out, digest)
+
+
+def cmd_pull_blob(dxf, args, settings, out, stdin):
+    """dxf pull-blob REPO [REF...]: write the blobs to stdout."""
+    progress = settings.progress_printer
+    for digest, size in _resolve_refs(dxf, args.refs, settings, stdin):
+        reader = dxf.pull_blob(digest, chunk_size=settings.chunk_size,
+                               progress=progress)
+        with reader:
+            if settings.blob_info:
+                _write_line(out, '%s %s' % (digest, reader.size))
+            for chunk in reader:
+                out.write(chunk)
+        if progress:
+            progress.finish()
+    out.flush()
+
+
+def cmd_blob_size(dxf, args, settings, out, stdin):
+    """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
+    if not args.refs:
+        blobs = _resolve_refs(dxf, [], settings, stdin)
+        _write_line(out, str(sum(size for _, size in blobs)))
+    for ref in args.refs:
+        blobs = _resolve_refs(dxf, [ref], settings, stdin)
+        _write_line(out, str(sum(size if size is not None else
+                                 dxf.blob_size(digest)
+                                 for digest, size in blobs)))
+
+
+def cmd_mount_blob(dxf, args, settings, out, stdin):
+    """dxf mount-blob REPO FROM-REPO DIGEST [@ALIAS]: mount, print the digest."""
+    alias = _alias_arg(args.alias) if args.alias else None
+    digest = dxf.mount_blob(args.from_repo, args.digest)
+    if alias:
+        dxf.set_alias(alias, digest)
+    _write_line(out, digest)
+
+
+def cmd_del_blob(dxf, args, settings, out, stdin):
+    """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
+    for digest, _ in _resolve_refs(dxf, args.refs, settings, stdin):
+        dxf.del_blob(digest)
+
+
+def cmd_set_alias(dxf, args, settings, out, stdin):
+    """dxf set-alias REPO ALIAS DIGEST|FILE...: print the manifest stored."""
+    alias = _check_alias(args.alias)
+    digests = []
+    for ref in args.refs:
+        if os.sep in ref or (os.altsep and os.altsep in ref):
+            digests.append(hash_file(ref))
+        else:
+            split_digest(ref)
+            digests.append(ref)
+    out.write(dxf.set_alias(alias, *digests).encode('utf-8'))
+
+
+def cmd_get_alias(dxf, args, settings, out, stdin):
+    """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
+    if not args.aliases:
+        for digest, _ in _resolve_refs(dxf, [], settings, stdin):
+            _write_line(out, digest)
+    for alias in args.aliases:
+        for digest in dxf.get_alias(_check_alias(alias),
+                                    platform=settings.platform):
+            _write_line(out, digest)
+
+
+def cmd_del_alias(dxf, args, settings, out, stdin):
+    """dxf del-alias REPO ALIAS...: delete aliases, print their blobs."""
+    for alias in args.aliases:
+        for digest in dxf.del_alias(_check_alias(alias)):
+            _write_line(out, digest)
+
+
+def cmd_get_digest(dxf, args, settings, out, stdin):
+    """dxf get-digest REPO [ALIAS...]: print each alias's config digest."""
+    if not args.aliases:
+        manifest = stdin.read(_MAX_MANIFEST + 1)
+        _write_line(out, dxf.get_digest(manifest=manifest,
+                                        platform=settings.platform))
+    for alias in args.aliases:
+        _write_line(out, dxf.get_digest(_check_alias(alias),
+                                        platform=settings.platform))
+
+
+def cmd_get_manifest(dxf, args, settings, out, stdin):
+    """dxf get-manifest REPO ALIAS...: print manifests exactly as stored."""
+    for alias in args.aliases:
+        out.write(dxf.get_manifest(_check_ref(alias),
+                                   platform=settings.platform).encode('utf-8'))
+
+
+def cmd_list_aliases(dxf, args, settings, out, stdin):
+    """dxf list-aliases REPO: print the repository's aliases."""
+    for alias in dxf.list_aliases(iterate=True):
+        _write_line(out, alias)
+
+
+def cmd_list_repos(dxf, args, settings, out, stdin):
+    """dxf list-repos: print the registry's repositories."""
+    for repo in dxf.list_repos(iterate=True):
+        _write_line(out, repo)
+
+
+def cmd_version(dxf, args, settings, out, stdin):
+    """dxf version: print dxf.py's version."""
+    _write_line(out, 'dxf.py ' + __version__)
+
+
+# (name, function, help, [(argument, argparse options)])
+_COMMANDS = [
+    ('auth', cmd_auth, 'print a registry token for REPO',
+     [('repo', {}), ('actions', dict(nargs='*', metavar='ACTION',
+                                     help='pull, push, delete or *'))]),
+    ('push-blob', cmd_push_blob, 'upload FILE (- for stdin), print its digest',
+     [('repo', {}), ('file', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
+    ('pull-blob', cmd_pull_blob,
+     'write blobs to stdout (no REF: read a manifest from stdin)',
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+    ('blob-size', cmd_blob_size, 'print blob sizes (an alias: their sum)',
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+    ('mount-blob', cmd_mount_blob, 'mount a blob from another repository',
+     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO')),
+      ('digest', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
+    ('del-blob', cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+    ('set-alias', cmd_set_alias,
+     'point ALIAS at blobs (a FILE with a path separator is hashed)',
+     [('repo', {}), ('alias', {}), ('refs', dict(nargs='+',
+                                                 metavar='DIGEST|FILE'))]),
+    ('get-alias', cmd_get_alias, 'print the digests an alias names',
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+    ('del-alias', cmd_del_alias, 'delete aliases, print the blobs they named',
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
+    ('get-digest', cmd_get_digest, 'print an alias\'s config blob digest',
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+    ('get-manifest', cmd_get_manifest, 'print an alias\'s manifest',
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
+    ('list-aliases', cmd_list_aliases, 'print the aliases in REPO',
+     [('repo', {})]),
+    ('list-repos', cmd_list_repos, 'print the repositories in the registry', []),
+    ('version', cmd_version, 'print the version', []),
+]
+
+_EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
+           '2 not found, 5 integrity, 13 auth, 22 usage, 1 other, 130 '
+           'interrupted.')
+
+
+def _build_parser(out):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise _UsageError('%s (see %s --help)' % (message, self.prog))
+
+        def exit(self, status=0, message=None):
+            if message:
+                raise _UsageError(message.strip())
+            raise _Exit(status)
+
+        def _print_message(self, message, file=None):
+            if message:
+                out.write(message.encode('utf-8'))
+
+    parser = Parser(prog='dxf', description='Store data in a Docker / OCI '
+                    'registry: blobs by digest, aliases for sets of blobs.',
+                    epilog=_EPILOG)
+    parser.add_argument('--version', action='version',
+                        version='dxf.py ' + __version__)
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    for name, func, text, arguments in _COMMANDS:
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
+        for dest, options in arguments:
+            if dest == 'repo':
+                options = dict(metavar='REPO', help='repository name')
+            p.add_argument(dest, **options)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
+    """Run the command line; return the exit status.
+
+    :param argv: arguments without the program name (default sys.argv[1:])
+    :param environ: the DXF_* settings (default os.environ)
+    :param stdout: binary stream for data; ``stderr`` text stream for errors;
+        ``stdin`` binary stream for manifests and ``push-blob -``
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ if environ is None else environ
+    stdout = stdout if stdout is not None else sys.stdout.buffer
+    stderr = stderr if stderr is not None else sys.stderr
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    debug = environ.get('DXF_DEBUG') == '1'
+    dxf = None
+    try:
+        args = _build_parser(stdout).parse_args(argv)
+        settings = _Settings.from_environ(environ)
+        show = settings.progress
+        if show is None:
+            show = hasattr(stderr, 'isatty') and stderr.isatty()
+        settings.progress_printer = _Progress(stderr) if show else None
+        if args.func is not cmd_version:
+            dxf = settings.open(getattr(args, 'repo', None)
+                                if args.func is not cmd_list_repos else None)
+        args.func(dxf, args, settings, stdout, stdin)
+        stdout.flush()
+        return 0
+    except _Exit as exc:
+        return exc.status
+    except _UsageError as exc:
+        return _fail(stderr, str(exc), errno.EINVAL, debug)
+    except DXFError as exc:
+        return _fail(stderr, str(exc), exc.exit_code, debug)
+    except KeyboardInterrupt:
+        return _fail(stderr, 'interrupted', _EXIT_INTERRUPTED, debug)
+    except BrokenPipeError:
+        return 1          # the reader went away (dxf pull-blob ... | head)
+    except OSError as exc:
+        return _fail(stderr, _exc_text(exc), 1, debug)
+    finally:
+        if dxf is not None:
+            dxf.close()
+
+
+def _fail(stderr, message, status, debug):
+    if debug:
+        import traceback
+        stderr.write(traceback.format_exc())
+    stderr.write('dxf: error: %s\n' % _printable(message, 1000))
+    stderr.flush()
+    return status
+
+
+# =============================================================================
+# 11. Entry point
+# =============================================================================
+
+if __name__ == '__main__':
+    sys.exit(main())
