@@ -1443,21 +1443,21 @@ class DXF(DXFBase):
         if digest is None:
             return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
                                      progress, None, size)
-        h = _new_hash(digest)
-
-        def on_data(view):
-            h.update(view)
-            if progress:
-                progress(digest, bytes(view), size)
+        on_data = None
         if progress:
             progress(digest, b'', size)
+
+            def on_data(view):
+                progress(digest, bytes(view), size)
         _, location = self._start_upload()
-        # The registry refuses content that does not match the digest; if the
-        # file changed since it was hashed, say so rather than "bad request".
+        # The registry checks the content against the digest, so the upload
+        # needs no second hash; if it refuses because the file changed since
+        # it was hashed, say so rather than "bad request".
         try:
             self._finish_upload(location, digest, _FileBody(f, size, on_data))
         except DXFHTTPError:
-            got = '%s:%s' % (digest.split(':')[0], h.hexdigest())
+            f.seek(0)
+            got = _hash_stream(f, split_digest(digest)[0])
             if got != digest:
                 raise DXFDigestMismatchError(got, digest) from None
             raise
