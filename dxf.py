@@ -111,6 +111,13 @@ _DIGEST_RE = re.compile(r'(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z')
 _DIGEST_LIKE_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z')
 _HASHES = {'sha256': hashlib.sha256, 'sha512': hashlib.sha512}
 _REDIRECTS = (301, 302, 303, 307, 308)
+# Answers worth another try: the request may succeed once the registry (or a
+# proxy in front of it) recovers or stops throttling.
+_RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+_DEFAULT_RETRIES = 5
+_RETRY_BASE = 0.25               # seconds before the first retry, doubling
+_RETRY_CAP = 10.0                # longest wait between two tries
+_MAX_RETRY_TIME = 120.0          # no request keeps retrying longer than this
 
 # =============================================================================
 # 3. Errors
@@ -141,6 +148,7 @@ class DXFUnexpectedDigestMethodError(DXFInputError):
 
 class DXFConnectionError(DXFError):
     """The registry cannot be reached or talked to (DNS, refused, TLS, timeout)."""
+    retryable = True
 
 
 class DXFHTTPError(DXFError):
@@ -612,9 +620,11 @@ class _Transport:
     back once its response has been read to the end.
     """
 
-    def __init__(self, tlsverify=True, timeout=None):
+    def __init__(self, tlsverify=True, timeout=None, retries=None):
         self.tlsverify = tlsverify
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
+        self.retries = _DEFAULT_RETRIES if retries is None else retries
+        self.retry_time = _MAX_RETRY_TIME
         self._ssl_context = None
         self._pool = {}
         self._lock = threading.Lock()
@@ -671,11 +681,42 @@ class _Transport:
                 conn.close()
 
     def request(self, method, url, headers=None, body=None):
-        """Send a request, following redirects; returns an unread _Response.
+        """Send a request; return an unread _Response.
 
-        ``body`` is None, bytes, a _FileBody or a _ChunkedBody.  Redirects are
-        followed only while the body can be sent again.
+        ``body`` is None, bytes, a _FileBody or a _ChunkedBody.  Connection
+        failures and 408/429/5xx answers are retried with backoff (honouring
+        Retry-After) while the body can be sent again; redirects are followed.
         """
+        deadline = time.time() + self.retry_time
+        attempt = 0
+        while True:
+            try:
+                resp = self._follow(method, url, headers, body)
+                if resp.status not in _RETRY_STATUSES:
+                    return resp
+                delay = _retry_after(resp.header('Retry-After'))
+                failure = resp
+            except DXFConnectionError as exc:
+                if not exc.retryable:
+                    raise
+                delay, failure = None, exc
+            if delay is None:
+                delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt)
+                delay *= 0.5 + _random_fraction() / 2
+            if (attempt >= self.retries or isinstance(body, _ChunkedBody)
+                    or time.time() + delay > deadline):
+                if isinstance(failure, Exception):
+                    raise failure
+                return failure
+            if isinstance(failure, _Response):
+                failure.read()     # drain, so the connection is reused
+            time.sleep(delay)
+            attempt += 1
+            if isinstance(body, _FileBody):
+                body.rewind()
+
+    def _follow(self, method, url, headers, body):
+        """Send a request, following redirects."""
         headers = dict(headers or {})
         for _ in range(_MAX_REDIRECTS + 1):
             resp = self._send(method, url, headers, body)
@@ -731,8 +772,10 @@ class _Transport:
                     continue
                 if isinstance(exc, DXFError):
                     raise
-                raise DXFConnectionError('%s %s: %s' % (
-                    method, _path(url), _exc_text(exc))) from exc
+                error = DXFConnectionError('%s %s: %s' % (
+                    method, _path(url), _exc_text(exc)))
+                error.retryable = _is_transient(exc)
+                raise error from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
@@ -755,6 +798,40 @@ class _Transport:
             body.send(conn)
         elif body:
             conn.send(body)
+
+
+def _random_fraction():
+    """A float in [0, 1) for backoff jitter (the random module costs ms)."""
+    return int.from_bytes(os.urandom(4), 'big') / 2.0 ** 32
+
+
+def _retry_after(value):
+    """Seconds to wait from a Retry-After value (seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = int(value)
+    else:
+        import email.utils
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, min(float(seconds), _RETRY_CAP * 3))
+
+
+def _is_transient(exc):
+    """False for failures a retry cannot mend (certificates, unknown hosts)."""
+    import socket
+    permanent = (socket.gaierror,)
+    try:
+        import ssl
+        permanent += (ssl.SSLError, ssl.CertificateError)
+    except ImportError:
+        pass
+    return not isinstance(exc, permanent)
 
 
 def _is_stale(exc):
@@ -977,10 +1054,11 @@ class BlobReader:
     final bytes are returned only once the whole blob has hashed to
     ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
     raised instead.  ``size`` is the blob's length when the registry said it.
+    A connection that breaks mid-blob is resumed with a range request.
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
-                 expected_size=None):
+                 expected_size=None, reopen=None, retries=0):
         self.digest = digest
         self.size = response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
@@ -997,6 +1075,8 @@ class BlobReader:
         self._done = 0
         self._ahead = None        # look-ahead piece when the size is unknown
         self._finished = False
+        self._reopen = reopen     # reopen(offset) -> response from offset
+        self._resumes = retries
         if progress:
             progress(digest, b'', self.size)
 
@@ -1038,11 +1118,7 @@ class BlobReader:
             return b''.join(iter(lambda: self.read(_CHUNK_SIZE), b''))
         if self.size is not None:
             want = min(n, self.size - self._done)
-            data = self._raw(want) if want else b''
-            if want and not data:
-                self.close()
-                raise DXFSizeMismatchError(self._done, self.size,
-                                           'blob %s' % self.digest)
+            data = self._read_resuming(want) if want else b''
             last = self._done + len(data) >= self.size
         else:
             data = self._ahead if self._ahead is not None else self._raw(n)
@@ -1055,6 +1131,51 @@ class BlobReader:
         if self._progress and data:
             self._progress(self.digest, data, self.size)
         return data
+
+    def _read_resuming(self, want):
+        """Up to ``want`` (> 0) bytes, resuming the download if it breaks."""
+        while True:
+            try:
+                data = self._raw(want)
+            except DXFConnectionError:
+                if not self._reopen or self._resumes <= 0:
+                    raise
+                data = b''
+            if data:
+                return data
+            if not self._reopen or self._resumes <= 0:
+                self.close()
+                raise DXFSizeMismatchError(self._done, self.size,
+                                           'blob %s' % self.digest)
+            self._resumes -= 1
+            self._resume()
+
+    def _resume(self):
+        """Continue from byte ``_done`` on a new request (RFC 9110 ranges)."""
+        self._resp.close()
+        resp = self._resp = self._reopen(self._done)
+        if resp.status == 206:
+            expected = 'bytes %d-%d/%d' % (self._done, self.size - 1, self.size)
+            if (resp.header('Content-Range') or '').strip() != expected:
+                resp.close()
+                raise DXFConnectionError('blob %s: registry answered the '
+                                         'range request with the wrong range'
+                                         % self.digest)
+            return
+        # A 200 starts over: read the prefix again and check it hashes the
+        # same as the bytes already handed out.
+        h = _new_hash(self.digest)
+        left = self._done
+        while left:
+            piece = self._raw(min(left, _CHUNK_SIZE))
+            if not piece:
+                raise DXFSizeMismatchError(self._done - left, self.size,
+                                           'blob %s' % self.digest)
+            h.update(piece)
+            left -= len(piece)
+        if h.hexdigest() != self._hash.copy().hexdigest():
+            resp.close()
+            raise DXFDigestMismatchError('(a different prefix)', self.digest)
 
     def _verify(self):
         self._finished = True
@@ -1199,10 +1320,12 @@ class DXFBase(_AuthMixin):
     :param timeout: seconds of silence before a request fails (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
+    :param retries: how many times a failed request is tried again (5)
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
-                 tlsverify=True, timeout=None, allow_insecure_auth=False):
+                 tlsverify=True, timeout=None, allow_insecure_auth=False,
+                 retries=None):
         if (not isinstance(host, str) or not host or '/' in host
                 or not _split_hostport(host)[0]):
             raise DXFInputError('invalid registry host %r (host[:port] '
@@ -1213,7 +1336,7 @@ class DXFBase(_AuthMixin):
         self._auth = auth
         self._auth_host = auth_host
         self._allow_insecure_auth = allow_insecure_auth
-        self._transport = _Transport(tlsverify, timeout)
+        self._transport = _Transport(tlsverify, timeout, retries)
         self._auth_state = _AuthState()
         self._repo = None
 
@@ -1318,9 +1441,10 @@ class DXF(DXFBase):
     """
 
     def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
-                 tlsverify=True, timeout=None, allow_insecure_auth=False):
+                 tlsverify=True, timeout=None, allow_insecure_auth=False,
+                 retries=None):
         super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
-                         allow_insecure_auth)
+                         allow_insecure_auth, retries)
         self._set_repo(repo)
 
     def _set_repo(self, repo):
@@ -1430,31 +1554,37 @@ class DXF(DXFBase):
         import stat
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):     # a pipe or a device: stream it
-            chunks = iter(lambda: f.read(_CHUNK_SIZE), b'')
             if digest is not None and check_exists and self._blob_head(digest) is not None:
                 return digest
-            return self._push_stream(chunks, progress, digest)
+            return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
+                                     progress, digest)
         size = st.st_size
         if digest is None and check_exists:
             digest = _hash_stream(f)
-            f.seek(0)
         if check_exists and digest and self._blob_head(digest) is not None:
             return digest
+
+        def rewound():
+            f.seek(0)
+            return iter(lambda: f.read(_CHUNK_SIZE), b'')
         if digest is None:
-            return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
-                                     progress, None, size)
+            return self._push_stream(rewound, progress, None, size)
         on_data = None
         if progress:
-            progress(digest, b'', size)
-
             def on_data(view):
                 progress(digest, bytes(view), size)
-        _, location = self._start_upload()
+
+        def upload():
+            f.seek(0)
+            if progress:
+                progress(digest, b'', size)
+            _, location = self._start_upload()
+            self._finish_upload(location, digest, _FileBody(f, size, on_data))
         # The registry checks the content against the digest, so the upload
         # needs no second hash; if it refuses because the file changed since
         # it was hashed, say so rather than "bad request".
         try:
-            self._finish_upload(location, digest, _FileBody(f, size, on_data))
+            self._retry_upload(upload)
         except DXFHTTPError:
             f.seek(0)
             got = _hash_stream(f, split_digest(digest)[0])
@@ -1464,36 +1594,60 @@ class DXF(DXFBase):
         self._sizes[digest] = size
         return digest
 
-    def _push_stream(self, chunks, progress, digest, total=None):
-        """Upload in one pass: a chunked PATCH hashed as it goes, then PUT."""
-        algorithm = split_digest(digest)[0] if digest else 'sha256'
-        h = _HASHES[algorithm]()
-        count = [0]
+    def _retry_upload(self, upload):
+        """Run ``upload()`` again from a new session when one fails midway.
 
-        def on_data(chunk):
-            h.update(chunk)
-            count[0] += len(chunk)
+        A registry forgets an upload session whose connection broke (the
+        next request on it gets 404), so a retry starts from the POST.
+        """
+        for attempt in range(self._transport.retries + 1):
+            try:
+                return upload()
+            except (DXFConnectionError, DXFHTTPError) as exc:
+                again = (exc.retryable if isinstance(exc, DXFConnectionError)
+                         else exc.status in (404,) + _RETRY_STATUSES)
+                if not again or attempt >= self._transport.retries:
+                    raise
+            time.sleep(min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt))
+
+    def _push_stream(self, chunks, progress, digest, total=None):
+        """Upload in one pass: a chunked PATCH hashed as it goes, then PUT.
+
+        ``chunks`` is an iterator of bytes, or a function returning a fresh
+        one (then a failed upload is tried again).
+        """
+        algorithm = split_digest(digest)[0] if digest else 'sha256'
+
+        def upload():
+            h = _HASHES[algorithm]()
+            count = [0]
+
+            def on_data(chunk):
+                h.update(chunk)
+                count[0] += len(chunk)
+                if progress:
+                    progress(digest, bytes(chunk), total)
             if progress:
-                progress(digest, bytes(chunk), total)
-        if progress:
-            progress(digest, b'', total)
-        _, location = self._start_upload()
-        try:
-            resp = self._request('PATCH', location, self._scope(['pull', 'push']),
-                                 headers={'Content-Type':
-                                          'application/octet-stream'},
-                                 body=_ChunkedBody(chunks, on_data), ok=(202,))
-            location = urllib.parse.urljoin(location, resp.header('Location')
-                                            or location)
-            got = algorithm + ':' + h.hexdigest()
-            if digest is not None and got != digest:
-                raise DXFDigestMismatchError(got, digest)
-            self._finish_upload(location, got)
-        except BaseException:
-            self._cancel_upload(location)
-            raise
-        self._sizes[got] = count[0]
-        return got
+                progress(digest, b'', total)
+            source = chunks() if callable(chunks) else chunks
+            _, location = self._start_upload()
+            try:
+                resp = self._request(
+                    'PATCH', location, self._scope(['pull', 'push']),
+                    headers={'Content-Type': 'application/octet-stream'},
+                    body=_ChunkedBody(source, on_data), ok=(202,))
+                location = urllib.parse.urljoin(
+                    location, resp.header('Location') or location)
+                got = algorithm + ':' + h.hexdigest()
+                if digest is not None and got != digest:
+                    raise DXFDigestMismatchError(got, digest)
+                self._finish_upload(location, got)
+            except BaseException:
+                self._cancel_upload(location)
+                raise
+            self._sizes[got] = count[0]
+            return got
+        return self._retry_upload(upload) if callable(chunks) else upload()
 
     def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
         """Download a blob: return a BlobReader over its verified bytes.
@@ -1503,10 +1657,15 @@ class DXF(DXFBase):
         :param progress: ``progress(digest, chunk, total)`` as bytes arrive
         """
         split_digest(digest)
-        resp = self._request('GET', self._url('blobs', digest),
-                             self._scope(['pull']), stream=True)
-        reader = BlobReader(resp, digest, chunk_size, progress,
-                            self._sizes.get(digest))
+        url, scope = self._url('blobs', digest), self._scope(['pull'])
+
+        def reopen(offset):
+            return self._request('GET', url, scope, ok=(200, 206), stream=True,
+                                 headers={'Range': 'bytes=%d-' % offset})
+        reader = BlobReader(self._request('GET', url, scope, stream=True),
+                            digest, chunk_size, progress,
+                            self._sizes.get(digest), reopen,
+                            self._transport.retries)
         return (reader, reader.size) if size else reader
 
     def del_blob(self, digest):
@@ -1724,6 +1883,7 @@ def _add_query(url, **params):
 #     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
 #     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
 #     DXF_TIMEOUT         seconds of silence before a request fails (60)
+#     DXF_RETRIES         retries of a failed request (5; 0 turns them off)
 #     DXF_PLATFORM        os/arch[/variant] for multi-platform aliases
 #     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
 #     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
@@ -1734,8 +1894,8 @@ def _add_query(url, **params):
 _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
              'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
-             'DXF_TIMEOUT', 'DXF_PLATFORM', 'DXF_PROGRESS', 'DXF_BLOB_INFO',
-             'DXF_CHUNK_SIZE', 'DXF_DEBUG')
+             'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
+             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_DEBUG')
 _EXIT_INTERRUPTED = 130
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
 
@@ -1763,17 +1923,17 @@ def _env_flag(environ, name, default=False):
     raise _UsageError('%s must be 1 or 0, not %r' % (name, _printable(value)))
 
 
-def _env_number(environ, name, kind, default):
+def _env_number(environ, name, kind, default, zero=False):
     value = environ.get(name, '').strip()
     if not value:
         return default
     try:
         number = kind(value)
     except ValueError:
-        number = 0
-    if not number > 0:
-        raise _UsageError('%s must be a positive number, not %r'
-                          % (name, _printable(value)))
+        number = -1
+    if not (number >= 0 if zero else number > 0) or number != number:
+        raise _UsageError('%s must be a %s number, not %r' % (
+            name, 'non-negative' if zero else 'positive', _printable(value)))
     return number
 
 
@@ -1800,6 +1960,8 @@ class _Settings:
                                   % s.tlsverify)
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
+        s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
+                                zero=True)
         s.platform = environ.get('DXF_PLATFORM') or None
         if s.platform and not _PLATFORM_RE.match(s.platform):
             raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
@@ -1824,7 +1986,7 @@ class _Settings:
             auth = None
         options = dict(auth=auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
-                       timeout=self.timeout,
+                       timeout=self.timeout, retries=self.retries,
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(self.host, **options) if repo is None else DXF(
             self.host, repo, **options)
