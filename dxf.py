@@ -2098,19 +2098,73 @@ def cmd_push_blob(dxf, args, settings, out, stdin):
     _write_line(out, digest)
 
 
-def cmd_pull_blob(dxf, args, settings, out, stdin):
-    """dxf pull-blob REPO [REF...]: write the blobs to stdout."""
+class _AtomicFile:
+    """A file that appears under its name only once complete and on disk.
+
+    Bytes go to a temporary file beside the target; it is fsynced and
+    renamed over the target on success, removed on any failure.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import tempfile
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(
+                dir=directory, suffix='.dxf-partial',
+                prefix='.%s.' % os.path.basename(self.path))
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s'
+                                % (self.path, exc.strerror or exc)) from exc
+        self.file = os.fdopen(fd, 'wb')
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+            if exc_type is not None:
+                os.unlink(self.tmp)
+        if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
+            os.replace(self.tmp, self.path)
+        return False
+
+
+def _copy_blob(dxf, digest, out, settings):
     progress = settings.progress_printer
-    for digest, size in _resolve_refs(dxf, args.refs, settings, stdin):
-        reader = dxf.pull_blob(digest, chunk_size=settings.chunk_size,
-                               progress=progress)
-        with reader:
-            if settings.blob_info:
-                _write_line(out, '%s %s' % (digest, reader.size))
-            for chunk in reader:
-                out.write(chunk)
-        if progress:
-            progress.finish()
+    with dxf.pull_blob(digest, chunk_size=settings.chunk_size,
+                       progress=progress) as reader:
+        if settings.blob_info:
+            _write_line(settings.stdout, '%s %s' % (digest, reader.size))
+        for chunk in reader:
+            out.write(chunk)
+    if progress:
+        progress.finish()
+
+
+def cmd_pull_blob(dxf, args, settings, out, stdin):
+    """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
+    blobs = _resolve_refs(dxf, args.refs, settings, stdin)
+    if args.output and os.path.isdir(args.output):
+        for digest, _ in blobs:     # one file per blob, named by its digest
+            path = os.path.join(args.output, digest.split(':')[1])
+            with _AtomicFile(path) as f:
+                _copy_blob(dxf, digest, f, settings)
+    elif args.output:
+        with _AtomicFile(args.output) as f:
+            for digest, _ in blobs:
+                _copy_blob(dxf, digest, f, settings)
+    else:
+        for digest, _ in blobs:
+            _copy_blob(dxf, digest, out, settings)
     out.flush()
 
 
@@ -2215,8 +2269,11 @@ _COMMANDS = [
     ('push-blob', cmd_push_blob, 'upload FILE (- for stdin), print its digest',
      [('repo', {}), ('file', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
     ('pull-blob', cmd_pull_blob,
-     'write blobs to stdout (no REF: read a manifest from stdin)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+     'write blobs to stdout or a file (no REF: read a manifest from stdin)',
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS')),
+      ('--output', dict(flags=('-o',), metavar='PATH', help=(
+          'write to PATH (a directory: one file per blob), which appears '
+          'only once every byte is verified')))]),
     ('blob-size', cmd_blob_size, 'print blob sizes (an alias: their sum)',
      [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
     ('mount-blob', cmd_mount_blob, 'mount a blob from another repository',
@@ -2275,7 +2332,8 @@ def _build_parser(out):
         for dest, options in arguments:
             if dest == 'repo':
                 options = dict(metavar='REPO', help='repository name')
-            p.add_argument(dest, **options)
+            options = dict(options)
+            p.add_argument(*options.pop('flags', ()) + (dest,), **options)
         p.set_defaults(func=func)
     return parser
 
@@ -2296,12 +2354,21 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     debug = environ.get('DXF_DEBUG') == '1'
     dxf = None
     try:
-        args = _build_parser(stdout).parse_args(argv)
+        parser = _build_parser(stdout)
+        args, extra = parser.parse_known_args(argv)
+        # argparse (before 3.7's parse_intermixed_args) leaves positionals
+        # that follow an option unparsed: "pull-blob REPO -o F @alias".
+        if extra and hasattr(args, 'refs') and not any(
+                a.startswith('-') for a in extra):
+            args.refs += extra
+        elif extra:
+            parser.error('unrecognized arguments: %s' % ' '.join(extra))
         settings = _Settings.from_environ(environ)
         show = settings.progress
         if show is None:
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = _Progress(stderr) if show else None
+        settings.stdout = stdout
         if args.func is not cmd_version:
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not cmd_list_repos else None)
