@@ -625,6 +625,7 @@ class _Transport:
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.retry_time = _MAX_RETRY_TIME
+        self.trace = None     # trace(line): one line per request (no headers)
         self._ssl_context = None
         self._pool = {}
         self._lock = threading.Lock()
@@ -758,9 +759,14 @@ class _Transport:
         errors = _transport_errors()
         for attempt in (0, 1):
             conn, reused = self._get(key)
+            started = time.time()
             try:
                 self._write(conn, method, target, headers, body)
                 raw = conn.getresponse()
+                if self.trace:
+                    self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
+                        method, parts.scheme, parts.netloc, parts.path,
+                        raw.status, 1000 * (time.time() - started)))
             except errors as exc:
                 conn.close()
                 # A pooled connection the server has since closed fails at
@@ -1540,15 +1546,28 @@ class DXF(DXFBase):
             with _open_input(filename) as f:
                 return self._push_file(f, progress, digest, check_exists)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            data = bytes(data)
-            got = hash_bytes(data) if digest is None else _hash_as(digest, data)
-            if digest is not None and got != digest:
-                raise DXFDigestMismatchError(got, digest)
-            digest = got
-            data = [data]
+            return self._push_bytes(bytes(data), progress, digest, check_exists)
         if digest is not None and check_exists and self._blob_head(digest) is not None:
             return digest
         return self._push_stream(iter(data), progress, digest)
+
+    def _push_bytes(self, data, progress, digest, check_exists):
+        got = hash_bytes(data) if digest is None else _hash_as(digest, data)
+        if digest is not None and got != digest:
+            raise DXFDigestMismatchError(got, digest)
+        if check_exists and self._blob_head(got) is not None:
+            return got
+
+        def upload():
+            if progress:
+                progress(got, b'', len(data))
+            _, location = self._start_upload()
+            self._finish_upload(location, got, data)
+            if progress:
+                progress(got, data, len(data))
+        self._retry_upload(upload)
+        self._sizes[got] = len(data)
+        return got
 
     def _push_file(self, f, progress, digest, check_exists):
         import stat
@@ -1771,10 +1790,18 @@ class DXF(DXFBase):
             raise DXFDigestMismatchError(echoed, digest)
         return digest
 
-    def _ensure_empty_config(self):
-        if self._blob_head(_EMPTY_DIGEST) is None:
-            self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST,
-                           check_exists=False)
+    def _set_alias_manifest(self, alias, manifest):
+        """set_manifest for dxf's own manifests, pushing the empty config
+        blob first if the registry lacks it (usually it has it already, so
+        asking first would cost a request every time)."""
+        try:
+            return self.set_manifest(alias, manifest)
+        except DXFHTTPError as exc:
+            if not any(e.get('code') == 'MANIFEST_BLOB_UNKNOWN'
+                       for e in exc.errors) or self._blob_head(_EMPTY_DIGEST):
+                raise
+        self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
+        return self.set_manifest(alias, manifest)
 
     def make_manifest(self, *digests):
         """Return the manifest (str) an alias over ``digests`` would store."""
@@ -1795,8 +1822,7 @@ class DXF(DXFBase):
         """
         _check_alias(alias)
         manifest = self.make_manifest(*digests)
-        self._ensure_empty_config()
-        self.set_manifest(alias, manifest)
+        self._set_alias_manifest(alias, manifest)
         return manifest
 
     def get_alias(self, alias=None, manifest=None, verify=True, sizes=False,
@@ -1834,8 +1860,7 @@ class DXF(DXFBase):
         placeholder = _alias_manifest([], {
             'vnd.dxf.deleting': alias,
             'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
-        self._ensure_empty_config()
-        digest = self.set_manifest(alias, placeholder)
+        digest = self._set_alias_manifest(alias, placeholder)
         self._request('DELETE', self._url('manifests', digest),
                       self._scope(['delete']), ok=(202,))
         return named
@@ -1888,7 +1913,7 @@ def _add_query(url, **params):
 #     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
 #     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
 #     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
-#     DXF_DEBUG           1: add a traceback to error messages
+#     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
 _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
@@ -1990,6 +2015,9 @@ class _Settings:
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(self.host, **options) if repo is None else DXF(
             self.host, repo, **options)
+        if self.debug:
+            dxf._transport.trace = lambda line: self.stderr.write(
+                'dxf: %s\n' % line)
         if self.token:
             dxf.token = self.token
         return dxf
@@ -2368,7 +2396,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         if show is None:
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = _Progress(stderr) if show else None
-        settings.stdout = stdout
+        settings.stdout, settings.stderr = stdout, stderr
         if args.func is not cmd_version:
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not cmd_list_repos else None)
