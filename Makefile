@@ -1,0 +1,73 @@
+# dxf.py: tests, lint, coverage and the README demo.  GNU make.
+#
+#   make test       the suite on .venv (python3), then on every pyenv
+#                   CPython 3.6..3.13, each in its own .venv-3.X
+#                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600)
+#   make quick      the suite on .venv only
+#   make tox        the same matrix through tox
+#   make lint       ../shared/tools/check_module.py and ruff
+#   make coverage   coverage of dxf.py by the suite, on .venv
+#   make demo       the README's command-line example against a throwaway registry
+#   make bench      bench/bench.py, when there is one
+#   make clean      build outputs and caches; `make distclean` also the venvs
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PYTEST_ARGS ?= -q
+export PYTEST_ARGS
+
+PYENV_ROOT_DIR := $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(PYENV_ROOT_DIR)/versions/3.*/bin))
+
+.PHONY: test quick tox lint coverage demo bench clean distclean registry
+
+test: registry
+	@.ci/test-matrix
+
+quick: registry $(VENV)/bin/pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The registry binary the tests and the demo run (Debian package docker-registry).
+# apt-get update only when the plain install fails: the lists may be stale or absent.
+registry:
+	@if [ -z "$$DXF_TEST_REGISTRY" ] && ! command -v docker-registry >/dev/null 2>&1; then \
+	    sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    echo "installing docker-registry"; \
+	    $$sudo apt-get install -y -q docker-registry >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q docker-registry >/dev/null; }; \
+	fi
+
+$(VENV)/bin/pytest:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q pytest
+
+tox: registry $(VENV)/bin/pytest
+	$(VENV)/bin/python -m pip install -q tox
+	PATH="$(PYENV_BINS):$$PATH" $(VENV)/bin/tox $(if $(TOX_ARGS),$(TOX_ARGS),-p 2)
+
+lint: $(VENV)/bin/pytest
+	@if [ -f ../shared/tools/check_module.py ]; then \
+	    echo "$(PYTHON) ../shared/tools/check_module.py dxf.py"; \
+	    $(PYTHON) ../shared/tools/check_module.py dxf.py; \
+	fi
+	@[ -x $(VENV)/bin/ruff ] || $(VENV)/bin/python -m pip install -q ruff
+	$(VENV)/bin/ruff check --select E4,E7,E9,F,W,E501 --line-length 99 dxf.py test_dxf.py setup.py
+
+coverage: registry $(VENV)/bin/pytest
+	@[ -x $(VENV)/bin/coverage ] || $(VENV)/bin/python -m pip install -q coverage
+	$(VENV)/bin/coverage run --include=dxf.py -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/coverage report -m
+
+demo: registry
+	@.ci/demo.sh
+
+bench:
+	@if [ -f bench/bench.py ]; then $(PYTHON) bench/bench.py; else echo "no bench/bench.py yet"; fi
+
+clean:
+	rm -rf build dist *.egg-info .coverage htmlcov .pytest_cache __pycache__ bench/__pycache__
+
+distclean: clean
+	rm -rf .venv .venv-3.* .tox
