@@ -620,8 +620,11 @@ class _Transport:
     back once its response has been read to the end.
     """
 
-    def __init__(self, tlsverify=True, timeout=None, retries=None):
+    def __init__(self, tlsverify=True, timeout=None, retries=None,
+                 proxies=None):
         self.tlsverify = tlsverify
+        self.proxies = _proxy_settings(os.environ if proxies is None
+                                       else proxies)
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.retry_time = _MAX_RETRY_TIME
@@ -662,7 +665,21 @@ class _Transport:
                 return idle.pop(), True
         import http.client
         scheme, host, port = key
-        if scheme == 'https':
+        proxy = _proxy_for(self.proxies, scheme, host, port)
+        if proxy:
+            # https goes through a CONNECT tunnel; http asks the proxy for
+            # absolute URLs (RFC 9112 section 3.2.2).
+            phost, pport, pauth = proxy
+            if scheme == 'https':
+                conn = http.client.HTTPSConnection(
+                    phost, pport, timeout=self.timeout, context=self._context())
+                conn.set_tunnel(host, port, headers=pauth)
+            else:
+                conn = http.client.HTTPConnection(phost, pport,
+                                                  timeout=self.timeout)
+                conn.dxf_prefix = 'http://%s' % _netloc(host, port)
+                conn.dxf_headers = pauth
+        elif scheme == 'https':
             conn = http.client.HTTPSConnection(
                 host, port, timeout=self.timeout, context=self._context())
         else:
@@ -786,7 +803,10 @@ class _Transport:
 
     @staticmethod
     def _write(conn, method, target, headers, body):
-        conn.putrequest(method, target, skip_accept_encoding=True)
+        conn.putrequest(method, getattr(conn, 'dxf_prefix', '') + target,
+                        skip_accept_encoding=True)
+        for name, value in getattr(conn, 'dxf_headers', {}).items():
+            conn.putheader(name, value)
         names = {k.lower() for k in headers}
         if 'user-agent' not in names:
             conn.putheader('User-Agent', _USER_AGENT)
@@ -846,6 +866,61 @@ def _is_stale(exc):
                             ConnectionAbortedError,
                             http.client.RemoteDisconnected,
                             http.client.BadStatusLine))
+
+
+def _proxy_settings(environ):
+    """``{'http': url, 'https': url, 'no': list}`` from the *_proxy variables.
+
+    Lower case wins, as with curl.  HTTP_PROXY is ignored in a CGI request
+    (REQUEST_METHOD set), where a client could set it ("httpoxy").
+    """
+    found = {}
+    for name in ('http', 'https', 'no'):
+        value = environ.get(name + '_proxy')
+        if value is None and not (name == 'http' and 'REQUEST_METHOD' in environ):
+            value = environ.get(name.upper() + '_PROXY')
+        if value and value.strip():
+            found[name] = value.strip()
+    if 'no' in found:
+        found['no'] = [h.strip().lower() for h in found['no'].split(',')
+                       if h.strip()]
+    return found
+
+
+def _proxy_for(proxies, scheme, host, port):
+    """``(host, port, headers)`` of the proxy to use, or None."""
+    url = proxies.get(scheme)
+    if not url:
+        return None
+    host = host.lower()
+    for entry in proxies.get('no', ()):
+        if entry == '*':
+            return None
+        name, _, entry_port = entry.partition(':') if not entry.startswith(
+            '[') else (entry, '', '')
+        name = name.lstrip('.')
+        if ((host == name or host.endswith('.' + name))
+                and (not entry_port or entry_port == str(port or ''))):
+            return None
+    if '://' not in url:
+        url = 'http://' + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != 'http' or not parts.hostname:
+        raise DXFInputError('unsupported proxy %s (http://host:port expected)'
+                            % _printable(parts.scheme + '://' + (
+                                parts.hostname or '')))
+    headers = {}
+    if parts.username is not None:
+        creds = '%s:%s' % (urllib.parse.unquote(parts.username),
+                           urllib.parse.unquote(parts.password or ''))
+        headers['Proxy-Authorization'] = 'Basic ' + base64.b64encode(
+            creds.encode('utf-8')).decode('ascii')
+    return parts.hostname, parts.port or 3128, headers
+
+
+def _netloc(host, port):
+    host = '[%s]' % host if ':' in host else host
+    return host if port is None else '%s:%d' % (host, port)
 
 
 def _origin(url):
@@ -1327,11 +1402,13 @@ class DXFBase(_AuthMixin):
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
     :param retries: how many times a failed request is tried again (5)
+    :param proxies: where to read ``http_proxy``, ``https_proxy`` and
+        ``no_proxy`` from (default ``os.environ``)
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None):
+                 retries=None, proxies=None):
         if (not isinstance(host, str) or not host or '/' in host
                 or not _split_hostport(host)[0]):
             raise DXFInputError('invalid registry host %r (host[:port] '
@@ -1342,7 +1419,7 @@ class DXFBase(_AuthMixin):
         self._auth = auth
         self._auth_host = auth_host
         self._allow_insecure_auth = allow_insecure_auth
-        self._transport = _Transport(tlsverify, timeout, retries)
+        self._transport = _Transport(tlsverify, timeout, retries, proxies)
         self._auth_state = _AuthState()
         self._repo = None
 
@@ -1448,9 +1525,9 @@ class DXF(DXFBase):
 
     def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None):
+                 retries=None, proxies=None):
         super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
-                         allow_insecure_auth, retries)
+                         allow_insecure_auth, retries, proxies)
         self._set_repo(repo)
 
     def _set_repo(self, repo):
@@ -1803,27 +1880,43 @@ class DXF(DXFBase):
         self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
         return self.set_manifest(alias, manifest)
 
-    def make_manifest(self, *digests):
-        """Return the manifest (str) an alias over ``digests`` would store."""
+    def make_manifest(self, *digests, names=None):
+        """Return the manifest (str) an alias over ``digests`` would store.
+
+        :param names: file names, one per digest (or None), recorded as each
+            layer's ``org.opencontainers.image.title`` (as oras does)
+        """
         if not digests:
             raise DXFInputError('an alias needs at least one blob')
+        names = list(names or ())
+        names += [None] * (len(digests) - len(names))
         layers = []
-        for digest in digests:
+        for digest, name in zip(digests, names):
+            split_digest(digest)
             size = self._sizes.get(digest)
             if size is None:
                 size = self.blob_size(digest)
-            layers.append(_descriptor(_LAYER_TYPE, digest, size))
+            layers.append(_descriptor(_LAYER_TYPE, digest, size, {
+                _TITLE_ANNOTATION: name} if name else None))
         return _alias_manifest(layers).decode('utf-8')
 
-    def set_alias(self, alias, *digests):
+    def set_alias(self, alias, *digests, names=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
 
-        The blobs must already be in the repository.
+        The blobs must already be in the repository.  ``names`` as for
+        make_manifest.
         """
         _check_alias(alias)
-        manifest = self.make_manifest(*digests)
+        manifest = self.make_manifest(*digests, names=names)
         self._set_alias_manifest(alias, manifest)
         return manifest
+
+    def get_descriptors(self, alias=None, manifest=None, platform=None):
+        """Return the layer descriptors (dicts with ``digest``, ``size``,
+        ``mediaType`` and maybe ``annotations``) an alias names, in order."""
+        m = self._image_manifest(alias, manifest, platform)
+        _manifest_layers(m)      # validates every descriptor
+        return m['layers']
 
     def get_alias(self, alias=None, manifest=None, verify=True, sizes=False,
                   platform=None):
@@ -1968,6 +2061,7 @@ class _Settings:
     @classmethod
     def from_environ(cls, environ):
         s = cls()
+        s.environ = environ
         s.host = environ.get('DXF_HOST', '').strip()
         s.insecure = _env_flag(environ, 'DXF_INSECURE')
         s.username = environ.get('DXF_USERNAME') or None
@@ -2012,6 +2106,7 @@ class _Settings:
         options = dict(auth=auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
+                       proxies=self.environ,
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(self.host, **options) if repo is None else DXF(
             self.host, repo, **options)
@@ -2075,26 +2170,38 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
-def _resolve_refs(dxf, refs, settings, stdin, sizes=False):
+def _resolve_refs(dxf, refs, settings, stdin):
     """Expand digests and @aliases (or a manifest on stdin) into blobs.
 
-    Returns ``[(digest, size or None)]`` in order.
+    Returns ``[(digest, size or None, title or None)]`` in order.
     """
+    def blobs_of(alias=None, manifest=None):
+        return [(d['digest'], d['size'],
+                 (d.get('annotations') or {}).get(_TITLE_ANNOTATION))
+                for d in dxf.get_descriptors(alias, manifest,
+                                             platform=settings.platform)]
     if not refs:
         manifest = stdin.read(_MAX_MANIFEST + 1)
         if len(manifest) > _MAX_MANIFEST:
             raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return dxf.get_alias(manifest=manifest, sizes=True,
-                             platform=settings.platform)
+        return blobs_of(manifest=manifest)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
-            blobs.extend(dxf.get_alias(_alias_arg(ref), sizes=True,
-                                       platform=settings.platform))
+            blobs.extend(blobs_of(_alias_arg(ref)))
         else:
             split_digest(ref)
-            blobs.append((ref, None))
+            blobs.append((ref, None, None))
     return blobs
+
+
+def _safe_name(title):
+    """A title annotation usable as a file name in the output directory."""
+    if (not isinstance(title, str) or title in ('', '.', '..')
+            or title.startswith('.') or '/' in title or '\\' in title
+            or '\0' in title or not title.isprintable()):
+        return None
+    return title
 
 
 def cmd_auth(dxf, args, settings, out, stdin):
@@ -2122,7 +2229,8 @@ def cmd_push_blob(dxf, args, settings, out, stdin):
     if progress:
         progress.finish()
     if alias:
-        dxf.set_alias(alias, digest)
+        dxf.set_alias(alias, digest, names=[
+            None if args.file == '-' else os.path.basename(args.file)])
     _write_line(out, digest)
 
 
@@ -2182,30 +2290,29 @@ def cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output and os.path.isdir(args.output):
-        for digest, _ in blobs:     # one file per blob, named by its digest
-            path = os.path.join(args.output, digest.split(':')[1])
-            with _AtomicFile(path) as f:
+        # One file per blob, named by its title annotation when that is a
+        # plain file name (never a path: no "../"), else by its digest.
+        for digest, _, title in blobs:
+            name = _safe_name(title) or digest.split(':')[1]
+            with _AtomicFile(os.path.join(args.output, name)) as f:
                 _copy_blob(dxf, digest, f, settings)
     elif args.output:
         with _AtomicFile(args.output) as f:
-            for digest, _ in blobs:
+            for digest, _, _ in blobs:
                 _copy_blob(dxf, digest, f, settings)
     else:
-        for digest, _ in blobs:
+        for digest, _, _ in blobs:
             _copy_blob(dxf, digest, out, settings)
     out.flush()
 
 
 def cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
-    if not args.refs:
-        blobs = _resolve_refs(dxf, [], settings, stdin)
-        _write_line(out, str(sum(size for _, size in blobs)))
-    for ref in args.refs:
-        blobs = _resolve_refs(dxf, [ref], settings, stdin)
+    for ref in args.refs or [None]:
+        blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
         _write_line(out, str(sum(size if size is not None else
                                  dxf.blob_size(digest)
-                                 for digest, size in blobs)))
+                                 for digest, size, _ in blobs)))
 
 
 def cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -2219,27 +2326,29 @@ def cmd_mount_blob(dxf, args, settings, out, stdin):
 
 def cmd_del_blob(dxf, args, settings, out, stdin):
     """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
-    for digest, _ in _resolve_refs(dxf, args.refs, settings, stdin):
+    for digest, _, _ in _resolve_refs(dxf, args.refs, settings, stdin):
         dxf.del_blob(digest)
 
 
 def cmd_set_alias(dxf, args, settings, out, stdin):
     """dxf set-alias REPO ALIAS DIGEST|FILE...: print the manifest stored."""
     alias = _check_alias(args.alias)
-    digests = []
+    digests, names = [], []
     for ref in args.refs:
         if os.sep in ref or (os.altsep and os.altsep in ref):
             digests.append(hash_file(ref))
+            names.append(os.path.basename(ref))
         else:
             split_digest(ref)
             digests.append(ref)
-    out.write(dxf.set_alias(alias, *digests).encode('utf-8'))
+            names.append(None)
+    out.write(dxf.set_alias(alias, *digests, names=names).encode('utf-8'))
 
 
 def cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     if not args.aliases:
-        for digest, _ in _resolve_refs(dxf, [], settings, stdin):
+        for digest, _, _ in _resolve_refs(dxf, [], settings, stdin):
             _write_line(out, digest)
     for alias in args.aliases:
         for digest in dxf.get_alias(_check_alias(alias),
