@@ -784,8 +784,10 @@ class _Transport:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
                         raw.status, 1000 * (time.time() - started)))
-            except errors as exc:
+            except BaseException as exc:
                 conn.close()
+                if not isinstance(exc, errors):
+                    raise     # e.g. the caller's data iterable failed
                 # A pooled connection the server has since closed fails at
                 # once: try again on a fresh one if the body can be resent.
                 if (reused and attempt == 0 and _is_stale(exc)
@@ -793,8 +795,6 @@ class _Transport:
                     if isinstance(body, _FileBody):
                         body.rewind()
                     continue
-                if isinstance(exc, DXFError):
-                    raise
                 error = DXFConnectionError('%s %s: %s' % (
                     method, _path(url), _exc_text(exc)))
                 error.retryable = _is_transient(exc)
@@ -947,6 +947,7 @@ class _AuthState:
         self.basic = None         # 'Basic ...' once the registry asked for it
         self.challenge = None     # (realm, service) of the Bearer challenge
         self.creds = None         # Authorization for the token service, or ''
+        self.refresh_token = None  # an identity token (OAuth2 refresh token)
         self.local = threading.local()   # .scope: what the request needs
 
 
@@ -1001,14 +1002,34 @@ class _AuthMixin:
             query.append(('scope', one))
         url = urllib.parse.urlunsplit(
             parts._replace(query=urllib.parse.urlencode(query)))
-        headers = {}
-        if st.creds:
-            self._check_secure(url, 'token service')
-            headers['Authorization'] = st.creds
-        resp = self._transport.request('GET', url, headers)
+        resp = None
+        if st.refresh_token:
+            # An identity token (docker login's "identitytoken") is an OAuth2
+            # refresh token: POST it; token servers without the OAuth2 flow
+            # answer 404/405, then the GET flow takes it as a password.
+            post_url = urllib.parse.urlunsplit(parts)
+            self._check_secure(post_url, 'token service')
+            form = [('grant_type', 'refresh_token'),
+                    ('refresh_token', st.refresh_token),
+                    ('client_id', 'dxf.py'), ('scope', scope or '')]
+            if service:
+                form.append(('service', service))
+            resp = self._transport.request(
+                'POST', post_url,
+                {'Content-Type': 'application/x-www-form-urlencoded'},
+                urllib.parse.urlencode(form).encode('ascii'))
+            if resp.status in (404, 405):
+                resp.read(what='token answer')
+                resp = None
+        if resp is None:
+            headers = {}
+            if st.creds:
+                self._check_secure(url, 'token service')
+                headers['Authorization'] = st.creds
+            resp = self._transport.request('GET', url, headers)
         body = resp.read(what='token answer')
         if resp.status in (401, 403):
-            raise DXFUnauthorizedError('GET', url, resp.status,
+            raise DXFUnauthorizedError(resp.method, url, resp.status,
                                        _registry_errors(body),
                                        'token service refused the credentials')
         if resp.status != 200:
@@ -1048,7 +1069,7 @@ class _AuthMixin:
             st.local.scope = None
 
     def authenticate(self, username=None, password=None, actions=None,
-                     response=None, authorization=None):
+                     response=None, authorization=None, identity_token=None):
         """Authenticate to the registry; return the bearer token, if any.
 
         With no ``response``, first asks ``/v2/`` whether authentication is
@@ -1060,20 +1081,25 @@ class _AuthMixin:
             challenge (or the operation in progress) asks for
         :param authorization: a raw ``Authorization`` value instead of
             username and password
+        :param identity_token: an OAuth2 refresh token (``docker login``'s
+            identity token) instead of username and password
         :raises DXFAuthInsecureError: credentials would go over plain http
         :raises DXFUnauthorizedError: the credentials were refused
         """
         creds = authorization
         if creds is None and username is not None:
-            creds = 'Basic ' + base64.b64encode(('%s:%s' % (
-                username, password or '')).encode('utf-8')).decode('ascii')
+            creds = _basic(username, password)
+        elif creds is None and identity_token:
+            creds = _basic('<token>', identity_token)
         if creds:
             self._check_secure(self._base, 'registry')
+        self._auth_state.refresh_token = identity_token
         return self._authenticate(creds, actions, response)
 
     def _authenticate(self, creds, actions, response):
         st = self._auth_state
-        if response is None:
+        probed = response is None
+        if probed:
             response = self._transport.request('GET', self._base)
             body = response.read()
             if response.status == 200:
@@ -1105,12 +1131,98 @@ class _AuthMixin:
             if creds:
                 self._check_secure(self._base, 'registry')
                 st.basic = creds
+                if probed:     # say now whether the credentials are good
+                    self._request('GET', '')
             return None
         if not challenges:
             raise DXFAuthError('registry answered 401 without a usable '
                                'WWW-Authenticate challenge')
         raise DXFAuthError('registry wants %s authentication, which dxf does '
                            'not support' % _printable(challenges[0][0]))
+
+
+def _basic(username, password):
+    return 'Basic ' + base64.b64encode(('%s:%s' % (
+        username, password or '')).encode('utf-8')).decode('ascii')
+
+
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.docker')
+    path = os.path.join(directory, 'config.json')
+    try:
+        with open(path, 'rb') as f:
+            config = json.loads(f.read().decode('utf-8'))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
+    if not isinstance(config, dict):
+        raise DXFInputError('%s is not a JSON object' % path)
+    names = [host.lower()]
+    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+        names.append('index.docker.io/v1')
+
+    def lookup(table):
+        if isinstance(table, dict):
+            for key, value in table.items():
+                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
+                if bare in names or bare.split('/')[0] == names[0]:
+                    return key, value
+        return None, None
+    key, helper = lookup(config.get('credHelpers'))
+    if not helper:
+        helper = config.get('credsStore')
+    if isinstance(helper, str) and helper:
+        found = _credential_helper(helper, key or host, environ)
+        if found:
+            return found
+    _, entry = lookup(config.get('auths'))
+    if not isinstance(entry, dict):
+        return None
+    if entry.get('identitytoken'):
+        return '<token>', entry['identitytoken']
+    if entry.get('auth'):
+        try:
+            user, _, password = base64.b64decode(entry['auth']).decode(
+                'utf-8').partition(':')
+        except (ValueError, UnicodeDecodeError):
+            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
+        return user, password
+    if entry.get('username'):
+        return entry['username'], entry.get('password', '')
+    return None
+
+
+def _credential_helper(name, server, environ):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
+    import subprocess
+    program = 'docker-credential-' + name
+    try:
+        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DXFAuthError('credential helper %s failed: %s'
+                           % (program, _exc_text(exc))) from exc
+    if done.returncode != 0:
+        if b'credentials not found' in done.stdout + done.stderr:
+            return None      # the helper's "no entry", not an error
+        raise DXFAuthError('credential helper %s failed: %s' % (
+            program, _printable((done.stderr or done.stdout).decode(
+                'utf-8', 'replace').strip().split('\n')[0])))
+    try:
+        doc = json.loads(done.stdout.decode('utf-8'))
+        return doc['Username'], doc['Secret']
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise DXFAuthError('credential helper %s answered something that is '
+                           'not its JSON' % program) from None
 
 
 def _http_error(response, body=b'', expected=None):
@@ -2041,7 +2153,7 @@ def _env_flag(environ, name, default=False):
     raise _UsageError('%s must be 1 or 0, not %r' % (name, _printable(value)))
 
 
-def _env_number(environ, name, kind, default, zero=False):
+def _env_number(environ, name, kind, default, zero=False, high=1e6):
     value = environ.get(name, '').strip()
     if not value:
         return default
@@ -2049,9 +2161,10 @@ def _env_number(environ, name, kind, default, zero=False):
         number = kind(value)
     except ValueError:
         number = -1
-    if not (number >= 0 if zero else number > 0) or number != number:
-        raise _UsageError('%s must be a %s number, not %r' % (
-            name, 'non-negative' if zero else 'positive', _printable(value)))
+    low = 0 if zero else 1e-3
+    if not low <= number <= high:     # NaN fails too
+        raise _UsageError('%s must be a number from %g to %d, not %r'
+                          % (name, low, high, _printable(value)))
     return number
 
 
@@ -2080,14 +2193,15 @@ class _Settings:
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
-                                zero=True)
+                                zero=True, high=100)
         s.platform = environ.get('DXF_PLATFORM') or None
         if s.platform and not _PLATFORM_RE.match(s.platform):
             raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
                               'not %r' % _printable(s.platform))
         s.progress = _env_flag(environ, 'DXF_PROGRESS', None)
         s.blob_info = _env_flag(environ, 'DXF_BLOB_INFO')
-        s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE)
+        s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE,
+                                   high=1 << 30)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
         return s
 
@@ -2095,12 +2209,22 @@ class _Settings:
         """The DXF (or DXFBase when ``repo`` is None) these settings describe."""
         if not self.host:
             raise _UsageError('DXF_HOST is not set (the registry host[:port])')
-        username, password, authorization = (
-            self.username, self.password, self.authorization)
+        explicit = (self.username, self.password, self.authorization)
+        environ = self.environ
 
         def auth(dxf, response):
+            username, password, authorization = explicit
+            identity = None
+            if not any(explicit):
+                # docker login's credentials, looked up only when needed
+                found = _docker_config_credentials(dxf._host, environ)
+                if found and found[0] == '<token>':
+                    identity = found[1]
+                elif found:
+                    username, password = found
             dxf.authenticate(username, password, response=response,
-                             authorization=authorization)
+                             authorization=authorization,
+                             identity_token=identity)
         if self.token:     # a token replaces credentials entirely
             auth = None
         options = dict(auth=auth, insecure=self.insecure,

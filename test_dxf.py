@@ -51,6 +51,7 @@ Markers (registered in tox.ini, ``--strict-markers``)
 """
 import base64
 import collections
+import errno
 import hashlib
 import http.client
 import http.server
@@ -75,6 +76,8 @@ import urllib.request
 from collections.abc import Mapping
 
 import pytest
+
+import dxf
 
 # =============================================================================
 # 1. Infrastructure
@@ -1326,3 +1329,1069 @@ class TestInfrastructure:
         blob_url = '%s/v2/%s/blobs/%s' % (registries['open'].url, repo, _sha256(data))
         status, _, body = _http(blob_url)
         assert (status, body) == (200, data)
+
+
+# =============================================================================
+# 10. Command line
+#     Every command of the seed README (and python-dxf's extras), its exit
+#     statuses and one-line errors, the DXF_* variables, and a round trip in
+#     each registry mode.  All in-process through run_cli, except the two
+#     entry-point smoke tests.
+# =============================================================================
+
+_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+_EMPTY_CONFIG_DIGEST = _sha256(b'{}')
+_SECRET_PASSWORD = 'not-the-password-Q7xZ'
+_HERE = os.path.dirname(os.path.abspath(dxf.__file__))
+
+
+def _error_line(stderr, *words):
+    """Assert stderr is one 'dxf: error: ' line naming ``words``; return it."""
+    assert 'Traceback' not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert stderr.endswith('\n'), stderr
+    line = lines[0]
+    assert line.startswith('dxf: error: '), line
+    for word in words:
+        assert word.lower() in line.lower(), (word, line)
+    return line
+
+
+def _ok(result):
+    """Assert a run succeeded quietly; return its stdout."""
+    status, out, err = result
+    assert (status, err) == (0, ''), (status, err)
+    return out
+
+
+def _fails(result, status, *words):
+    """Assert a run failed with ``status``, nothing on stdout, one error line."""
+    got, out, err = result
+    assert got == status, (errno.errorcode.get(got, got), err)
+    assert out == b'', out
+    return _error_line(err, *words)
+
+
+def _push(run, env, repo, data):
+    """push-blob from stdin; return the digest printed."""
+    out = _ok(run(['push-blob', repo, '-'], env, stdin=data))
+    assert out == _sha256(data).encode('ascii') + b'\n'
+    return _sha256(data)
+
+
+def _lines(*digests):
+    return b''.join(d.encode('ascii') + b'\n' for d in digests)
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def _offline_env(**extra):
+    """An environment whose registry is never reached (settings checks)."""
+    env = {'DXF_HOST': '127.0.0.1:1', 'DXF_INSECURE': '1', 'PATH': os.environ.get('PATH', '')}
+    env.update(extra)
+    return env
+
+
+# ---- the seed README's example ------------------------------------------------
+
+@pytest.mark.registry
+class TestCLIReadmeExample:
+
+    def test_cli_readme_push_blob_with_alias_then_pull_alias_gives_same_bytes(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(300000, 'readme-1')
+        logger = _write(tmp_path, 'logger.dat', data)
+        out = _ok(run_cli(['push-blob', repo, logger, '@may15-readings'], env))
+        assert out == _lines(_sha256(data))
+        assert _ok(run_cli(['pull-blob', repo, '@may15-readings'], env)) == data
+
+    def test_cli_readme_set_alias_of_pushed_digest_then_pull_get_alias_gives_same_bytes(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(300000, 'readme-2')
+        logger = _write(tmp_path, 'logger.dat', data)
+        digest = _ok(run_cli(['push-blob', repo, logger], env)).decode('ascii').strip()
+        assert digest == _sha256(data)
+        _ok(run_cli(['set-alias', repo, 'may15-readings', digest], env))
+        digests = _ok(run_cli(['get-alias', repo, 'may15-readings'], env)).decode().split()
+        assert digests == [digest]
+        assert _ok(run_cli(['pull-blob', repo] + digests, env)) == data
+
+    @pytest.mark.parametrize('entry', [['dxf.py'], ['-m', 'dxf']], ids=['script', 'module'])
+    def test_cli_entry_point_subprocess_runs_both_readme_forms(
+            self, cli_env, repo, tmp_path, entry):
+        env = cli_env('open')
+        data = _blob(200000, 'readme-subprocess')
+        logger = _write(tmp_path, 'logger.dat', data)
+
+        def dxf_cmd(*args):
+            proc = subprocess.Popen([sys.executable] + entry + list(args), cwd=_HERE, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            out, err = proc.communicate(timeout=60)
+            assert (proc.returncode, err) == (0, b''), err
+            return out
+
+        # dxf push-blob fred/datalogger logger.dat @may15-readings
+        assert dxf_cmd('push-blob', repo, logger, '@may15-readings') == _lines(_sha256(data))
+        # dxf pull-blob fred/datalogger @may15-readings
+        assert dxf_cmd('pull-blob', repo, '@may15-readings') == data
+        # dxf set-alias fred/datalogger may15-readings $(dxf push-blob fred/datalogger logger.dat)
+        digest = dxf_cmd('push-blob', repo, logger).decode('ascii').strip()
+        dxf_cmd('set-alias', repo, 'may16-readings', digest)
+        # dxf pull-blob fred/datalogger $(dxf get-alias fred/datalogger may15-readings)
+        digests = dxf_cmd('get-alias', repo, 'may16-readings').decode('ascii').split()
+        assert dxf_cmd('pull-blob', repo, *digests) == data
+        # an error from a real process: one line, the errno status
+        proc = subprocess.Popen([sys.executable] + entry + ['get-alias', repo, 'nope'],
+                                cwd=_HERE, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out) == (errno.ENOENT, b'')
+        _error_line(err.decode('utf-8'))
+
+
+# ---- every command --------------------------------------------------------------
+
+@pytest.mark.registry
+class TestCLICommands:
+
+    # push-blob
+
+    def test_cli_push_blob_file_prints_digest_only(self, cli_env, run_cli, repo, tmp_path):
+        data = _blob(5000, 'push-file')
+        out = _ok(run_cli(['push-blob', repo, _write(tmp_path, 'f', data)], cli_env('open')))
+        assert out == _lines(_sha256(data))
+
+    def test_cli_push_blob_dash_reads_stdin(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        data = _blob(2500000, 'push-stdin')
+        digest = _push(run_cli, env, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+
+    def test_cli_push_blob_empty_file_round_trips(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        out = _ok(run_cli(['push-blob', repo, _write(tmp_path, 'empty', b''), '@empty'], env))
+        assert out == _lines(_sha256(b''))
+        assert _ok(run_cli(['pull-blob', repo, '@empty'], env)) == b''
+        assert _ok(run_cli(['blob-size', repo, '@empty'], env)) == b'0\n'
+
+    def test_cli_push_blob_with_alias_sets_alias(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(100, 'push-alias')
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'f', data), '@mine'], env))
+        assert _ok(run_cli(['get-alias', repo, 'mine'], env)) == _lines(_sha256(data))
+
+    def test_cli_push_blob_twice_prints_same_digest(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(70000, 'twice')
+        path = _write(tmp_path, 'f', data)
+        first = _ok(run_cli(['push-blob', repo, path], env))
+        assert _ok(run_cli(['push-blob', repo, path, '@again'], env)) == first
+        assert _ok(run_cli(['pull-blob', repo, '@again'], env)) == data
+
+    # pull-blob
+
+    def test_cli_pull_blob_several_refs_are_concatenated(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b = _blob(1000, 'pull-a'), _blob(2000, 'pull-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        assert _ok(run_cli(['pull-blob', repo, db, da, db], env)) == b + a + b
+
+    def test_cli_pull_blob_alias_expands_to_all_its_blobs(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b, c = _blob(1000, 'x-a'), _blob(10, 'x-b'), _blob(77, 'x-c')
+        da, db, dc = (_push(run_cli, env, repo, d) for d in (a, b, c))
+        _ok(run_cli(['set-alias', repo, 'two', da, db], env))
+        assert _ok(run_cli(['pull-blob', repo, '@two'], env)) == a + b
+        assert _ok(run_cli(['pull-blob', repo, dc, '@two', dc], env)) == c + a + b + c
+
+    def test_cli_pull_blob_without_refs_reads_manifest_from_stdin(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b = _blob(1000, 'stdin-a'), _blob(3000, 'stdin-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        _ok(run_cli(['set-alias', repo, 'both', da, db], env))
+        manifest = _ok(run_cli(['get-manifest', repo, 'both'], env))
+        assert _ok(run_cli(['pull-blob', repo], env, stdin=manifest)) == a + b
+
+    # del-blob
+
+    def test_cli_del_blob_digest_removes_blob(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        digest = _push(run_cli, env, repo, _blob(500, 'del'))
+        assert _ok(run_cli(['del-blob', repo, digest], env)) == b''
+        _fails(run_cli(['pull-blob', repo, digest], env), errno.ENOENT)
+        _fails(run_cli(['blob-size', repo, digest], env), errno.ENOENT)
+
+    def test_cli_del_blob_alias_deletes_blobs_but_not_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da = _push(run_cli, env, repo, _blob(500, 'del-a'))
+        db = _push(run_cli, env, repo, _blob(600, 'del-b'))
+        _ok(run_cli(['set-alias', repo, 'keep', da, db], env))
+        assert _ok(run_cli(['del-blob', repo, '@keep'], env)) == b''
+        assert _ok(run_cli(['get-alias', repo, 'keep'], env)) == _lines(da, db)
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'keep\n'
+        _fails(run_cli(['pull-blob', repo, da], env), errno.ENOENT)
+        _fails(run_cli(['pull-blob', repo, db], env), errno.ENOENT)
+
+    def test_cli_del_blob_without_refs_reads_manifest_from_stdin(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da = _push(run_cli, env, repo, _blob(100, 'dbs1'))
+        db = _push(run_cli, env, repo, _blob(200, 'dbs2'))
+        dc = _push(run_cli, env, repo, _blob(300, 'dbs3'))
+        manifest = _ok(run_cli(['set-alias', repo, 'al', da, db], env))
+        assert _ok(run_cli(['del-blob', repo], env, stdin=manifest)) == b''
+        _fails(run_cli(['blob-size', repo, da], env), errno.ENOENT)
+        _fails(run_cli(['blob-size', repo, db], env), errno.ENOENT)
+        assert _ok(run_cli(['blob-size', repo, dc], env)) == b'300\n'
+
+    # set-alias
+
+    def test_cli_set_alias_prints_manifest_without_newline(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b = _blob(10, 'sa-a'), _blob(20, 'sa-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        out = _ok(run_cli(['set-alias', repo, 'pair', da, db], env))
+        assert not out.endswith(b'\n')
+        m = json.loads(out.decode('utf-8'))
+        assert [(d['digest'], d['size']) for d in m['layers']] == [(da, 10), (db, 20)]
+        assert _ok(run_cli(['get-manifest', repo, 'pair'], env)) == out
+
+    def test_cli_set_alias_file_with_separator_is_hashed_locally(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(4321, 'sa-file')
+        path = _write(tmp_path, 'blob.dat', data)
+        digest = _push(run_cli, env, repo, data)
+        other = _push(run_cli, env, repo, b'other')
+        _ok(run_cli(['set-alias', repo, 'byfile', path, other], env))
+        assert _ok(run_cli(['get-alias', repo, 'byfile'], env)) == _lines(digest, other)
+        # relative, with a separator
+        rel = os.path.relpath(path)
+        assert os.sep in rel
+        _ok(run_cli(['set-alias', repo, 'byrel', rel], env))
+        assert _ok(run_cli(['get-alias', repo, 'byrel'], env)) == _lines(digest)
+
+    def test_cli_set_alias_file_not_pushed_exits_enoent(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        path = _write(tmp_path, 'never-pushed', _blob(100, 'never'))
+        _fails(run_cli(['set-alias', repo, 'x', path], cli_env('open')), errno.ENOENT)
+        _fails(run_cli(['get-alias', repo, 'x'], env), errno.ENOENT)
+
+    def test_cli_set_alias_missing_file_exits_einval(self, cli_env, run_cli, repo, tmp_path):
+        path = str(tmp_path / 'no-such-file')
+        _fails(run_cli(['set-alias', repo, 'x', path], cli_env('open')), errno.EINVAL,
+               'no-such-file')
+
+    # get-alias
+
+    def test_cli_get_alias_several_aliases_one_digest_per_line(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da, db, dc = (_push(run_cli, env, repo, _blob(100, s)) for s in ('g1', 'g2', 'g3'))
+        _ok(run_cli(['set-alias', repo, 'first', da, db], env))
+        _ok(run_cli(['set-alias', repo, 'second', dc], env))
+        out = _ok(run_cli(['get-alias', repo, 'first', 'second', 'first'], env))
+        assert out == _lines(da, db, dc, da, db)
+
+    def test_cli_get_alias_without_aliases_reads_manifest_from_stdin(self, cli_env, run_cli,
+                                                                     repo):
+        env = cli_env('open')
+        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('gs1', 'gs2'))
+        manifest = _ok(run_cli(['set-alias', repo, 'al', db, da], env))
+        assert _ok(run_cli(['get-alias', repo], env, stdin=manifest)) == _lines(db, da)
+
+    # del-alias
+
+    def test_cli_del_alias_prints_digests_and_removes_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b = _blob(100, 'da1'), _blob(200, 'da2')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        _ok(run_cli(['set-alias', repo, 'gone', da, db], env))
+        assert _ok(run_cli(['del-alias', repo, 'gone'], env)) == _lines(da, db)
+        _fails(run_cli(['get-alias', repo, 'gone'], env), errno.ENOENT, 'gone')
+        # the blobs stay
+        assert _ok(run_cli(['pull-blob', repo, da, db], env)) == a + b
+
+    def test_cli_del_alias_sibling_alias_over_same_blobs_survives(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        data = _blob(100, 'sibling')
+        digest = _push(run_cli, env, repo, data)
+        m1 = _ok(run_cli(['set-alias', repo, 'one', digest], env))
+        m2 = _ok(run_cli(['set-alias', repo, 'two', digest], env))
+        assert m1 == m2   # same manifest, same digest: the trap
+        assert _ok(run_cli(['del-alias', repo, 'one'], env)) == _lines(digest)
+        assert _ok(run_cli(['get-alias', repo, 'two'], env)) == _lines(digest)
+        assert _ok(run_cli(['pull-blob', repo, '@two'], env)) == data
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'two\n'
+
+    def test_cli_del_alias_several_prints_each_alias_digests(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('ds1', 'ds2'))
+        _ok(run_cli(['set-alias', repo, 'p', da], env))
+        _ok(run_cli(['set-alias', repo, 'q', db, da], env))
+        assert _ok(run_cli(['del-alias', repo, 'p', 'q'], env)) == _lines(da, db, da)
+
+    # list-aliases, list-repos
+
+    def test_cli_list_aliases_prints_each_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        digest = _push(run_cli, env, repo, _blob(100, 'la'))
+        names = ['beta', 'alpha', 'v1.0', 'with_under-score']
+        for name in names:
+            _ok(run_cli(['set-alias', repo, name, digest], env))
+        out = _ok(run_cli(['list-aliases', repo], env))
+        assert out.endswith(b'\n')
+        assert sorted(out.decode('utf-8').splitlines()) == sorted(names)
+
+    def test_cli_list_aliases_follows_pages(self, registries, paging_proxy, run_cli, repo):
+        env = {'DXF_HOST': paging_proxy.host, 'DXF_INSECURE': '1'}
+        digest = _push(run_cli, env, repo, _blob(100, 'paged'))
+        names = ['t%d' % i for i in range(5)]
+        for name in names:
+            _ok(run_cli(['set-alias', repo, name, digest], env))
+        assert _ok(run_cli(['list-aliases', repo], env)) == ''.join(
+            n + '\n' for n in names).encode('ascii')
+        assert any('last=t1' in r for r in paging_proxy.requests)
+
+    def test_cli_list_repos_includes_new_repo(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        _push(run_cli, env, repo, _blob(10, 'lr'))
+        out = _ok(run_cli(['list-repos'], env))
+        assert out.endswith(b'\n')
+        assert repo in out.decode('utf-8').splitlines()
+
+    def test_cli_list_repos_with_repo_argument_exits_einval(self, cli_env, run_cli, repo):
+        _fails(run_cli(['list-repos', repo], cli_env('open')), errno.EINVAL)
+
+    # auth
+
+    @pytest.mark.tls
+    def test_cli_auth_token_mode_prints_token_usable_as_dxf_token(
+            self, cli_env, run_cli, repo, token_server):
+        env = cli_env('token')
+        data = _blob(1000, 'auth-token')
+        digest = _push(run_cli, env, repo, data)
+        out = _ok(run_cli(['auth', repo, 'pull'], env))
+        assert out.endswith(b'\n') and out.count(b'\n') == 1
+        token = out.decode('ascii').strip()
+        assert token.count('.') == 2       # a JWT
+        tenv = dict(env, DXF_TOKEN=token)
+        del tenv['DXF_USERNAME'], tenv['DXF_PASSWORD']
+        token_server.reset()
+        assert _ok(run_cli(['pull-blob', repo, digest], tenv)) == data
+        assert token_server.requests == []
+
+    @pytest.mark.tls
+    def test_cli_auth_pull_token_cannot_push_exits_eacces(self, cli_env, run_cli, repo):
+        env = cli_env('token')
+        token = _ok(run_cli(['auth', repo, 'pull'], env)).decode('ascii').strip()
+        tenv = dict(env, DXF_TOKEN=token)
+        del tenv['DXF_USERNAME'], tenv['DXF_PASSWORD']
+        _fails(run_cli(['push-blob', repo, '-'], tenv, stdin=b'abc'), errno.EACCES)
+
+    @pytest.mark.tls
+    def test_cli_auth_several_actions_token_pushes(self, cli_env, run_cli, repo):
+        env = cli_env('token')
+        token = _ok(run_cli(['auth', repo, 'pull', 'push'], env)).decode('ascii').strip()
+        tenv = dict(env, DXF_TOKEN=token)
+        del tenv['DXF_USERNAME'], tenv['DXF_PASSWORD']
+        data = _blob(300, 'auth-push')
+        digest = _push(run_cli, tenv, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], tenv)) == data
+
+    def test_cli_auth_open_registry_prints_nothing(self, cli_env, run_cli, repo):
+        assert _ok(run_cli(['auth', repo, 'pull'], cli_env('open'))) == b''
+
+    @pytest.mark.tls
+    def test_cli_auth_basic_registry_prints_nothing(self, cli_env, run_cli, repo):
+        assert _ok(run_cli(['auth', repo, '*'], cli_env('basic'))) == b''
+
+    def test_cli_auth_unknown_action_exits_einval(self, cli_env, run_cli, repo):
+        _fails(run_cli(['auth', repo, 'steal'], cli_env('open')), errno.EINVAL, 'steal')
+
+    def test_cli_pull_blob_output_file_gets_bytes_stdout_stays_empty(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        a, b = _blob(1000, 'o-a'), _blob(2000, 'o-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        _ok(run_cli(['set-alias', repo, 'al', da, db], env))
+        target = str(tmp_path / 'out.dat')
+        assert _ok(run_cli(['pull-blob', repo, '-o', target, '@al'], env)) == b''
+        with open(target, 'rb') as f:
+            assert f.read() == a + b
+        # positionals after the option, and DXF_BLOB_INFO still on stdout
+        env['DXF_BLOB_INFO'] = '1'
+        assert _ok(run_cli(['pull-blob', repo, '-o', target, db], env)) == (
+            '%s 2000\n' % db).encode()
+        with open(target, 'rb') as f:
+            assert f.read() == b
+
+    def test_cli_pull_blob_output_directory_one_file_per_blob(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        a, b = _blob(1000, 'od-a'), _blob(2000, 'od-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        assert _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path), da, db], env)) == b''
+        for digest, data in ((da, a), (db, b)):
+            with open(str(tmp_path / digest.split(':')[1]), 'rb') as f:
+                assert f.read() == data
+
+    # blob-size
+
+    def test_cli_blob_size_digest_and_alias_sum(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da = _push(run_cli, env, repo, _blob(1234, 'bs1'))
+        db = _push(run_cli, env, repo, _blob(4321, 'bs2'))
+        assert _ok(run_cli(['blob-size', repo, da], env)) == b'1234\n'
+        _ok(run_cli(['set-alias', repo, 'both', da, db], env))
+        assert _ok(run_cli(['blob-size', repo, '@both'], env)) == b'5555\n'
+        assert _ok(run_cli(['blob-size', repo, db, '@both', da], env)) == b'4321\n5555\n1234\n'
+
+    def test_cli_blob_size_without_refs_sums_manifest_from_stdin(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da = _push(run_cli, env, repo, _blob(100, 'bss1'))
+        db = _push(run_cli, env, repo, _blob(23, 'bss2'))
+        manifest = _ok(run_cli(['set-alias', repo, 'both', da, db], env))
+        assert _ok(run_cli(['blob-size', repo], env, stdin=manifest)) == b'123\n'
+
+    # mount-blob
+
+    def test_cli_mount_blob_from_other_repo_prints_digest(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        source = repo + '/source'
+        data = _blob(3000, 'mount')
+        digest = _push(run_cli, env, source, data)
+        assert _ok(run_cli(['mount-blob', repo, source, digest], env)) == _lines(digest)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+
+    def test_cli_mount_blob_with_alias_sets_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        source = repo + '/source'
+        data = _blob(300, 'mount-alias')
+        digest = _push(run_cli, env, source, data)
+        assert _ok(run_cli(['mount-blob', repo, source, digest, '@m'], env)) == _lines(digest)
+        assert _ok(run_cli(['get-alias', repo, 'm'], env)) == _lines(digest)
+        assert _ok(run_cli(['pull-blob', repo, '@m'], env)) == data
+
+    def test_cli_mount_blob_source_lacks_blob_exits_1(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        digest = _sha256(b'never pushed anywhere')
+        _fails(run_cli(['mount-blob', repo, repo + '/source', digest], env), 1, 'mount')
+
+    def test_cli_mount_blob_alias_without_at_exits_einval(self, cli_env, run_cli, repo):
+        digest = _sha256(b'x')
+        _fails(run_cli(['mount-blob', repo, repo + '/src', digest, 'm'], cli_env('open')),
+               errno.EINVAL, '@')
+
+    # get-digest, get-manifest
+
+    def test_cli_get_digest_prints_config_digest(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        digest = _push(run_cli, env, repo, _blob(100, 'gd'))
+        manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
+        _ok(run_cli(['set-alias', repo, 'b', digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
+            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
+            _EMPTY_CONFIG_DIGEST)
+
+    def test_cli_get_manifest_bytes_hash_to_registry_manifest_digest(
+            self, cli_env, registries, run_cli, repo):
+        env = cli_env('open')
+        digest = _push(run_cli, env, repo, _blob(100, 'gm'))
+        _ok(run_cli(['set-alias', repo, 'm', digest], env))
+        out = _ok(run_cli(['get-manifest', repo, 'm'], env))
+        status, headers, body = _http('%s/v2/%s/manifests/m' % (registries['open'].url, repo),
+                                      headers={'Accept': _OCI_MANIFEST})
+        assert status == 200
+        assert out == body
+        assert _sha256(out) == headers['Docker-Content-Digest']
+        # by digest, too
+        assert _ok(run_cli(['get-manifest', repo, _sha256(out)], env)) == out
+
+    def test_cli_get_manifest_several_aliases_concatenated(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('gm1', 'gm2'))
+        m1 = _ok(run_cli(['set-alias', repo, 'one', da], env))
+        m2 = _ok(run_cli(['set-alias', repo, 'two', db], env))
+        assert _ok(run_cli(['get-manifest', repo, 'one', 'two'], env)) == m1 + m2
+
+    # version, help
+
+    def test_cli_version_prints_version_without_registry(self, run_cli):
+        want = ('dxf.py %s\n' % dxf.__version__).encode('ascii')
+        assert _ok(run_cli(['version'], {})) == want
+        assert _ok(run_cli(['--version'], {})) == want
+
+    def test_cli_help_lists_every_command(self, run_cli):
+        out = _ok(run_cli(['--help'], {})).decode('utf-8')
+        assert 'usage' in out.lower()
+        for name, _, _, _ in dxf._COMMANDS:
+            assert name in out, name
+        for name in ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD', 'DXF_TOKEN'):
+            assert name in out, name
+
+    @pytest.mark.parametrize('command', [c[0] for c in dxf._COMMANDS])
+    def test_cli_command_help_exits_0_with_usage(self, run_cli, command):
+        out = _ok(run_cli([command, '--help'], {})).decode('utf-8')
+        assert 'usage' in out.lower()
+        assert 'dxf ' + command in out
+        if command != 'list-repos' and command != 'version':
+            assert 'REPO' in out
+
+
+# ---- exit statuses and one-line errors -------------------------------------------
+
+@pytest.mark.registry
+class TestCLIErrors:
+
+    @pytest.mark.parametrize('argv', [
+        ['get-alias', '{repo}', 'nope'],
+        ['pull-blob', '{repo}', '@nope'],
+        ['del-alias', '{repo}', 'nope'],
+        ['get-manifest', '{repo}', 'nope'],
+        ['get-digest', '{repo}', 'nope'],
+        ['blob-size', '{repo}', '@nope'],
+        ['del-blob', '{repo}', '@nope'],
+    ], ids=lambda a: a[0])
+    def test_cli_unknown_alias_exits_enoent(self, cli_env, run_cli, repo, argv):
+        env = cli_env('open')
+        _push(run_cli, env, repo, b'so the repository exists')
+        argv = [a.format(repo=repo) for a in argv]
+        _fails(run_cli(argv, env), errno.ENOENT)
+
+    @pytest.mark.parametrize('command', ['pull-blob', 'blob-size', 'del-blob'])
+    def test_cli_unknown_blob_exits_enoent(self, cli_env, run_cli, repo, command):
+        env = cli_env('open')
+        _push(run_cli, env, repo, b'so the repository exists')
+        _fails(run_cli([command, repo, _sha256(b'unknown blob')], env), errno.ENOENT)
+
+    def test_cli_set_alias_unknown_digest_exits_enoent(self, cli_env, run_cli, repo):
+        _fails(run_cli(['set-alias', repo, 'x', _sha256(b'nothing')], cli_env('open')),
+               errno.ENOENT)
+
+    def test_cli_list_aliases_unknown_repo_exits_enoent(self, cli_env, run_cli, repo):
+        _fails(run_cli(['list-aliases', repo], cli_env('open')), errno.ENOENT)
+
+    @pytest.mark.tls
+    @pytest.mark.parametrize('mode,argv', [
+        ('basic', ['pull-blob', '{repo}', '@x']),
+        ('basic', ['push-blob', '{repo}', '-']),
+        ('basic', ['list-repos']),
+        ('token', ['pull-blob', '{repo}', '@x']),
+        ('token', ['push-blob', '{repo}', '-']),
+        ('token', ['list-repos']),
+        ('token', ['auth', '{repo}', 'pull']),
+    ], ids=lambda v: v if isinstance(v, str) else v[0])
+    def test_cli_wrong_password_exits_eacces_without_leaking_it(
+            self, cli_env, run_cli, repo, mode, argv):
+        env = dict(cli_env(mode), DXF_PASSWORD=_SECRET_PASSWORD)
+        argv = [a.format(repo=repo) for a in argv]
+        status, out, err = run_cli(argv, env, stdin=b'data')
+        assert status == errno.EACCES, (status, err)
+        assert out == b''
+        _error_line(err)
+        basic = base64.b64encode(('fred:' + _SECRET_PASSWORD).encode()).decode()
+        for secret in (_SECRET_PASSWORD, basic):
+            assert secret not in err
+            assert secret.encode() not in out
+
+    @pytest.mark.tls
+    def test_cli_auth_basic_wrong_password_exits_eacces(self, cli_env, run_cli, repo):
+        # BUG: `dxf auth` against an htpasswd registry only notes the Basic
+        # challenge and stores the credentials; it never sends them, so a
+        # wrong DXF_PASSWORD exits 0 with nothing printed, as if it had
+        # authenticated.  Expected: EACCES, as every other command does.
+        env = dict(cli_env('basic'), DXF_PASSWORD=_SECRET_PASSWORD)
+        line = _fails(run_cli(['auth', repo, 'pull'], env), errno.EACCES)
+        assert _SECRET_PASSWORD not in line
+
+    @pytest.mark.tls
+    def test_cli_garbage_dxf_token_exits_eacces(self, cli_env, run_cli, repo):
+        env = cli_env('token')
+        del env['DXF_USERNAME'], env['DXF_PASSWORD']
+        env['DXF_TOKEN'] = 'garbage'
+        _fails(run_cli(['get-alias', repo, 'x'], env), errno.EACCES)
+        _fails(run_cli(['list-aliases', repo], env), errno.EACCES)
+
+    @pytest.mark.tls
+    def test_cli_expired_dxf_token_exits_eacces(self, cli_env, run_cli, repo, token_server):
+        env = cli_env('token')
+        data = _blob(100, 'expired')
+        digest = _push(run_cli, env, repo, data)
+        token_server.token_lifetime = -120
+        token = _ok(run_cli(['auth', repo, 'pull'], env)).decode('ascii').strip()
+        tenv = dict(env, DXF_TOKEN=token)
+        del tenv['DXF_USERNAME'], tenv['DXF_PASSWORD']
+        _fails(run_cli(['pull-blob', repo, digest], tenv), errno.EACCES)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize('chunk_size', [None, '65536'], ids=['default', '64k'])
+    def test_cli_pull_blob_corrupted_in_storage_exits_eio_holding_back_last_chunk(
+            self, cli_env, registries, run_cli, repo, chunk_size):
+        reg = registries['open']
+        env = cli_env('open')
+        if chunk_size:
+            env['DXF_CHUNK_SIZE'] = chunk_size
+        data = _blob(3 << 20, 'corrupt-' + str(chunk_size))
+        digest = _push(run_cli, env, repo, data)
+        path = reg.blob_path(digest)
+        with open(path, 'r+b') as f:
+            f.seek(1 << 20)
+            byte = f.read(1)
+            f.seek(1 << 20)
+            f.write(bytes([byte[0] ^ 0xff]))
+        corrupted = data[:1 << 20] + bytes([data[1 << 20] ^ 0xff]) + data[(1 << 20) + 1:]
+        assert os.path.getsize(path) == len(data)
+        status, out, err = run_cli(['pull-blob', repo, digest], env)
+        assert status == errno.EIO, (status, err)
+        _error_line(err, 'digest', digest)
+        assert len(out) < len(data)
+        assert len(out) <= len(data) - int(chunk_size or (1 << 20))
+        assert out == corrupted[:len(out)]
+
+    @pytest.mark.slow
+    def test_cli_pull_blob_output_corrupted_blob_leaves_no_file(
+            self, cli_env, registries, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(3 << 20, 'corrupt-output')
+        digest = _push(run_cli, env, repo, data)
+        path = registries['open'].blob_path(digest)
+        with open(path, 'r+b') as f:
+            f.seek(len(data) - 1)
+            last = f.read(1)
+            f.seek(len(data) - 1)
+            f.write(bytes([last[0] ^ 1]))
+        outdir = tmp_path / 'out'
+        outdir.mkdir()
+        target = str(outdir / 'blob.dat')
+        _fails(run_cli(['pull-blob', repo, '-o', target, digest], env), errno.EIO, digest)
+        assert os.listdir(str(outdir)) == []
+        _fails(run_cli(['pull-blob', repo, '-o', str(outdir), digest], env), errno.EIO)
+        assert os.listdir(str(outdir)) == []
+
+    @pytest.mark.parametrize('argv', [
+        [],
+        ['frobnicate', 'a/b'],
+        ['push-blob'],
+        ['push-blob', 'a/b'],
+        ['push-blob', 'a/b', 'f', '@x', 'extra'],
+        ['pull-blob'],
+        ['set-alias', 'a/b', 'x'],
+        ['del-alias', 'a/b'],
+        ['get-manifest', 'a/b'],
+        ['mount-blob', 'a/b', 'c/d'],
+        ['list-aliases'],
+        ['list-aliases', 'a/b', 'c/d'],
+        ['version', 'extra'],
+        ['--no-such-option'],
+    ], ids=lambda a: '-'.join(a) or 'nothing')
+    def test_cli_bad_usage_exits_einval(self, run_cli, argv):
+        status, out, err = run_cli(argv, _offline_env())
+        assert status == errno.EINVAL, (status, err)
+        assert out == b''
+        _error_line(err)
+
+    def test_cli_unknown_command_names_it(self, run_cli):
+        _fails(run_cli(['frobnicate', 'a/b'], _offline_env()), errno.EINVAL, 'frobnicate')
+
+    def test_cli_push_blob_alias_without_at_exits_einval(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        path = _write(tmp_path, 'f', b'data')
+        _fails(run_cli(['push-blob', repo, path, 'may15'], env), errno.EINVAL, 'may15')
+        # nothing was pushed under that name
+        _fails(run_cli(['get-alias', repo, 'may15'], env), errno.ENOENT)
+
+    @pytest.mark.parametrize('name', ['Fred/x', 'a/../b', '/a', 'a//b', 'a/', '-a', 'a b',
+                                      'x' * 256])
+    @pytest.mark.parametrize('command', ['list-aliases', 'get-alias', 'pull-blob',
+                                         'push-blob'])
+    def test_cli_invalid_repo_name_exits_einval(self, run_cli, name, command, tmp_path):
+        extra = {'get-alias': ['a'], 'pull-blob': ['@a'],
+                 'push-blob': [_write(tmp_path, 'f', b'x')]}.get(command, [])
+        _fails(run_cli([command, '--', name] + extra, _offline_env()), errno.EINVAL, 'repo')
+
+    def test_cli_invalid_from_repo_exits_einval(self, run_cli):
+        _fails(run_cli(['mount-blob', 'a/b', 'Fred/x', _sha256(b'x')], _offline_env()),
+               errno.EINVAL, 'Fred/x')
+
+    @pytest.mark.parametrize('digest', [
+        'sha256:abc',
+        'sha256:' + hashlib.sha256(b'x').hexdigest().upper(),
+        'sha256:' + 'g' * 64,
+        'md5:' + hashlib.md5(b'x').hexdigest(),
+        'sha256:' + hashlib.sha256(b'x').hexdigest() + '0',
+        'nonsense',
+    ], ids=['short', 'upper', 'nonhex', 'md5', 'long', 'plain'])
+    @pytest.mark.parametrize('command', ['pull-blob', 'del-blob', 'blob-size', 'set-alias',
+                                         'mount-blob'])
+    def test_cli_invalid_digest_exits_einval(self, run_cli, digest, command):
+        argv = {'set-alias': ['set-alias', 'a/b', 'x', digest],
+                'mount-blob': ['mount-blob', 'a/b', 'c/d', digest]}.get(
+                    command, [command, 'a/b', digest])
+        _fails(run_cli(argv, _offline_env()), errno.EINVAL)
+
+    @pytest.mark.parametrize('alias', ['@', '@-x', '@.x', '@a/b', '@' + 'a' * 129, '@a b'])
+    @pytest.mark.parametrize('command', ['pull-blob', 'push-blob'])
+    def test_cli_invalid_alias_exits_einval(self, run_cli, alias, command, tmp_path):
+        if command == 'push-blob':
+            argv = [command, 'a/b', _write(tmp_path, 'f', b'x'), alias]
+        else:
+            argv = [command, 'a/b', alias]
+        _fails(run_cli(argv, _offline_env()), errno.EINVAL, 'alias')
+
+    @pytest.mark.parametrize('alias', ['-x', 'a/b', 'a' * 129, 'a:b'])
+    def test_cli_get_alias_invalid_name_exits_einval(self, run_cli, alias):
+        _fails(run_cli(['get-alias', 'a/b', '--', alias], _offline_env()), errno.EINVAL)
+
+    def test_cli_push_blob_missing_file_exits_einval(self, run_cli, tmp_path):
+        missing = str(tmp_path / 'missing.dat')
+        _fails(run_cli(['push-blob', 'a/b', missing], _offline_env()), errno.EINVAL,
+               'missing.dat')
+
+    def test_cli_push_blob_directory_exits_einval(self, run_cli, tmp_path):
+        _fails(run_cli(['push-blob', 'a/b', str(tmp_path)], _offline_env()), errno.EINVAL)
+
+    @pytest.mark.parametrize('argv', [['list-aliases', 'a/b'], ['list-repos'],
+                                      ['auth', 'a/b']])
+    @pytest.mark.parametrize('host', [None, '', '   '])
+    def test_cli_dxf_host_unset_exits_einval_naming_it(self, run_cli, argv, host):
+        env = {'PATH': os.environ.get('PATH', '')}
+        if host is not None:
+            env['DXF_HOST'] = host
+        _fails(run_cli(argv, env), errno.EINVAL, 'DXF_HOST')
+
+    @pytest.mark.parametrize('name,value', [
+        ('DXF_CHUNK_SIZE', 'abc'), ('DXF_CHUNK_SIZE', '0'), ('DXF_CHUNK_SIZE', '-5'),
+        ('DXF_CHUNK_SIZE', '1.5'), ('DXF_CHUNK_SIZE', '1e6'),
+        ('DXF_TIMEOUT', 'abc'), ('DXF_TIMEOUT', '0'), ('DXF_TIMEOUT', '-1'),
+        ('DXF_TIMEOUT', 'nan'),
+        ('DXF_RETRIES', '-1'), ('DXF_RETRIES', 'many'), ('DXF_RETRIES', '2.5'),
+        ('DXF_INSECURE', 'maybe'), ('DXF_INSECURE', '2'),
+        ('DXF_SKIPTLSVERIFY', 'sure'), ('DXF_PROGRESS', 'loud'), ('DXF_BLOB_INFO', 'y e s'),
+        ('DXF_ALLOW_INSECURE_AUTH', '11'), ('DXF_DEBUG', 'verbose'),
+        ('DXF_PLATFORM', 'linux'), ('DXF_PLATFORM', 'linux/amd64/v8/extra'),
+        ('DXF_PLATFORM', '/amd64'), ('DXF_PLATFORM', 'linux amd64'),
+        ('DXF_TLSVERIFY', '/no/such/ca.pem'),
+    ])
+    def test_cli_bad_variable_value_exits_einval_naming_it(self, run_cli, name, value):
+        env = _offline_env(**{name: value})
+        line = _fails(run_cli(['list-aliases', 'a/b'], env), errno.EINVAL, name)
+        assert 'Traceback' not in line
+
+    @pytest.mark.parametrize('value', ['inf', '1e999', '1e10'])
+    def test_cli_timeout_too_large_exits_einval_naming_it(self, value):
+        # BUG: an infinite or huge DXF_TIMEOUT passes _Settings' check; the
+        # first connection then calls socket.settimeout, whose OverflowError
+        # ("timestamp out of range for platform time_t") escapes main(): a
+        # traceback and exit 1 (and a leaked socket).  Expected: EINVAL naming
+        # DXF_TIMEOUT.  Run in a child process so the leak stays there.
+        env = dict(_offline_env(DXF_TIMEOUT=value, DXF_RETRIES='0'))
+        proc = subprocess.Popen([sys.executable, 'dxf.py', 'list-aliases', 'a/b'], cwd=_HERE,
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out) == (errno.EINVAL, b''), err
+        _error_line(err.decode('utf-8'), 'DXF_TIMEOUT')
+
+    def test_cli_nothing_listening_exits_1_with_one_line(self, run_cli):
+        env = _offline_env(DXF_HOST='127.0.0.1:%d' % _free_port(), DXF_TIMEOUT='5',
+                           DXF_RETRIES='0')
+        _fails(run_cli(['list-aliases', 'a/b'], env), 1, 'refused')
+
+    def test_cli_bad_port_in_host_exits_einval(self, run_cli):
+        _fails(run_cli(['list-aliases', 'a/b'], _offline_env(DXF_HOST='127.0.0.1:99999')),
+               errno.EINVAL)
+
+    def test_cli_host_with_scheme_exits_einval(self, run_cli):
+        _fails(run_cli(['list-aliases', 'a/b'], _offline_env(DXF_HOST='http://127.0.0.1:5000')),
+               errno.EINVAL, 'host')
+
+    def test_cli_interrupted_reading_stdin_exits_130(self, run_cli):
+        class Interrupting(io.BytesIO):
+            def read(self, *args):
+                raise KeyboardInterrupt
+        out, err = io.BytesIO(), io.StringIO()
+        status = dxf.main(['get-alias', 'a/b'], environ=_offline_env(), stdout=out,
+                          stderr=err, stdin=Interrupting())
+        assert status == 130
+        assert out.getvalue() == b''
+        _error_line(err.getvalue(), 'interrupt')
+
+    def test_cli_interrupted_during_upload_exits_130(self, cli_env, repo):
+        # BUG: the status (130) and the error line are right, but the
+        # connection carrying the chunked PATCH is never closed: _Transport.
+        # _send closes it only for OSError/HTTPException, so KeyboardInterrupt
+        # (or any exception from a caller's data iterable) leaks the socket
+        # (ResourceWarning: unclosed <socket...>, an error under
+        # filterwarnings=error).  Expected: the connection closed.
+        class Interrupting(io.BytesIO):
+            calls = 0
+
+            def read(self, *args):
+                self.calls += 1
+                if self.calls > 2:
+                    raise KeyboardInterrupt
+                return b'x' * 1000
+        out, err = io.BytesIO(), io.StringIO()
+        status = dxf.main(['push-blob', repo, '-'], environ=cli_env('open'), stdout=out,
+                          stderr=err, stdin=Interrupting())
+        assert status == 130
+        assert out.getvalue() == b''
+        _error_line(err.getvalue(), 'interrupt')
+
+    def test_cli_pull_blob_broken_pipe_exits_1_without_traceback(self, cli_env, repo):
+        env = cli_env('open')
+        out, err = io.BytesIO(), io.StringIO()
+        assert dxf.main(['push-blob', repo, '-'], environ=env, stdout=out, stderr=err,
+                        stdin=io.BytesIO(_blob(200000, 'pipe'))) == 0
+
+        class ClosedPipe(io.BytesIO):
+            def write(self, data):
+                raise BrokenPipeError(errno.EPIPE, 'Broken pipe')
+        err = io.StringIO()
+        status = dxf.main(['pull-blob', repo, out.getvalue().decode().strip()], environ=env,
+                          stdout=ClosedPipe(), stderr=err, stdin=io.BytesIO())
+        assert status == 1
+        assert 'Traceback' not in err.getvalue()
+        assert len(err.getvalue().splitlines()) <= 1
+
+    def test_cli_insecure_against_https_registry_exits_1_one_line(self, cli_env, run_cli,
+                                                                  repo):
+        env = cli_env('tls')
+        env['DXF_INSECURE'] = '1'
+        _fails(run_cli(['list-aliases', repo], dict(env, DXF_RETRIES='0')), 1)
+
+    def test_cli_https_against_http_registry_exits_1_one_line(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        del env['DXF_INSECURE']
+        _fails(run_cli(['list-aliases', repo], dict(env, DXF_RETRIES='0')), 1)
+
+    def test_cli_debug_adds_traceback_before_error_line(self, run_cli):
+        env = {'DXF_DEBUG': '1'}
+        status, out, err = run_cli(['list-aliases', 'a/b'], env)
+        assert status == errno.EINVAL
+        assert 'Traceback' in err
+        assert err.splitlines()[-1].startswith('dxf: error: ')
+        assert 'DXF_HOST' in err.splitlines()[-1]
+
+
+# ---- the DXF_* variables ------------------------------------------------------------
+
+class _RecordingStream(io.BytesIO):
+    """A binary stdout that remembers the size of every write."""
+
+    def __init__(self):
+        io.BytesIO.__init__(self)
+        self.sizes = []
+
+    def write(self, data):
+        self.sizes.append(len(data))
+        return io.BytesIO.write(self, data)
+
+
+@pytest.mark.registry
+class TestCLIVariables:
+
+    def test_cli_blob_info_prints_digest_and_size_before_each_blob(self, cli_env, run_cli,
+                                                                  repo):
+        env = cli_env('open')
+        a, b = _blob(1000, 'bi-a'), _blob(0, 'bi-b')
+        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        _ok(run_cli(['set-alias', repo, 'al', db, da], env))
+        env['DXF_BLOB_INFO'] = '1'
+        out = _ok(run_cli(['pull-blob', repo, da, '@al'], env))
+        assert out == (('%s 1000\n' % da).encode() + a + ('%s 0\n' % db).encode()
+                       + ('%s 1000\n' % da).encode() + a)
+        env['DXF_BLOB_INFO'] = '0'
+        assert _ok(run_cli(['pull-blob', repo, da], env)) == a
+
+    @pytest.mark.parametrize('chunk_size', [1, 7, 4096, 65536, 1 << 20, 10 << 20])
+    def test_cli_chunk_size_is_honoured_and_output_identical(self, cli_env, run_cli, repo,
+                                                            chunk_size):
+        env = cli_env('open')
+        data = _blob(100001 if chunk_size > 1 else 5003, 'chunk')
+        digest = _push(run_cli, env, repo, data)
+        env['DXF_CHUNK_SIZE'] = str(chunk_size)
+        out = _RecordingStream()
+        err = io.StringIO()
+        status = dxf.main(['pull-blob', repo, digest], environ=env, stdout=out, stderr=err,
+                          stdin=io.BytesIO())
+        assert (status, err.getvalue()) == (0, '')
+        assert out.getvalue() == data
+        sizes = [n for n in out.sizes if n]
+        assert max(sizes) <= chunk_size
+        assert len(sizes) == -(-len(data) // chunk_size)
+
+    @pytest.mark.parametrize('command', ['push', 'pull'])
+    def test_cli_progress_1_writes_stderr_and_keeps_stdout_exact(self, cli_env, run_cli, repo,
+                                                                 tmp_path, command):
+        env = cli_env('open')
+        data = _blob(2 << 20, 'progress')
+        path = _write(tmp_path, 'f', data)
+        if command == 'pull':
+            _push(run_cli, env, repo, data)
+        env['DXF_PROGRESS'] = '1'
+        if command == 'push':
+            status, out, err = run_cli(['push-blob', repo, path, '@p'], env)
+            assert out == _lines(_sha256(data))
+        else:
+            status, out, err = run_cli(['pull-blob', repo, _sha256(data)], env)
+            assert out == data
+        assert status == 0
+        assert err and 'dxf: error' not in err and 'Traceback' not in err
+        assert _sha256(data)[:19] in err
+
+    def test_cli_progress_on_stdin_push_writes_stderr(self, cli_env, run_cli, repo):
+        env = dict(cli_env('open'), DXF_PROGRESS='1')
+        data = _blob(300000, 'progress-stdin')
+        status, out, err = run_cli(['push-blob', repo, '-'], env, stdin=data)
+        assert (status, out) == (0, _lines(_sha256(data)))
+        assert err and 'dxf: error' not in err
+
+    def test_cli_progress_0_writes_nothing_to_stderr(self, cli_env, run_cli, repo, tmp_path):
+        env = dict(cli_env('open'), DXF_PROGRESS='0')
+        data = _blob(2 << 20, 'noprogress')
+        out = _ok(run_cli(['push-blob', repo, _write(tmp_path, 'f', data)], env))
+        assert out == _lines(_sha256(data))
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
+
+    @pytest.mark.tls
+    def test_cli_skiptlsverify_works_without_tlsverify(self, cli_env, run_cli, repo):
+        env = cli_env('tls')
+        del env['DXF_TLSVERIFY']
+        env['DXF_SKIPTLSVERIFY'] = '1'
+        data = _blob(1000, 'skip-tls')
+        digest = _push(run_cli, env, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+
+    @pytest.mark.tls
+    def test_cli_tls_without_ca_exits_1_with_certificate_error(self, cli_env, run_cli, repo):
+        env = cli_env('tls')
+        del env['DXF_TLSVERIFY']
+        _fails(run_cli(['list-aliases', repo], env), 1, 'certificate')
+        env['DXF_SKIPTLSVERIFY'] = '0'
+        _fails(run_cli(['list-aliases', repo], env), 1, 'certificate')
+
+    @pytest.mark.tls
+    def test_cli_tlsverify_with_wrong_ca_exits_1(self, cli_env, run_cli, repo, tls_files):
+        # a readable PEM file that is not the registry's CA: the signing certificate
+        env = dict(cli_env('tls'), DXF_TLSVERIFY=tls_files.signing_cert)
+        _fails(run_cli(['list-aliases', repo], env), 1, 'certificate')
+
+    @pytest.mark.tls
+    def test_cli_tlsverify_not_a_pem_exits_einval(self, cli_env, run_cli, repo, tmp_path):
+        env = dict(cli_env('tls'), DXF_TLSVERIFY=_write(tmp_path, 'ca.pem', b'not a cert'))
+        _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'ca.pem')
+
+    @pytest.mark.tls
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_cli_authorization_variable_replaces_username_and_password(
+            self, cli_env, run_cli, repo, mode):
+        env = cli_env(mode)
+        data = _blob(500, 'authorization-' + mode)
+        digest = _push(run_cli, env, repo, data)
+        raw = base64.b64encode(('%s:%s' % (env.pop('DXF_USERNAME'), env.pop('DXF_PASSWORD'))
+                                ).encode()).decode()
+        env['DXF_AUTHORIZATION'] = 'Basic ' + raw
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+        env['DXF_AUTHORIZATION'] = 'Basic ' + base64.b64encode(b'fred:wrong').decode()
+        line = _fails(run_cli(['pull-blob', repo, digest], env), errno.EACCES)
+        assert 'ZnJlZDp3cm9uZw' not in line
+
+    def _multi_platform(self, run_cli, env, registries, repo):
+        """Alias 'multi' = an OCI index of linux/amd64 and linux/arm64/v8 manifests."""
+        amd, arm = _blob(1000, 'amd64'), _blob(2000, 'arm64')
+        d_amd, d_arm = _push(run_cli, env, repo, amd), _push(run_cli, env, repo, arm)
+        m_amd = _ok(run_cli(['set-alias', repo, 'only-amd64', d_amd], env))
+        m_arm = _ok(run_cli(['set-alias', repo, 'only-arm64', d_arm], env))
+        index = json.dumps({
+            'schemaVersion': 2, 'mediaType': _OCI_INDEX,
+            'manifests': [
+                {'mediaType': _OCI_MANIFEST, 'digest': _sha256(m_amd), 'size': len(m_amd),
+                 'platform': {'os': 'linux', 'architecture': 'amd64'}},
+                {'mediaType': _OCI_MANIFEST, 'digest': _sha256(m_arm), 'size': len(m_arm),
+                 'platform': {'os': 'linux', 'architecture': 'arm64', 'variant': 'v8'}},
+            ]}).encode('utf-8')
+        reg = registries['open']
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            api.set_manifest('multi', index)
+        return (amd, d_amd, m_amd), (arm, d_arm, m_arm), index
+
+    def test_cli_platform_selects_from_multi_platform_alias(self, cli_env, registries, run_cli,
+                                                            repo):
+        env = cli_env('open')
+        (amd, d_amd, m_amd), (arm, d_arm, m_arm), index = self._multi_platform(
+            run_cli, env, registries, repo)
+        for platform, blob, digest, manifest in [('linux/amd64', amd, d_amd, m_amd),
+                                                 ('linux/arm64/v8', arm, d_arm, m_arm),
+                                                 ('linux/arm64', arm, d_arm, m_arm)]:
+            penv = dict(env, DXF_PLATFORM=platform)
+            assert _ok(run_cli(['get-alias', repo, 'multi'], penv)) == _lines(digest)
+            assert _ok(run_cli(['pull-blob', repo, '@multi'], penv)) == blob
+            assert _ok(run_cli(['blob-size', repo, '@multi'], penv)) == (
+                '%d\n' % len(blob)).encode()
+            assert _ok(run_cli(['get-manifest', repo, 'multi'], penv)) == manifest
+            assert _ok(run_cli(['get-digest', repo, 'multi'], penv)) == _lines(
+                _EMPTY_CONFIG_DIGEST)
+            assert _ok(run_cli(['pull-blob', repo], penv, stdin=index)) == blob
+        # without DXF_PLATFORM get-manifest prints the index itself
+        assert _ok(run_cli(['get-manifest', repo, 'multi'], env)) == index
+
+    @pytest.mark.parametrize('command', ['get-alias', 'pull-blob', 'blob-size'])
+    def test_cli_multi_platform_alias_without_platform_exits_enoent_listing_them(
+            self, cli_env, registries, run_cli, repo, command):
+        env = cli_env('open')
+        self._multi_platform(run_cli, env, registries, repo)
+        ref = 'multi' if command == 'get-alias' else '@multi'
+        _fails(run_cli([command, repo, ref], env), errno.ENOENT, 'DXF_PLATFORM',
+               'linux/amd64', 'linux/arm64/v8')
+        env['DXF_PLATFORM'] = 'linux/s390x'
+        _fails(run_cli([command, repo, ref], env), errno.ENOENT, 'linux/s390x',
+               'linux/amd64', 'linux/arm64/v8')
+
+    def test_cli_del_alias_multi_platform_prints_manifest_digests(
+            self, cli_env, registries, run_cli, repo):
+        env = cli_env('open')
+        (_, _, m_amd), (_, _, m_arm), _ = self._multi_platform(run_cli, env, registries, repo)
+        out = _ok(run_cli(['del-alias', repo, 'multi'], env))
+        assert out == _lines(*sorted([_sha256(m_amd), _sha256(m_arm)]))
+        _fails(run_cli(['get-manifest', repo, 'multi'], env), errno.ENOENT)
+        # the platform aliases it pointed into survive
+        assert _ok(run_cli(['get-manifest', repo, 'only-amd64'], env)) == m_amd
+
+
+# ---- every registry mode --------------------------------------------------------
+
+@pytest.mark.registry
+@pytest.mark.parametrize('mode', [
+    'open',
+    pytest.param('basic', marks=pytest.mark.tls),
+    pytest.param('token', marks=pytest.mark.tls),
+    pytest.param('tls', marks=pytest.mark.tls),
+])
+def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, mode):
+    env = cli_env(mode)
+    a, b = _blob(70000, 'mode-a-' + mode), _blob(10, 'mode-b-' + mode)
+    path = _write(tmp_path, 'a.dat', a)
+    assert _ok(run_cli(['push-blob', repo, path, '@first'], env)) == _lines(_sha256(a))
+    db = _push(run_cli, env, repo, b)
+    _ok(run_cli(['set-alias', repo, 'second', db, path], env))
+    assert _ok(run_cli(['get-alias', repo, 'first', 'second'], env)) == _lines(
+        _sha256(a), db, _sha256(a))
+    assert _ok(run_cli(['pull-blob', repo, '@first', '@second'], env)) == a + b + a
+    assert _ok(run_cli(['blob-size', repo, '@second'], env)) == b'70010\n'
+    assert sorted(_ok(run_cli(['list-aliases', repo], env)).split()) == [b'first', b'second']
+    assert repo.encode() in _ok(run_cli(['list-repos'], env)).split()
+    assert _ok(run_cli(['del-alias', repo, 'first'], env)) == _lines(_sha256(a))
+    assert _ok(run_cli(['list-aliases', repo], env)) == b'second\n'
+    assert _ok(run_cli(['del-blob', repo, db], env)) == b''
+    _fails(run_cli(['pull-blob', repo, db], env), errno.ENOENT)
+    assert _ok(run_cli(['pull-blob', repo, _sha256(a)], env)) == a
