@@ -54,7 +54,7 @@ __license__ = 'MIT'
 
 __all__ = [
     # classes
-    'BlobReader', 'DXF', 'DXFBase',
+    'BlobReader', 'DXF', 'DXFBase', 'OCILayout',
     # functions
     'hash_bytes', 'hash_file', 'split_digest', 'main',
     # errors
@@ -91,6 +91,7 @@ _EMPTY_BLOB = b'{}'
 _EMPTY_DIGEST = ('sha256:44136fa355b3678a1146ad16f7e8649e'
                  '94fb4fc21fe77e8310c060f61caaff8a')
 _TITLE_ANNOTATION = 'org.opencontainers.image.title'
+_REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 
 _CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
@@ -159,7 +160,7 @@ class DXFHTTPError(DXFError):
     """
 
     def __init__(self, method, url, status, errors=None, reason='',
-                 expected=None):
+                 expected=None, message=None):
         self.method = method
         self.url = url
         self.status = status
@@ -167,7 +168,7 @@ class DXFHTTPError(DXFError):
         self.reason = reason
         self.got = status
         self.expected = expected
-        super().__init__(self._describe())
+        super().__init__(message or self._describe())
 
     def _describe(self):
         path = urllib.parse.urlsplit(self.url).path
@@ -436,6 +437,46 @@ def _load_json(body, what):
         raise DXFManifestError('%s is not valid JSON' % what) from None
 
 
+class _AtomicFile:
+    """A file that appears under its name only once complete and on disk.
+
+    Bytes go to a temporary file beside the target; it is fsynced and
+    renamed over the target on success, removed on any failure.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import tempfile
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(
+                dir=directory, suffix='.dxf-partial',
+                prefix='.%s.' % os.path.basename(self.path))
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s'
+                                % (self.path, exc.strerror or exc)) from exc
+        self.file = os.fdopen(fd, 'wb')
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+            if exc_type is not None:
+                os.unlink(self.tmp)
+        if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
+            os.replace(self.tmp, self.path)
+        return False
+
+
 # =============================================================================
 # 5. HTTP transport
 #    One pool of keep-alive connections per (scheme, host, port); redirects
@@ -606,6 +647,8 @@ def _exc_text(exc):
     reason = getattr(exc, 'reason', None)   # ssl.SSLError's short reason
     if reason and reason not in text:
         text = '%s (%s)' % (text, reason)
+    if reason == 'WRONG_VERSION_NUMBER':    # TLS spoken to a plain http port
+        text += '; is the registry plain http (DXF_INSECURE=1)?'
     return _printable(text)
 
 
@@ -1628,7 +1671,145 @@ class DXFBase(_AuthMixin):
         return resp.body.decode('utf-8', 'replace'), resp
 
 
-class DXF(DXFBase):
+class _AliasMethods:
+    """Aliases on top of a store's manifest and blob primitives.
+
+    DXF (a registry repository) and OCILayout (a directory) both provide
+    ``_get_manifest``, ``set_manifest``, ``_set_alias_manifest``,
+    ``blob_size``, ``_blob_head``, ``push_blob`` and ``pull_blob``.
+    """
+
+    def _image_manifest(self, alias, manifest, platform):
+        """The parsed image manifest an alias (or given manifest) leads to."""
+        if manifest is None:
+            if alias is None:
+                raise TypeError('give alias or manifest')
+            data, content_type, _ = self._get_manifest(alias)
+        else:
+            data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
+            content_type = None
+        m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES:
+            data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
+            m, media = _parse_manifest(data, content_type)
+            if media in _INDEX_TYPES:
+                raise DXFManifestError('nested index (an index of indexes) '
+                                       'is not supported')
+        return m
+
+    def get_manifest(self, alias, platform=None):
+        """Return an alias's manifest as a string, exactly as stored.
+
+        For a multi-platform alias, ``platform`` (``'os/arch[/variant]'``)
+        picks one platform's manifest; without it the index itself is
+        returned.
+        """
+        data, content_type, _ = self._get_manifest(alias)
+        if platform:
+            m, media = _parse_manifest(data, content_type)
+            if media in _INDEX_TYPES:
+                data = self._get_manifest(_choose_platform(m, platform))[0]
+        return data.decode('utf-8')
+
+    def make_manifest(self, *digests, names=None):
+        """Return the manifest (str) an alias over ``digests`` would store.
+
+        :param names: file names, one per digest (or None), recorded as each
+            layer's ``org.opencontainers.image.title`` (as oras does)
+        """
+        if not digests:
+            raise DXFInputError('an alias needs at least one blob')
+        names = list(names or ())
+        names += [None] * (len(digests) - len(names))
+        layers = []
+        for digest, name in zip(digests, names):
+            split_digest(digest)
+            size = self._sizes.get(digest)
+            if size is None:
+                size = self.blob_size(digest)
+            layers.append(_descriptor(_LAYER_TYPE, digest, size, {
+                _TITLE_ANNOTATION: name} if name else None))
+        return _alias_manifest(layers).decode('utf-8')
+
+    def set_alias(self, alias, *digests, names=None):
+        """Point ``alias`` at the blobs ``digests``; return the manifest stored.
+
+        The blobs must already be in the repository.  ``names`` as for
+        make_manifest.
+        """
+        _check_alias(alias)
+        manifest = self.make_manifest(*digests, names=names)
+        self._set_alias_manifest(alias, manifest)
+        return manifest
+
+    def get_descriptors(self, alias=None, manifest=None, platform=None):
+        """Return the layer descriptors (dicts with ``digest``, ``size``,
+        ``mediaType`` and maybe ``annotations``) an alias names, in order."""
+        m = self._image_manifest(alias, manifest, platform)
+        _manifest_layers(m)      # validates every descriptor
+        return m['layers']
+
+    def get_alias(self, alias=None, manifest=None, verify=True, sizes=False,
+                  platform=None):
+        """Return the blob digests an alias names, in order.
+
+        :param manifest: a manifest (str) to read instead of fetching ``alias``
+        :param verify: accepted for python-dxf compatibility (manifests are
+            always verified against their digest)
+        :param sizes: return ``(digest, size)`` pairs
+        :param platform: ``'os/arch[/variant]'`` for a multi-platform alias
+        """
+        layers = _manifest_layers(self._image_manifest(alias, manifest, platform))
+        return layers if sizes else [d for d, _ in layers]
+
+    def get_digest(self, alias=None, manifest=None, platform=None):
+        """Return the digest of an alias's config blob (``docker inspect`` Id)."""
+        return _manifest_config(self._image_manifest(alias, manifest, platform))
+
+    def copy_alias(self, alias, target, target_alias=None):
+        """Copy an alias with everything it names to ``target``.
+
+        ``target`` is another DXF (any registry) or an OCILayout.  Blobs
+        already there are skipped, blobs in the same registry are mounted,
+        the rest stream through without a temporary file; manifests are
+        copied byte for byte, so their digests stay the same.  Returns the
+        manifest's digest.
+        """
+        _check_alias(alias)
+        _check_alias(target_alias or alias)
+        data, content_type, _ = self._get_manifest(alias)
+        self._copy_manifest(data, content_type, target)
+        return target.set_manifest(target_alias or alias, data)
+
+    def _copy_manifest(self, data, content_type, target):
+        """Copy what a manifest names (not the manifest itself) to target."""
+        m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES:
+            for entry in m.get('manifests') or []:
+                digest, _ = _check_descriptor(entry)
+                child, child_type, _ = self._get_manifest(digest)
+                self._copy_manifest(child, child_type, target)
+                target.set_manifest(digest, child)
+            return
+        descriptors = [m.get('config')] if m.get('config') else []
+        for digest, size in [_check_descriptor(d) for d in descriptors] + (
+                _manifest_layers(m)):
+            if target._blob_head(digest) is not None:
+                continue
+            if target._can_mount_from(self):
+                try:
+                    target.mount_blob(self.repo, digest)
+                    continue
+                except DXFMountFailed:
+                    pass
+            with self.pull_blob(digest, chunk_size=_CHUNK_SIZE) as reader:
+                target.push_blob(data=reader, digest=digest, check_exists=False)
+
+    def _can_mount_from(self, source):
+        return False
+
+
+class DXF(DXFBase, _AliasMethods):
     """One repository in a Docker / OCI registry.
 
     Takes DXFBase's arguments plus ``repo``, the repository name
@@ -1883,6 +2064,10 @@ class DXF(DXFBase):
                       self._scope(['delete']), ok=(202,))
         self._sizes.pop(digest, None)
 
+    def _can_mount_from(self, source):
+        return (isinstance(source, DXF) and source._base == self._base
+                and source.repo != self.repo)
+
     def mount_blob(self, repo, digest):
         """Mount a blob from another repository of the same registry.
 
@@ -1926,38 +2111,6 @@ class DXF(DXFBase):
                 digest = digest or claimed
         return data, content_type, digest or echoed or hash_bytes(data)
 
-    def _image_manifest(self, alias, manifest, platform):
-        """The parsed image manifest an alias (or given manifest) leads to."""
-        if manifest is None:
-            if alias is None:
-                raise TypeError('give alias or manifest')
-            data, content_type, _ = self._get_manifest(alias)
-        else:
-            data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
-            content_type = None
-        m, media = _parse_manifest(data, content_type)
-        if media in _INDEX_TYPES:
-            data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
-            m, media = _parse_manifest(data, content_type)
-            if media in _INDEX_TYPES:
-                raise DXFManifestError('nested index (an index of indexes) '
-                                       'is not supported')
-        return m
-
-    def get_manifest(self, alias, platform=None):
-        """Return an alias's manifest as a string, exactly as stored.
-
-        For a multi-platform alias, ``platform`` (``'os/arch[/variant]'``)
-        picks one platform's manifest; without it the index itself is
-        returned.
-        """
-        data, content_type, _ = self._get_manifest(alias)
-        if platform:
-            m, media = _parse_manifest(data, content_type)
-            if media in _INDEX_TYPES:
-                data = self._get_manifest(_choose_platform(m, platform))[0]
-        return data.decode('utf-8')
-
     def get_manifest_digest(self, alias):
         """Return the digest of an alias's manifest (a HEAD request)."""
         return self._get_manifest(alias, method='HEAD')[2]
@@ -1992,61 +2145,6 @@ class DXF(DXFBase):
         self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
         return self.set_manifest(alias, manifest)
 
-    def make_manifest(self, *digests, names=None):
-        """Return the manifest (str) an alias over ``digests`` would store.
-
-        :param names: file names, one per digest (or None), recorded as each
-            layer's ``org.opencontainers.image.title`` (as oras does)
-        """
-        if not digests:
-            raise DXFInputError('an alias needs at least one blob')
-        names = list(names or ())
-        names += [None] * (len(digests) - len(names))
-        layers = []
-        for digest, name in zip(digests, names):
-            split_digest(digest)
-            size = self._sizes.get(digest)
-            if size is None:
-                size = self.blob_size(digest)
-            layers.append(_descriptor(_LAYER_TYPE, digest, size, {
-                _TITLE_ANNOTATION: name} if name else None))
-        return _alias_manifest(layers).decode('utf-8')
-
-    def set_alias(self, alias, *digests, names=None):
-        """Point ``alias`` at the blobs ``digests``; return the manifest stored.
-
-        The blobs must already be in the repository.  ``names`` as for
-        make_manifest.
-        """
-        _check_alias(alias)
-        manifest = self.make_manifest(*digests, names=names)
-        self._set_alias_manifest(alias, manifest)
-        return manifest
-
-    def get_descriptors(self, alias=None, manifest=None, platform=None):
-        """Return the layer descriptors (dicts with ``digest``, ``size``,
-        ``mediaType`` and maybe ``annotations``) an alias names, in order."""
-        m = self._image_manifest(alias, manifest, platform)
-        _manifest_layers(m)      # validates every descriptor
-        return m['layers']
-
-    def get_alias(self, alias=None, manifest=None, verify=True, sizes=False,
-                  platform=None):
-        """Return the blob digests an alias names, in order.
-
-        :param manifest: a manifest (str) to read instead of fetching ``alias``
-        :param verify: accepted for python-dxf compatibility (manifests are
-            always verified against their digest)
-        :param sizes: return ``(digest, size)`` pairs
-        :param platform: ``'os/arch[/variant]'`` for a multi-platform alias
-        """
-        layers = _manifest_layers(self._image_manifest(alias, manifest, platform))
-        return layers if sizes else [d for d, _ in layers]
-
-    def get_digest(self, alias=None, manifest=None, platform=None):
-        """Return the digest of an alias's config blob (``docker inspect`` Id)."""
-        return _manifest_config(self._image_manifest(alias, manifest, platform))
-
     def del_alias(self, alias):
         """Delete an alias; return the digests of the blobs it named.
 
@@ -2079,6 +2177,277 @@ class DXF(DXFBase):
         items = self._paginate(self._url('tags', 'list'), 'tags',
                                self._scope(['pull']), batch_size)
         return items if iterate else list(items)
+
+
+
+class _FileSource:
+    """What BlobReader needs of a response, for a blob in a file."""
+
+    def __init__(self, f, size):
+        self.raw = f
+        self.length = size
+
+    def release(self):
+        self.raw.close()
+
+    close = release
+
+
+class OCILayout(_AliasMethods):
+    """An OCI image layout directory used as a store, like a repository.
+
+    The format of the image spec (``oci-layout``, ``index.json``,
+    ``blobs/<algorithm>/<hex>``): aliases are the entries of ``index.json``
+    named by ``org.opencontainers.image.ref.name``, so skopeo, oras and
+    crane read what dxf writes there and the other way round.  The directory
+    is created on the first write.  Blobs are written to a temporary file
+    and renamed once their digest checks out.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.repo = os.path.basename(os.path.normpath(path))
+        self._sizes = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Nothing to close; for symmetry with DXF."""
+
+    def _blob_path(self, digest):
+        method, encoded = split_digest(digest)
+        return os.path.join(self.path, 'blobs', method, encoded)
+
+    def _not_found(self, what):
+        return DXFNotFoundError('GET', 'oci:' + self.path, 404,
+                                message='%s not found in %s' % (what, self.path))
+
+    def _init(self):
+        """Create the layout if it does not exist yet."""
+        marker = os.path.join(self.path, 'oci-layout')
+        if not os.path.exists(marker):
+            os.makedirs(os.path.join(self.path, 'blobs'), exist_ok=True)
+            self._write_file(marker, b'{"imageLayoutVersion": "1.0.0"}')
+
+    @staticmethod
+    def _write_file(path, data):
+        with _AtomicFile(path) as f:
+            f.write(data)
+
+    # -- blobs ---------------------------------------------------------------
+
+    def _blob_head(self, digest):
+        try:
+            return os.stat(self._blob_path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def blob_size(self, digest):
+        """Return the size in bytes of a blob."""
+        size = self._blob_head(digest)
+        if size is None:
+            raise self._not_found('blob %s' % digest)
+        return size
+
+    def push_blob(self, filename=None, progress=None, data=None, digest=None,
+                  check_exists=True):
+        """Store a blob from a file or from ``data``; return its digest."""
+        if (filename is None) == (data is None):
+            raise TypeError('push_blob needs filename or data (not both)')
+        if digest is not None and check_exists and self._blob_head(digest) is not None:
+            return digest
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = [bytes(data)]
+        algorithm = split_digest(digest)[0] if digest else 'sha256'
+        self._init()
+        directory = os.path.join(self.path, 'blobs', algorithm)
+        os.makedirs(directory, exist_ok=True)
+        h = _HASHES[algorithm]()
+        source = _open_input(filename) if filename is not None else None
+        chunks = (iter(lambda: source.read(_CHUNK_SIZE), b'') if source
+                  else iter(data))
+        tmp = _AtomicFile(os.path.join(directory, 'upload'))
+        try:
+            with tmp as f:
+                if progress:
+                    progress(digest, b'', None)
+                for chunk in chunks:
+                    h.update(chunk)
+                    f.write(chunk)
+                    if progress:
+                        progress(digest, bytes(chunk), None)
+                got = algorithm + ':' + h.hexdigest()
+                if digest is not None and got != digest:
+                    raise DXFDigestMismatchError(got, digest)
+                tmp.path = self._blob_path(got)    # rename it to its digest
+        finally:
+            if source:
+                source.close()
+        self._sizes[got] = os.stat(tmp.path).st_size
+        return got
+
+    def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
+        """Return a BlobReader over a blob's verified bytes."""
+        try:
+            f = open(self._blob_path(digest), 'rb')
+        except FileNotFoundError:
+            raise self._not_found('blob %s' % digest) from None
+        reader = BlobReader(_FileSource(f, os.fstat(f.fileno()).st_size),
+                            digest, chunk_size, progress)
+        return (reader, reader.size) if size else reader
+
+    def del_blob(self, digest):
+        """Delete a blob."""
+        try:
+            os.unlink(self._blob_path(digest))
+        except FileNotFoundError:
+            raise self._not_found('blob %s' % digest) from None
+
+    def mount_blob(self, repo, digest):
+        """Layouts cannot mount: always DXFMountFailed."""
+        raise DXFMountFailed('an OCI layout cannot mount blobs')
+
+    # -- manifests -----------------------------------------------------------
+
+    def _index(self):
+        try:
+            with open(os.path.join(self.path, 'index.json'), 'rb') as f:
+                data = f.read(_MAX_MANIFEST + 1)
+        except FileNotFoundError:
+            return {'schemaVersion': 2, 'mediaType': _OCI_INDEX,
+                    'manifests': []}
+        index = _load_json(data, os.path.join(self.path, 'index.json'))
+        if not isinstance(index, dict) or not isinstance(
+                index.get('manifests', []), list):
+            raise DXFManifestError('%s/index.json is not an OCI index'
+                                   % self.path)
+        index.setdefault('manifests', [])
+        return index
+
+    def _update_index(self, change):
+        """Apply ``change(index)`` to index.json under a lock, atomically."""
+        self._init()
+        with _FileLock(os.path.join(self.path, '.dxf-lock')):
+            index = self._index()
+            change(index)
+            self._write_file(os.path.join(self.path, 'index.json'),
+                             json.dumps(index, sort_keys=True).encode('utf-8'))
+
+    def _find(self, index, alias):
+        return [m for m in index['manifests'] if isinstance(m, dict) and (
+            m.get('annotations') or {}).get(_REF_NAME_ANNOTATION) == alias]
+
+    def _get_manifest(self, ref):
+        _check_ref(ref)
+        digest = ref
+        media = None
+        if ':' not in ref:
+            found = self._find(self._index(), ref)
+            if not found:
+                raise self._not_found('alias %s' % ref)
+            digest, _ = _check_descriptor(found[-1])
+            media = found[-1].get('mediaType')
+        if (self._blob_head(digest) or 0) > _MAX_MANIFEST:
+            raise DXFManifestError('manifest %s is larger than 4 MiB' % digest)
+        with self.pull_blob(digest) as reader:
+            return reader.read(), media, digest
+
+    def get_manifest_digest(self, alias):
+        """Return the digest of an alias's manifest."""
+        return self._get_manifest(alias)[2]
+
+    def set_manifest(self, alias, manifest):
+        """Store a manifest (str or bytes) under an alias; return its digest."""
+        _check_ref(alias)
+        data = manifest.encode('utf-8') if isinstance(manifest, str) else bytes(manifest)
+        if len(data) > _MAX_MANIFEST:
+            raise DXFInputError('manifest is larger than 4 MiB')
+        m, media = _parse_manifest(data)
+        digest = self.push_blob(data=data)
+        if ':' in alias:
+            return digest
+        entry = _descriptor(media, digest, len(data),
+                            {_REF_NAME_ANNOTATION: alias})
+        if isinstance(m.get('artifactType'), str):
+            entry['artifactType'] = m['artifactType']
+
+        def change(index):
+            index['manifests'] = [e for e in index['manifests']
+                                  if e not in self._find(index, alias)]
+            index['manifests'].append(entry)
+        self._update_index(change)
+        return digest
+
+    def _set_alias_manifest(self, alias, manifest):
+        self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+        return self.set_manifest(alias, manifest)
+
+    def del_alias(self, alias):
+        """Remove an alias; return the digests of the blobs it named."""
+        _check_alias(alias)
+        data, media, _ = self._get_manifest(alias)
+        m, media = _parse_manifest(data, media)
+        if media in _INDEX_TYPES:
+            named = sorted(set(_index_platforms(m).values()))
+        else:
+            named = [d for d, _ in _manifest_layers(m)]
+        self._update_index(lambda index: index.update(manifests=[
+            e for e in index['manifests'] if e not in self._find(index, alias)]))
+        return named
+
+    def list_aliases(self, batch_size=None, iterate=False):
+        """The aliases in the layout's index.json."""
+        if not os.path.exists(os.path.join(self.path, 'oci-layout')):
+            raise self._not_found('OCI layout')
+        names = sorted(set(
+            (m.get('annotations') or {}).get(_REF_NAME_ANNOTATION)
+            for m in self._index()['manifests'] if isinstance(m, dict)) - {None})
+        return iter(names) if iterate else names
+
+
+class _LayoutRoot:
+    """A directory of OCI layouts (``DXF_HOST=oci:DIR``): its list-repos."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def list_repos(self, batch_size=None, iterate=False):
+        """Subdirectories holding an OCI layout, as repository names."""
+        found = []
+        for directory, subdirs, files in os.walk(self.root):
+            subdirs.sort()
+            if 'oci-layout' in files:
+                name = os.path.relpath(directory, self.root).replace(os.sep, '/')
+                if _REPO_RE.match(name):
+                    found.append(name)
+                subdirs[:] = []    # a layout's own folders are not repositories
+        return iter(found) if iterate else found
+
+    def close(self):
+        """Nothing to close."""
+
+
+class _FileLock:
+    """An exclusive lock on a file (flock; a no-op where there is none)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.file = open(self.path, 'a+b')
+        try:
+            import fcntl
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()    # closing releases the lock
 
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
@@ -2205,10 +2574,18 @@ class _Settings:
         s.debug = _env_flag(environ, 'DXF_DEBUG')
         return s
 
-    def open(self, repo):
-        """The DXF (or DXFBase when ``repo`` is None) these settings describe."""
-        if not self.host:
-            raise _UsageError('DXF_HOST is not set (the registry host[:port])')
+    def open(self, repo, host=None):
+        """The store these settings describe: a DXF for ``repo`` (a DXFBase
+        when it is None), or an OCILayout under an ``oci:`` DXF_HOST."""
+        host = host or self.host
+        if not host:
+            raise _UsageError('DXF_HOST is not set (the registry host[:port], '
+                              'or oci:DIRECTORY)')
+        if host.startswith('oci:'):
+            root = host[len('oci:'):] or '.'
+            if repo is None:
+                return _LayoutRoot(root)
+            return OCILayout(os.path.join(root, *_check_repo(repo).split('/')))
         explicit = (self.username, self.password, self.authorization)
         environ = self.environ
 
@@ -2232,8 +2609,8 @@ class _Settings:
                        timeout=self.timeout, retries=self.retries,
                        proxies=self.environ,
                        allow_insecure_auth=self.allow_insecure_auth)
-        dxf = DXFBase(self.host, **options) if repo is None else DXF(
-            self.host, repo, **options)
+        dxf = DXFBase(host, **options) if repo is None else DXF(
+            host, repo, **options)
         if self.debug:
             dxf._transport.trace = lambda line: self.stderr.write(
                 'dxf: %s\n' % line)
@@ -2330,6 +2707,8 @@ def _safe_name(title):
 
 def cmd_auth(dxf, args, settings, out, stdin):
     """dxf auth REPO [ACTION...]: print a token for the actions."""
+    if not isinstance(dxf, DXFBase):
+        raise _UsageError('auth needs a registry, not an OCI layout')
     for action in args.actions:
         if action not in ('pull', 'push', 'delete', '*'):
             raise _UsageError('invalid action %r (pull, push, delete or *)'
@@ -2356,46 +2735,6 @@ def cmd_push_blob(dxf, args, settings, out, stdin):
         dxf.set_alias(alias, digest, names=[
             None if args.file == '-' else os.path.basename(args.file)])
     _write_line(out, digest)
-
-
-class _AtomicFile:
-    """A file that appears under its name only once complete and on disk.
-
-    Bytes go to a temporary file beside the target; it is fsynced and
-    renamed over the target on success, removed on any failure.
-    """
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        import tempfile
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            fd, self.tmp = tempfile.mkstemp(
-                dir=directory, suffix='.dxf-partial',
-                prefix='.%s.' % os.path.basename(self.path))
-        except OSError as exc:
-            raise DXFInputError('cannot write %s: %s'
-                                % (self.path, exc.strerror or exc)) from exc
-        self.file = os.fdopen(fd, 'wb')
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-        finally:
-            self.file.close()
-            if exc_type is not None:
-                os.unlink(self.tmp)
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
-            os.replace(self.tmp, self.path)
-        return False
 
 
 def _copy_blob(dxf, digest, out, settings):
@@ -2511,6 +2850,24 @@ def cmd_list_aliases(dxf, args, settings, out, stdin):
         _write_line(out, alias)
 
 
+def cmd_copy_alias(dxf, args, settings, out, stdin):
+    """dxf copy-alias REPO ALIAS DEST [DEST-ALIAS]: copy, print the digest."""
+    dest = args.dest
+    if dest.startswith('oci:'):
+        target = OCILayout(dest[len('oci:'):])
+    else:
+        first, _, rest = dest.partition('/')
+        # docker's rule: a first component with a dot or a port is a host
+        if rest and ('.' in first or ':' in first or first == 'localhost'):
+            target = settings.open(rest, host=first)
+        else:
+            target = settings.open(dest)
+    with target:
+        _write_line(out, dxf.copy_alias(_check_alias(args.alias), target,
+                                        args.dest_alias and _check_alias(
+                                            args.dest_alias)))
+
+
 def cmd_list_repos(dxf, args, settings, out, stdin):
     """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
@@ -2556,6 +2913,11 @@ _COMMANDS = [
      [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
     ('list-aliases', cmd_list_aliases, 'print the aliases in REPO',
      [('repo', {})]),
+    ('copy-alias', cmd_copy_alias,
+     'copy an alias and its blobs to another repository, registry or '
+     'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
+     [('repo', {}), ('alias', dict(metavar='ALIAS')), ('dest', dict(
+         metavar='DEST')), ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS'))]),
     ('list-repos', cmd_list_repos, 'print the repositories in the registry', []),
     ('version', cmd_version, 'print the version', []),
 ]
