@@ -95,6 +95,11 @@ _REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 
 _CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
+# Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
+# chunks cost distribution time per PATCH (64 MiB: a 1 GiB push took 1.3x
+# as long; 256 MiB: the same as one request).
+_CHUNKED_PUSH_MIN = 512 << 20
+_CHUNKED_PUSH_SIZE = 256 << 20
 _DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
@@ -372,7 +377,7 @@ def _parse_link_next(header):
         for param in m.group(2).split(';'):
             name, _, value = param.strip().partition('=')
             if (name.strip().lower() == 'rel'
-                    and 'next' in value.strip().strip('"').split()):
+                    and 'next' in value.strip().strip('"').lower().split()):
                 return m.group(1)
     return None
 
@@ -1898,15 +1903,20 @@ class DXF(DXFBase, _AliasMethods):
             raise DXFDigestMismatchError(echoed, digest)
 
     def push_blob(self, filename=None, progress=None, data=None, digest=None,
-                  check_exists=True):
+                  check_exists=True, chunk_size=None):
         """Upload a blob from a file or from ``data``; return its digest.
 
         :param filename: file to upload
         :param progress: ``progress(digest, chunk, total)`` after each piece
-            sent (first with ``b''``); for ``data`` ``total`` is None
+            sent (first with ``b''``); ``total`` is None for ``data``, and
+            ``digest`` is None while it is being computed in the same pass
+            (``data`` without ``digest``, or ``check_exists=False``)
         :param data: bytes, or an iterable of bytes, instead of a file
         :param digest: the digest if known (checked against the content)
         :param check_exists: skip the upload if the registry has the blob
+        :param chunk_size: send a file in requests of this many bytes, each
+            resumable after a failure (default: 256 MiB chunks for files
+            of 512 MiB and more, else one request)
         """
         if (filename is None) == (data is None):
             raise TypeError('push_blob needs filename or data (not both)')
@@ -1914,7 +1924,8 @@ class DXF(DXFBase, _AliasMethods):
             split_digest(digest)
         if filename is not None:
             with _open_input(filename) as f:
-                return self._push_file(f, progress, digest, check_exists)
+                return self._push_file(f, progress, digest, check_exists,
+                                       chunk_size)
         if isinstance(data, (bytes, bytearray, memoryview)):
             return self._push_bytes(bytes(data), progress, digest, check_exists)
         if digest is not None and check_exists and self._blob_head(digest) is not None:
@@ -1939,7 +1950,7 @@ class DXF(DXFBase, _AliasMethods):
         self._sizes[got] = len(data)
         return got
 
-    def _push_file(self, f, progress, digest, check_exists):
+    def _push_file(self, f, progress, digest, check_exists, chunk_size=None):
         import stat
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):     # a pipe or a device: stream it
@@ -1953,34 +1964,102 @@ class DXF(DXFBase, _AliasMethods):
         if check_exists and digest and self._blob_head(digest) is not None:
             return digest
 
-        def rewound():
-            f.seek(0)
-            return iter(lambda: f.read(_CHUNK_SIZE), b'')
-        if digest is None:
+        if chunk_size is None and size >= _CHUNKED_PUSH_MIN:
+            chunk_size = _CHUNKED_PUSH_SIZE
+        if digest is None and not chunk_size:
+            def rewound():
+                f.seek(0)
+                return iter(lambda: f.read(_CHUNK_SIZE), b'')
             return self._push_stream(rewound, progress, None, size)
-        on_data = None
-        if progress:
-            def on_data(view):
-                progress(digest, bytes(view), size)
 
         def upload():
-            f.seek(0)
             if progress:
                 progress(digest, b'', size)
-            _, location = self._start_upload()
-            self._finish_upload(location, digest, _FileBody(f, size, on_data))
+            resp, location = self._start_upload()
+            if chunk_size:
+                return self._push_chunks(f, size, digest, progress,
+                                         chunk_size, resp, location)
+            f.seek(0)
+            self._finish_upload(location, digest, _FileBody(
+                f, size, progress and (lambda view: progress(
+                    digest, bytes(view), size))))
+            return digest
         # The registry checks the content against the digest, so the upload
         # needs no second hash; if it refuses because the file changed since
         # it was hashed, say so rather than "bad request".
         try:
-            self._retry_upload(upload)
+            digest = self._retry_upload(upload)
         except DXFHTTPError:
+            if digest is None:
+                raise
             f.seek(0)
             got = _hash_stream(f, split_digest(digest)[0])
             if got != digest:
                 raise DXFDigestMismatchError(got, digest) from None
             raise
         self._sizes[digest] = size
+        return digest
+
+    def _push_chunks(self, f, size, digest, progress, chunk_size, resp,
+                     location):
+        """Send a file in PATCH requests with Content-Range, then PUT.
+
+        After a failed chunk, the session is asked where it stands (GET on
+        its Location: 204 with Range) and the upload continues from there.
+        A session the registry has forgotten (404) fails the whole attempt,
+        so _retry_upload starts over.  Without ``digest`` the file is hashed
+        as it is sent, each byte once even when resent.
+        """
+        scope = self._scope(['pull', 'push'])
+        try:
+            minimum = int(resp.header('OCI-Chunk-Min-Length') or 0)
+        except ValueError:
+            minimum = 0
+        chunk_size = max(chunk_size, minimum)
+        h = None if digest else hashlib.sha256()
+        state = {'pos': 0, 'hashed': 0}
+
+        def on_data(view):
+            pos, hashed = state['pos'], state['hashed']
+            if h is not None and pos + len(view) > hashed:
+                h.update(view[hashed - pos:])
+                state['hashed'] = pos + len(view)
+            state['pos'] = pos + len(view)
+            if progress:
+                progress(digest, bytes(view), size)
+        offset, failures = 0, 0
+        try:
+            while offset < size:
+                n = min(chunk_size, size - offset)
+                f.seek(offset)
+                state['pos'] = offset
+                try:
+                    resp = self._request(
+                        'PATCH', location, scope, body=_FileBody(f, n, on_data),
+                        headers={'Content-Type': 'application/octet-stream',
+                                 'Content-Range': '%d-%d' % (offset,
+                                                             offset + n - 1)},
+                        ok=(202,))
+                    offset += n
+                except (DXFConnectionError, DXFHTTPError) as exc:
+                    failures += 1
+                    if (failures > self._transport.retries or isinstance(
+                            exc, DXFHTTPError) and exc.status not in
+                            (416,) + _RETRY_STATUSES):
+                        raise
+                    resp = self._request('GET', location, scope, ok=(204,))
+                    offset = _range_end(resp.header('Range')) + 1
+                    if offset > state['hashed'] and h is not None:
+                        raise DXFHTTPError('GET', location, 204, reason=(
+                            'upload session claims bytes never sent'))
+                location = urllib.parse.urljoin(
+                    location, resp.header('Location') or location)
+            if h is not None:
+                digest = 'sha256:' + h.hexdigest()
+            self._finish_upload(location, digest)
+        except BaseException:
+            self._cancel_upload(location)
+            raise
         return digest
 
     def _retry_upload(self, upload):
@@ -2041,11 +2120,14 @@ class DXF(DXFBase, _AliasMethods):
     def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
         """Download a blob: return a BlobReader over its verified bytes.
 
+        :param digest: the blob's digest, or a one-element list of it (what
+            get_alias returns for a one-blob alias, as the README example
+            passes it)
         :param size: python-dxf compatibility: return ``(reader, size)``
         :param chunk_size: bytes per iteration (default 8192)
         :param progress: ``progress(digest, chunk, total)`` as bytes arrive
         """
-        split_digest(digest)
+        digest = _one_digest(digest)
         url, scope = self._url('blobs', digest), self._scope(['pull'])
 
         def reopen(offset):
@@ -2292,6 +2374,7 @@ class OCILayout(_AliasMethods):
 
     def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
         """Return a BlobReader over a blob's verified bytes."""
+        digest = _one_digest(digest)
         try:
             f = open(self._blob_path(digest), 'rb')
         except FileNotFoundError:
@@ -2452,6 +2535,25 @@ class _FileLock:
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
 DXFBase.auth_by_password = DXFBase.authenticate
+
+
+def _one_digest(digest):
+    if isinstance(digest, (list, tuple)):
+        if len(digest) != 1:
+            raise DXFInputError('pull_blob takes one digest, not %d'
+                                % len(digest))
+        digest = digest[0]
+    split_digest(digest)
+    return digest
+
+
+def _range_end(value):
+    """The last byte of an upload's ``Range: 0-<end>`` (-1 when empty)."""
+    m = re.match(r'\s*(?:bytes=)?0-(\d+)\s*\Z', value or '')
+    if not m:
+        raise DXFHTTPError('GET', '', 204, reason='upload status without a '
+                           'usable Range header')
+    return int(m.group(1))
 
 
 def _hash_as(digest, data):
@@ -2705,7 +2807,7 @@ def _safe_name(title):
     return title
 
 
-def cmd_auth(dxf, args, settings, out, stdin):
+def _cmd_auth(dxf, args, settings, out, stdin):
     """dxf auth REPO [ACTION...]: print a token for the actions."""
     if not isinstance(dxf, DXFBase):
         raise _UsageError('auth needs a registry, not an OCI layout')
@@ -2720,7 +2822,7 @@ def cmd_auth(dxf, args, settings, out, stdin):
         _write_line(out, token)
 
 
-def cmd_push_blob(dxf, args, settings, out, stdin):
+def _cmd_push_blob(dxf, args, settings, out, stdin):
     """dxf push-blob REPO FILE [@ALIAS]: upload, print the digest."""
     alias = _alias_arg(args.alias) if args.alias else None
     progress = settings.progress_printer
@@ -2749,7 +2851,7 @@ def _copy_blob(dxf, digest, out, settings):
         progress.finish()
 
 
-def cmd_pull_blob(dxf, args, settings, out, stdin):
+def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output and os.path.isdir(args.output):
@@ -2769,7 +2871,7 @@ def cmd_pull_blob(dxf, args, settings, out, stdin):
     out.flush()
 
 
-def cmd_blob_size(dxf, args, settings, out, stdin):
+def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
@@ -2778,7 +2880,7 @@ def cmd_blob_size(dxf, args, settings, out, stdin):
                                  for digest, size, _ in blobs)))
 
 
-def cmd_mount_blob(dxf, args, settings, out, stdin):
+def _cmd_mount_blob(dxf, args, settings, out, stdin):
     """dxf mount-blob REPO FROM-REPO DIGEST [@ALIAS]: mount, print the digest."""
     alias = _alias_arg(args.alias) if args.alias else None
     digest = dxf.mount_blob(args.from_repo, args.digest)
@@ -2787,13 +2889,13 @@ def cmd_mount_blob(dxf, args, settings, out, stdin):
     _write_line(out, digest)
 
 
-def cmd_del_blob(dxf, args, settings, out, stdin):
+def _cmd_del_blob(dxf, args, settings, out, stdin):
     """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
     for digest, _, _ in _resolve_refs(dxf, args.refs, settings, stdin):
         dxf.del_blob(digest)
 
 
-def cmd_set_alias(dxf, args, settings, out, stdin):
+def _cmd_set_alias(dxf, args, settings, out, stdin):
     """dxf set-alias REPO ALIAS DIGEST|FILE...: print the manifest stored."""
     alias = _check_alias(args.alias)
     digests, names = [], []
@@ -2808,7 +2910,7 @@ def cmd_set_alias(dxf, args, settings, out, stdin):
     out.write(dxf.set_alias(alias, *digests, names=names).encode('utf-8'))
 
 
-def cmd_get_alias(dxf, args, settings, out, stdin):
+def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     if not args.aliases:
         for digest, _, _ in _resolve_refs(dxf, [], settings, stdin):
@@ -2819,14 +2921,14 @@ def cmd_get_alias(dxf, args, settings, out, stdin):
             _write_line(out, digest)
 
 
-def cmd_del_alias(dxf, args, settings, out, stdin):
+def _cmd_del_alias(dxf, args, settings, out, stdin):
     """dxf del-alias REPO ALIAS...: delete aliases, print their blobs."""
     for alias in args.aliases:
         for digest in dxf.del_alias(_check_alias(alias)):
             _write_line(out, digest)
 
 
-def cmd_get_digest(dxf, args, settings, out, stdin):
+def _cmd_get_digest(dxf, args, settings, out, stdin):
     """dxf get-digest REPO [ALIAS...]: print each alias's config digest."""
     if not args.aliases:
         manifest = stdin.read(_MAX_MANIFEST + 1)
@@ -2837,20 +2939,20 @@ def cmd_get_digest(dxf, args, settings, out, stdin):
                                         platform=settings.platform))
 
 
-def cmd_get_manifest(dxf, args, settings, out, stdin):
+def _cmd_get_manifest(dxf, args, settings, out, stdin):
     """dxf get-manifest REPO ALIAS...: print manifests exactly as stored."""
     for alias in args.aliases:
         out.write(dxf.get_manifest(_check_ref(alias),
                                    platform=settings.platform).encode('utf-8'))
 
 
-def cmd_list_aliases(dxf, args, settings, out, stdin):
+def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
         _write_line(out, alias)
 
 
-def cmd_copy_alias(dxf, args, settings, out, stdin):
+def _cmd_copy_alias(dxf, args, settings, out, stdin):
     """dxf copy-alias REPO ALIAS DEST [DEST-ALIAS]: copy, print the digest."""
     dest = args.dest
     if dest.startswith('oci:'):
@@ -2868,58 +2970,58 @@ def cmd_copy_alias(dxf, args, settings, out, stdin):
                                             args.dest_alias)))
 
 
-def cmd_list_repos(dxf, args, settings, out, stdin):
+def _cmd_list_repos(dxf, args, settings, out, stdin):
     """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
         _write_line(out, repo)
 
 
-def cmd_version(dxf, args, settings, out, stdin):
+def _cmd_version(dxf, args, settings, out, stdin):
     """dxf version: print dxf.py's version."""
     _write_line(out, 'dxf.py ' + __version__)
 
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
-    ('auth', cmd_auth, 'print a registry token for REPO',
+    ('auth', _cmd_auth, 'print a registry token for REPO',
      [('repo', {}), ('actions', dict(nargs='*', metavar='ACTION',
                                      help='pull, push, delete or *'))]),
-    ('push-blob', cmd_push_blob, 'upload FILE (- for stdin), print its digest',
+    ('push-blob', _cmd_push_blob, 'upload FILE (- for stdin), print its digest',
      [('repo', {}), ('file', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
-    ('pull-blob', cmd_pull_blob,
+    ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
      [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS')),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
           'write to PATH (a directory: one file per blob), which appears '
           'only once every byte is verified')))]),
-    ('blob-size', cmd_blob_size, 'print blob sizes (an alias: their sum)',
+    ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
      [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
-    ('mount-blob', cmd_mount_blob, 'mount a blob from another repository',
+    ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
      [('repo', {}), ('from_repo', dict(metavar='FROM-REPO')),
       ('digest', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
-    ('del-blob', cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
+    ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
      [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
-    ('set-alias', cmd_set_alias,
+    ('set-alias', _cmd_set_alias,
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
      [('repo', {}), ('alias', {}), ('refs', dict(nargs='+',
                                                  metavar='DIGEST|FILE'))]),
-    ('get-alias', cmd_get_alias, 'print the digests an alias names',
+    ('get-alias', _cmd_get_alias, 'print the digests an alias names',
      [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
-    ('del-alias', cmd_del_alias, 'delete aliases, print the blobs they named',
+    ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
      [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
-    ('get-digest', cmd_get_digest, 'print an alias\'s config blob digest',
+    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest',
      [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
-    ('get-manifest', cmd_get_manifest, 'print an alias\'s manifest',
+    ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
      [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
-    ('list-aliases', cmd_list_aliases, 'print the aliases in REPO',
+    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO',
      [('repo', {})]),
-    ('copy-alias', cmd_copy_alias,
+    ('copy-alias', _cmd_copy_alias,
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
      [('repo', {}), ('alias', dict(metavar='ALIAS')), ('dest', dict(
          metavar='DEST')), ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS'))]),
-    ('list-repos', cmd_list_repos, 'print the repositories in the registry', []),
-    ('version', cmd_version, 'print the version', []),
+    ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
+    ('version', _cmd_version, 'print the version', []),
 ]
 
 _EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
@@ -2992,9 +3094,9 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
-        if args.func is not cmd_version:
+        if args.func is not _cmd_version:
             dxf = settings.open(getattr(args, 'repo', None)
-                                if args.func is not cmd_list_repos else None)
+                                if args.func is not _cmd_list_repos else None)
         args.func(dxf, args, settings, stdout, stdin)
         stdout.flush()
         return 0

@@ -78,6 +78,7 @@ from collections.abc import Mapping
 import pytest
 
 import dxf
+from dxf import DXF, DXFBase
 
 # =============================================================================
 # 1. Infrastructure
@@ -1331,6 +1332,979 @@ class TestInfrastructure:
         assert (status, body) == (200, data)
 
 
+# What the specs say, written out rather than read from dxf's private constants.
+OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
+ALIAS_ARTIFACT = 'application/vnd.dxf.alias.v1'
+EMPTY_CONFIG = {'mediaType': 'application/vnd.oci.empty.v1+json',
+                'digest': 'sha256:44136fa355b3678a1146ad16f7e8649e'
+                          '94fb4fc21fe77e8310c060f61caaff8a',
+                'size': 2}
+CHUNK = 8192           # pull_blob's default chunk size (python-dxf's)
+MIB = 1 << 20
+HEX64 = 'a' * 64
+DIGEST = 'sha256:' + HEX64
+
+
+def _pull(dxf_obj, digest, **options):
+    with dxf_obj.pull_blob(digest, **options) as reader:
+        return b''.join(reader)
+
+
+def _push(dxf_obj, size, seed):
+    """Push ``_blob(size, seed)``; return (digest, bytes)."""
+    data = _blob(size, seed)
+    return dxf_obj.push_blob(data=data), data
+
+
+def _password_auth(username, password):
+    """An auth callback as in the README: ``auth(dxf, response)``."""
+    def auth(dxf_obj, response):
+        dxf_obj.authenticate(username, password, response=response)
+    return auth
+
+
+def _offline():
+    """A DXF aimed at a closed port: any request it made would fail to connect."""
+    return DXF('127.0.0.1:1', 'a/b', insecure=True, retries=0, timeout=2)
+
+
+def _corrupt(path, offset):
+    """Flip every bit of the byte at ``offset``; return the file's new bytes."""
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xff]))
+        f.seek(0)
+        return f.read()
+
+
+def _docker_manifest(*blobs):
+    """A python-dxf alias manifest over (digest, size) pairs (first blob = config)."""
+    return json.dumps({
+        'schemaVersion': 2, 'mediaType': DOCKER_MANIFEST,
+        'config': {'mediaType': DOCKER_CONFIG, 'digest': blobs[0][0], 'size': blobs[0][1]},
+        'layers': [{'mediaType': 'application/octet-stream', 'digest': digest, 'size': size}
+                   for digest, size in blobs]}, sort_keys=True)
+
+
+@pytest.fixture
+def closing():
+    """A function that keeps DXF objects to close once the test ends."""
+    kept = []
+
+    def keep(obj):
+        kept.append(obj)
+        return obj
+    yield keep
+    for obj in kept:
+        obj.close()
+
+
+@pytest.fixture
+def connect(registries, repo, closing):
+    """A function (mode='open', name=repo, **options) -> DXF on that registry."""
+    def make(mode='open', name=None, **options):
+        reg = registries[mode]
+        options.setdefault('insecure', reg.insecure)
+        options.setdefault('tlsverify', reg.tlsverify)
+        options.setdefault('timeout', 10)
+        return closing(DXF(reg.host, name or repo, **options))
+    return make
+
+
+@pytest.fixture
+def dxf_obj(connect):
+    """A DXF for this test's repository on the open registry."""
+    return connect('open')
+
+
+# =============================================================================
+# 4. Digests, names and small helpers
+# =============================================================================
+
+class TestSplitDigest:
+
+    @pytest.mark.parametrize('digest, expected', [
+        (DIGEST, ('sha256', HEX64)),
+        ('sha256:' + '0123456789abcdef' * 4, ('sha256', '0123456789abcdef' * 4)),
+        ('sha512:' + 'f' * 128, ('sha512', 'f' * 128)),
+    ])
+    def test_split_digest_valid_returns_method_and_hex(self, digest, expected):
+        assert dxf.split_digest(digest) == expected
+
+    @pytest.mark.parametrize('method', ['sha1', 'md5', 'sha384', 'blake3'])
+    def test_split_digest_other_method_raises_unexpected_digest_method(self, method):
+        with pytest.raises(dxf.DXFUnexpectedDigestMethodError) as info:
+            dxf.split_digest(method + ':' + 'a' * 40)
+        assert info.value.got == method
+        assert info.value.exit_code == errno.EINVAL
+
+    @pytest.mark.parametrize('digest', [
+        'sha256:' + 'A' * 64,              # upper-case hex
+        'sha256:' + 'a' * 63,              # too short
+        'sha256:' + 'a' * 65,              # too long
+        'sha512:' + 'a' * 64,              # sha256's length under sha512
+        'sha256:' + 'g' * 64,              # not hex
+    ])
+    def test_split_digest_malformed_hex_raises_input_error(self, digest):
+        with pytest.raises(dxf.DXFInputError) as info:
+            dxf.split_digest(digest)
+        assert not isinstance(info.value, dxf.DXFUnexpectedDigestMethodError)
+        assert isinstance(info.value, ValueError)
+
+    @pytest.mark.parametrize('digest', [
+        '', 'nonsense', 'sha256', 'sha256:', ':' + HEX64, HEX64, 'SHA256:' + HEX64,
+        'sha256:' + HEX64 + '\n', ' ' + DIGEST, None, 42, b'sha256:' + HEX64.encode()])
+    def test_split_digest_garbage_raises_input_error(self, digest):
+        with pytest.raises(dxf.DXFInputError):
+            dxf.split_digest(digest)
+
+
+class TestHashing:
+
+    @pytest.mark.parametrize('size', [0, 1, 8192, MIB - 1, MIB, MIB + 1])
+    def test_hash_bytes_and_hash_file_match_hashlib(self, tmp_path, size):
+        data = _blob(size, 'hash-%d' % size)
+        path = tmp_path / 'data'
+        path.write_bytes(data)
+        expected = 'sha256:' + hashlib.sha256(data).hexdigest()
+        assert dxf.hash_bytes(data) == expected
+        assert dxf.hash_file(str(path)) == expected
+
+    def test_hash_bytes_sha512_matches_hashlib(self):
+        data = _blob(1000, 'sha512')
+        assert dxf.hash_bytes(data, 'sha512') == 'sha512:' + hashlib.sha512(data).hexdigest()
+
+    def test_hash_file_missing_file_raises_input_error(self, tmp_path):
+        with pytest.raises(dxf.DXFInputError) as info:
+            dxf.hash_file(str(tmp_path / 'absent'))
+        assert info.value.exit_code == errno.EINVAL
+
+
+    def test_hash_file_directory_raises_input_error(self, tmp_path):
+        with pytest.raises(dxf.DXFInputError):
+            dxf.hash_file(str(tmp_path))
+
+
+class TestParseWWWAuthenticate:
+
+    @pytest.mark.parametrize('header, expected', [
+        # The example in distribution's token spec: a quoted comma in scope.
+        ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+         'scope="repository:samalba/my-app:pull,push"',
+         [('bearer', {'realm': 'https://auth.docker.io/token',
+                      'service': 'registry.docker.io',
+                      'scope': 'repository:samalba/my-app:pull,push'})]),
+        # Spaces after commas and around '=', an error parameter, mixed case.
+        ('BEARER Realm = "https://a/token" , Service="s", error="insufficient_scope"',
+         [('bearer', {'realm': 'https://a/token', 'service': 's',
+                      'error': 'insufficient_scope'})]),
+        # No service, no scope.
+        ('Bearer realm="https://a/token"', [('bearer', {'realm': 'https://a/token'})]),
+        ('Basic realm="Registry Realm"', [('basic', {'realm': 'Registry Realm'})]),
+        # Two challenges in one header, in either order, quoted commas inside.
+        ('Basic realm="r", Bearer realm="https://a/t",scope="repository:x:pull,push"',
+         [('basic', {'realm': 'r'}),
+          ('bearer', {'realm': 'https://a/t', 'scope': 'repository:x:pull,push'})]),
+        ('Bearer realm="https://a/t",scope="a:b:pull,push", Basic realm="r"',
+         [('bearer', {'realm': 'https://a/t', 'scope': 'a:b:pull,push'}),
+          ('basic', {'realm': 'r'})]),
+        # Unquoted (token) values.
+        ('Bearer realm=https://a/t,service=reg', [('bearer', {'realm': 'https://a/t',
+                                                             'service': 'reg'})]),
+        # Backslash escapes inside a quoted string.
+        (r'Basic realm="say \"hi\", \\o/"', [('basic', {'realm': r'say "hi", \o/'})]),
+        ('', []),
+        (None, []),
+    ])
+    def test_parse_www_authenticate_table(self, header, expected):
+        assert dxf._parse_www_authenticate(header) == expected
+
+
+class TestParseLinkNext:
+
+    @pytest.mark.parametrize('header, expected', [
+        ('</v2/_catalog?last=b&n=2>; rel="next"', '/v2/_catalog?last=b&n=2'),
+        ('<https://r.example/v2/a/tags/list?n=2&last=t1>; rel=next',
+         'https://r.example/v2/a/tags/list?n=2&last=t1'),
+        ('</x>;rel=next', '/x'),
+        ('<https://a/1>; rel="prev", <https://a/3>; rel="next"', 'https://a/3'),
+        ('<https://a/3>; rel="next", <https://a/1>; rel="prev"', 'https://a/3'),
+        ('</x>; type="application/json"; rel="next"', '/x'),
+        ('</x>; rel="prev next"', '/x'),
+        ('</x?last=a,b&n=2>; rel="next"', '/x?last=a,b&n=2'),
+        ('</x>; rel="Next"', '/x'),
+        ('<https://a/1>; rel="prev"', None),
+        ('</x>; rel="nextpage"', None),
+        ('', None),
+        (None, None),
+    ])
+    def test_parse_link_next_table(self, header, expected):
+        assert dxf._parse_link_next(header) == expected
+
+
+class TestAll:
+
+    def test_all_names_exist(self):
+        missing = [name for name in dxf.__all__ if not hasattr(dxf, name)]
+        assert missing == []
+
+    def test_all_lists_every_public_class_and_function(self):
+        public = sorted(
+            name for name, obj in vars(dxf).items()
+            if not name.startswith('_') and getattr(obj, '__module__', None) == 'dxf'
+            and (isinstance(obj, type) or callable(obj)))
+        assert [name for name in public if name not in dxf.__all__] == []
+
+
+# =============================================================================
+# 7. Blobs (the open registry)
+# =============================================================================
+
+ROUND_TRIP_SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, MIB - 1, MIB, MIB + 1,
+                    pytest.param(5 * MIB + 3, marks=pytest.mark.slow)]
+
+
+@pytest.mark.registry
+class TestBlobs:
+
+    @pytest.mark.parametrize('size', ROUND_TRIP_SIZES)
+    def test_push_blob_file_then_pull_blob_returns_same_bytes(self, dxf_obj, repo, tmp_path, size):
+        data = _blob(size, repo)
+        path = tmp_path / 'blob'
+        path.write_bytes(data)
+        digest = dxf_obj.push_blob(str(path))
+        assert digest == _sha256(data)
+        with dxf_obj.pull_blob(digest) as reader:
+            chunks = list(reader)
+        assert b''.join(chunks) == data
+        assert all(0 < len(chunk) <= CHUNK for chunk in chunks)
+        assert dxf_obj.blob_size(digest) == size
+
+    @pytest.mark.parametrize('size', [0, 100000])
+    def test_push_blob_iterable_without_digest_returns_its_digest(self, dxf_obj, repo, size):
+        data = _blob(size, repo)
+        pieces = (data[i:i + 30000] for i in range(0, len(data), 30000))
+        digest = dxf_obj.push_blob(data=pieces)
+        assert digest == _sha256(data)
+        assert _pull(dxf_obj, digest) == data
+
+    def test_push_blob_iterable_with_right_digest_returns_it(self, dxf_obj, repo):
+        data = _blob(50000, repo)
+        digest = dxf_obj.push_blob(data=iter([data[:10], data[10:]]), digest=_sha256(data))
+        assert digest == _sha256(data)
+        assert _pull(dxf_obj, digest) == data
+
+    def test_push_blob_iterable_with_wrong_digest_raises_and_stores_nothing(self, dxf_obj, repo):
+        data = _blob(50000, repo)
+        right, wrong = _sha256(data), _sha256(data + b'!')
+        with pytest.raises(dxf.DXFDigestMismatchError) as info:
+            dxf_obj.push_blob(data=iter([data[:20000], data[20000:]]), digest=wrong)
+        assert (info.value.expected, info.value.got) == (wrong, right)
+        assert info.value.exit_code == errno.EIO
+        for digest in (right, wrong):
+            with pytest.raises(dxf.DXFNotFoundError):
+                dxf_obj.blob_size(digest)
+
+    def test_push_blob_file_with_wrong_digest_raises_and_stores_nothing(
+            self, dxf_obj, repo, tmp_path):
+        data = _blob(30000, repo)
+        path = tmp_path / 'blob'
+        path.write_bytes(data)
+        with pytest.raises(dxf.DXFDigestMismatchError) as info:
+            dxf_obj.push_blob(str(path), digest=DIGEST)
+        assert (info.value.expected, info.value.got) == (DIGEST, _sha256(data))
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.blob_size(_sha256(data))
+
+    @pytest.mark.parametrize('size', [0, 3000])
+    def test_push_blob_bytes_returns_digest_and_round_trips(self, dxf_obj, repo, size):
+        data = _blob(size, repo)
+        digest = dxf_obj.push_blob(data=data)
+        assert digest == _sha256(data)
+        assert _pull(dxf_obj, digest) == data
+
+    def test_push_blob_bytes_with_wrong_digest_raises_and_stores_nothing(self, dxf_obj, repo):
+        data = _blob(3000, repo)
+        with pytest.raises(dxf.DXFDigestMismatchError) as info:
+            dxf_obj.push_blob(data=data, digest=DIGEST)
+        assert (info.value.expected, info.value.got) == (DIGEST, _sha256(data))
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.blob_size(_sha256(data))
+
+    def test_push_blob_iterable_that_raises_propagates_it_and_stores_nothing(self, dxf_obj, repo):
+        data = _blob(100000, repo)
+
+        def failing():
+            yield data[:50000]
+            raise ValueError('the source broke')
+        with pytest.raises(ValueError, match='the source broke'):
+            dxf_obj.push_blob(data=failing())
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.blob_size(_sha256(data))
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.blob_size(_sha256(data[:50000]))
+
+    def test_push_blob_missing_file_or_directory_raises_input_error(self, tmp_path):
+        d = _offline()
+        for path in (tmp_path / 'absent', tmp_path):
+            with pytest.raises(dxf.DXFInputError) as info:
+                d.push_blob(str(path))
+            assert info.value.exit_code == errno.EINVAL
+
+    def test_push_blob_neither_or_both_sources_raises_type_error(self, tmp_path):
+        d = _offline()
+        with pytest.raises(TypeError):
+            d.push_blob()
+        with pytest.raises(TypeError):
+            d.push_blob(str(tmp_path / 'f'), data=b'x')
+
+    def test_push_blob_existing_blob_skips_upload(self, dxf_obj, repo, tmp_path):
+        data = _blob(20000, repo)
+        path = tmp_path / 'blob'
+        path.write_bytes(data)
+        digest = dxf_obj.push_blob(str(path))
+        calls = []
+
+        def progress(*args):
+            calls.append(args)
+        assert dxf_obj.push_blob(str(path), progress=progress) == digest
+        assert dxf_obj.push_blob(data=iter([data]), digest=digest, progress=progress) == digest
+        assert calls == []
+        # The same push without the check does upload (so the callback does work).
+        assert dxf_obj.push_blob(str(path), progress=progress, check_exists=False) == digest
+        assert b''.join(call[1] for call in calls) == data
+
+    def test_push_blob_file_progress_reports_every_byte_and_total(self, dxf_obj, repo, tmp_path):
+        data = _blob(3 * MIB + 5, repo)
+        path = tmp_path / 'blob'
+        path.write_bytes(data)
+        calls = []
+        digest = dxf_obj.push_blob(str(path), progress=lambda *args: calls.append(args))
+        assert calls[0] == (digest, b'', len(data))
+        assert {(call[0], call[2]) for call in calls} == {(digest, len(data))}
+        assert b''.join(call[1] for call in calls) == data
+
+    def test_push_blob_iterable_progress_reports_every_byte_without_total(self, dxf_obj, repo):
+        data = _blob(100000, repo)
+        calls = []
+        digest = dxf_obj.push_blob(data=iter([data[:1], data[1:]]), digest=_sha256(data),
+                                   progress=lambda *args: calls.append(args))
+        assert calls[0] == (digest, b'', None)
+        assert {call[2] for call in calls} == {None}
+        assert b''.join(call[1] for call in calls) == data
+
+    def test_pull_blob_progress_reports_every_byte_and_total(self, dxf_obj, repo):
+        digest, data = _push(dxf_obj, 3 * CHUNK + 7, repo)
+        calls = []
+        assert _pull(dxf_obj, digest, progress=lambda *args: calls.append(args)) == data
+        assert calls[0] == (digest, b'', len(data))
+        assert {(call[0], call[2]) for call in calls} == {(digest, len(data))}
+        assert b''.join(call[1] for call in calls) == data
+
+    def test_pull_blob_size_true_returns_reader_and_size(self, dxf_obj, repo):
+        digest, data = _push(dxf_obj, 12345, repo)
+        reader, size = dxf_obj.pull_blob(digest, size=True)
+        with reader:
+            assert size == len(data)
+            assert b''.join(reader) == data
+
+    def test_pull_blob_chunk_size_sets_chunk_length(self, dxf_obj, repo):
+        digest, data = _push(dxf_obj, 2500, repo)
+        with dxf_obj.pull_blob(digest, chunk_size=1000) as reader:
+            assert [len(chunk) for chunk in reader] == [1000, 1000, 500]
+
+    def test_blob_reader_read_n_then_read_all_returns_the_rest(self, dxf_obj, repo):
+        digest, data = _push(dxf_obj, 3 * CHUNK + 1, repo)
+        with dxf_obj.pull_blob(digest) as reader:
+            assert (reader.digest, reader.size) == (digest, len(data))
+            assert reader.read(10) == data[:10]
+            assert reader.read() == data[10:]
+            assert reader.read() == b''
+            assert reader.read(5) == b''
+
+    def test_blob_reader_closed_early_leaves_next_request_working(self, dxf_obj, repo):
+        digest, data = _push(dxf_obj, 5 * CHUNK, repo)
+        with dxf_obj.pull_blob(digest) as reader:
+            assert reader.read(10) == data[:10]
+        assert reader.read() == b''
+        assert dxf_obj.blob_size(digest) == len(data)
+        assert _pull(dxf_obj, digest) == data
+
+    def test_pull_blob_two_readers_interleaved_each_get_their_bytes(self, dxf_obj, repo):
+        first, first_data = _push(dxf_obj, 3 * CHUNK, repo + 'first')
+        second, second_data = _push(dxf_obj, 3 * CHUNK + 1, repo + 'second')
+        got = {first: [], second: []}
+        with dxf_obj.pull_blob(first) as one, dxf_obj.pull_blob(second) as two:
+            for chunk_one, chunk_two in zip(one, two):
+                got[first].append(chunk_one)
+                got[second].append(chunk_two)
+            got[second].extend(two)
+        assert b''.join(got[first]) == first_data
+        assert b''.join(got[second]) == second_data
+
+    def test_pull_blob_unknown_digest_raises_not_found(self, dxf_obj, repo):
+        _push(dxf_obj, 10, repo)
+        with pytest.raises(dxf.DXFNotFoundError) as info:
+            dxf_obj.pull_blob(_sha256(b'never pushed ' + repo.encode()))
+        assert (info.value.status, info.value.exit_code) == (404, errno.ENOENT)
+
+    def test_del_blob_then_blob_size_raises_not_found(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 1000, repo)
+        dxf_obj.del_blob(digest)
+        with pytest.raises(dxf.DXFNotFoundError) as info:
+            dxf_obj.blob_size(digest)
+        assert info.value.exit_code == errno.ENOENT
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.pull_blob(digest)
+
+    def test_mount_blob_from_repo_with_blob_then_pull_returns_bytes(self, connect, repo):
+        source = connect(name=repo + '-src')
+        digest, data = _push(source, 40000, repo)
+        target = connect()
+        assert target.mount_blob(repo + '-src', digest) == digest
+        assert target.blob_size(digest) == len(data)
+        assert _pull(target, digest) == data
+
+    def test_mount_blob_from_repo_lacking_blob_raises_mount_failed(self, connect, repo):
+        source = connect(name=repo + '-src')
+        _push(source, 100, repo + 'other')
+        elsewhere = connect(name=repo + '-elsewhere')
+        digest, _ = _push(elsewhere, 100, repo)     # in the registry, not in source
+        target = connect()
+        with pytest.raises(dxf.DXFMountFailed):
+            target.mount_blob(repo + '-src', digest)
+        with pytest.raises(dxf.DXFNotFoundError):
+            target.blob_size(digest)
+
+
+# =============================================================================
+# 7. Integrity: a blob corrupted in the registry's storage
+# =============================================================================
+
+@pytest.mark.registry
+class TestIntegrity:
+
+    @pytest.mark.parametrize('size, yielded', [
+        (3 * CHUNK + 100, 3 * CHUNK),     # several chunks: all but the last come out
+        (100, 0),                         # one chunk: nothing comes out
+    ])
+    def test_pull_blob_corrupted_on_disk_raises_digest_mismatch_holding_last_chunk_back(
+            self, dxf_obj, registries, repo, size, yielded):
+        digest, data = _push(dxf_obj, size, repo)
+        corrupted = _corrupt(registries['open'].blob_path(digest), size // 2)
+        assert len(corrupted) == size and corrupted != data
+        received = []
+        with dxf_obj.pull_blob(digest) as reader:
+            with pytest.raises(dxf.DXFDigestMismatchError) as info:
+                for chunk in reader:
+                    received.append(chunk)
+        assert (info.value.expected, info.value.got) == (digest, _sha256(corrupted))
+        assert info.value.exit_code == errno.EIO
+        got = b''.join(received)
+        assert len(got) == yielded < size
+        assert corrupted.startswith(got)
+
+    def test_pull_blob_truncated_on_disk_raises_integrity_error(
+            self, dxf_obj, connect, registries, repo):
+        digest, data = _push(dxf_obj, 3 * CHUNK, repo)
+        with open(registries['open'].blob_path(digest), 'r+b') as f:
+            f.truncate(2 * CHUNK)
+        # The pusher knows the size: it refuses the shorter body before reading it.
+        with pytest.raises(dxf.DXFSizeMismatchError) as info:
+            dxf_obj.pull_blob(digest)
+        assert (info.value.got, info.value.expected) == (2 * CHUNK, 3 * CHUNK)
+        assert info.value.exit_code == errno.EIO
+        # A fresh client only has the digest to go on.
+        fresh = connect()
+        with fresh.pull_blob(digest) as reader:
+            with pytest.raises(dxf.DXFDigestMismatchError) as info:
+                b''.join(reader)
+        assert info.value.got == _sha256(data[:2 * CHUNK])
+
+    def test_blob_reader_read_all_of_corrupted_blob_raises_digest_mismatch(
+            self, dxf_obj, registries, repo):
+        digest, data = _push(dxf_obj, 2 * CHUNK, repo)
+        _corrupt(registries['open'].blob_path(digest), 0)
+        with dxf_obj.pull_blob(digest) as reader:
+            with pytest.raises(dxf.DXFDigestMismatchError):
+                reader.read()
+
+
+# =============================================================================
+# 8. Aliases and manifests (the open registry)
+# =============================================================================
+
+@pytest.fixture(params=['oci-index', 'docker-manifest-list'])
+def multi_platform(request, dxf_obj, repo):
+    """An alias 'multi' over two platforms: (amd64 blob, arm64 blob, [their manifests])."""
+    amd64, _ = _push(dxf_obj, 1000, repo + 'amd64')
+    arm64, _ = _push(dxf_obj, 2000, repo + 'arm64')
+    if request.param == 'oci-index':
+        dxf_obj.push_blob(data=b'{}')     # the empty config of dxf's own manifests
+        index_type, entry_type = OCI_INDEX, OCI_MANIFEST
+        manifests = [dxf_obj.make_manifest(amd64), dxf_obj.make_manifest(arm64)]
+    else:
+        index_type, entry_type = DOCKER_LIST, DOCKER_MANIFEST
+        manifests = [_docker_manifest((amd64, 1000)), _docker_manifest((arm64, 2000))]
+    entries = []
+    for manifest, arch in zip(manifests, ['amd64', 'arm64']):
+        digest = _sha256(manifest.encode('utf-8'))
+        assert dxf_obj.set_manifest(digest, manifest) == digest
+        entries.append({'mediaType': entry_type, 'digest': digest,
+                        'size': len(manifest.encode('utf-8')),
+                        'platform': {'architecture': arch, 'os': 'linux'}})
+    dxf_obj.set_manifest('multi', json.dumps({'schemaVersion': 2, 'mediaType': index_type,
+                                            'manifests': entries}))
+    return amd64, arm64, manifests
+
+
+@pytest.mark.registry
+class TestAliases:
+
+    def test_set_alias_returns_oci_artifact_manifest_with_layers_in_order(self, dxf_obj, repo):
+        first, _ = _push(dxf_obj, 70000, repo + 'first')
+        second, _ = _push(dxf_obj, 300, repo + 'second')
+        manifest = dxf_obj.set_alias('readings', first, second)
+        assert json.loads(manifest) == {
+            'schemaVersion': 2,
+            'mediaType': OCI_MANIFEST,
+            'artifactType': ALIAS_ARTIFACT,
+            'config': EMPTY_CONFIG,
+            'layers': [
+                {'mediaType': 'application/octet-stream', 'digest': first, 'size': 70000},
+                {'mediaType': 'application/octet-stream', 'digest': second, 'size': 300}]}
+        assert EMPTY_CONFIG['digest'] == _sha256(b'{}')
+
+    def test_get_alias_after_set_alias_returns_digests_in_order(self, dxf_obj, repo):
+        first, _ = _push(dxf_obj, 500, repo + 'first')
+        second, _ = _push(dxf_obj, 20, repo + 'second')
+        dxf_obj.set_alias('readings', second, first)
+        assert dxf_obj.get_alias('readings') == [second, first]
+        assert dxf_obj.get_alias('readings', sizes=True) == [(second, 20), (first, 500)]
+
+    def test_get_digest_of_dxf_alias_returns_empty_config_digest(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        dxf_obj.set_alias('readings', digest)
+        assert dxf_obj.get_digest('readings') == EMPTY_CONFIG['digest']
+
+    def test_get_manifest_returns_exactly_what_set_alias_stored(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        manifest = dxf_obj.set_alias('readings', digest)
+        assert dxf_obj.get_manifest('readings') == manifest
+        assert dxf_obj.get_manifest_digest('readings') == _sha256(manifest.encode('utf-8'))
+
+    def test_get_alias_of_given_manifest_makes_no_request(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        manifest = dxf_obj.set_alias('readings', digest)
+        assert _offline().get_alias(manifest=manifest) == [digest]
+
+    def test_get_alias_python_dxf_alias_returns_layers_and_first_blob_as_digest(
+            self, dxf_obj, repo):
+        first, _ = _push(dxf_obj, 100, repo + 'first')
+        second, _ = _push(dxf_obj, 200, repo + 'second')
+        manifest = _docker_manifest((first, 100), (second, 200))
+        assert dxf_obj.set_manifest('old-style', manifest) == _sha256(manifest.encode('utf-8'))
+        assert dxf_obj.get_alias('old-style') == [first, second]
+        assert dxf_obj.get_digest('old-style') == first
+        assert dxf_obj.get_manifest('old-style') == manifest
+
+    def test_get_alias_multi_platform_with_platform_returns_its_blobs(
+            self, dxf_obj, multi_platform):
+        amd64, arm64, _ = multi_platform
+        assert dxf_obj.get_alias('multi', platform='linux/amd64') == [amd64]
+        assert dxf_obj.get_alias('multi', platform='linux/arm64') == [arm64]
+
+    def test_get_manifest_multi_platform_with_platform_returns_its_manifest(
+            self, dxf_obj, multi_platform):
+        manifests = multi_platform[2]
+        assert dxf_obj.get_manifest('multi', platform='linux/arm64') == manifests[1]
+        assert json.loads(dxf_obj.get_manifest('multi'))['manifests'][1]['platform'] == {
+            'architecture': 'arm64', 'os': 'linux'}
+
+    def test_get_alias_multi_platform_without_platform_raises_listing_available(
+            self, dxf_obj, multi_platform):
+        with pytest.raises(dxf.DXFPlatformDataNotFound) as info:
+            dxf_obj.get_alias('multi')
+        assert info.value.platform is None
+        assert sorted(info.value.available) == ['linux/amd64', 'linux/arm64']
+        assert info.value.exit_code == errno.ENOENT
+
+    def test_get_alias_multi_platform_unknown_platform_raises_listing_available(
+            self, dxf_obj, multi_platform):
+        with pytest.raises(dxf.DXFPlatformDataNotFound) as info:
+            dxf_obj.get_alias('multi', platform='linux/s390x')
+        assert info.value.platform == 'linux/s390x'
+        assert sorted(info.value.available) == ['linux/amd64', 'linux/arm64']
+
+    def test_del_alias_returns_blobs_and_leaves_sibling_on_same_manifest(self, dxf_obj, repo):
+        first, data = _push(dxf_obj, 100, repo + 'first')
+        second, _ = _push(dxf_obj, 200, repo + 'second')
+        manifest = dxf_obj.set_alias('doomed', first, second)
+        assert dxf_obj.set_alias('sibling', first, second) == manifest   # one manifest, two tags
+        assert dxf_obj.del_alias('doomed') == [first, second]
+        with pytest.raises(dxf.DXFNotFoundError) as info:
+            dxf_obj.get_alias('doomed')
+        assert info.value.exit_code == errno.ENOENT
+        assert dxf_obj.get_alias('sibling') == [first, second]
+        assert dxf_obj.get_manifest('sibling') == manifest
+        assert dxf_obj.list_aliases() == ['sibling']
+        assert _pull(dxf_obj, first) == data
+
+    def test_del_alias_unknown_alias_raises_not_found(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        dxf_obj.set_alias('present', digest)
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.del_alias('absent')
+
+    def test_list_aliases_returns_every_alias(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        for alias in ['c', 'a', 'b-1.0']:
+            dxf_obj.set_alias(alias, digest)
+        assert sorted(dxf_obj.list_aliases()) == ['a', 'b-1.0', 'c']
+
+    def test_get_alias_unknown_alias_raises_not_found(self, dxf_obj, repo):
+        digest, _ = _push(dxf_obj, 10, repo)
+        dxf_obj.set_alias('present', digest)
+        with pytest.raises(dxf.DXFNotFoundError) as info:
+            dxf_obj.get_alias('absent')
+        assert (info.value.status, info.value.exit_code) == (404, errno.ENOENT)
+
+    def test_set_alias_digest_not_in_repo_raises_not_found(self, dxf_obj, repo):
+        _push(dxf_obj, 10, repo)
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.set_alias('dangling', _sha256(b'not pushed ' + repo.encode()))
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf_obj.get_alias('dangling')
+
+
+class TestNamesCheckedBeforeRequests:
+
+    @pytest.mark.parametrize('name', [
+        '', 'Upper/case', 'a//b', '/a', 'a/', '-a', 'a-', 'a..b', 'a b', 'a/b:c', 'a' * 256])
+    def test_dxf_invalid_repo_raises_input_error(self, name):
+        with pytest.raises(dxf.DXFInputError):
+            DXF('127.0.0.1:1', name, insecure=True)
+        with pytest.raises(dxf.DXFInputError):
+            _offline().mount_blob(name, DIGEST)
+
+    @pytest.mark.parametrize('alias', [
+        '', '-x', '.x', 'a/b', 'a b', 'a\nb', 'x' * 129, 'caf\u00e9', 'a:b'])
+    def test_alias_operations_invalid_alias_raise_input_error(self, alias):
+        d = _offline()
+        operations = [
+            lambda: d.set_alias(alias, DIGEST),
+            lambda: d.get_alias(alias),
+            lambda: d.get_digest(alias),
+            lambda: d.get_manifest(alias),
+            lambda: d.get_manifest_digest(alias),
+            lambda: d.del_alias(alias),
+            lambda: d.set_manifest(alias, '{"schemaVersion": 2, "layers": []}'),
+        ]
+        for operation in operations:
+            with pytest.raises(dxf.DXFInputError):
+                operation()
+
+    def test_set_alias_without_digests_raises_input_error(self):
+        with pytest.raises(dxf.DXFInputError):
+            _offline().set_alias('empty')
+
+    @pytest.mark.parametrize('digest', [
+        'sha256:' + 'A' * 64, 'sha256:abc', 'md5:' + 'a' * 32, 'nonsense'])
+    def test_blob_operations_invalid_digest_raise_input_error(self, digest):
+        d = _offline()
+        operations = [
+            lambda: d.pull_blob(digest),
+            lambda: d.blob_size(digest),
+            lambda: d.del_blob(digest),
+            lambda: d.mount_blob('c/d', digest),
+            lambda: d.push_blob(data=b'x', digest=digest),
+            lambda: d.set_alias('ok', digest),
+        ]
+        for operation in operations:
+            with pytest.raises(dxf.DXFInputError):
+                operation()
+
+
+# =============================================================================
+# 9. Paging (the paging proxy in front of the open registry)
+# =============================================================================
+
+@pytest.mark.registry
+class TestPaging:
+
+    def _tagged(self, closing, paging_proxy, repo, aliases):
+        d = closing(DXF(paging_proxy.host, repo, insecure=True, timeout=10))
+        digest, _ = _push(d, 10, repo)
+        for alias in aliases:
+            d.set_alias(alias, digest)
+        del paging_proxy.requests[:]
+        return d
+
+    def test_list_aliases_paged_registry_returns_every_alias(self, closing, paging_proxy, repo):
+        aliases = ['v%d' % i for i in range(5)]
+        d = self._tagged(closing, paging_proxy, repo, aliases)
+        assert d.list_aliases() == aliases
+        pages = [p for p in paging_proxy.requests if '/tags/list' in p]
+        assert len(pages) == 3      # 2 + 2 + 1
+
+    def test_list_aliases_iterate_returns_iterator_over_every_page(
+            self, closing, paging_proxy, repo):
+        aliases = ['v%d' % i for i in range(5)]
+        d = self._tagged(closing, paging_proxy, repo, aliases)
+        aliases_iter = d.list_aliases(iterate=True)
+        assert not isinstance(aliases_iter, list)
+        assert iter(aliases_iter) is aliases_iter
+        assert list(aliases_iter) == aliases
+
+    def test_list_aliases_batch_size_sets_page_size(self, closing, paging_proxy, repo):
+        aliases = ['v%d' % i for i in range(5)]
+        d = self._tagged(closing, paging_proxy, repo, aliases)
+        assert d.list_aliases(batch_size=4) == aliases
+        pages = [p for p in paging_proxy.requests if '/tags/list' in p]
+        assert len(pages) == 2 and pages[0].endswith('/tags/list?n=4')
+
+    def test_list_repos_paged_registry_includes_repo(self, closing, paging_proxy, repo):
+        self._tagged(closing, paging_proxy, repo, ['v0'])
+        base = closing(DXFBase(paging_proxy.host, insecure=True, timeout=10))
+        repos = base.list_repos()
+        assert repo in repos
+        assert len(repos) == len(set(repos))
+        pages = [p for p in paging_proxy.requests if p.startswith('/v2/_catalog')]
+        assert len(pages) > 1
+
+
+# =============================================================================
+# 6. Authentication, in each mode
+# =============================================================================
+
+AUTH_MODES = [mode if mode == 'open' else pytest.param(mode, marks=pytest.mark.tls)
+              for mode in MODES]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize('mode', AUTH_MODES)
+class TestAuthModes:
+
+    @staticmethod
+    def _dxf(connect, registries, mode):
+        reg = registries[mode]
+        auth = _password_auth(reg.username, reg.password) if reg.username else None
+        return connect(mode, auth=auth)
+
+    def test_push_alias_pull_returns_same_bytes(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        data = _blob(100000, repo)
+        digest = d.push_blob(data=data)
+        d.set_alias('latest', digest)
+        assert d.get_alias('latest') == [digest]
+        assert _pull(d, digest) == data
+
+    def test_list_aliases_lists_the_alias(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        digest, _ = _push(d, 100, repo)
+        d.set_alias('latest', digest)
+        assert d.list_aliases() == ['latest']
+
+    def test_del_alias_and_del_blob_remove_both(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        digest, _ = _push(d, 100, repo)
+        d.set_alias('latest', digest)
+        assert d.del_alias('latest') == [digest]
+        d.del_blob(digest)
+        with pytest.raises(dxf.DXFNotFoundError):
+            d.get_alias('latest')
+        with pytest.raises(dxf.DXFNotFoundError):
+            d.blob_size(digest)
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestAuth:
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_auth_by_password_callback_as_in_readme_works(self, connect, registries, repo,
+                                                          mode):
+        reg = registries[mode]
+
+        def auth(dxf_obj, response):
+            dxf_obj.auth_by_password(reg.username, reg.password, response=response)
+        d = connect(mode, auth=auth)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_wrong_password_raises_unauthorized_without_showing_it(
+            self, connect, registries, repo, mode):
+        password = 'Wrong-Secret-%s' % mode
+        d = connect(mode, auth=_password_auth(registries[mode].username, password))
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.push_blob(data=b'x')
+        assert info.value.exit_code == errno.EACCES
+        encoded = base64.b64encode(('fred:' + password).encode()).decode()
+        for text in (str(info.value), repr(info.value)):
+            assert password not in text and encoded not in text
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_authenticate_up_front_without_callback_works(self, connect, registries, repo,
+                                                          mode):
+        reg = registries[mode]
+        d = connect(mode)
+        d.authenticate(reg.username, reg.password)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_authenticate_up_front_wrong_password_raises_unauthorized(
+            self, connect, registries, mode):
+        d = connect(mode)
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.authenticate(registries[mode].username, 'Wrong-Secret')
+        assert 'Wrong-Secret' not in str(info.value)
+
+    def test_token_anonymous_can_pull_but_not_push(self, connect, registries, repo):
+        reg = registries['token']
+        owner = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(owner, 5000, repo)
+        anonymous = connect('token')
+        assert _pull(anonymous, digest) == data
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            anonymous.push_blob(data=_blob(10, repo + 'anon'))
+        assert info.value.exit_code == errno.EACCES
+
+    def test_token_one_request_per_scope_for_push_alias_pull(
+            self, connect, registries, token_server, repo):
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(d, 5000, repo)
+        d.set_alias('latest', digest)
+        assert d.get_alias('latest') == [digest]
+        assert _pull(d, digest) == data
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert sorted(scopes) == ['repository:%s:pull' % repo, 'repository:%s:pull,push' % repo]
+
+    def test_from_base_reuses_base_token_and_challenge(
+            self, closing, registries, token_server, repo):
+        reg = registries['token']
+        calls = []
+
+        def auth(dxf_obj, response):
+            calls.append(response.status)
+            dxf_obj.authenticate(reg.username, reg.password, response=response)
+        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
+        assert base.authenticate(reg.username, reg.password)
+        pusher = DXF.from_base(base, repo)
+        puller = DXF.from_base(base, repo)
+        digest, data = _push(pusher, 5000, repo)
+        assert _pull(puller, digest) == data
+        assert calls == []           # no 401 needed: the challenge was known
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert len(scopes) == len(set(scopes)) == 3   # catalog, pull, pull+push
+
+    def test_token_mount_blob_from_other_repo_then_pull_returns_bytes(
+            self, connect, registries, repo):
+        reg = registries['token']
+        auth = _password_auth(reg.username, reg.password)
+        source = connect('token', name=repo + '-src', auth=auth)
+        digest, data = _push(source, 5000, repo)
+        target = connect('token', auth=auth)
+        assert target.mount_blob(repo + '-src', digest) == digest
+        assert _pull(target, digest) == data
+
+    def test_token_list_repos_includes_repo(self, connect, closing, registries, repo):
+        reg = registries['token']
+        auth = _password_auth(reg.username, reg.password)
+        d = connect('token', auth=auth)
+        digest, _ = _push(d, 10, repo)
+        d.set_alias('latest', digest)
+        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
+        assert repo in base.list_repos()
+
+    @pytest.mark.parametrize('knob', ['empty_access_token', 'answer_access_token_only'])
+    def test_token_server_answer_variants_work(self, connect, registries, token_server, repo,
+                                               knob):
+        setattr(token_server, knob, True)
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    def test_token_set_to_garbage_raises_unauthorized(self, connect, token_server, repo):
+        d = connect('token')
+        d.token = 'garbage'
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.blob_size(DIGEST)
+        assert info.value.exit_code == errno.EACCES
+        assert token_server.requests == []
+
+    def test_tls_default_verification_raises_connection_error(self, closing, registries, repo):
+        d = closing(DXF(registries['tls'].host, repo, timeout=10))
+        with pytest.raises(dxf.DXFConnectionError) as info:
+            d.blob_size(DIGEST)
+        assert 'certificate verify failed' in str(info.value).lower()
+
+    def test_tls_verification_off_round_trips(self, connect, repo):
+        d = connect('tls', tlsverify=False)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+
+class TestInsecureAuth:
+
+    def test_authenticate_plain_http_remote_host_raises_before_any_request(self):
+        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2)
+        with pytest.raises(dxf.DXFAuthInsecureError) as info:
+            d.authenticate('fred', 'x')
+        assert info.value.exit_code == errno.EACCES
+
+    def test_authenticate_plain_http_remote_host_opted_in_tries_to_connect(self):
+        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2,
+                allow_insecure_auth=True)
+        with pytest.raises(dxf.DXFConnectionError):
+            d.authenticate('fred', 'x')
+
+    @pytest.mark.registry
+    def test_authenticate_plain_http_loopback_is_allowed(self, dxf_obj):
+        assert dxf_obj.authenticate('fred', 'x') is None     # the open registry needs none
+
+
+# =============================================================================
+# The README's module example, its typos fixed (see the "was:" comments)
+# =============================================================================
+
+@pytest.mark.registry
+@pytest.mark.tls
+def test_readme_module_example_runs_against_basic_registry(
+        registries, repo, tmp_path, monkeypatch, closing):
+    reg = registries['basic']
+    monkeypatch.setenv('SSL_CERT_FILE', reg.tlsverify)   # trust the test CA, as a user would
+    monkeypatch.chdir(str(tmp_path))
+    logger = _blob(20000, repo)
+    (tmp_path / 'logger.dat').write_bytes(logger)
+    stdout = io.BytesIO()
+
+    def auth(dxf, response):
+        dxf.auth_by_password('fred', TEST_PASSWORD, response=response)
+
+    dxf = closing(DXF(reg.host, repo, auth))
+
+    dgst = dxf.push_blob('logger.dat')
+    dxf.set_alias('may15-readings', dgst)
+
+    dgst2 = dxf.get_alias('may15-readings')
+    assert dgst2 == [dgst]                      # was: assert dgst2 == dgst
+
+    for chunk in dxf.pull_blob(dgst2):
+        stdout.write(chunk)                     # was: std:stdout.write(chunk)
+
+    assert stdout.getvalue() == logger
+
+
 # =============================================================================
 # 10. Command line
 #     Every command of the seed README (and python-dxf's extras), its exit
@@ -1374,7 +2348,7 @@ def _fails(result, status, *words):
     return _error_line(err, *words)
 
 
-def _push(run, env, repo, data):
+def _cli_push(run, env, repo, data):
     """push-blob from stdin; return the digest printed."""
     out = _ok(run(['push-blob', repo, '-'], env, stdin=data))
     assert out == _sha256(data).encode('ascii') + b'\n'
@@ -1473,7 +2447,7 @@ class TestCLICommands:
     def test_cli_push_blob_dash_reads_stdin(self, cli_env, run_cli, repo):
         env = cli_env('open')
         data = _blob(2500000, 'push-stdin')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
 
     def test_cli_push_blob_empty_file_round_trips(self, cli_env, run_cli, repo, tmp_path):
@@ -1502,13 +2476,13 @@ class TestCLICommands:
     def test_cli_pull_blob_several_refs_are_concatenated(self, cli_env, run_cli, repo):
         env = cli_env('open')
         a, b = _blob(1000, 'pull-a'), _blob(2000, 'pull-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         assert _ok(run_cli(['pull-blob', repo, db, da, db], env)) == b + a + b
 
     def test_cli_pull_blob_alias_expands_to_all_its_blobs(self, cli_env, run_cli, repo):
         env = cli_env('open')
         a, b, c = _blob(1000, 'x-a'), _blob(10, 'x-b'), _blob(77, 'x-c')
-        da, db, dc = (_push(run_cli, env, repo, d) for d in (a, b, c))
+        da, db, dc = (_cli_push(run_cli, env, repo, d) for d in (a, b, c))
         _ok(run_cli(['set-alias', repo, 'two', da, db], env))
         assert _ok(run_cli(['pull-blob', repo, '@two'], env)) == a + b
         assert _ok(run_cli(['pull-blob', repo, dc, '@two', dc], env)) == c + a + b + c
@@ -1516,7 +2490,7 @@ class TestCLICommands:
     def test_cli_pull_blob_without_refs_reads_manifest_from_stdin(self, cli_env, run_cli, repo):
         env = cli_env('open')
         a, b = _blob(1000, 'stdin-a'), _blob(3000, 'stdin-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         _ok(run_cli(['set-alias', repo, 'both', da, db], env))
         manifest = _ok(run_cli(['get-manifest', repo, 'both'], env))
         assert _ok(run_cli(['pull-blob', repo], env, stdin=manifest)) == a + b
@@ -1525,15 +2499,15 @@ class TestCLICommands:
 
     def test_cli_del_blob_digest_removes_blob(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        digest = _push(run_cli, env, repo, _blob(500, 'del'))
+        digest = _cli_push(run_cli, env, repo, _blob(500, 'del'))
         assert _ok(run_cli(['del-blob', repo, digest], env)) == b''
         _fails(run_cli(['pull-blob', repo, digest], env), errno.ENOENT)
         _fails(run_cli(['blob-size', repo, digest], env), errno.ENOENT)
 
     def test_cli_del_blob_alias_deletes_blobs_but_not_alias(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da = _push(run_cli, env, repo, _blob(500, 'del-a'))
-        db = _push(run_cli, env, repo, _blob(600, 'del-b'))
+        da = _cli_push(run_cli, env, repo, _blob(500, 'del-a'))
+        db = _cli_push(run_cli, env, repo, _blob(600, 'del-b'))
         _ok(run_cli(['set-alias', repo, 'keep', da, db], env))
         assert _ok(run_cli(['del-blob', repo, '@keep'], env)) == b''
         assert _ok(run_cli(['get-alias', repo, 'keep'], env)) == _lines(da, db)
@@ -1543,9 +2517,9 @@ class TestCLICommands:
 
     def test_cli_del_blob_without_refs_reads_manifest_from_stdin(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da = _push(run_cli, env, repo, _blob(100, 'dbs1'))
-        db = _push(run_cli, env, repo, _blob(200, 'dbs2'))
-        dc = _push(run_cli, env, repo, _blob(300, 'dbs3'))
+        da = _cli_push(run_cli, env, repo, _blob(100, 'dbs1'))
+        db = _cli_push(run_cli, env, repo, _blob(200, 'dbs2'))
+        dc = _cli_push(run_cli, env, repo, _blob(300, 'dbs3'))
         manifest = _ok(run_cli(['set-alias', repo, 'al', da, db], env))
         assert _ok(run_cli(['del-blob', repo], env, stdin=manifest)) == b''
         _fails(run_cli(['blob-size', repo, da], env), errno.ENOENT)
@@ -1557,7 +2531,7 @@ class TestCLICommands:
     def test_cli_set_alias_prints_manifest_without_newline(self, cli_env, run_cli, repo):
         env = cli_env('open')
         a, b = _blob(10, 'sa-a'), _blob(20, 'sa-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         out = _ok(run_cli(['set-alias', repo, 'pair', da, db], env))
         assert not out.endswith(b'\n')
         m = json.loads(out.decode('utf-8'))
@@ -1569,8 +2543,8 @@ class TestCLICommands:
         env = cli_env('open')
         data = _blob(4321, 'sa-file')
         path = _write(tmp_path, 'blob.dat', data)
-        digest = _push(run_cli, env, repo, data)
-        other = _push(run_cli, env, repo, b'other')
+        digest = _cli_push(run_cli, env, repo, data)
+        other = _cli_push(run_cli, env, repo, b'other')
         _ok(run_cli(['set-alias', repo, 'byfile', path, other], env))
         assert _ok(run_cli(['get-alias', repo, 'byfile'], env)) == _lines(digest, other)
         # relative, with a separator
@@ -1594,7 +2568,7 @@ class TestCLICommands:
 
     def test_cli_get_alias_several_aliases_one_digest_per_line(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da, db, dc = (_push(run_cli, env, repo, _blob(100, s)) for s in ('g1', 'g2', 'g3'))
+        da, db, dc = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('g1', 'g2', 'g3'))
         _ok(run_cli(['set-alias', repo, 'first', da, db], env))
         _ok(run_cli(['set-alias', repo, 'second', dc], env))
         out = _ok(run_cli(['get-alias', repo, 'first', 'second', 'first'], env))
@@ -1603,7 +2577,7 @@ class TestCLICommands:
     def test_cli_get_alias_without_aliases_reads_manifest_from_stdin(self, cli_env, run_cli,
                                                                      repo):
         env = cli_env('open')
-        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('gs1', 'gs2'))
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('gs1', 'gs2'))
         manifest = _ok(run_cli(['set-alias', repo, 'al', db, da], env))
         assert _ok(run_cli(['get-alias', repo], env, stdin=manifest)) == _lines(db, da)
 
@@ -1612,7 +2586,7 @@ class TestCLICommands:
     def test_cli_del_alias_prints_digests_and_removes_alias(self, cli_env, run_cli, repo):
         env = cli_env('open')
         a, b = _blob(100, 'da1'), _blob(200, 'da2')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         _ok(run_cli(['set-alias', repo, 'gone', da, db], env))
         assert _ok(run_cli(['del-alias', repo, 'gone'], env)) == _lines(da, db)
         _fails(run_cli(['get-alias', repo, 'gone'], env), errno.ENOENT, 'gone')
@@ -1622,7 +2596,7 @@ class TestCLICommands:
     def test_cli_del_alias_sibling_alias_over_same_blobs_survives(self, cli_env, run_cli, repo):
         env = cli_env('open')
         data = _blob(100, 'sibling')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         m1 = _ok(run_cli(['set-alias', repo, 'one', digest], env))
         m2 = _ok(run_cli(['set-alias', repo, 'two', digest], env))
         assert m1 == m2   # same manifest, same digest: the trap
@@ -1633,7 +2607,7 @@ class TestCLICommands:
 
     def test_cli_del_alias_several_prints_each_alias_digests(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('ds1', 'ds2'))
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('ds1', 'ds2'))
         _ok(run_cli(['set-alias', repo, 'p', da], env))
         _ok(run_cli(['set-alias', repo, 'q', db, da], env))
         assert _ok(run_cli(['del-alias', repo, 'p', 'q'], env)) == _lines(da, db, da)
@@ -1642,7 +2616,7 @@ class TestCLICommands:
 
     def test_cli_list_aliases_prints_each_alias(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        digest = _push(run_cli, env, repo, _blob(100, 'la'))
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'la'))
         names = ['beta', 'alpha', 'v1.0', 'with_under-score']
         for name in names:
             _ok(run_cli(['set-alias', repo, name, digest], env))
@@ -1652,7 +2626,7 @@ class TestCLICommands:
 
     def test_cli_list_aliases_follows_pages(self, registries, paging_proxy, run_cli, repo):
         env = {'DXF_HOST': paging_proxy.host, 'DXF_INSECURE': '1'}
-        digest = _push(run_cli, env, repo, _blob(100, 'paged'))
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'paged'))
         names = ['t%d' % i for i in range(5)]
         for name in names:
             _ok(run_cli(['set-alias', repo, name, digest], env))
@@ -1662,7 +2636,7 @@ class TestCLICommands:
 
     def test_cli_list_repos_includes_new_repo(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        _push(run_cli, env, repo, _blob(10, 'lr'))
+        _cli_push(run_cli, env, repo, _blob(10, 'lr'))
         out = _ok(run_cli(['list-repos'], env))
         assert out.endswith(b'\n')
         assert repo in out.decode('utf-8').splitlines()
@@ -1677,7 +2651,7 @@ class TestCLICommands:
             self, cli_env, run_cli, repo, token_server):
         env = cli_env('token')
         data = _blob(1000, 'auth-token')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         out = _ok(run_cli(['auth', repo, 'pull'], env))
         assert out.endswith(b'\n') and out.count(b'\n') == 1
         token = out.decode('ascii').strip()
@@ -1703,7 +2677,7 @@ class TestCLICommands:
         tenv = dict(env, DXF_TOKEN=token)
         del tenv['DXF_USERNAME'], tenv['DXF_PASSWORD']
         data = _blob(300, 'auth-push')
-        digest = _push(run_cli, tenv, repo, data)
+        digest = _cli_push(run_cli, tenv, repo, data)
         assert _ok(run_cli(['pull-blob', repo, digest], tenv)) == data
 
     def test_cli_auth_open_registry_prints_nothing(self, cli_env, run_cli, repo):
@@ -1720,7 +2694,7 @@ class TestCLICommands:
             self, cli_env, run_cli, repo, tmp_path):
         env = cli_env('open')
         a, b = _blob(1000, 'o-a'), _blob(2000, 'o-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         _ok(run_cli(['set-alias', repo, 'al', da, db], env))
         target = str(tmp_path / 'out.dat')
         assert _ok(run_cli(['pull-blob', repo, '-o', target, '@al'], env)) == b''
@@ -1737,7 +2711,7 @@ class TestCLICommands:
             self, cli_env, run_cli, repo, tmp_path):
         env = cli_env('open')
         a, b = _blob(1000, 'od-a'), _blob(2000, 'od-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         assert _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path), da, db], env)) == b''
         for digest, data in ((da, a), (db, b)):
             with open(str(tmp_path / digest.split(':')[1]), 'rb') as f:
@@ -1747,8 +2721,8 @@ class TestCLICommands:
 
     def test_cli_blob_size_digest_and_alias_sum(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da = _push(run_cli, env, repo, _blob(1234, 'bs1'))
-        db = _push(run_cli, env, repo, _blob(4321, 'bs2'))
+        da = _cli_push(run_cli, env, repo, _blob(1234, 'bs1'))
+        db = _cli_push(run_cli, env, repo, _blob(4321, 'bs2'))
         assert _ok(run_cli(['blob-size', repo, da], env)) == b'1234\n'
         _ok(run_cli(['set-alias', repo, 'both', da, db], env))
         assert _ok(run_cli(['blob-size', repo, '@both'], env)) == b'5555\n'
@@ -1756,8 +2730,8 @@ class TestCLICommands:
 
     def test_cli_blob_size_without_refs_sums_manifest_from_stdin(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da = _push(run_cli, env, repo, _blob(100, 'bss1'))
-        db = _push(run_cli, env, repo, _blob(23, 'bss2'))
+        da = _cli_push(run_cli, env, repo, _blob(100, 'bss1'))
+        db = _cli_push(run_cli, env, repo, _blob(23, 'bss2'))
         manifest = _ok(run_cli(['set-alias', repo, 'both', da, db], env))
         assert _ok(run_cli(['blob-size', repo], env, stdin=manifest)) == b'123\n'
 
@@ -1767,7 +2741,7 @@ class TestCLICommands:
         env = cli_env('open')
         source = repo + '/source'
         data = _blob(3000, 'mount')
-        digest = _push(run_cli, env, source, data)
+        digest = _cli_push(run_cli, env, source, data)
         assert _ok(run_cli(['mount-blob', repo, source, digest], env)) == _lines(digest)
         assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
 
@@ -1775,7 +2749,7 @@ class TestCLICommands:
         env = cli_env('open')
         source = repo + '/source'
         data = _blob(300, 'mount-alias')
-        digest = _push(run_cli, env, source, data)
+        digest = _cli_push(run_cli, env, source, data)
         assert _ok(run_cli(['mount-blob', repo, source, digest, '@m'], env)) == _lines(digest)
         assert _ok(run_cli(['get-alias', repo, 'm'], env)) == _lines(digest)
         assert _ok(run_cli(['pull-blob', repo, '@m'], env)) == data
@@ -1794,7 +2768,7 @@ class TestCLICommands:
 
     def test_cli_get_digest_prints_config_digest(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        digest = _push(run_cli, env, repo, _blob(100, 'gd'))
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'gd'))
         manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
         _ok(run_cli(['set-alias', repo, 'b', digest], env))
         assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
@@ -1805,7 +2779,7 @@ class TestCLICommands:
     def test_cli_get_manifest_bytes_hash_to_registry_manifest_digest(
             self, cli_env, registries, run_cli, repo):
         env = cli_env('open')
-        digest = _push(run_cli, env, repo, _blob(100, 'gm'))
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'gm'))
         _ok(run_cli(['set-alias', repo, 'm', digest], env))
         out = _ok(run_cli(['get-manifest', repo, 'm'], env))
         status, headers, body = _http('%s/v2/%s/manifests/m' % (registries['open'].url, repo),
@@ -1818,7 +2792,7 @@ class TestCLICommands:
 
     def test_cli_get_manifest_several_aliases_concatenated(self, cli_env, run_cli, repo):
         env = cli_env('open')
-        da, db = (_push(run_cli, env, repo, _blob(100, s)) for s in ('gm1', 'gm2'))
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('gm1', 'gm2'))
         m1 = _ok(run_cli(['set-alias', repo, 'one', da], env))
         m2 = _ok(run_cli(['set-alias', repo, 'two', db], env))
         assert _ok(run_cli(['get-manifest', repo, 'one', 'two'], env)) == m1 + m2
@@ -1863,14 +2837,14 @@ class TestCLIErrors:
     ], ids=lambda a: a[0])
     def test_cli_unknown_alias_exits_enoent(self, cli_env, run_cli, repo, argv):
         env = cli_env('open')
-        _push(run_cli, env, repo, b'so the repository exists')
+        _cli_push(run_cli, env, repo, b'so the repository exists')
         argv = [a.format(repo=repo) for a in argv]
         _fails(run_cli(argv, env), errno.ENOENT)
 
     @pytest.mark.parametrize('command', ['pull-blob', 'blob-size', 'del-blob'])
     def test_cli_unknown_blob_exits_enoent(self, cli_env, run_cli, repo, command):
         env = cli_env('open')
-        _push(run_cli, env, repo, b'so the repository exists')
+        _cli_push(run_cli, env, repo, b'so the repository exists')
         _fails(run_cli([command, repo, _sha256(b'unknown blob')], env), errno.ENOENT)
 
     def test_cli_set_alias_unknown_digest_exits_enoent(self, cli_env, run_cli, repo):
@@ -1925,7 +2899,7 @@ class TestCLIErrors:
     def test_cli_expired_dxf_token_exits_eacces(self, cli_env, run_cli, repo, token_server):
         env = cli_env('token')
         data = _blob(100, 'expired')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         token_server.token_lifetime = -120
         token = _ok(run_cli(['auth', repo, 'pull'], env)).decode('ascii').strip()
         tenv = dict(env, DXF_TOKEN=token)
@@ -1941,7 +2915,7 @@ class TestCLIErrors:
         if chunk_size:
             env['DXF_CHUNK_SIZE'] = chunk_size
         data = _blob(3 << 20, 'corrupt-' + str(chunk_size))
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         path = reg.blob_path(digest)
         with open(path, 'r+b') as f:
             f.seek(1 << 20)
@@ -1962,7 +2936,7 @@ class TestCLIErrors:
             self, cli_env, registries, run_cli, repo, tmp_path):
         env = cli_env('open')
         data = _blob(3 << 20, 'corrupt-output')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         path = registries['open'].blob_path(digest)
         with open(path, 'r+b') as f:
             f.seek(len(data) - 1)
@@ -2204,7 +3178,7 @@ class TestCLIVariables:
                                                                   repo):
         env = cli_env('open')
         a, b = _blob(1000, 'bi-a'), _blob(0, 'bi-b')
-        da, db = _push(run_cli, env, repo, a), _push(run_cli, env, repo, b)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
         _ok(run_cli(['set-alias', repo, 'al', db, da], env))
         env['DXF_BLOB_INFO'] = '1'
         out = _ok(run_cli(['pull-blob', repo, da, '@al'], env))
@@ -2218,7 +3192,7 @@ class TestCLIVariables:
                                                             chunk_size):
         env = cli_env('open')
         data = _blob(100001 if chunk_size > 1 else 5003, 'chunk')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         env['DXF_CHUNK_SIZE'] = str(chunk_size)
         out = _RecordingStream()
         err = io.StringIO()
@@ -2237,7 +3211,7 @@ class TestCLIVariables:
         data = _blob(2 << 20, 'progress')
         path = _write(tmp_path, 'f', data)
         if command == 'pull':
-            _push(run_cli, env, repo, data)
+            _cli_push(run_cli, env, repo, data)
         env['DXF_PROGRESS'] = '1'
         if command == 'push':
             status, out, err = run_cli(['push-blob', repo, path, '@p'], env)
@@ -2269,7 +3243,7 @@ class TestCLIVariables:
         del env['DXF_TLSVERIFY']
         env['DXF_SKIPTLSVERIFY'] = '1'
         data = _blob(1000, 'skip-tls')
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
 
     @pytest.mark.tls
@@ -2297,7 +3271,7 @@ class TestCLIVariables:
             self, cli_env, run_cli, repo, mode):
         env = cli_env(mode)
         data = _blob(500, 'authorization-' + mode)
-        digest = _push(run_cli, env, repo, data)
+        digest = _cli_push(run_cli, env, repo, data)
         raw = base64.b64encode(('%s:%s' % (env.pop('DXF_USERNAME'), env.pop('DXF_PASSWORD'))
                                 ).encode()).decode()
         env['DXF_AUTHORIZATION'] = 'Basic ' + raw
@@ -2309,7 +3283,7 @@ class TestCLIVariables:
     def _multi_platform(self, run_cli, env, registries, repo):
         """Alias 'multi' = an OCI index of linux/amd64 and linux/arm64/v8 manifests."""
         amd, arm = _blob(1000, 'amd64'), _blob(2000, 'arm64')
-        d_amd, d_arm = _push(run_cli, env, repo, amd), _push(run_cli, env, repo, arm)
+        d_amd, d_arm = _cli_push(run_cli, env, repo, amd), _cli_push(run_cli, env, repo, arm)
         m_amd = _ok(run_cli(['set-alias', repo, 'only-amd64', d_amd], env))
         m_arm = _ok(run_cli(['set-alias', repo, 'only-arm64', d_arm], env))
         index = json.dumps({
@@ -2382,7 +3356,7 @@ def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, 
     a, b = _blob(70000, 'mode-a-' + mode), _blob(10, 'mode-b-' + mode)
     path = _write(tmp_path, 'a.dat', a)
     assert _ok(run_cli(['push-blob', repo, path, '@first'], env)) == _lines(_sha256(a))
-    db = _push(run_cli, env, repo, b)
+    db = _cli_push(run_cli, env, repo, b)
     _ok(run_cli(['set-alias', repo, 'second', db, path], env))
     assert _ok(run_cli(['get-alias', repo, 'first', 'second'], env)) == _lines(
         _sha256(a), db, _sha256(a))
