@@ -25,7 +25,7 @@ Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
   1 Imports and metadata   2 Constants      3 Errors
   4 Digests, names and small helpers        5 HTTP transport
   6 Authentication         7 Blob streams   8 Manifests
-  9 Public API (DXFBase, DXF)               10 Command line
+  9 Public API (DXFBase, DXF, OCILayout)    10 Command line
   11 Entry point
 The command line's environment variables are documented in section 10.
 
