@@ -1015,8 +1015,6 @@ class _AuthMixin:
         """The token scope an operation on this repository needs."""
         if actions is None:
             return None
-        if actions == 'catalog':
-            return 'registry:catalog:*'
         return 'repository:%s:%s' % (self._repo, ','.join(actions))
 
     def _authorization(self, scope):
