@@ -899,6 +899,10 @@ def _retry_after(value):
 def _is_transient(exc):
     """False for failures a retry cannot mend (certificates, unknown hosts)."""
     import socket
+    # A proxy refusing the CONNECT (http.client's wording on 3.6 to 3.13):
+    # 407 Proxy Authentication Required and the like do not go away.
+    if str(exc).startswith('Tunnel connection failed: 4'):
+        return False
     permanent = (socket.gaierror,)
     try:
         import ssl
@@ -2726,6 +2730,10 @@ class _Progress:
         self.stream = stream
         self.label = None
         self.done = self.start = self.drawn = 0
+        try:
+            self.width = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            self.width = 80
 
     def __call__(self, digest, chunk, total=None):
         now = time.time()
@@ -2742,8 +2750,9 @@ class _Progress:
             text += ' / %s %3d%%' % (_human(total), 100 * self.done // max(total, 1))
         text += ' %s/s' % _human(rate)
         if total and rate and self.done < total:
-            text += ' ETA %ds' % ((total - self.done) / rate)
-        self.stream.write('\r' + text + '\x1b[K')
+            text += ' ETA %ds' % -(-(total - self.done) // rate)   # round up
+        # Wider than the terminal, each redraw would leave a wrapped line.
+        self.stream.write('\r' + text[:self.width - 1] + '\x1b[K')
         self.stream.flush()
 
     def finish(self):
@@ -2855,8 +2864,11 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
     if args.output and os.path.isdir(args.output):
         # One file per blob, named by its title annotation when that is a
         # plain file name (never a path: no "../"), else by its digest.
+        used = {}
         for digest, _, title in blobs:
             name = _safe_name(title) or digest.split(':')[1]
+            if used.setdefault(name, digest) != digest:
+                name = digest.split(':')[1]   # two blobs, one title: keep both
             with _AtomicFile(os.path.join(args.output, name)) as f:
                 _copy_blob(dxf, digest, f, settings)
     elif args.output:

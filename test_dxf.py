@@ -61,10 +61,12 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import socket
 import socketserver
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -3372,3 +3374,1461 @@ def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, 
     assert _ok(run_cli(['del-blob', repo, db], env)) == b''
     _fails(run_cli(['pull-blob', repo, db], env), errno.ENOENT)
     assert _ok(run_cli(['pull-blob', repo, _sha256(a)], env)) == a
+
+
+# =============================================================================
+# 12. Ecosystem infrastructure
+#     A docker config directory with fake credential helpers, a forward
+#     proxy (CONNECT tunnels and absolute-form forwarding), an OAuth2 token
+#     realm for identity tokens, hand-made images and indexes, skopeo.
+# =============================================================================
+
+_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+_DOCKER_IMAGE_CONFIG = 'application/vnd.docker.container.image.v1+json'
+_DOCKER_LAYER = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
+_OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json'
+_OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar'
+_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
+_TITLE = 'org.opencontainers.image.title'
+_WRONG_PASSWORD = 'wrong-password-K3vR'
+_IDENTITY_TOKEN = 'dxf-identity-token-7TqW'
+
+
+
+
+def _auth_field(username, password):
+    return base64.b64encode(('%s:%s' % (username, password)).encode('utf-8')).decode('ascii')
+
+
+def _basic_header(username, password):
+    return 'Basic ' + _auth_field(username, password)
+
+
+# ---- docker config.json and credential helpers --------------------------------
+
+class DockerConfig(object):
+    """A DOCKER_CONFIG directory and a bin directory for docker-credential-* fakes.
+
+    ``env(base)`` returns ``base`` without DXF_USERNAME/DXF_PASSWORD, with
+    DOCKER_CONFIG set and the bin directory first on PATH.  ``helper(name,
+    ...)`` writes ``docker-credential-<name>``, a sh script that logs
+    ``<argv1> <server>`` to ``helper_log(name)`` and answers as told.
+    """
+
+    def __init__(self, root):
+        self.dir = os.path.join(root, 'docker-config')
+        self.bin = os.path.join(root, 'helper-bin')
+        os.makedirs(self.dir)
+        os.makedirs(self.bin)
+        self.path = os.path.join(self.dir, 'config.json')
+
+    def write(self, config):
+        with open(self.path, 'w') as f:
+            f.write(config if isinstance(config, str) else json.dumps(config))
+
+    def env(self, base):
+        env = dict(base)
+        env.pop('DXF_USERNAME', None)
+        env.pop('DXF_PASSWORD', None)
+        env['DOCKER_CONFIG'] = self.dir
+        env['PATH'] = self.bin + os.pathsep + base.get('PATH', '')
+        return env
+
+    def helper_log(self, name):
+        return os.path.join(self.bin, name + '.log')
+
+    def asked(self, name):
+        """The ``<action> <server>`` lines the helper ``name`` was run with."""
+        try:
+            with open(self.helper_log(name)) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def helper(self, name, username=TEST_USERNAME, secret=TEST_PASSWORD, status=0,
+               stdout=None, stderr=''):
+        """Write docker-credential-``name``; by default it answers fred's password.
+
+        ``stdout`` replaces the JSON answer; with ``status`` != 0 and no
+        ``stdout`` it prints only ``stderr``.
+        """
+        lines = ['#!/bin/sh',
+                 'server=$(cat)',
+                 'printf "%%s %%s\\n" "$1" "$server" >> %s' % _sh_quote(self.helper_log(name))]
+        if stdout is None and status == 0:     # the JSON answer for the server read
+            lines.append('printf \'{"ServerURL":"%%s","Username":"%s","Secret":"%s"}\' '
+                         '"$server"' % (username, secret))
+        elif stdout:
+            lines.append('printf "%%s" %s' % _sh_quote(stdout))
+        if stderr:
+            lines.append('printf "%%s\\n" %s >&2' % _sh_quote(stderr))
+        lines.append('exit %d' % status)
+        path = os.path.join(self.bin, 'docker-credential-' + name)
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        os.chmod(path, 0o755)
+        return path
+
+
+def _sh_quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.fixture
+def docker_config(tmp_path):
+    """A DockerConfig in this test's tmp_path (no config.json until written)."""
+    return DockerConfig(str(tmp_path))
+
+
+# ---- the forward proxy ------------------------------------------------------------
+
+class _ForwardProxyHandler(_ProxyHandler):
+    """CONNECT host:port -> a TCP tunnel; ``METHOD http://host:port/path`` -> forwarded.
+
+    Only 127.0.0.1 targets are served (403 otherwise).
+    """
+
+    def _admit(self):
+        proxy = self.server.owner
+        auth = self.headers.get('Proxy-Authorization')
+        with proxy.lock:
+            proxy.requests.append(self.requestline)
+            proxy.authorizations.append(auth)
+        if proxy.require_auth is not None and auth != proxy.require_auth:
+            self.close_connection = True
+            self._reply(407, b'proxy authentication required',
+                        [('Proxy-Authenticate', 'Basic realm="dxf-test-proxy"'),
+                         ('Connection', 'close')])
+            return False
+        return True
+
+    def _refuse(self, status, text):
+        self.close_connection = True
+        self._reply(status, text.encode('utf-8'), [('Connection', 'close')])
+
+    def do_CONNECT(self):
+        if not self._admit():
+            return
+        host, _, port = self.path.rpartition(':')
+        if host != '127.0.0.1' or not port.isdigit():
+            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except OSError as e:
+            return self._refuse(502, str(e))
+        self.close_connection = True
+        try:
+            self.send_response(200, 'Connection established')
+            self.end_headers()
+            self._pipe(self.connection, upstream)
+        finally:
+            upstream.close()
+
+    def _pipe(self, client, upstream):
+        client.settimeout(None)
+        upstream.settimeout(None)
+        peers = {client: upstream, upstream: client}
+        while True:
+            readable, _, _ = select.select(list(peers), [], [], 60)
+            if not readable:
+                return
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    peers[sock].sendall(data)
+                except OSError:
+                    return
+
+    def _forward(self):
+        if not self._admit():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if url.scheme != 'http' or not url.netloc:
+            return self._refuse(400, 'a forward proxy wants absolute-form request targets')
+        if url.hostname != '127.0.0.1':
+            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
+        target = (url.path or '/') + ('?' + url.query if url.query else '')
+        chunked = 'chunked' in self.headers.get('Transfer-Encoding', '').lower()
+        headers = {}
+        for name, value in self.headers.items():
+            lower = name.lower()
+            if (lower in _HOP_BY_HOP or lower == 'proxy-authorization'
+                    or (chunked and lower == 'content-length')):
+                continue
+            headers[name] = value
+        if chunked:
+            body = self._read_chunked()
+        elif self.headers.get('Content-Length'):
+            body = self._read_length(int(self.headers['Content-Length']))
+        else:
+            body = None
+        conn = http.client.HTTPConnection(url.netloc, timeout=30)
+        try:
+            try:
+                conn.putrequest(self.command, target, skip_host=True,
+                                skip_accept_encoding=True)
+                for name, value in headers.items():
+                    conn.putheader(name, value)
+                if chunked:
+                    conn.putheader('Transfer-Encoding', 'chunked')
+                conn.endheaders()
+                for data in body or ():
+                    conn.send(b'%x\r\n%s\r\n' % (len(data), data) if chunked else data)
+                if chunked:
+                    conn.send(b'0\r\n\r\n')
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                return self._refuse(502, str(e))
+            self.send_response_only(resp.status, resp.reason)
+            length = resp.getheader('Content-Length')
+            for name, value in resp.getheaders():
+                if name.lower() not in _HOP_BY_HOP:
+                    self.send_header(name, value)
+            no_body = self.command == 'HEAD' or resp.status in (204, 304) or resp.status < 200
+            if no_body or length is not None:
+                self.end_headers()
+                while not no_body:
+                    data = resp.read(65536)
+                    if not data:
+                        break
+                    self.wfile.write(data)
+            else:
+                self.send_header('Transfer-Encoding', 'chunked')
+                self.end_headers()
+                while True:
+                    data = resp.read(65536)
+                    if not data:
+                        break
+                    self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data))
+                self.wfile.write(b'0\r\n\r\n')
+        finally:
+            conn.close()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+
+class ForwardProxy(object):
+    """An HTTP forward proxy on 127.0.0.1, as squid or tinyproxy would be.
+
+    ``requests`` lists every request line it was sent (``CONNECT
+    127.0.0.1:443 HTTP/1.1``, ``GET http://127.0.0.1:5000/v2/ HTTP/1.1``),
+    ``authorizations`` the Proxy-Authorization value of each (or None).
+    With ``require_auth`` (a header value) anything else gets 407.
+    """
+
+    def __init__(self, require_auth=None):
+        self.require_auth = require_auth
+        self.lock = threading.Lock()
+        self.requests = []
+        self.authorizations = []
+        self._thread = _ServerThread(_ForwardProxyHandler, self)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+        self.url = 'http://' + self.host
+
+    def url_with(self, username, password):
+        return 'http://%s:%s@%s' % (urllib.parse.quote(username, safe=''),
+                                    urllib.parse.quote(password, safe=''), self.host)
+
+    def targets(self):
+        """``{(method, target)}`` of the requests (http.client's CONNECT says
+        HTTP/1.0 before Python 3.12, HTTP/1.1 since)."""
+        return set(tuple(r.split(' ')[:2]) for r in self.requests)
+
+    def stop(self):
+        self._thread.stop()
+
+
+@pytest.fixture
+def make_proxy():
+    """A function (require_auth=None) -> a new ForwardProxy, stopped after the test."""
+    proxies = []
+
+    def make(require_auth=None):
+        proxy = ForwardProxy(require_auth)
+        proxies.append(proxy)
+        return proxy
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture
+def forward_proxy(make_proxy):
+    """A ForwardProxy for this test."""
+    return make_proxy()
+
+
+# ---- an OAuth2 token realm for identity tokens -----------------------------------
+
+class _OAuthRealmHandler(_Handler):
+
+    def do_POST(self):
+        realm = self.server.owner
+        length = int(self.headers.get('Content-Length') or 0)
+        raw = self.rfile.read(length).decode('utf-8', 'replace')
+        form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+        path = urllib.parse.urlsplit(self.path).path
+        realm.requests.append({'method': 'POST', 'path': path, 'form': form,
+                               'content_type': self.headers.get('Content-Type'),
+                               'authorization': self.headers.get('Authorization')})
+        if path != '/token':
+            return self._reply(404, {'error': 'not_found'})
+        if form.get('grant_type') != 'refresh_token':
+            return self._reply(400, {'error': 'unsupported_grant_type'})
+        if form.get('refresh_token') != realm.identity_token:
+            return self._reply(400, {'error': 'invalid_grant',
+                                     'error_description': 'unknown refresh token'})
+        access = []
+        for scope in form.get('scope', '').split():
+            rtype, _, rest = scope.partition(':')
+            name, _, actions = rest.rpartition(':')
+            access.append({'type': rtype, 'name': name,
+                           'actions': [a for a in actions.split(',') if a]})
+        token = realm.token_server.issue(TEST_USERNAME, access,
+                                         audience=form.get('service') or None)
+        return self._reply(200, {'access_token': token, 'expires_in': 300,
+                                 'scope': form.get('scope', ''),
+                                 'refresh_token': realm.identity_token})
+
+    def do_GET(self):
+        realm = self.server.owner
+        realm.requests.append({'method': 'GET', 'path': self.path, 'form': {},
+                               'content_type': None,
+                               'authorization': self.headers.get('Authorization')})
+        self._reply(404, {'error': 'this realm only speaks OAuth2 (POST)'})
+
+
+class OAuthRealm(object):
+    """An https token realm that implements only the OAuth2 refresh-token grant.
+
+    ``POST /token`` with ``grant_type=refresh_token`` and ``refresh_token``
+    equal to ``identity_token`` answers an access token minted by the test
+    TokenServer (so the token registry accepts it) for every scope asked.
+    GET is 404: a client must use the POST flow.  ``requests`` records
+    each request (method, path, form, content_type, authorization).
+    Point dxf at it with DXF_AUTH_HOST / auth_host=``host``.
+    """
+
+    def __init__(self, tls_files, token_server, identity_token=_IDENTITY_TOKEN):
+        self.token_server = token_server
+        self.identity_token = identity_token
+        self.requests = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+        self._thread = _ServerThread(_OAuthRealmHandler, self, ctx)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+
+    def stop(self):
+        self._thread.stop()
+
+
+@pytest.fixture
+def oauth_realm(tls_files, token_server):
+    realm = OAuthRealm(tls_files, token_server)
+    yield realm
+    realm.stop()
+
+
+# ---- images and indexes made by hand ----------------------------------------------
+
+def _canonical(doc):
+    return json.dumps(doc, sort_keys=True, separators=(',', ':')).encode('utf-8')
+
+
+def _push_image(api, os_name, arch, variant=None, docker=False, seed=''):
+    """Push a one-layer image (config, layer, manifest by digest) with ``api``.
+
+    Returns a dict: layer, layer_digest, config_digest, manifest (bytes),
+    digest, media_type, platform (dict).
+    """
+    tag = '%s-%s-%s-%s-%s' % (os_name, arch, variant, docker, seed)
+    layer = _blob(1000 + len(tag) * 37, 'layer-' + tag)
+    platform = {'os': os_name, 'architecture': arch}
+    if variant:
+        platform['variant'] = variant
+    config = _canonical(dict(platform, rootfs={'type': 'layers',
+                                               'diff_ids': [_sha256(layer)]}))
+    api.push_blob(data=layer)
+    api.push_blob(data=config)
+    media = _DOCKER_MANIFEST if docker else _OCI_MANIFEST
+    manifest = _canonical({
+        'schemaVersion': 2, 'mediaType': media,
+        'config': {'mediaType': _DOCKER_IMAGE_CONFIG if docker else _OCI_IMAGE_CONFIG,
+                   'digest': _sha256(config), 'size': len(config)},
+        'layers': [{'mediaType': _DOCKER_LAYER if docker else _OCI_LAYER,
+                    'digest': _sha256(layer), 'size': len(layer)}]})
+    digest = _sha256(manifest)
+    assert api.set_manifest(digest, manifest) == digest
+    return {'layer': layer, 'layer_digest': _sha256(layer), 'config_digest': _sha256(config),
+            'manifest': manifest, 'digest': digest, 'media_type': media,
+            'platform': platform}
+
+
+def _index(images, docker=False, extra=()):
+    """An OCI index (or Docker manifest list) naming ``images`` with their platforms."""
+    return _canonical({
+        'schemaVersion': 2, 'mediaType': _DOCKER_LIST if docker else _OCI_INDEX,
+        'manifests': [{'mediaType': im['media_type'], 'digest': im['digest'],
+                       'size': len(im['manifest']), 'platform': im['platform']}
+                      for im in images] + list(extra)})
+
+
+# ---- skopeo ---------------------------------------------------------------------------
+
+_SKOPEO = shutil.which('skopeo')
+_PERMISSIVE_POLICY = {'default': [{'type': 'insecureAcceptAnything'}]}
+
+
+class Skopeo(object):
+    """Runs skopeo with its own HOME, a permissive signature policy and a timeout.
+
+    ``run(*args)`` returns stdout bytes; a failure raises AssertionError
+    with skopeo's stderr.
+    """
+
+    def __init__(self, binary, workdir):
+        self.binary = binary
+        self.home = os.path.join(workdir, 'skopeo-home')
+        os.makedirs(self.home)
+        self.policy = os.path.join(workdir, 'policy.json')
+        with open(self.policy, 'w') as f:
+            json.dump(_PERMISSIVE_POLICY, f)
+        self.env = {'PATH': os.environ.get('PATH', ''), 'HOME': self.home,
+                    'XDG_RUNTIME_DIR': self.home, 'TMPDIR': workdir}
+
+    def copy(self, src, dest, *options):
+        """``skopeo [options] copy --preserve-digests SRC DEST``.
+
+        docker:// ends get --src-/--dest-tls-verify=false (the open registry
+        speaks plain http); --preserve-digests keeps skopeo from recompressing
+        layers or rewriting manifests, so bytes can be compared.
+        """
+        args = list(options) + ['copy', '--preserve-digests']
+        if src.startswith('docker://'):
+            args.append('--src-tls-verify=false')
+        if dest.startswith('docker://'):
+            args.append('--dest-tls-verify=false')
+        return self.run(*(args + [src, dest]))
+
+    def run(self, *args, **kwargs):
+        argv = [self.binary, '--policy', self.policy] + list(args)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=self.env)
+        out, err = proc.communicate(kwargs.get('input'), timeout=120)
+        assert proc.returncode == 0, (argv, proc.returncode, err.decode('utf-8', 'replace'))
+        return out
+
+
+@pytest.fixture
+def skopeo(tmp_path):
+    if not _SKOPEO:
+        _unavailable('skopeo not found (install the Debian package skopeo)')
+    return Skopeo(_SKOPEO, str(tmp_path))
+
+
+def _oci_blob(layout, digest):
+    algo, _, hexdigest = digest.partition(':')
+    with open(os.path.join(layout, 'blobs', algo, hexdigest), 'rb') as f:
+        return f.read()
+
+
+def _write_oci_layout(directory, tag, files):
+    """A one-image OCI layout (gzip tar layer of ``files``) as any OCI tool writes it.
+
+    Returns (manifest bytes, config digest, layer bytes).
+    """
+    import gzip
+    import tarfile
+    os.makedirs(os.path.join(directory, 'blobs', 'sha256'))
+
+    def put(data):
+        with open(os.path.join(directory, 'blobs', 'sha256', _sha256(data)[7:]), 'wb') as f:
+            f.write(data)
+        return _sha256(data)
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    diff = tar_bytes.getvalue()
+    layer = gzip.compress(diff, mtime=0) if sys.version_info >= (3, 8) else _gzip36(diff)
+    config = _canonical({'architecture': 'amd64', 'os': 'linux',
+                         'rootfs': {'type': 'layers', 'diff_ids': [_sha256(diff)]},
+                         'config': {'Cmd': ['/bin/true']}})
+    manifest = _canonical({
+        'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
+        'config': {'mediaType': _OCI_IMAGE_CONFIG, 'digest': put(config),
+                   'size': len(config)},
+        'layers': [{'mediaType': _OCI_LAYER_GZIP, 'digest': put(layer),
+                    'size': len(layer)}]})
+    put(manifest)
+    with open(os.path.join(directory, 'oci-layout'), 'w') as f:
+        json.dump({'imageLayoutVersion': '1.0.0'}, f)
+    with open(os.path.join(directory, 'index.json'), 'w') as f:
+        json.dump({'schemaVersion': 2, 'manifests': [{
+            'mediaType': _OCI_MANIFEST, 'digest': _sha256(manifest), 'size': len(manifest),
+            'annotations': {'org.opencontainers.image.ref.name': tag}}]}, f)
+    return manifest, _sha256(config), layer
+
+
+def _gzip36(data):
+    import gzip
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode='wb', mtime=0) as f:
+        f.write(data)
+    return out.getvalue()
+
+
+# =============================================================================
+# 13. Ecosystem: credentials, proxies, progress, interop
+# =============================================================================
+
+def _push_pull(run_cli, env, repo, seed, size=3000):
+    """push-blob (stdin) then pull-blob with ``env``; return the digest."""
+    data = _blob(size, seed)
+    digest = _cli_push(run_cli, env, repo, data)
+    assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+    return digest
+
+
+def _no_secret(text, *secrets):
+    for secret in secrets:
+        assert secret not in text, (secret, text)
+
+
+# ---- docker config.json: auths ---------------------------------------------------------
+
+_KEY_FORMS = ['{host}', 'https://{host}/', 'https://{host}/v2/']
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestDockerConfigAuths:
+
+    @pytest.mark.parametrize('key', _KEY_FORMS, ids=['bare', 'url', 'url-v2'])
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_auth_field_push_and_pull(self, cli_env, run_cli, repo, docker_config,
+                                      token_server, mode, key):
+        env = docker_config.env(cli_env(mode))
+        docker_config.write({'auths': {key.format(host=env['DXF_HOST']): {
+            'auth': _auth_field(TEST_USERNAME, TEST_PASSWORD)}}})
+        _push_pull(run_cli, env, repo, 'auths-' + mode + key)
+        if mode == 'token':
+            users = set(r['username'] for r in token_server.requests if r['method'] == 'GET')
+            assert users == {TEST_USERNAME}
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_username_and_password_fields_push_and_pull(self, cli_env, run_cli, repo,
+                                                        docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        docker_config.write({'auths': {env['DXF_HOST']: {
+            'username': TEST_USERNAME, 'password': TEST_PASSWORD}}})
+        _push_pull(run_cli, env, repo, 'fields-' + mode)
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_wrong_password_exits_eacces_without_leaking_it(self, cli_env, run_cli, repo,
+                                                           docker_config, mode):
+        good = cli_env(mode)
+        digest = _cli_push(run_cli, good, repo, b'pushed with the right password')
+        env = docker_config.env(good)
+        auth = _auth_field(TEST_USERNAME, _WRONG_PASSWORD)
+        docker_config.write({'auths': {env['DXF_HOST']: {'auth': auth}}})
+        for argv, stdin in [(['push-blob', repo, '-'], b'x'), (['pull-blob', repo, digest], b''),
+                            (['list-aliases', repo], b'')]:
+            line = _fails(run_cli(argv, env, stdin=stdin), errno.EACCES)
+            _no_secret(line, _WRONG_PASSWORD, auth)
+
+    def test_no_config_token_registry_is_anonymous_pull_only(self, cli_env, run_cli, repo,
+                                                             docker_config, token_server):
+        good = cli_env('token')
+        data = _blob(2000, 'anonymous')
+        digest = _cli_push(run_cli, good, repo, data)
+        env = docker_config.env(good)     # DOCKER_CONFIG has no config.json, HOME no .docker
+        del token_server.requests[:]
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+        assert token_server.requests and not any(r['authorization']
+                                                 for r in token_server.requests)
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'anonymous push'), errno.EACCES)
+
+    def test_no_config_basic_registry_exits_eacces(self, cli_env, run_cli, repo, docker_config):
+        env = docker_config.env(cli_env('basic'))
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_home_dot_docker_is_used_without_docker_config(self, cli_env, run_cli, repo,
+                                                          docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        del env['DOCKER_CONFIG']
+        os.makedirs(os.path.join(env['HOME'], '.docker'))
+        with open(os.path.join(env['HOME'], '.docker', 'config.json'), 'w') as f:
+            json.dump({'auths': {env['DXF_HOST']: {
+                'auth': _auth_field(TEST_USERNAME, TEST_PASSWORD)}}}, f)
+        _push_pull(run_cli, env, repo, 'home-' + mode)
+
+    def test_entries_for_other_hosts_are_not_used(self, cli_env, run_cli, repo, docker_config):
+        env = docker_config.env(cli_env('basic'))
+        host, port = env['DXF_HOST'].split(':')
+        right = {'auth': _auth_field(TEST_USERNAME, TEST_PASSWORD)}
+        docker_config.write({'auths': {
+            'localhost:' + port: right, host: right, '%s:%d' % (host, int(port) + 1): right,
+            '%s:%s0' % (host, port): right, 'https://index.docker.io/v1/': right}})
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+
+    def test_malformed_config_exits_einval_naming_it(self, cli_env, run_cli, repo,
+                                                    docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.write('{"auths": ')
+        _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'config.json')
+
+    def test_malformed_auth_field_exits_einval(self, cli_env, run_cli, repo, docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.write({'auths': {env['DXF_HOST']: {'auth': '%%% not base64'}}})
+        _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'config.json')
+
+    def test_config_is_not_read_when_registry_asks_for_nothing(self, cli_env, run_cli, repo,
+                                                               docker_config):
+        env = docker_config.env(cli_env('open'))
+        docker_config.write('this is not JSON')
+        _push_pull(run_cli, env, repo, 'open-garbage-config')
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_dxf_username_and_password_take_precedence(self, cli_env, run_cli, repo,
+                                                       docker_config, mode):
+        good = cli_env(mode)
+        env = docker_config.env(good)
+        docker_config.write({'auths': {env['DXF_HOST']: {
+            'auth': _auth_field(TEST_USERNAME, _WRONG_PASSWORD)}}})
+        env['DXF_USERNAME'], env['DXF_PASSWORD'] = good['DXF_USERNAME'], good['DXF_PASSWORD']
+        _push_pull(run_cli, env, repo, 'precedence-' + mode)
+        # and the other way round: a wrong DXF_PASSWORD is not rescued by the config
+        docker_config.write({'auths': {env['DXF_HOST']: {
+            'auth': _auth_field(TEST_USERNAME, TEST_PASSWORD)}}})
+        env['DXF_PASSWORD'] = _WRONG_PASSWORD
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+
+
+# ---- docker config.json: credential helpers ------------------------------------------------
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestCredentialHelpers:
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_creds_store_helper_is_asked_for_the_host(self, cli_env, run_cli, repo,
+                                                      docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        docker_config.helper('test')
+        docker_config.write({'auths': {}, 'credsStore': 'test'})
+        _push_pull(run_cli, env, repo, 'store-' + mode)
+        asked = docker_config.asked('test')
+        assert asked and set(asked) == {'get ' + env['DXF_HOST']}
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_cred_helpers_entry_wins_over_creds_store(self, cli_env, run_cli, repo,
+                                                      docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        docker_config.helper('test')
+        docker_config.helper('store', secret=_WRONG_PASSWORD)
+        docker_config.write({'credsStore': 'store',
+                             'credHelpers': {env['DXF_HOST']: 'test'}})
+        _push_pull(run_cli, env, repo, 'helpers-' + mode)
+        asked = docker_config.asked('test')
+        assert asked and set(asked) == {'get ' + env['DXF_HOST']}
+        assert docker_config.asked('store') == []
+
+    def test_cred_helpers_for_another_host_is_not_asked(self, cli_env, run_cli, repo,
+                                                        docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.helper('test')
+        docker_config.write({'credHelpers': {'127.0.0.1:1': 'test', 'ghcr.io': 'test'}})
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+        assert docker_config.asked('test') == []
+
+    def test_helper_without_entry_means_anonymous(self, cli_env, run_cli, repo, docker_config,
+                                                  token_server):
+        good = cli_env('token')
+        data = _blob(1500, 'helper-not-found')
+        digest = _cli_push(run_cli, good, repo, data)
+        env = docker_config.env(good)
+        docker_config.helper('test', status=1,
+                             stdout='credentials not found in native keychain')
+        docker_config.write({'credsStore': 'test'})
+        del token_server.requests[:]
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+        assert not any(r['authorization'] for r in token_server.requests)
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'anonymous'), errno.EACCES)
+        assert docker_config.asked('test')
+
+    def test_helper_without_entry_falls_back_to_auths(self, cli_env, run_cli, repo,
+                                                      docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.helper('test', status=1,
+                             stdout='credentials not found in native keychain')
+        docker_config.write({'credsStore': 'test', 'auths': {env['DXF_HOST']: {
+            'auth': _auth_field(TEST_USERNAME, TEST_PASSWORD)}}})
+        _push_pull(run_cli, env, repo, 'helper-fallback')
+        assert docker_config.asked('test')
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_failing_helper_exits_eacces_with_one_line(self, cli_env, run_cli, repo,
+                                                       docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        docker_config.helper('test', status=1, stderr='error getting credentials - '
+                             'err: exit status 1, out: `GDBus.Error: no keyring`\nmore')
+        docker_config.write({'credsStore': 'test'})
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES,
+               'docker-credential-test', 'GDBus.Error')
+
+    def test_missing_helper_exits_eacces_naming_it(self, cli_env, run_cli, repo,
+                                                   docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.write({'credsStore': 'nosuchhelper'})
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES,
+               'docker-credential-nosuchhelper')
+
+    def test_helper_answering_garbage_exits_eacces(self, cli_env, run_cli, repo,
+                                                   docker_config):
+        env = docker_config.env(cli_env('basic'))
+        docker_config.helper('test', stdout='Username: fred')
+        docker_config.write({'credsStore': 'test'})
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES,
+               'docker-credential-test')
+
+    def test_helper_wrong_secret_exits_eacces_without_leaking_it(self, cli_env, run_cli,
+                                                                 repo, docker_config):
+        env = docker_config.env(cli_env('token'))
+        docker_config.helper('test', secret=_WRONG_PASSWORD)
+        docker_config.write({'credsStore': 'test'})
+        line = _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+        _no_secret(line, _WRONG_PASSWORD)
+
+    def test_helper_identity_token_uses_oauth2(self, cli_env, run_cli, repo, docker_config,
+                                               oauth_realm):
+        # credential helpers store identity tokens with the user name "<token>"
+        env = docker_config.env(cli_env('token'))
+        env['DXF_AUTH_HOST'] = oauth_realm.host
+        docker_config.helper('test', username='<token>', secret=_IDENTITY_TOKEN)
+        docker_config.write({'credsStore': 'test'})
+        _push_pull(run_cli, env, repo, 'helper-identity')
+        assert oauth_realm.requests
+        assert all(r['method'] == 'POST' and r['form']['refresh_token'] == _IDENTITY_TOKEN
+                   for r in oauth_realm.requests)
+
+
+# ---- identity tokens (docker login's "identitytoken") ------------------------------------
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestIdentityTokens:
+
+    def test_oauth2_refresh_token_post_push_and_pull(self, cli_env, run_cli, repo,
+                                                     docker_config, oauth_realm, token_server):
+        env = docker_config.env(cli_env('token'))
+        env['DXF_AUTH_HOST'] = oauth_realm.host
+        docker_config.write({'auths': {env['DXF_HOST']: {'auth': '',
+                                                         'identitytoken': _IDENTITY_TOKEN}}})
+        _push_pull(run_cli, env, repo, 'identity')
+        assert oauth_realm.requests
+        for r in oauth_realm.requests:
+            assert (r['method'], r['path']) == ('POST', '/token'), r
+            assert r['content_type'] == 'application/x-www-form-urlencoded'
+            assert r['form']['grant_type'] == 'refresh_token'
+            assert r['form']['refresh_token'] == _IDENTITY_TOKEN
+            assert r['form']['service'] == TOKEN_SERVICE
+            assert r['form']['client_id']
+        scopes = [r['form']['scope'] for r in oauth_realm.requests]
+        assert 'repository:%s:pull,push' % repo in scopes
+        # nothing went to the registry's own realm
+        assert token_server.requests == []
+
+    def test_oauth2_wrong_identity_token_exits_eacces_without_leaking_it(
+            self, cli_env, run_cli, repo, docker_config, oauth_realm):
+        env = docker_config.env(cli_env('token'))
+        env['DXF_AUTH_HOST'] = oauth_realm.host
+        docker_config.write({'auths': {env['DXF_HOST']: {'identitytoken': 'revoked-Zq81'}}})
+        line = _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+        _no_secret(line, 'revoked-Zq81')
+
+    def test_token_server_without_oauth2_gets_identity_token_as_password(
+            self, cli_env, run_cli, repo, docker_config, token_server):
+        # The test TokenServer answers POST with 405: dxf must fall back to
+        # GET with Basic "<token>:<identity token>" (what docker does).
+        env = docker_config.env(cli_env('token'))
+        docker_config.write({'auths': {env['DXF_HOST']: {'identitytoken': _IDENTITY_TOKEN}}})
+        saved = token_server.username, token_server.password
+        token_server.username, token_server.password = '<token>', _IDENTITY_TOKEN
+        try:
+            _push_pull(run_cli, env, repo, 'identity-fallback')
+        finally:
+            token_server.username, token_server.password = saved
+        methods = [r['method'] for r in token_server.requests]
+        assert 'POST' in methods and 'GET' in methods
+        gets = [r for r in token_server.requests if r['method'] == 'GET']
+        assert set(r['username'] for r in gets) == {'<token>'}
+        # the real password pair no longer works for "<token>": refused
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES)
+
+    def test_module_authenticate_with_identity_token(self, registries, oauth_realm, repo):
+        reg = registries['token']
+        with dxf.DXF(reg.host, repo, auth_host=oauth_realm.host,
+                     tlsverify=reg.tlsverify) as api:
+            token = api.authenticate(identity_token=_IDENTITY_TOKEN, actions=['pull', 'push'])
+            assert token and token.count('.') == 2
+            data = _blob(700, 'module-identity')
+            digest = api.push_blob(data=data)
+            with api.pull_blob(digest) as reader:
+                assert b''.join(reader) == data
+        assert oauth_realm.requests and all(r['method'] == 'POST' for r in oauth_realm.requests)
+
+
+# ---- proxies -----------------------------------------------------------------------------
+
+def _proxied(env, **proxies):
+    env = dict(env)
+    env.update(proxies)
+    return env
+
+
+@pytest.mark.registry
+class TestProxies:
+
+    @pytest.mark.tls
+    @pytest.mark.parametrize('name', ['https_proxy', 'HTTPS_PROXY'])
+    def test_https_proxy_tunnels_to_tls_registry(self, cli_env, run_cli, repo, forward_proxy,
+                                                 tmp_path, name):
+        env = cli_env('tls')
+        penv = _proxied(env, **{name: forward_proxy.url})
+        _push_pull(run_cli, penv, repo, 'connect-' + name, size=300000)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'f', b'aliased'), '@a'], penv))
+        assert _ok(run_cli(['pull-blob', repo, '@a'], penv)) == b'aliased'
+        assert forward_proxy.requests
+        assert forward_proxy.targets() == {('CONNECT', env['DXF_HOST'])}
+
+    @pytest.mark.parametrize('name', ['http_proxy', 'HTTP_PROXY'])
+    def test_http_proxy_forwards_absolute_form_to_open_registry(self, cli_env, run_cli, repo,
+                                                                forward_proxy, name):
+        env = cli_env('open')
+        penv = _proxied(env, **{name: forward_proxy.url})
+        digest = _push_pull(run_cli, penv, repo, 'forward-' + name, size=300000)
+        _ok(run_cli(['set-alias', repo, 'a', digest], penv))
+        assert _ok(run_cli(['get-alias', repo, 'a'], penv)) == _lines(digest)
+        prefix = 'http://%s/v2/' % env['DXF_HOST']
+        assert forward_proxy.requests
+        for line in forward_proxy.requests:
+            method, target, version = line.split(' ')
+            assert target.startswith(prefix) and version == 'HTTP/1.1', line
+        methods = set(line.split(' ')[0] for line in forward_proxy.requests)
+        assert {'POST', 'PUT', 'GET'} <= methods
+        assert ('GET %s%s/blobs/%s HTTP/1.1' % (prefix, repo, digest)) in forward_proxy.requests
+
+    @pytest.mark.parametrize('mode', ['open', pytest.param('tls', marks=pytest.mark.tls)])
+    def test_credentials_in_proxy_url_sent_as_proxy_authorization(self, cli_env, run_cli, repo,
+                                                                  make_proxy, mode):
+        user, password = 'proxy user@corp', 'p:ss/w%rd'
+        proxy = make_proxy(require_auth=_basic_header(user, password))
+        name = 'http_proxy' if mode == 'open' else 'https_proxy'
+        env = _proxied(cli_env(mode), **{name: proxy.url_with(user, password)})
+        _push_pull(run_cli, env, repo, 'proxy-auth-' + mode)
+        assert proxy.requests
+        assert set(proxy.authorizations) == {_basic_header(user, password)}
+
+    @pytest.mark.parametrize('mode', ['open', pytest.param('tls', marks=pytest.mark.tls)])
+    def test_proxy_refusing_credentials_exits_1_one_line_without_leaking(
+            self, cli_env, run_cli, repo, make_proxy, mode):
+        proxy = make_proxy(require_auth=_basic_header('u', 'right'))
+        name = 'http_proxy' if mode == 'open' else 'https_proxy'
+        env = _proxied(cli_env(mode), **{name: proxy.url_with('u', 'wrong-Px9')})
+        started = time.time()
+        line = _fails(run_cli(['list-aliases', repo], env), 1, '407')
+        _no_secret(line, 'wrong-Px9', _auth_field('u', 'wrong-Px9'))
+        # A proxy's 407 is an answer, not a network failure: one CONNECT.
+        assert len(proxy.requests) == 1, proxy.requests
+        assert time.time() - started < 5
+
+    @pytest.mark.parametrize('no_proxy', ['127.0.0.1', 'localhost, 127.0.0.1', '{host}',
+                                          '*', '.example.com,127.0.0.1'])
+    @pytest.mark.parametrize('name', ['no_proxy', 'NO_PROXY'])
+    def test_no_proxy_bypasses_proxy(self, cli_env, run_cli, repo, forward_proxy, no_proxy,
+                                     name):
+        env = cli_env('open')
+        penv = _proxied(env, http_proxy=forward_proxy.url, https_proxy=forward_proxy.url,
+                        **{name: no_proxy.format(host=env['DXF_HOST'])})
+        _push_pull(run_cli, penv, repo, 'no-proxy')
+        assert forward_proxy.requests == []
+
+    @pytest.mark.parametrize('no_proxy', ['127.0.0.1:1', 'localhost', '127.0.0.10',
+                                          'example.com'])
+    def test_no_proxy_for_other_hosts_keeps_proxy(self, cli_env, run_cli, repo, forward_proxy,
+                                                  no_proxy):
+        env = _proxied(cli_env('open'), http_proxy=forward_proxy.url, no_proxy=no_proxy)
+        _push_pull(run_cli, env, repo, 'no-proxy-other')
+        assert forward_proxy.requests
+
+    def test_lower_case_wins_over_upper_case(self, cli_env, run_cli, repo, make_proxy):
+        lower, upper = make_proxy(), make_proxy()
+        env = _proxied(cli_env('open'), http_proxy=lower.url, HTTP_PROXY=upper.url)
+        _push_pull(run_cli, env, repo, 'lower-wins')
+        assert lower.requests and upper.requests == []
+
+    def test_upper_case_http_proxy_ignored_in_cgi(self, cli_env, run_cli, repo,
+                                                  forward_proxy):
+        # httpoxy: a CGI client can set HTTP_PROXY with a "Proxy:" header
+        env = _proxied(cli_env('open'), HTTP_PROXY=forward_proxy.url, REQUEST_METHOD='GET')
+        _push_pull(run_cli, env, repo, 'httpoxy')
+        assert forward_proxy.requests == []
+
+    @pytest.mark.tls
+    def test_each_scheme_uses_only_its_own_proxy(self, cli_env, run_cli, repo, make_proxy):
+        for_http, for_https = make_proxy(), make_proxy()
+        env = _proxied(cli_env('tls'), http_proxy=for_http.url)
+        _push_pull(run_cli, env, repo, 'scheme-tls')
+        env = _proxied(cli_env('open'), https_proxy=for_https.url)
+        _push_pull(run_cli, env, repo, 'scheme-open')
+        assert for_http.requests == [] and for_https.requests == []
+
+    @pytest.mark.tls
+    def test_token_registry_through_proxy_tunnels_to_token_server_too(
+            self, cli_env, run_cli, repo, forward_proxy, token_server):
+        env = _proxied(cli_env('token'), https_proxy=forward_proxy.url)
+        _push_pull(run_cli, env, repo, 'proxy-token')
+        assert forward_proxy.targets() == {('CONNECT', env['DXF_HOST']),
+                                           ('CONNECT', token_server.host)}
+
+    @pytest.mark.parametrize('url', ['https://u:secret-Sx1@127.0.0.1:3128',
+                                     'socks5://u:secret-Sx1@127.0.0.1:1080'])
+    def test_unsupported_proxy_scheme_exits_einval_without_leaking(self, cli_env, run_cli,
+                                                                   repo, url):
+        env = _proxied(cli_env('open'), http_proxy=url)
+        line = _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'proxy')
+        _no_secret(line, 'secret-Sx1')
+
+    def test_proxy_not_listening_exits_1_one_line(self, cli_env, run_cli, repo):
+        env = _proxied(cli_env('open'), http_proxy='http://127.0.0.1:%d' % _free_port(),
+                       DXF_RETRIES='0')
+        _fails(run_cli(['list-aliases', repo], env), 1)
+
+    def test_module_proxies_argument_and_os_environ(self, registries, repo, forward_proxy,
+                                                    monkeypatch):
+        reg = registries['open']
+        with dxf.DXF(reg.host, repo, insecure=True,
+                     proxies={'http_proxy': forward_proxy.url}) as api:
+            digest = api.push_blob(data=b'through the proxy argument')
+        assert forward_proxy.requests
+        del forward_proxy.requests[:]
+        monkeypatch.setenv('http_proxy', forward_proxy.url)
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            assert api.blob_size(digest) == len(b'through the proxy argument')
+        assert forward_proxy.requests
+        del forward_proxy.requests[:]
+        with dxf.DXF(reg.host, repo, insecure=True, proxies={}) as api:
+            assert api.blob_size(digest) == len(b'through the proxy argument')
+        assert forward_proxy.requests == []
+
+
+# ---- DXF_PROGRESS ---------------------------------------------------------------------------
+
+def _progress_lines(err):
+    """Split progress output into lines, each a list of its \\r-redrawn states."""
+    assert 'dxf: error' not in err and 'Traceback' not in err, err
+    assert err.endswith('\n'), repr(err[-200:])
+    lines = []
+    for line in err[:-1].split('\n'):
+        assert line.startswith('\r'), repr(line[:100])
+        states = line[1:].split('\r')
+        for state in states:
+            assert state.endswith('\x1b[K'), repr(state)     # erase the rest of the line
+        lines.append([s[:-3] for s in states])
+    return lines
+
+
+@pytest.mark.registry
+class TestProgress:
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize('command', ['push', 'pull', 'pull-output'])
+    def test_progress_line_redrawn_with_digest_and_bytes(self, cli_env, run_cli, repo,
+                                                         tmp_path, command):
+        env = cli_env('open')
+        data = _blob(3 << 20, 'progress-3mib')
+        path = _write(tmp_path, 'three.bin', data)
+        if command != 'push':
+            _ok(run_cli(['push-blob', repo, path, '@p'], env))
+        env['DXF_PROGRESS'] = '1'
+        if command == 'push':
+            status, out, err = run_cli(['push-blob', repo, path, '@p'], env)
+            assert out == _lines(_sha256(data))
+        elif command == 'pull':
+            status, out, err = run_cli(['pull-blob', repo, '@p'], env)
+            assert out == data
+        else:
+            os.mkdir(os.path.join(str(tmp_path), 'out'))
+            status, out, err = run_cli(['pull-blob', repo, '-o', str(tmp_path / 'out'), '@p'],
+                                       env)
+            assert out == b''
+            with open(str(tmp_path / 'out' / 'three.bin'), 'rb') as f:
+                assert f.read() == data
+        assert status == 0, err
+        [states] = _progress_lines(err)
+        short = _sha256(data)[:19]
+        for state in states:
+            assert state.startswith(short + ' '), state
+            assert ' / 3.0 MiB ' in state, state
+        assert states[-1].startswith(short + ' 3.0 MiB / 3.0 MiB 100% '), states[-1]
+        assert states[-1].endswith('/s'), states[-1]
+
+    def test_progress_one_line_per_blob_of_an_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        a, b = _blob(200000, 'progress-a'), _blob(100, 'progress-b')
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
+        _ok(run_cli(['set-alias', repo, 'two', da, db], env))
+        env['DXF_PROGRESS'] = '1'
+        status, out, err = run_cli(['pull-blob', repo, '@two'], env)
+        assert (status, out) == (0, a + b)
+        first, second = _progress_lines(err)
+        assert first[-1].startswith(da[:19] + ' 195.3 KiB / 195.3 KiB 100% ')
+        assert second[-1].startswith(db[:19] + ' 100 B / 100 B 100% ')
+
+    @pytest.mark.parametrize('setting', [None, '1', '0'])
+    def test_progress_default_follows_stderr_being_a_terminal(self, cli_env, repo, tmp_path,
+                                                              setting):
+        import pty
+        env = cli_env('open')
+        if setting is not None:
+            env['DXF_PROGRESS'] = setting
+        data = _blob(1 << 20, 'progress-pty')
+        path = _write(tmp_path, 'pty.bin', data)
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen([sys.executable, os.path.join(_HERE, 'dxf.py'),
+                                     'push-blob', repo, path], env=env, cwd=_HERE,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=slave)
+        finally:
+            os.close(slave)
+        chunks = []
+
+        def drain():
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:      # EIO: the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                chunks.append(chunk)
+        reader = threading.Thread(target=drain)
+        reader.daemon = True
+        reader.start()
+        try:
+            out, _ = proc.communicate(timeout=60)
+            reader.join(10)
+        finally:
+            os.close(master)
+        err = b''.join(chunks).decode('utf-8', 'replace').replace('\r\n', '\n')
+        assert (proc.returncode, out) == (0, _lines(_sha256(data)))
+        if setting == '0':
+            assert err == ''
+        else:
+            [states] = _progress_lines(err)
+            assert states[-1].startswith(_sha256(data)[:19] + ' 1.0 MiB / 1.0 MiB 100% ')
+
+
+# ---- multi-platform aliases ---------------------------------------------------------------
+
+@pytest.fixture
+def platform_alias(registries, repo):
+    """A function docker -> (amd64 image, arm64/v8 image, index bytes) under alias 'multi'.
+
+    ``docker=True`` makes Docker schema-2 images and a Docker manifest list,
+    else OCI images and an OCI index.  The images are stored by digest only.
+    """
+    def make(docker=False, extra=()):
+        reg = registries['open']
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            amd = _push_image(api, 'linux', 'amd64', docker=docker)
+            arm = _push_image(api, 'linux', 'arm64', 'v8', docker=docker)
+            index = _index([amd, arm], docker, extra)
+            api.set_manifest('multi', index)
+        return amd, arm, index
+    return make
+
+
+@pytest.mark.registry
+class TestPlatforms:
+
+    @pytest.mark.parametrize('docker', [False, True], ids=['oci-index', 'docker-list'])
+    @pytest.mark.parametrize('platform,which', [('linux/amd64', 0), ('linux/arm64/v8', 1),
+                                                ('linux/arm64', 1)])
+    def test_platform_picks_image_for_every_command(self, cli_env, run_cli, repo,
+                                                    platform_alias, docker, platform, which):
+        images = platform_alias(docker)
+        image = images[which]
+        env = dict(cli_env('open'), DXF_PLATFORM=platform)
+        assert _ok(run_cli(['get-alias', repo, 'multi'], env)) == _lines(image['layer_digest'])
+        assert _ok(run_cli(['pull-blob', repo, '@multi'], env)) == image['layer']
+        assert _ok(run_cli(['blob-size', repo, '@multi'], env)) == (
+            '%d\n' % len(image['layer'])).encode()
+        assert _ok(run_cli(['get-digest', repo, 'multi'], env)) == _lines(
+            image['config_digest'])
+        assert _ok(run_cli(['get-manifest', repo, 'multi'], env)) == image['manifest']
+
+    @pytest.mark.parametrize('docker', [False, True], ids=['oci-index', 'docker-list'])
+    def test_without_platform_lists_both_and_get_manifest_gives_index(
+            self, cli_env, run_cli, repo, platform_alias, docker):
+        _, _, index = platform_alias(docker)
+        env = cli_env('open')
+        for argv in (['get-alias', repo, 'multi'], ['pull-blob', repo, '@multi'],
+                     ['blob-size', repo, '@multi'], ['get-digest', repo, 'multi']):
+            _fails(run_cli(argv, env), errno.ENOENT, 'DXF_PLATFORM', 'linux/amd64',
+                   'linux/arm64/v8')
+        assert _ok(run_cli(['get-manifest', repo, 'multi'], env)) == index
+
+    def test_unknown_platform_exits_enoent_naming_it(self, cli_env, run_cli, repo,
+                                                     platform_alias):
+        platform_alias()
+        env = dict(cli_env('open'), DXF_PLATFORM='linux/s390x')
+        _fails(run_cli(['get-alias', repo, 'multi'], env), errno.ENOENT, 'linux/s390x',
+               'linux/amd64', 'linux/arm64/v8')
+        env['DXF_PLATFORM'] = 'linux/arm64/v7'
+        _fails(run_cli(['get-alias', repo, 'multi'], env), errno.ENOENT, 'linux/arm64/v7')
+
+    def test_ambiguous_variantless_platform_exits_enoent(self, cli_env, run_cli, repo,
+                                                         registries):
+        reg = registries['open']
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            v6 = _push_image(api, 'linux', 'arm', 'v6')
+            v7 = _push_image(api, 'linux', 'arm', 'v7')
+            api.set_manifest('arm', _index([v6, v7]))
+        env = dict(cli_env('open'), DXF_PLATFORM='linux/arm')
+        _fails(run_cli(['get-alias', repo, 'arm'], env), errno.ENOENT, 'linux/arm/v6',
+               'linux/arm/v7')
+        env['DXF_PLATFORM'] = 'linux/arm/v7'
+        assert _ok(run_cli(['pull-blob', repo, '@arm'], env)) == v7['layer']
+
+    def test_attestation_entries_are_skipped(self, cli_env, run_cli, repo, registries):
+        # buildx adds attestation manifests with platform unknown/unknown
+        reg = registries['open']
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            amd = _push_image(api, 'linux', 'amd64', seed='attest')
+            att = _push_image(api, 'unknown', 'unknown', seed='attest')
+            entry = {'mediaType': att['media_type'], 'digest': att['digest'],
+                     'size': len(att['manifest']),
+                     'annotations': {'vnd.docker.reference.type': 'attestation-manifest',
+                                     'vnd.docker.reference.digest': amd['digest']}}
+            api.set_manifest('multi', _index([amd], extra=[entry]))
+        env = dict(cli_env('open'), DXF_PLATFORM='linux/amd64')
+        assert _ok(run_cli(['pull-blob', repo, '@multi'], env)) == amd['layer']
+
+    @pytest.mark.parametrize('value', ['linux', 'Linux/AMD64', 'linux/amd64/v8/x', 'linux/ amd64'])
+    def test_malformed_platform_exits_einval(self, cli_env, run_cli, repo, value):
+        env = dict(cli_env('open'), DXF_PLATFORM=value)
+        _fails(run_cli(['get-alias', repo, 'multi'], env), errno.EINVAL, 'DXF_PLATFORM')
+
+    def test_platform_is_ignored_for_single_platform_alias(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, b'just one platform')
+        _ok(run_cli(['set-alias', repo, 'one', digest], env))
+        env['DXF_PLATFORM'] = 'linux/arm64'
+        assert _ok(run_cli(['pull-blob', repo, '@one'], env)) == b'just one platform'
+
+
+# ---- title annotations (oras's file names) ---------------------------------------------------
+
+def _tree(root):
+    """Every path under ``root`` (relative), with its kind and size."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size)
+    return found
+
+
+@pytest.mark.registry
+class TestTitles:
+
+    def test_push_blob_file_records_basename_and_pull_output_restores_it(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(5000, 'title')
+        os.makedirs(str(tmp_path / 'src' / 'deep'))
+        path = _write(tmp_path / 'src' / 'deep', 'readings 2015-05-15.csv', data)
+        _ok(run_cli(['push-blob', repo, path, '@may15'], env))
+        manifest = json.loads(_ok(run_cli(['get-manifest', repo, 'may15'], env)).decode())
+        [layer] = manifest['layers']
+        assert layer['digest'] == _sha256(data)
+        assert layer['annotations'] == {_TITLE: 'readings 2015-05-15.csv'}
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        assert _ok(run_cli(['pull-blob', repo, '-o', out, '@may15'], env)) == b''
+        assert sorted(os.listdir(out)) == ['readings 2015-05-15.csv']
+        with open(os.path.join(out, 'readings 2015-05-15.csv'), 'rb') as f:
+            assert f.read() == data
+
+    def test_set_alias_files_record_titles_in_order(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        a, b = _blob(100, 'title-a'), _blob(200, 'title-b')
+        pa, pb = _write(tmp_path, 'a.txt', a), _write(tmp_path, 'b.bin', b)
+        _cli_push(run_cli, env, repo, a)
+        db = _cli_push(run_cli, env, repo, b)
+        # a FILE with a separator is named; a bare digest is not
+        _ok(run_cli(['set-alias', repo, 'files', pa, db, pb], env))
+        manifest = json.loads(_ok(run_cli(['get-manifest', repo, 'files'], env)).decode())
+        assert [d.get('annotations') for d in manifest['layers']] == [
+            {_TITLE: 'a.txt'}, None, {_TITLE: 'b.bin'}]
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        _ok(run_cli(['pull-blob', repo, '-o', out, '@files'], env))
+        assert sorted(os.listdir(out)) == ['a.txt', 'b.bin', db[7:]]
+
+    def test_stdin_push_has_no_title_and_lands_under_hex_name(self, cli_env, run_cli, repo,
+                                                             tmp_path):
+        env = cli_env('open')
+        data = _blob(300, 'title-stdin')
+        _ok(run_cli(['push-blob', repo, '-', '@s'], env, stdin=data))
+        manifest = json.loads(_ok(run_cli(['get-manifest', repo, 's'], env)).decode())
+        assert 'annotations' not in manifest['layers'][0]
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        _ok(run_cli(['pull-blob', repo, '-o', out, '@s'], env))
+        assert os.listdir(out) == [_sha256(data)[7:]]
+
+    def test_hostile_titles_are_never_paths(self, cli_env, registries, run_cli, repo,
+                                            tmp_path):
+        titles = ['../evil', '../../evil2', '.hidden', 'a/b', '/tmp/abs-evil', '..', '.', '',
+                  'back\\slash', 'nul\x00byte', 'new\nline', 'sub/../../up']
+        reg = registries['open']
+        layers, blobs = [], []
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            api.push_blob(data=b'{}')
+            for i, title in enumerate(titles):
+                data = _blob(50 + i, 'hostile-%d' % i)
+                api.push_blob(data=data)
+                blobs.append(data)
+                layers.append({'mediaType': 'application/octet-stream',
+                               'digest': _sha256(data), 'size': len(data),
+                               'annotations': {_TITLE: title}})
+            api.set_manifest('evil', _canonical({
+                'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
+                'artifactType': 'application/vnd.dxf.alias.v1',
+                'config': {'mediaType': 'application/vnd.oci.empty.v1+json',
+                           'digest': _EMPTY_CONFIG_DIGEST, 'size': 2},
+                'layers': layers}))
+        box = tmp_path / 'box'
+        out = box / 'out'
+        os.makedirs(str(out))
+        before = _tree(str(tmp_path))
+        assert not os.path.exists('/tmp/abs-evil')
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@evil'], cli_env('open')))
+        assert not os.path.exists('/tmp/abs-evil')
+        after = _tree(str(tmp_path))
+        added = sorted(set(after) - set(before))
+        expected = sorted(os.path.join('box', 'out', _sha256(d)[7:]) for d in blobs)
+        assert added == expected
+        for data in blobs:
+            with open(os.path.join(str(out), _sha256(data)[7:]), 'rb') as f:
+                assert f.read() == data
+
+    def test_title_naming_a_symlink_replaces_the_link_not_its_target(
+            self, cli_env, registries, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(400, 'symlink-title')
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'link', data), '@l'], env))
+        outside = _write(tmp_path, 'outside.txt', b'must stay')
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        os.symlink(outside, os.path.join(out, 'link'))
+        _ok(run_cli(['pull-blob', repo, '-o', out, '@l'], env))
+        with open(outside, 'rb') as f:
+            assert f.read() == b'must stay'
+        assert not os.path.islink(os.path.join(out, 'link'))
+        with open(os.path.join(out, 'link'), 'rb') as f:
+            assert f.read() == data
+
+    def test_unicode_title_round_trips(self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(123, 'unicode-title')
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'r\u00e9sum\u00e9 \u2603.txt', data),
+                     '@u'], env))
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        _ok(run_cli(['pull-blob', repo, '-o', out, '@u'], env))
+        with open(os.path.join(out, 'r\u00e9sum\u00e9 \u2603.txt'), 'rb') as f:
+            assert f.read() == data
+
+
+# ---- skopeo ------------------------------------------------------------------------------------
+
+def _docker_ref(reg, repo, tag):
+    return 'docker://%s/%s:%s' % (reg.host, repo, tag)
+
+
+@pytest.mark.registry
+class TestSkopeo:
+    """skopeo (containers/image) reads what dxf stores and dxf reads what skopeo stores.
+
+    skopeo needs ``--tls-verify=false`` (or --src-/--dest-) for the plain-http
+    registry, and a signature policy: the Skopeo helper passes a permissive
+    one with ``--policy`` rather than relying on /etc/containers/policy.json.
+    """
+
+    def _aliases(self, run_cli, env, repo):
+        one = [_blob(4000, 'skopeo-one')]
+        three = [_blob(1000, 'skopeo-a'), _blob(0, 'skopeo-empty'), _blob(250000, 'skopeo-c')]
+        digests = {}
+        for name, blobs in (('one', one), ('three', three)):
+            ds = [_cli_push(run_cli, env, repo, b) for b in blobs]
+            _ok(run_cli(['set-alias', repo, name] + ds, env))
+            digests[name] = (blobs, ds)
+        return digests
+
+    def test_inspect_raw_gives_the_bytes_get_manifest_prints(self, cli_env, registries,
+                                                            run_cli, repo, skopeo):
+        env = cli_env('open')
+        self._aliases(run_cli, env, repo)
+        for alias in ('one', 'three'):
+            ours = _ok(run_cli(['get-manifest', repo, alias], env))
+            theirs = skopeo.run('inspect', '--raw', '--tls-verify=false',
+                                _docker_ref(registries['open'], repo, alias))
+            assert theirs == ours
+
+    def test_copy_to_oci_layout_holds_the_pushed_blobs(self, cli_env, registries, run_cli,
+                                                       repo, skopeo, tmp_path):
+        env = cli_env('open')
+        aliases = self._aliases(run_cli, env, repo)
+        for alias, (blobs, digests) in sorted(aliases.items()):
+            layout = str(tmp_path / ('layout-' + alias))
+            skopeo.copy(_docker_ref(registries['open'], repo, alias),
+                        'oci:%s:%s' % (layout, alias))
+            for data, digest in zip(blobs, digests):
+                assert _oci_blob(layout, digest) == data
+            with open(os.path.join(layout, 'index.json')) as f:
+                [entry] = json.load(f)['manifests']
+            manifest = _ok(run_cli(['get-manifest', repo, alias], env))
+            assert entry['digest'] == _sha256(manifest)
+            assert _oci_blob(layout, entry['digest']) == manifest
+            assert entry['annotations']['org.opencontainers.image.ref.name'] == alias
+
+    def test_image_copied_in_by_skopeo_reads_back_with_dxf(self, cli_env, registries, run_cli,
+                                                           repo, skopeo, tmp_path):
+        env = cli_env('open')
+        layout = str(tmp_path / 'image')
+        manifest, config_digest, layer = _write_oci_layout(
+            layout, 'v1', {'etc/hello.txt': b'hello from an OCI layout\n'})
+        skopeo.copy('oci:%s:v1' % layout, _docker_ref(registries['open'], repo, 'v1'))
+        assert _ok(run_cli(['get-manifest', repo, 'v1'], env)) == manifest
+        assert _ok(run_cli(['get-alias', repo, 'v1'], env)) == _lines(_sha256(layer))
+        assert _ok(run_cli(['get-digest', repo, 'v1'], env)) == _lines(config_digest)
+        assert _ok(run_cli(['pull-blob', repo, '@v1'], env)) == layer
+        assert _ok(run_cli(['blob-size', repo, '@v1'], env)) == ('%d\n' % len(layer)).encode()
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'v1\n'
+
+    def test_alias_copied_by_skopeo_between_repos_reads_back_identical(
+            self, cli_env, registries, run_cli, repo, skopeo):
+        env = cli_env('open')
+        aliases = self._aliases(run_cli, env, repo)
+        other = repo + '-copy'
+        reg = registries['open']
+        skopeo.copy(_docker_ref(reg, repo, 'three'), _docker_ref(reg, other, 'three'))
+        blobs, digests = aliases['three']
+        assert _ok(run_cli(['get-alias', other, 'three'], env)) == _lines(*digests)
+        assert _ok(run_cli(['pull-blob', other, '@three'], env)) == b''.join(blobs)
+        assert (_ok(run_cli(['get-manifest', other, 'three'], env))
+                == _ok(run_cli(['get-manifest', repo, 'three'], env)))
+
+    def test_round_trip_through_an_oci_layout(self, cli_env, registries, run_cli, repo,
+                                              skopeo, tmp_path):
+        # dxf alias -> skopeo -> oci layout -> skopeo -> another repo -> dxf
+        env = cli_env('open')
+        data = _blob(70000, 'skopeo-round-trip')
+        path = _write(tmp_path, 'payload.bin', data)
+        _ok(run_cli(['push-blob', repo, path, '@rt'], env))
+        reg = registries['open']
+        layout = 'oci:%s:rt' % (tmp_path / 'layout')
+        skopeo.copy(_docker_ref(reg, repo, 'rt'), layout)
+        skopeo.copy(layout, _docker_ref(reg, repo + '-b', 'rt'))
+        out = str(tmp_path / 'out')
+        os.mkdir(out)
+        _ok(run_cli(['pull-blob', repo + '-b', '-o', out, '@rt'], env))
+        assert os.listdir(out) == ['payload.bin']
+        with open(os.path.join(out, 'payload.bin'), 'rb') as f:
+            assert f.read() == data
+
+    def test_skopeo_picks_the_same_platform_as_dxf(self, cli_env, registries, run_cli, repo,
+                                                   skopeo, platform_alias, tmp_path):
+        amd, arm, index = platform_alias()
+        env = cli_env('open')
+        reg = registries['open']
+        assert skopeo.run('inspect', '--raw', '--tls-verify=false',
+                          _docker_ref(reg, repo, 'multi')) == index
+        for arch, variant, platform in [('amd64', None, 'linux/amd64'),
+                                        ('arm64', 'v8', 'linux/arm64/v8')]:
+            layout = str(tmp_path / ('layout-' + arch))
+            args = ['--override-os', 'linux', '--override-arch', arch]
+            if variant:
+                args += ['--override-variant', variant]
+            skopeo.copy(_docker_ref(reg, repo, 'multi'), 'oci:%s:x' % layout, *args)
+            with open(os.path.join(layout, 'index.json')) as f:
+                [entry] = json.load(f)['manifests']
+            ours = _ok(run_cli(['get-manifest', repo, 'multi'], dict(env, DXF_PLATFORM=platform)))
+            assert ours == (amd if arch == 'amd64' else arm)['manifest']
+            assert _oci_blob(layout, entry['digest']) == ours
+
+    @pytest.mark.tls
+    def test_auth_file_written_by_skopeo_login_is_read_by_dxf(self, cli_env, registries,
+                                                              run_cli, repo, skopeo,
+                                                              docker_config, tls_files):
+        # containers-auth.json has docker's "auths" format: skopeo login can
+        # stand in for docker login.
+        reg = registries['basic']
+        certs = os.path.join(os.path.dirname(docker_config.dir), 'certs')
+        os.mkdir(certs)
+        shutil.copy(tls_files.ca_cert, os.path.join(certs, 'ca.crt'))
+        skopeo.run('login', '--authfile', docker_config.path, '--cert-dir', certs,
+                   '--username', TEST_USERNAME, '--password-stdin', reg.host,
+                   input=TEST_PASSWORD.encode('ascii'))
+        with open(docker_config.path) as f:
+            assert reg.host in json.load(f)['auths']
+        env = docker_config.env(cli_env('basic'))
+        digest = _push_pull(run_cli, env, repo, 'skopeo-login')
+        # and skopeo reads what dxf pushed there with the same file
+        _ok(run_cli(['set-alias', repo, 'logged-in', digest], env))
+        raw = skopeo.run('inspect', '--raw', '--authfile', docker_config.path,
+                         '--cert-dir', certs, _docker_ref(reg, repo, 'logged-in'))
+        assert raw == _ok(run_cli(['get-manifest', repo, 'logged-in'], env))
+
+
+@pytest.mark.registry
+def test_pull_output_dir_duplicate_titles_lose_no_blob(cli_env, run_cli, repo, tmp_path):
+    # Two blobs with one title: the second lands under its hex digest.
+    env = cli_env('open')
+    a, b = _blob(100, 'dup-title-a'), _blob(200, 'dup-title-b')
+    os.mkdir(str(tmp_path / 'one'))
+    os.mkdir(str(tmp_path / 'two'))
+    pa, pb = _write(tmp_path / 'one', 'data.csv', a), _write(tmp_path / 'two', 'data.csv', b)
+    _cli_push(run_cli, env, repo, a)
+    _cli_push(run_cli, env, repo, b)
+    _ok(run_cli(['set-alias', repo, 'x', pa, pb], env))
+    out = str(tmp_path / 'out')
+    os.mkdir(out)
+    status, stdout, err = run_cli(['pull-blob', repo, '-o', out, '@x'], env)
+    if status == 0:
+        contents = set()
+        for name in os.listdir(out):
+            with open(os.path.join(out, name), 'rb') as f:
+                contents.add(f.read())
+        assert contents == {a, b}, sorted(os.listdir(out))
+    else:
+        _error_line(err, 'data.csv')
+        assert os.listdir(out) == []
