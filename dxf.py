@@ -124,6 +124,7 @@ _DEFAULT_RETRIES = 5
 _RETRY_BASE = 0.25               # seconds before the first retry, doubling
 _RETRY_CAP = 10.0                # longest wait between two tries
 _MAX_RETRY_TIME = 120.0          # no request keeps retrying longer than this
+_BLOB_UNKNOWN_TRIES = 4          # alias PUTs told a blob is unknown (races)
 
 # =============================================================================
 # 3. Errors
@@ -221,8 +222,9 @@ class DXFDigestMismatchError(DXFIntegrityError):
 class DXFSizeMismatchError(DXFIntegrityError):
     """A body was shorter or longer than its declared size."""
 
-    def __init__(self, got, expected, what='body'):
-        super().__init__('%s is %d bytes, expected %d' % (what, got, expected))
+    def __init__(self, got, expected, what='body', message=None):
+        super().__init__(message or '%s is %d bytes, expected %d'
+                         % (what, got, expected))
         self.got = got
         self.expected = expected
 
@@ -568,16 +570,18 @@ class _Response:
             return None
         return n if n >= 0 else None
 
-    def read(self, limit=_MAX_SMALL_BODY, what='response body'):
+    def read(self, limit=_MAX_SMALL_BODY, what='answer'):
         """The whole body (for small answers), at most ``limit`` bytes."""
         if self._body is not None:
             return self._body
         length = self.length
         if self.method == 'HEAD' or self.status in (204, 304):
             length = 0
+        too_big = '%s %s: %s is larger than the %d-byte limit' % (
+            self.method, _path(self.url), what, limit)
         if length is not None and length > limit:
             self.close()
-            raise DXFSizeMismatchError(length, limit, what + ' size limit')
+            raise DXFSizeMismatchError(length, limit, message=too_big)
         parts = []
         got = 0
         try:
@@ -589,28 +593,22 @@ class _Response:
                 got += len(piece)
                 if got > limit:
                     self.close()
-                    raise DXFSizeMismatchError(got, limit,
-                                               what + ' size limit')
+                    raise DXFSizeMismatchError(got, limit, message=too_big)
         except _transport_errors() as exc:
             self.close()
             raise DXFConnectionError('%s %s: connection broke while reading '
                                      '(%s)' % (self.method, _path(self.url),
                                                _exc_text(exc))) from exc
         if length is not None and got != length:
+            # Fewer bytes than announced: the connection broke (http.client
+            # returns b'' instead of raising), so this is worth a retry.
             self.close()
-            raise DXFSizeMismatchError(got, length, what)
+            raise DXFConnectionError('%s %s: %s cut short after %d of %d '
+                                     'bytes' % (self.method, _path(self.url),
+                                                what, got, length))
         self.release()
         self._body = b''.join(parts)
         return self._body
-
-    def readinto(self, view):
-        try:
-            return self.raw.readinto(view)
-        except _transport_errors() as exc:
-            self.close()
-            raise DXFConnectionError('%s %s: connection broke while reading '
-                                     '(%s)' % (self.method, _path(self.url),
-                                               _exc_text(exc))) from exc
 
     def release(self):
         """Give the connection back if the body was read to its end."""
@@ -680,6 +678,7 @@ class _Transport:
         self._ssl_context = None
         self._pool = {}
         self._lock = threading.Lock()
+        self.lock = threading.Lock()     # for callers: one writer at a time
 
     def _context(self):
         if self._ssl_context is None:
@@ -746,12 +745,15 @@ class _Transport:
             for conn in conns:
                 conn.close()
 
-    def request(self, method, url, headers=None, body=None):
-        """Send a request; return an unread _Response.
+    def request(self, method, url, headers=None, body=None, read=None,
+                what='answer'):
+        """Send a request; return a _Response.
 
         ``body`` is None, bytes, a _FileBody or a _ChunkedBody.  Connection
         failures and 408/429/5xx answers are retried with backoff (honouring
         Retry-After) while the body can be sent again; redirects are followed.
+        With ``read`` (a size limit) the body is read too, so an answer cut
+        short is retried as well; otherwise the caller streams it.
         """
         deadline = time.time() + self.retry_time
         attempt = 0
@@ -759,6 +761,8 @@ class _Transport:
             try:
                 resp = self._follow(method, url, headers, body)
                 if resp.status not in _RETRY_STATUSES:
+                    if read is not None:
+                        resp.read(read, what)
                     return resp
                 delay = _retry_after(resp.header('Retry-After'))
                 failure = resp
@@ -806,8 +810,10 @@ class _Transport:
             if isinstance(body, _FileBody):
                 body.rewind()
             url = new_url
-        raise DXFConnectionError('%s %s: more than %d redirects'
-                                 % (method, _path(url), _MAX_REDIRECTS))
+        error = DXFConnectionError('%s %s: more than %d redirects'
+                                   % (method, _path(url), _MAX_REDIRECTS))
+        error.retryable = False
+        raise error
 
     def _send(self, method, url, headers, body):
         parts = urllib.parse.urlsplit(url)
@@ -1076,8 +1082,10 @@ class _AuthMixin:
             if st.creds:
                 self._check_secure(url, 'token service')
                 headers['Authorization'] = st.creds
-            resp = self._transport.request('GET', url, headers)
-        body = resp.read(what='token answer')
+            resp = self._transport.request('GET', url, headers,
+                                           read=_MAX_SMALL_BODY,
+                                           what='token answer')
+        body = resp.read()
         if resp.status in (401, 403):
             raise DXFUnauthorizedError(resp.method, url, resp.status,
                                        _registry_errors(body),
@@ -1618,7 +1626,9 @@ class DXFBase(_AuthMixin):
             authz = self._authorization(scope)
             if authz:
                 headers['Authorization'] = authz
-            resp = self._transport.request(method, url, headers, body)
+            resp = self._transport.request(
+                method, url, headers, body, read=None if stream else limit,
+                what='manifest' if limit == _MAX_MANIFEST else 'answer')
             if resp.status != 401 or attempt or not replayable:
                 break
             resp.read()
@@ -1629,7 +1639,7 @@ class DXFBase(_AuthMixin):
                 body.rewind()
         if resp.status not in ok:
             raise _http_error(resp, resp.read(), expected=ok[0])
-        resp.body = b'' if stream else resp.read(limit=limit)
+        resp.body = b'' if stream else resp.read()
         return resp
 
     def _paginate(self, url, key, scope, batch_size):
@@ -2218,16 +2228,23 @@ class DXF(DXFBase, _AliasMethods):
 
     def _set_alias_manifest(self, alias, manifest):
         """set_manifest for dxf's own manifests, pushing the empty config
-        blob first if the registry lacks it (usually it has it already, so
+        blob when the registry says it lacks it (usually it has it, so
         asking first would cost a request every time)."""
-        try:
-            return self.set_manifest(alias, manifest)
-        except DXFHTTPError as exc:
-            if not any(e.get('code') == 'MANIFEST_BLOB_UNKNOWN'
-                       for e in exc.errors) or self._blob_head(_EMPTY_DIGEST):
-                raise
-        self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
-        return self.set_manifest(alias, manifest)
+        for attempt in range(_BLOB_UNKNOWN_TRIES):
+            try:
+                return self.set_manifest(alias, manifest)
+            except DXFHTTPError as exc:
+                if attempt + 1 == _BLOB_UNKNOWN_TRIES or not any(
+                        e.get('code') == 'MANIFEST_BLOB_UNKNOWN'
+                        for e in exc.errors):
+                    raise
+            # Another writer may be pushing the same blobs: distribution
+            # rewrites a repository's blob links in place, and they read as
+            # missing for a moment.  Push the config if it really is missing.
+            with self._transport.lock:
+                if self._blob_head(_EMPTY_DIGEST) is None:
+                    self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
+            time.sleep(_RETRY_BASE * (attempt + 1))
 
     def del_alias(self, alias):
         """Delete an alias; return the digests of the blobs it named.
