@@ -2244,6 +2244,7 @@ class DXF(DXFBase, _AliasMethods):
             with self._transport.lock:
                 if self._blob_head(_EMPTY_DIGEST) is None:
                     self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
+                    continue      # the usual case: the first alias of a repo
             time.sleep(_RETRY_BASE * (attempt + 1))
 
     def del_alias(self, alias):
