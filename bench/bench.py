@@ -1,0 +1,807 @@
+#!/usr/bin/env python3
+"""dxf.py against curl, on a throwaway local registry.
+
+Usage:
+    python3 bench/bench.py                        # 1 GiB blob, 5 runs per command
+    python3 bench/bench.py --size-mib 64 --runs 3 # quick
+    python3 bench/bench.py --cases pull-null,startup --json out.json
+
+Starts its own docker-registry (Docker distribution, plain http on a free
+127.0.0.1 port, filesystem storage in a temporary directory), makes a random
+big blob (--size-mib, default 1024) and a random 1 MiB one, and for each case
+runs ``python3 dxf.py ...`` (with DXF_HOST and DXF_INSECURE=1, as a user
+would) and the equivalent curl commands, interleaved, --runs times each.
+Every command is run once first, untimed, and its result verified (pulled
+bytes hash to the digest, pushed blobs are in the registry); a failing command
+aborts the bench with its stderr.  Prints the median wall time of each, the
+ratio dxf/curl against the target, and dxf's peak RSS (the largest over the
+runs, from /usr/bin/time -f %M, else from os.wait4).  Everything it made
+(registry, blobs, storage) is removed at the end.
+
+Cases (--cases, comma-separated; default all):
+    push-new        push a big file to a fresh repository each run
+                    (curl: POST /v2/REPO/blobs/uploads/, PUT LOCATION&digest=
+                    with -T FILE)                               target <= 1.10
+    push-existing   push the big file again to a repository that has it
+                    (against the same curl POST+PUT)            target <= 0.25
+    pull-file       pull-blob -o FILE, and pull-blob > FILE (for information)
+                    vs curl -o FILE                             target <= 1.15
+    pull-null       pull-blob > /dev/null vs curl -o /dev/null   target <= 1.5
+    small-push      push 1 MiB to a fresh repository each run    target <= 3
+    small-pull      pull-blob 1 MiB > FILE vs curl > FILE        target <= 3
+    small-get-alias get-alias vs GET of the manifest             target <= 3
+    startup         dxf.py version vs python3 -c pass            target <= 3
+Peak RSS of dxf's big push and pulls: target <= 25 MiB.
+
+Options: --runs N, --size-mib N, --cases LIST, --json PATH, --python EXE
+(default: this interpreter, resolved, so a pyenv shim's start-up is not
+counted), --dxf PATH (default ../dxf.py), --registry PATH, --tmpdir DIR.
+Standard library only; Python 3.6+.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIB = 1 << 20
+TIME_BIN = '/usr/bin/time'
+
+CASES = ['push-new', 'push-existing', 'pull-file', 'pull-null',
+         'small-push', 'small-pull', 'small-get-alias', 'startup']
+MEMORY_TARGET_MIB = 25.0
+OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    sys.stderr.write('bench: %s\n' % msg)
+    sys.stderr.flush()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for piece in iter(lambda: f.read(4 * MIB), b''):
+            h.update(piece)
+    return 'sha256:' + h.hexdigest()
+
+
+def make_blob(path, size):
+    """A file of ``size`` random bytes; returns its digest."""
+    h = hashlib.sha256()
+    with open(path, 'wb') as f:
+        left = size
+        while left:
+            piece = os.urandom(min(left, 16 * MIB))
+            h.update(piece)
+            f.write(piece)
+            left -= len(piece)
+    return 'sha256:' + h.hexdigest()
+
+
+def clean_env():
+    """os.environ without DXF_* and proxy settings (all traffic is local)."""
+    env = {}
+    for k, v in os.environ.items():
+        if k.startswith('DXF_') or k.lower() in (
+                'http_proxy', 'https_proxy', 'all_proxy', 'no_proxy'):
+            continue
+        env[k] = v
+    return env
+
+
+def first_line(path):
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ''
+
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or '?'
+
+
+def cmd_text(argv):
+    return ' '.join(a if a and not set(a) & set(' \'"&;*?<>|$') else
+                    "'" + a.replace("'", "'\\''") + "'" for a in argv)
+
+
+class Registry:
+    """docker-registry serve, plain http on 127.0.0.1, storage in ``root``."""
+
+    def __init__(self, binary, root):
+        self.binary = binary
+        self.root = root
+        self.port = free_port()
+        self.host = '127.0.0.1:%d' % self.port
+        self.url = 'http://' + self.host
+        self.proc = None
+        self.log_path = os.path.join(root, 'registry.log')
+
+    def start(self):
+        config = os.path.join(self.root, 'config.yml')
+        with open(config, 'w') as f:
+            f.write('version: 0.1\n'
+                    'log:\n'
+                    '  level: error\n'
+                    '  accesslog:\n'
+                    '    disabled: true\n'
+                    'storage:\n'
+                    '  filesystem:\n'
+                    '    rootdirectory: "%s"\n'
+                    '  delete:\n'
+                    '    enabled: true\n'
+                    'http:\n'
+                    '  addr: %s\n'
+                    '  secret: dxf-bench\n'
+                    % (os.path.join(self.root, 'storage'), self.host))
+        logf = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen([self.binary, 'serve', config],
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        logf.close()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.time() + 20
+        while True:
+            try:
+                with opener.open(self.url + '/v2/', timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                with open(self.log_path, 'rb') as f:
+                    text = f.read().decode('utf-8', 'replace')
+                raise BenchError('the registry did not start:\n' + text)
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def version(self):
+        try:
+            out = subprocess.run([self.binary, '--version'],
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, timeout=10).stdout
+            return out.decode('utf-8', 'replace').strip()
+        except (OSError, subprocess.SubprocessError):
+            return '?'
+
+
+class Runner:
+    """Runs commands, timing them (wall) and measuring their peak RSS."""
+
+    def __init__(self, tmp, env):
+        self.tmp = tmp
+        self.env = env
+        self.use_time = os.access(TIME_BIN, os.X_OK)
+        self.rss_file = os.path.join(tmp, 'rss.txt')
+        self.current = None
+
+    def kill_current(self):
+        """Kill the command running now (the bench is being stopped)."""
+        proc = self.current
+        if proc is not None and proc.returncode is None:
+            self._kill(proc)
+            try:
+                os.waitpid(proc.pid, 0)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _kill(proc):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def rss_method(self):
+        return ('%s -f %%M' % TIME_BIN) if self.use_time else 'os.wait4'
+
+    def run(self, argv, stdout='pipe', timeout=1800):
+        """Run argv once; return (seconds, peak RSS KiB, stdout bytes).
+
+        ``stdout``: 'pipe' (captured), 'null' (/dev/null) or a file path
+        (created/truncated, as a shell's ``> FILE`` does).
+        A non-zero exit raises BenchError with the command's stderr; a
+        command still running after ``timeout`` seconds is killed.
+        """
+        full = list(argv)
+        if self.use_time:
+            full = [TIME_BIN, '-f', '%M', '-o', self.rss_file] + full
+        outf = None
+        if stdout == 'pipe':
+            out = subprocess.PIPE
+        elif stdout == 'null':
+            out = subprocess.DEVNULL
+        else:
+            out = outf = open(stdout, 'wb')
+        errf = tempfile.TemporaryFile(dir=self.tmp)
+        try:
+            t0 = time.perf_counter()
+            # A session of its own: killing it reaches /usr/bin/time's child.
+            proc = subprocess.Popen(full, stdout=out, stderr=errf,
+                                    stdin=subprocess.DEVNULL, env=self.env,
+                                    start_new_session=True)
+            self.current = proc
+            timer = threading.Timer(timeout, self._kill, (proc,))
+            timer.start()
+            try:
+                data = b''
+                if out is subprocess.PIPE:
+                    data = proc.stdout.read()
+                    proc.stdout.close()
+                # wait4 rather than wait: it also gives the child's rusage.
+                _, status, usage = os.wait4(proc.pid, 0)
+                elapsed = time.perf_counter() - t0
+                self.current = None
+            finally:
+                timer.cancel()
+            proc.returncode = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                               else -os.WTERMSIG(status))
+        finally:
+            if outf is not None:
+                outf.close()
+        if proc.returncode != 0:
+            errf.seek(0)
+            err = errf.read().decode('utf-8', 'replace')
+            errf.close()
+            raise BenchError('command failed (exit %d): %s\n%s' % (
+                proc.returncode, cmd_text(argv), err.rstrip()))
+        errf.close()
+        if self.use_time:
+            rss = None
+            with open(self.rss_file) as f:
+                for line in f:
+                    if line.strip().isdigit():
+                        rss = int(line.strip())
+            if rss is None:
+                raise BenchError('no RSS from %s for %s' % (TIME_BIN,
+                                                            cmd_text(argv)))
+        else:
+            rss = usage.ru_maxrss     # KiB on Linux
+        return elapsed, rss, data
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.python = args.python
+        self.dxf = args.dxf
+        self.tmp = tempfile.mkdtemp(prefix='dxf-bench-', dir=args.tmpdir)
+        self.env = clean_env()
+        self.registry = Registry(args.registry, self.tmp)
+        self.runner = Runner(self.tmp, self.env)
+        self.rows = []
+        self.curl_push_cache = None
+        self.repo_counter = 0
+
+    # -- commands ------------------------------------------------------------
+
+    def dxf_cmd(self, *args):
+        return [self.python, self.dxf] + list(args)
+
+    def curl_cmd(self, *args):
+        return ['curl', '-q', '-sS', '-f'] + list(args)
+
+    def url(self, repo, *parts):
+        return '%s/v2/%s/%s' % (self.registry.url, repo, '/'.join(parts))
+
+    def fresh_repo(self, what):
+        self.repo_counter += 1
+        return 'bench/%s-%d-%s' % (what, self.repo_counter,
+                                   os.urandom(4).hex())
+
+    def run(self, argv, stdout='pipe'):
+        return self.runner.run(argv, stdout)
+
+    def curl_push(self, path, digest, repo):
+        """POST + PUT -T (streamed); returns (seconds, max RSS KiB)."""
+        t1, rss1, headers = self.run(self.curl_cmd(
+            '-X', 'POST', '-D', '-', '-o', '/dev/null',
+            self.url(repo, 'blobs', 'uploads/')))
+        t0 = time.perf_counter()
+        location = None
+        for line in headers.decode('latin-1').splitlines():
+            if line.lower().startswith('location:'):
+                location = line.split(':', 1)[1].strip()
+        if not location:
+            raise BenchError('POST upload: no Location in\n%s'
+                             % headers.decode('latin-1'))
+        location = urllib.parse.urljoin(self.url(repo, 'blobs', 'uploads/'),
+                                        location)
+        sep = '&' if '?' in location else '?'
+        put_url = location + sep + 'digest=' + digest
+        parse = time.perf_counter() - t0
+        t2, rss2, headers = self.run(self.curl_cmd(
+            '-T', path, '-D', '-', '-o', '/dev/null', put_url))
+        text = headers.decode('latin-1')
+        statuses = [line.split()[1] for line in text.splitlines()
+                    if line.startswith('HTTP/') and len(line.split()) > 1]
+        if statuses[-1:] != ['201'] or digest not in text:
+            raise BenchError('PUT upload: unexpected answer\n%s' % text)
+        return t1 + parse + t2, max(rss1, rss2)
+
+    def check_blob(self, repo, digest, size):
+        _, _, headers = self.run(self.curl_cmd(
+            '-I', self.url(repo, 'blobs', digest)))
+        text = headers.decode('latin-1').lower()
+        if 'content-length: %d' % size not in text:
+            raise BenchError('blob %s not in %s after the push:\n%s'
+                             % (digest, repo, text))
+
+    def check_file(self, path, digest, what):
+        got = sha256_file(path)
+        if got != digest:
+            raise BenchError('%s: output hashes to %s, not %s'
+                             % (what, got, digest))
+
+    def check_stream(self, argv, digest, what):
+        """Run argv with stdout piped through sha256 (a verification run)."""
+        h = hashlib.sha256()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=self.env)
+        for piece in iter(lambda: proc.stdout.read(4 * MIB), b''):
+            h.update(piece)
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise BenchError('command failed (exit %d): %s\n%s' % (
+                proc.returncode, cmd_text(argv),
+                err.decode('utf-8', 'replace').rstrip()))
+        if 'sha256:' + h.hexdigest() != digest:
+            raise BenchError('%s: output does not hash to %s' % (what, digest))
+
+    @staticmethod
+    def quiesce():
+        """Flush dirty pages so one run's writeback does not slow the next."""
+        if hasattr(os, 'sync'):
+            os.sync()
+
+    def remove(self, *paths):
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def interleave(self, commands):
+        """Run each (name, fn) --runs times, rotating which goes first.
+
+        ``fn(i)`` returns (seconds, RSS KiB).  Returns {name: [(s, rss)]}.
+        """
+        results = {name: [] for name, _ in commands}
+        n = len(commands)
+        for i in range(self.args.runs):
+            order = commands[i % n:] + commands[:i % n]
+            for name, fn in order:
+                self.quiesce()
+                results[name].append(fn(i))
+        return results
+
+    def add_row(self, key, label, dxf, curl, target, applies=True,
+                curl_label=None):
+        self.rows.append(dict(
+            case=key, label=label, target=target, target_applies=applies,
+            dxf_seconds=[s for s, _ in dxf], dxf_rss_kib=[r for _, r in dxf],
+            curl_seconds=[s for s, _ in curl],
+            curl_rss_kib=[r for _, r in curl], curl_label=curl_label))
+
+    # -- setup ---------------------------------------------------------------
+
+    def setup(self):
+        args = self.args
+        self.big_size = args.size_mib * MIB
+        self.big_label = ('1 GiB' if args.size_mib == 1024
+                          else '%d MiB' % args.size_mib)
+        self.big = os.path.join(self.tmp, 'big.bin')
+        self.small = os.path.join(self.tmp, 'small.bin')
+        self.small_size = MIB
+        log('making %s and 1 MiB of random data in %s'
+            % (self.big_label, self.tmp))
+        self.big_digest = make_blob(self.big, self.big_size)
+        self.small_digest = make_blob(self.small, self.small_size)
+        log('starting %s on %s' % (args.registry, self.registry.host))
+        self.registry.start()
+        self.env['DXF_HOST'] = self.registry.host
+        self.env['DXF_INSECURE'] = '1'
+        # Blobs the pull cases read, pushed with curl (untimed).
+        self.big_repo = 'bench/big'
+        self.small_repo = 'bench/small'
+        self.curl_push(self.big, self.big_digest, self.big_repo)
+        self.check_blob(self.big_repo, self.big_digest, self.big_size)
+        self.curl_push(self.small, self.small_digest, self.small_repo)
+        self.alias = 'bench'
+        self.run(self.dxf_cmd('set-alias', self.small_repo, self.alias,
+                              self.small_digest))
+
+    # -- cases ---------------------------------------------------------------
+
+    def curl_push_new_samples(self):
+        """curl POST+PUT of the big file to a fresh repository, --runs times
+        (shared by push-new and push-existing)."""
+        if self.curl_push_cache is None:
+            self.curl_push_cache = [
+                self.curl_push(self.big, self.big_digest,
+                               self.fresh_repo('curl-push'))
+                for _ in range(self.args.runs)]
+        return self.curl_push_cache
+
+    def case_push_new(self):
+        def dxf(i):
+            repo = self.fresh_repo('dxf-push')
+            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.big))
+            if out.decode().strip() != self.big_digest:
+                raise BenchError('push-blob printed %r, not %s'
+                                 % (out, self.big_digest))
+            if i == 0:
+                self.check_blob(repo, self.big_digest, self.big_size)
+            return s, rss
+
+        def curl(i):
+            return self.curl_push(self.big, self.big_digest,
+                                  self.fresh_repo('curl-push'))
+        res = self.interleave([('dxf', dxf), ('curl', curl)])
+        self.curl_push_cache = res['curl']
+        self.add_row('push-new', 'push %s, new' % self.big_label,
+                     res['dxf'], res['curl'], 1.10,
+                     curl_label='curl POST + PUT -T')
+
+    def case_push_existing(self):
+        curl = self.curl_push_new_samples()
+        repo = self.big_repo
+
+        def dxf(i):
+            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.big))
+            if out.decode().strip() != self.big_digest:
+                raise BenchError('push-blob printed %r, not %s'
+                                 % (out, self.big_digest))
+            return s, rss
+        res = self.interleave([('dxf', dxf)])
+        self.add_row('push-existing', 'push %s, already there'
+                     % self.big_label, res['dxf'], curl, 0.25,
+                     curl_label='curl POST + PUT -T (upload)')
+
+    def case_pull_file(self):
+        out = os.path.join(self.tmp, 'pulled.bin')
+        repo, digest = self.big_repo, self.big_digest
+        dxf_o = self.dxf_cmd('pull-blob', repo, digest, '-o', out)
+        dxf_gt = self.dxf_cmd('pull-blob', repo, digest)
+        curl_o = self.curl_cmd('-o', out, self.url(repo, 'blobs', digest))
+        # Verification runs (untimed).
+        for argv, stdout, what in ((dxf_o, 'pipe', 'dxf -o'),
+                                   (dxf_gt, out, 'dxf > FILE'),
+                                   (curl_o, 'pipe', 'curl -o')):
+            self.remove(out)
+            self.run(argv, stdout)
+            self.check_file(out, digest, what)
+        self.remove(out)
+
+        def timed(argv, stdout):
+            def fn(i):
+                s, rss, _ = self.run(argv, stdout)
+                size = os.path.getsize(out)
+                self.remove(out)
+                if size != self.big_size:
+                    raise BenchError('%s wrote %d bytes, not %d'
+                                     % (cmd_text(argv), size, self.big_size))
+                return s, rss
+            return fn
+        res = self.interleave([('dxf-o', timed(dxf_o, 'pipe')),
+                               ('dxf-gt', timed(dxf_gt, out)),
+                               ('curl', timed(curl_o, 'pipe'))])
+        self.add_row('pull-file', 'pull %s -o FILE' % self.big_label,
+                     res['dxf-o'], res['curl'], 1.15, curl_label='curl -o FILE')
+        self.add_row('pull-file', 'pull %s > FILE' % self.big_label,
+                     res['dxf-gt'], res['curl'], 1.15, applies=False,
+                     curl_label='curl -o FILE')
+
+    def case_pull_null(self):
+        repo, digest = self.big_repo, self.big_digest
+        dxf = self.dxf_cmd('pull-blob', repo, digest)
+        url = self.url(repo, 'blobs', digest)
+        self.check_stream(dxf, digest, 'dxf > pipe')
+        self.check_stream(self.curl_cmd(url), digest, 'curl > pipe')
+        curl = self.curl_cmd('-o', '/dev/null', url)
+        res = self.interleave([
+            ('dxf', lambda i: self.run(dxf, 'null')[:2]),
+            ('curl', lambda i: self.run(curl, 'pipe')[:2])])
+        self.add_row('pull-null', 'pull %s > /dev/null' % self.big_label,
+                     res['dxf'], res['curl'], 1.5,
+                     curl_label='curl -o /dev/null')
+
+    def case_small_push(self):
+        def dxf(i):
+            repo = self.fresh_repo('dxf-small')
+            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.small))
+            if out.decode().strip() != self.small_digest:
+                raise BenchError('push-blob printed %r, not %s'
+                                 % (out, self.small_digest))
+            if i == 0:
+                self.check_blob(repo, self.small_digest, self.small_size)
+            return s, rss
+
+        def curl(i):
+            return self.curl_push(self.small, self.small_digest,
+                                  self.fresh_repo('curl-small'))
+        dxf(0)      # warm-up, verified
+        curl(0)
+        res = self.interleave([('dxf', dxf), ('curl', curl)])
+        self.add_row('small-push', 'push 1 MiB, new', res['dxf'], res['curl'],
+                     3.0, curl_label='curl POST + PUT -T')
+
+    def case_small_pull(self):
+        out = os.path.join(self.tmp, 'small-pulled.bin')
+        repo, digest = self.small_repo, self.small_digest
+        dxf = self.dxf_cmd('pull-blob', repo, digest)
+        curl = self.curl_cmd(self.url(repo, 'blobs', digest))
+        for argv, what in ((dxf, 'dxf > FILE'), (curl, 'curl > FILE')):
+            self.run(argv, out)
+            self.check_file(out, digest, what)
+            self.remove(out)
+
+        def timed(argv):
+            def fn(i):
+                r = self.run(argv, out)[:2]
+                self.remove(out)
+                return r
+            return fn
+        res = self.interleave([('dxf', timed(dxf)), ('curl', timed(curl))])
+        self.add_row('small-pull', 'pull 1 MiB > FILE', res['dxf'],
+                     res['curl'], 3.0, curl_label='curl > FILE')
+
+    def case_small_get_alias(self):
+        dxf = self.dxf_cmd('get-alias', self.small_repo, self.alias)
+        curl = self.curl_cmd('-H', 'Accept: ' + OCI_MANIFEST,
+                             self.url(self.small_repo, 'manifests',
+                                      self.alias))
+        out = self.run(dxf)[2].decode().split()
+        if out != [self.small_digest]:
+            raise BenchError('get-alias printed %r, not %s'
+                             % (out, self.small_digest))
+        manifest = self.run(curl)[2].decode()
+        if self.small_digest not in manifest:
+            raise BenchError('the manifest does not name %s:\n%s'
+                             % (self.small_digest, manifest))
+        res = self.interleave([('dxf', lambda i: self.run(dxf)[:2]),
+                               ('curl', lambda i: self.run(curl)[:2])])
+        self.add_row('small-get-alias', 'get-alias', res['dxf'], res['curl'],
+                     3.0, curl_label='curl GET manifest')
+
+    def case_startup(self):
+        dxf = self.dxf_cmd('version')
+        base = [self.python, '-c', 'pass']
+        out = self.run(dxf)[2].decode()
+        if not out.startswith('dxf.py '):
+            raise BenchError('version printed %r' % out)
+        self.run(base)
+        res = self.interleave([('dxf', lambda i: self.run(dxf)[:2]),
+                               ('base', lambda i: self.run(base)[:2])])
+        self.add_row('startup', 'dxf.py version', res['dxf'], res['base'],
+                     3.0, curl_label='python3 -c pass')
+
+    def context_rss(self):
+        """RSS of bare interpreters, for reading the memory figures."""
+        out = {}
+        for label, argv in (
+                ('python3 -c pass', [self.python, '-c', 'pass']),
+                ('python3 -c "import http.client, argparse, json, hashlib"',
+                 [self.python, '-c',
+                  'import http.client, argparse, json, hashlib']),
+                ('curl --version', ['curl', '--version'])):
+            out[label] = max(self.run(argv)[1] for _ in range(3))
+        return out
+
+    # -- report --------------------------------------------------------------
+
+    def machine(self):
+        py = subprocess.run([self.python, '-c',
+                             'import sys; print(sys.version.split()[0])'],
+                            stdout=subprocess.PIPE).stdout.decode().strip()
+        curl = subprocess.run(['curl', '--version'], stdout=subprocess.PIPE
+                              ).stdout.decode().splitlines()[0]
+        return dict(
+            date=datetime.datetime.now().astimezone().isoformat(
+                timespec='seconds'),
+            host=platform.node(),
+            kernel=platform.release(),
+            nproc=os.cpu_count(),
+            cpu=cpu_model(),
+            python='%s (%s)' % (py, self.python),
+            dxf=self.dxf,
+            registry=self.registry.version(),
+            curl=' '.join(curl.split()[:2]),
+            rss=self.runner.rss_method(),
+            loadavg=first_line('/proc/loadavg'),
+            python_env=' '.join('%s=%s' % (k, v) for k, v in sorted(
+                self.env.items()) if k.startswith('PYTHON')),
+        )
+
+    def report(self, machine, context, elapsed):
+        w = sys.stdout.write
+        w('dxf.py vs curl  %s\n' % machine['date'])
+        w('machine:  %d CPUs, %s, Linux %s\n'
+          % (machine['nproc'], machine['cpu'], machine['kernel']))
+        w('python:   %s%s\n' % (machine['python'], (
+            '  [' + machine['python_env'] + ']') if machine['python_env']
+            else ''))
+        w('registry: %s   curl: %s\n' % (machine['registry'], machine['curl']))
+        w('runs: %d per command, medians in seconds; RSS = largest peak over '
+          'the runs (%s)\n' % (self.args.runs, machine['rss']))
+        w('load average at start: %s\n\n' % machine['loadavg'])
+        head = ('case', 'dxf s', 'curl s', 'dxf/curl', 'target', 'met',
+                'dxf RSS MiB', 'compared with')
+        table = []
+        for r in self.rows:
+            d = statistics.median(r['dxf_seconds'])
+            c = statistics.median(r['curl_seconds'])
+            ratio = d / c if c else float('inf')
+            met = ratio <= r['target']
+            r.update(dxf_median=d, curl_median=c, ratio=ratio, met=met,
+                     dxf_peak_rss_mib=max(r['dxf_rss_kib']) / 1024.0)
+            shown = '%.2f' % ratio
+            if not met and float(shown) <= r['target']:
+                shown = '%.3f' % ratio      # 3.004 is not <= 3.00
+            table.append((r['label'], '%.3f' % d, '%.3f' % c, shown,
+                          '<= %.2f' % r['target'],
+                          ('yes' if met else 'NO') if r['target_applies']
+                          else '(%s)' % ('yes' if met else 'no'),
+                          '%.1f' % r['dxf_peak_rss_mib'], r['curl_label']))
+        widths = [max(len(str(x[i])) for x in table + [head])
+                  for i in range(len(head))]
+        align = ['<', '>', '>', '>', '<', '<', '>', '<']
+        for line in [head] + table:
+            w('  '.join('{:{}{}}'.format(x, a, wd) for x, a, wd
+                        in zip(line, align, widths)).rstrip() + '\n')
+        if any(not r['target_applies'] for r in self.rows):
+            w('(met in parentheses: for information; the target applies to '
+              '-o)\n')
+        mem = [r for r in self.rows if r['case'] in
+               ('push-new', 'push-existing', 'pull-file', 'pull-null')]
+        if mem:
+            w('\npeak RSS of dxf on the %s blob (target <= %.0f MiB):\n'
+              % (self.big_label, MEMORY_TARGET_MIB))
+            for r in mem:
+                peak = r['dxf_peak_rss_mib']
+                r['rss_met'] = peak <= MEMORY_TARGET_MIB
+                w('  %-28s %6.1f MiB  %s\n' % (
+                    r['label'], peak, 'yes' if r['rss_met'] else 'NO'))
+        if context:
+            w('\nfor context, peak RSS of:\n')
+            for label, kib in context.items():
+                w('  %-58s %6.1f MiB\n' % (label, kib / 1024.0))
+        w('\nload average at end: %s\n' % first_line('/proc/loadavg'))
+        w('total time: %.0f s\n' % elapsed)
+        sys.stdout.flush()
+
+    def main(self):
+        started = time.perf_counter()
+        self.setup()
+        machine = self.machine()
+        for case in self.args.cases:
+            log('case %s' % case)
+            getattr(self, 'case_' + case.replace('-', '_'))()
+        context = self.context_rss()
+        elapsed = time.perf_counter() - started
+        self.report(machine, context, elapsed)
+        if self.args.json:
+            data = dict(machine=machine, runs=self.args.runs,
+                        size_mib=self.args.size_mib, rows=self.rows,
+                        context_rss_kib=context, total_seconds=elapsed)
+            with open(self.args.json, 'w') as f:
+                json.dump(data, f, indent=2)
+                f.write('\n')
+
+    def cleanup(self):
+        try:
+            self.runner.kill_current()
+            self.registry.stop()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description='Benchmark dxf.py against curl on a local registry.',
+        epilog='cases: ' + ', '.join(CASES))
+    p.add_argument('--runs', type=int, default=5,
+                   help='timed runs per command (default 5)')
+    p.add_argument('--size-mib', type=int, default=1024,
+                   help='size of the big blob in MiB (default 1024)')
+    p.add_argument('--cases', default=','.join(CASES),
+                   help='comma-separated subset of: ' + ', '.join(CASES))
+    p.add_argument('--json', metavar='PATH', help='also write results here')
+    p.add_argument('--python', default=os.path.realpath(sys.executable),
+                   help='interpreter to run dxf.py with (default: %(default)s)')
+    p.add_argument('--dxf', default=os.path.join(os.path.dirname(HERE),
+                                                 'dxf.py'),
+                   help='dxf.py to run (default: %(default)s)')
+    p.add_argument('--registry', default=shutil.which('docker-registry')
+                   or '/usr/bin/docker-registry',
+                   help='registry binary (default: %(default)s)')
+    p.add_argument('--tmpdir', default=None,
+                   help='where to put blobs and registry storage')
+    args = p.parse_args(argv)
+    args.cases = [c.strip() for c in args.cases.split(',') if c.strip()]
+    bad = [c for c in args.cases if c not in CASES]
+    if bad:
+        p.error('unknown case(s) %s; choose from %s'
+                % (', '.join(bad), ', '.join(CASES)))
+    if args.runs < 1 or args.size_mib < 1:
+        p.error('--runs and --size-mib must be positive')
+    for tool in ('curl',):
+        if not shutil.which(tool):
+            p.error('%s is not installed' % tool)
+    if not os.access(args.registry, os.X_OK):
+        p.error('no registry binary at %s' % args.registry)
+    args.dxf = os.path.abspath(args.dxf)
+    if not os.path.isfile(args.dxf):
+        p.error('no dxf.py at %s' % args.dxf)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        bench.main()
+    except BenchError as exc:
+        sys.stderr.write('bench: error: %s\n' % exc)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write('bench: interrupted\n')
+        return 130
+    finally:
+        bench.cleanup()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
