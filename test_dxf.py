@@ -6013,3 +6013,61 @@ class TestConcurrency:
                                                       for n in range(4) for i in range(3))
         finally:
             d.close()
+
+
+# ---- blobs of 8 MiB and more: BlobReader.copy_to hashes in a second thread ----
+
+LARGE = 10 * 1024 * 1024 + 3     # above dxf's pipeline threshold (8 MiB)
+
+
+@pytest.mark.slow
+@pytest.mark.registry
+class TestLargeBlobPipeline:
+
+    def test_pull_large_blob_to_stdout_and_file_round_trips(
+            self, cli_env, run_cli, repo, tmp_path):
+        data = _blob(LARGE, 'pipeline')
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, data)
+        assert _succeeds(run_cli(['pull-blob', repo, digest], env)) == data
+        target = tmp_path / 'large.bin'
+        _succeeds(run_cli(['pull-blob', repo, '-o', str(target), digest], env))
+        assert target.read_bytes() == data
+
+    @pytest.mark.parametrize('where', ['middle', 'last byte'])
+    def test_pull_large_blob_corrupted_exits_eio_and_holds_back_the_end(
+            self, registries, cli_env, run_cli, repo, tmp_path, where):
+        data = _blob(LARGE, 'pipeline-corrupt')
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, data)
+        _corrupt(registries['open'].blob_path(digest),
+                 LARGE // 2 if where == 'middle' else LARGE - 1)
+        out, _ = _one_error(run_cli(['pull-blob', repo, digest], env), errno.EIO,
+                            digest)
+        assert len(out) < LARGE
+        outdir = tmp_path / 'out'
+        outdir.mkdir()
+        _one_error(run_cli(['pull-blob', repo, '-o', str(outdir / 'large.bin'), digest],
+                           env), errno.EIO)
+        assert os.listdir(str(outdir)) == []
+
+    def test_pull_large_blob_cut_midway_resumes_in_the_pipeline(
+            self, proxy, faults, fault_env, run_cli, upstream):
+        data = _blob(LARGE, 'pipeline-cut')
+        digest = upstream.push_blob(data=data)
+        cut = 5 * 1024 * 1024 + 7
+        faults.add('GET', BLOB_GET, 'cut_response', after=cut)
+        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert ranges == [None, 'bytes=%d-' % cut]
+
+    def test_copy_to_module_writes_every_byte_once(self, registries, repo):
+        data = _blob(LARGE, 'pipeline-module')
+        reg = registries['open']
+        with DXF(reg.host, repo, insecure=True) as d:
+            digest = d.push_blob(data=data)
+            out = io.BytesIO()
+            with d.pull_blob(digest) as reader:
+                head = reader.read(12345)        # copy_to continues a partial read
+                reader.copy_to(out)
+        assert head + out.getvalue() == data
