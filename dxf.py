@@ -120,6 +120,7 @@ _DIGEST_RE = re.compile(r'(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z')
 _DIGEST_LIKE_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z')
 _HASHES = {'sha256': hashlib.sha256, 'sha512': hashlib.sha512}
 _REDIRECTS = (301, 302, 303, 307, 308)
+_ACTIONS = ('pull', 'push', 'delete', '*')      # token scope actions, in order
 # Answers worth another try: the request may succeed once the registry (or a
 # proxy in front of it) recovers or stops throttling.
 _RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -1025,10 +1026,37 @@ class _AuthMixin:
                 '(allow_insecure_auth=True)' % (parts.netloc, what))
 
     def _scope(self, actions):
-        """The token scope an operation on this repository needs."""
+        """The token scope a request to this repository needs.
+
+        Inside ``with self._needing(...)`` it also asks for what the rest of
+        the operation will need, so one token serves the whole operation.
+        """
         if actions is None:
             return None
-        return 'repository:%s:%s' % (self._repo, ','.join(actions))
+        wanted = set(actions) | getattr(self._auth_state.local, 'extra', set())
+        return 'repository:%s:%s' % (self._repo, ','.join(
+            a for a in _ACTIONS if a in wanted))
+
+    def _needing(self, *actions):
+        """A context in which requests ask for ``actions`` too."""
+        return _Needing(self._auth_state.local, actions)
+
+    def _cached_token(self, scope):
+        """A fresh cached token for ``scope``, or for a wider scope."""
+        st = self._auth_state
+        now = time.time()
+        with st.lock:
+            cached = st.tokens.get(scope)
+            if cached and cached[1] > now:
+                return cached[0]
+            kind, _, rest = scope.rpartition(':')
+            wanted = set(rest.split(','))
+            for other, (token, renew_at) in st.tokens.items():
+                okind, _, orest = other.rpartition(':')
+                if (okind == kind and renew_at > now
+                        and wanted <= set(orest.split(','))):
+                    return token
+        return None
 
     def _authorization(self, scope):
         """The Authorization header value to send for ``scope``, or None."""
@@ -1038,10 +1066,9 @@ class _AuthMixin:
         if st.fixed_token:
             return 'Bearer ' + st.fixed_token
         if scope:
-            with st.lock:
-                cached = st.tokens.get(scope)
-            if cached and cached[1] > time.time():
-                return 'Bearer ' + cached[0]
+            cached = self._cached_token(scope)
+            if cached:
+                return 'Bearer ' + cached
             # The realm is known and so are the credentials: fetch the token
             # now instead of waiting for the registry's 401.
             if st.challenge and st.creds is not None:
@@ -1284,6 +1311,21 @@ def _credential_helper(name, server, environ):
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         raise DXFAuthError('credential helper %s answered something that is '
                            'not its JSON' % program) from None
+
+
+class _Needing:
+    """Sets the extra actions the operation in progress (this thread) needs."""
+
+    def __init__(self, local, actions):
+        self.local = local
+        self.actions = set(actions)
+
+    def __enter__(self):
+        self.saved = getattr(self.local, 'extra', set())
+        self.local.extra = self.saved | self.actions
+
+    def __exit__(self, *exc):
+        self.local.extra = self.saved
 
 
 def _http_error(response, body=b'', expected=None):
@@ -1816,6 +1858,9 @@ class _AliasMethods:
     ``blob_size``, ``_blob_head``, ``push_blob`` and ``pull_blob``.
     """
 
+    def _needing(self, *actions):
+        return _Needing(threading.local(), actions)    # no tokens: no-op
+
     def _image_manifest(self, alias, manifest, platform):
         """The parsed image manifest an alias (or given manifest) leads to."""
         if manifest is None:
@@ -1875,8 +1920,9 @@ class _AliasMethods:
         make_manifest.
         """
         _check_alias(alias)
-        manifest = self.make_manifest(*digests, names=names)
-        self._set_alias_manifest(alias, manifest)
+        with self._needing('push'):
+            manifest = self.make_manifest(*digests, names=names)
+            self._set_alias_manifest(alias, manifest)
         return manifest
 
     def get_descriptors(self, alias=None, manifest=None, platform=None):
@@ -2050,6 +2096,12 @@ class DXF(DXFBase, _AliasMethods):
             resumable after a failure (default: 256 MiB chunks for files
             of 512 MiB and more, else one request)
         """
+        with self._needing('push'):     # one token for HEAD and upload
+            return self._push_blob(filename, progress, data, digest,
+                                   check_exists, chunk_size)
+
+    def _push_blob(self, filename, progress, data, digest, check_exists,
+                   chunk_size):
         if (filename is None) == (data is None):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None:
@@ -2376,6 +2428,10 @@ class DXF(DXFBase, _AliasMethods):
         every tag on them along).
         """
         _check_alias(alias)
+        with self._needing('push', 'delete'):
+            return self._del_alias(alias)
+
+    def _del_alias(self, alias):
         data, content_type, _ = self._get_manifest(alias)
         m, media = _parse_manifest(data, content_type)
         if media in _INDEX_TYPES:
