@@ -103,6 +103,7 @@ _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # as long; 256 MiB: the same as one request).
 _CHUNKED_PUSH_MIN = 512 << 20
 _CHUNKED_PUSH_SIZE = 256 << 20
+_OVERLAP_MIN = 64 << 20          # hash these files while uploading them
 _DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
@@ -2143,13 +2144,22 @@ class DXF(DXFBase, _AliasMethods):
             return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
                                      progress, digest)
         size = st.st_size
+        checker = None
         if digest is None and check_exists:
-            digest = _hash_stream(f)
+            if size >= _OVERLAP_MIN and isinstance(f.name, str):
+                # Hash (and HEAD) in a second thread while the upload starts
+                # in this one, rather than reading the whole file first; the
+                # upload stops as soon as the registry turns out to have it.
+                checker = _ExistenceCheck(self, f.name)
+            else:
+                digest = _hash_stream(f)
         if check_exists and digest and self._blob_head(digest) is not None:
             return digest
 
         if chunk_size is None and size >= _CHUNKED_PUSH_MIN:
             chunk_size = _CHUNKED_PUSH_SIZE
+        if checker and not chunk_size:
+            chunk_size = size or 1
         if digest is None and not chunk_size:
             def rewound():
                 f.seek(0)
@@ -2162,7 +2172,7 @@ class DXF(DXFBase, _AliasMethods):
             resp, location = self._start_upload()
             if chunk_size:
                 return self._push_chunks(f, size, digest, progress,
-                                         chunk_size, resp, location)
+                                         chunk_size, resp, location, checker)
             f.seek(0)
             self._finish_upload(location, digest, _FileBody(
                 f, size, progress and (lambda view: progress(
@@ -2173,6 +2183,8 @@ class DXF(DXFBase, _AliasMethods):
         # it was hashed, say so rather than "bad request".
         try:
             digest = self._retry_upload(upload)
+        except _AlreadyThere:
+            return checker.digest
         except DXFHTTPError:
             if digest is None:
                 raise
@@ -2185,14 +2197,15 @@ class DXF(DXFBase, _AliasMethods):
         return digest
 
     def _push_chunks(self, f, size, digest, progress, chunk_size, resp,
-                     location):
+                     location, checker=None):
         """Send a file in PATCH requests with Content-Range, then PUT.
 
         After a failed chunk, the session is asked where it stands (GET on
         its Location: 204 with Range) and the upload continues from there.
         A session the registry has forgotten (404) fails the whole attempt,
         so _retry_upload starts over.  Without ``digest`` the file is hashed
-        as it is sent, each byte once even when resent.
+        as it is sent, each byte once even when resent, unless ``checker``
+        (an _ExistenceCheck) is hashing it meanwhile.
         """
         scope = self._scope(['pull', 'push'])
         try:
@@ -2200,10 +2213,12 @@ class DXF(DXFBase, _AliasMethods):
         except ValueError:
             minimum = 0
         chunk_size = max(chunk_size, minimum)
-        h = None if digest else hashlib.sha256()
+        h = None if digest or checker else hashlib.sha256()
         state = {'pos': 0, 'hashed': 0}
 
         def on_data(view):
+            if checker is not None and checker.found():
+                raise _AlreadyThere()
             pos, hashed = state['pos'], state['hashed']
             if h is not None and pos + len(view) > hashed:
                 h.update(view[hashed - pos:])
@@ -2240,6 +2255,10 @@ class DXF(DXFBase, _AliasMethods):
                     location, resp.header('Location') or location)
             if h is not None:
                 digest = 'sha256:' + h.hexdigest()
+            elif checker is not None:
+                if checker.wait():
+                    raise _AlreadyThere()
+                digest = checker.digest
             self._finish_upload(location, digest)
         except BaseException:
             self._cancel_upload(location)
@@ -2731,6 +2750,45 @@ class _FileLock:
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
 DXFBase.auth_by_password = DXFBase.authenticate
+
+
+class _AlreadyThere(Exception):
+    """Stops an upload the registry turned out not to need."""
+
+
+class _ExistenceCheck:
+    """Hashes a file and asks whether the registry has that blob, in a
+    second thread (hashlib and file reads release the GIL)."""
+
+    def __init__(self, dxf, path):
+        self.digest = None
+        self._exists = False
+        self._error = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(dxf, path),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, dxf, path):
+        try:
+            with dxf._needing('push'):
+                self.digest = hash_file(path)
+                self._exists = dxf._blob_head(self.digest) is not None
+        except BaseException as exc:     # handed to the uploading thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def found(self):
+        """True once the blob is known to be there already (no waiting)."""
+        return self._done.is_set() and self._exists
+
+    def wait(self):
+        """Wait for the answer: True if the registry has the blob."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._exists
 
 
 def _one_digest(digest):

@@ -6084,3 +6084,35 @@ class TestLargeBlobPipeline:
                 head = reader.read(12345)        # copy_to continues a partial read
                 reader.copy_to(out)
         assert head + out.getvalue() == data
+
+
+# ---- files of 64 MiB and more: hashed in a second thread while uploading ----
+
+OVERLAPPED = 64 * 1024 * 1024 + 5    # dxf hashes files this big during the upload
+
+
+@pytest.mark.slow
+@pytest.mark.registry
+class TestOverlappedPush:
+
+    def test_new_large_file_uploads_once_and_pulls_back(
+            self, proxy, fault_env, run_cli, upstream, tmp_path):
+        data = _blob(OVERLAPPED, 'overlap-new')
+        path = _file(tmp_path, 'big', data)
+        out = _succeeds(run_cli(['push-blob', upstream.repo, path], fault_env()))
+        assert out == _sha256(data).encode('ascii') + b'\n'
+        puts = proxy.seen('PUT', r'/blobs/uploads/.*digest=')
+        assert len(puts) == 1 and _sha256(data).split(':')[1] in puts[0].path
+        with upstream.pull_blob(_sha256(data)) as reader:
+            assert b''.join(reader) == data
+
+    def test_existing_large_file_upload_is_abandoned(
+            self, proxy, fault_env, run_cli, upstream, tmp_path):
+        data = _blob(OVERLAPPED, 'overlap-existing')
+        upstream.push_blob(data=data)
+        path = _file(tmp_path, 'big', data)
+        out = _succeeds(run_cli(['push-blob', upstream.repo, path, '@there'], fault_env()))
+        assert out == _sha256(data).encode('ascii') + b'\n'
+        hexdigest = _sha256(data).split(':')[1]
+        assert proxy.seen('PUT', r'/blobs/uploads/.*' + hexdigest) == []   # never finished
+        assert upstream.get_alias('there') == [_sha256(data)]
