@@ -1654,6 +1654,15 @@ def _parse_manifest(data, content_type=None):
     return m, media
 
 
+def _manifest_to_store(manifest):
+    """``(bytes, parsed, media type)`` of a manifest (str or bytes) to store."""
+    data = manifest.encode('utf-8') if isinstance(manifest, str) else bytes(manifest)
+    if len(data) > _MAX_MANIFEST:
+        raise DXFInputError('manifest is larger than 4 MiB')
+    m, media = _parse_manifest(data)
+    return data, m, media
+
+
 def _check_descriptor(desc):
     if (not isinstance(desc, dict) or not isinstance(desc.get('size'), int)
             or desc['size'] < 0):
@@ -2403,10 +2412,7 @@ class DXF(DXFBase, _AliasMethods):
     def set_manifest(self, alias, manifest):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
-        data = manifest.encode('utf-8') if isinstance(manifest, str) else bytes(manifest)
-        if len(data) > _MAX_MANIFEST:
-            raise DXFInputError('manifest is larger than 4 MiB')
-        _, media = _parse_manifest(data)
+        data, _, media = _manifest_to_store(manifest)
         digest = hash_bytes(data)
         resp = self._request('PUT', self._url('manifests', alias),
                              self._scope(['pull', 'push']),
@@ -2661,10 +2667,7 @@ class OCILayout(_AliasMethods):
     def set_manifest(self, alias, manifest):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
-        data = manifest.encode('utf-8') if isinstance(manifest, str) else bytes(manifest)
-        if len(data) > _MAX_MANIFEST:
-            raise DXFInputError('manifest is larger than 4 MiB')
-        m, media = _parse_manifest(data)
+        data, m, media = _manifest_to_store(manifest)
         digest = self.push_blob(data=data)
         if ':' in alias:
             return digest
