@@ -117,6 +117,11 @@ _USER_AGENT = 'dxf.py/' + __version__
 _REPO_RE = re.compile(r'[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*'
                       r'(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\Z')
 _TAG_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z')
+# A DNS name (labels of letters, digits and inner hyphens), an IPv4 address
+# or a bracketed IPv6 address, then an optional port.
+_HOST_RE = re.compile(r'(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+                      r'(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*'
+                      r'|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?\Z')
 _DIGEST_RE = re.compile(r'(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z')
 _DIGEST_LIKE_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z')
 _HASHES = {'sha256': hashlib.sha256, 'sha512': hashlib.sha512}
@@ -364,16 +369,6 @@ def _is_loopback(host):
     host = host.strip('[]').lower()
     return (host in ('localhost', '::1') or host.startswith('127.')
             or host.endswith('.localhost'))
-
-
-def _split_hostport(netloc):
-    """'host:port' -> (host, port or None), IPv6 brackets kept off."""
-    parts = urllib.parse.urlsplit('//' + netloc)
-    try:
-        port = parts.port
-    except ValueError:
-        raise DXFInputError('invalid port in %r' % (netloc,))
-    return parts.hostname or '', port
 
 
 def _parse_link_next(header):
@@ -1751,8 +1746,8 @@ class DXFBase(_AuthMixin):
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
                  retries=None, proxies=None):
-        if (not isinstance(host, str) or not host or '/' in host
-                or not _split_hostport(host)[0]):
+        m = _HOST_RE.match(host) if isinstance(host, str) else None
+        if not m or int(m.group('port') or 0) > 65535:
             raise DXFInputError('invalid registry host %r (host[:port] '
                                 'expected)' % (_printable(host),))
         self._host = host
@@ -2566,11 +2561,11 @@ class OCILayout(_AliasMethods):
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = [bytes(data)]
         algorithm = split_digest(digest)[0] if digest else 'sha256'
+        source = _open_input(filename) if filename is not None else None
         self._init()
         directory = os.path.join(self.path, 'blobs', algorithm)
         os.makedirs(directory, exist_ok=True)
         h = _HASHES[algorithm]()
-        source = _open_input(filename) if filename is not None else None
         chunks = (iter(lambda: source.read(_CHUNK_SIZE), b'') if source
                   else iter(data))
         tmp = _AtomicFile(os.path.join(directory, 'upload'))
@@ -2642,8 +2637,7 @@ class OCILayout(_AliasMethods):
                              json.dumps(index, sort_keys=True).encode('utf-8'))
 
     def _find(self, index, alias):
-        return [m for m in index['manifests'] if isinstance(m, dict) and (
-            m.get('annotations') or {}).get(_REF_NAME_ANNOTATION) == alias]
+        return [m for m in index['manifests'] if _ref_name(m) == alias]
 
     def _get_manifest(self, ref):
         _check_ref(ref)
@@ -2668,9 +2662,9 @@ class OCILayout(_AliasMethods):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
         data, m, media = _manifest_to_store(manifest)
+        if ':' in alias:     # stored by digest: it must be the right one
+            return self.push_blob(data=data, digest=alias)
         digest = self.push_blob(data=data)
-        if ':' in alias:
-            return digest
         entry = _descriptor(media, digest, len(data),
                             {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
@@ -2704,10 +2698,17 @@ class OCILayout(_AliasMethods):
         """The aliases in the layout's index.json."""
         if not os.path.exists(os.path.join(self.path, 'oci-layout')):
             raise self._not_found('OCI layout')
-        names = sorted(set(
-            (m.get('annotations') or {}).get(_REF_NAME_ANNOTATION)
-            for m in self._index()['manifests'] if isinstance(m, dict)) - {None})
+        names = sorted(set(_ref_name(m) for m in self._index()['manifests'])
+                       - {None})
         return iter(names) if iterate else names
+
+
+def _ref_name(entry):
+    """The alias an index.json entry names, or None (also for junk)."""
+    annotations = entry.get('annotations') if isinstance(entry, dict) else None
+    name = annotations.get(_REF_NAME_ANNOTATION) if isinstance(
+        annotations, dict) else None
+    return name if isinstance(name, str) else None
 
 
 class _LayoutRoot:
@@ -2725,7 +2726,8 @@ class _LayoutRoot:
                 name = os.path.relpath(directory, self.root).replace(os.sep, '/')
                 if _REPO_RE.match(name):
                     found.append(name)
-                subdirs[:] = []    # a layout's own folders are not repositories
+                # Repositories nest (a, a/b); a layout's blobs are not one.
+                subdirs[:] = [d for d in subdirs if d != 'blobs']
         return iter(found) if iterate else found
 
     def close(self):
@@ -3219,6 +3221,9 @@ def _cmd_list_aliases(dxf, args, settings, out, stdin):
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
     """dxf copy-alias REPO ALIAS DEST [DEST-ALIAS]: copy, print the digest."""
     dest = args.dest
+    if dest.startswith(('.', '/')):
+        raise _UsageError('DEST %r is not a repository; for a directory say '
+                          'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
         target = OCILayout(dest[len('oci:'):])
     else:

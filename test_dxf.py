@@ -6162,3 +6162,1199 @@ class TestChunkedPush:
         assert len(proxy.seen('DELETE', UPLOAD)) == 1
         with pytest.raises(dxf.DXFNotFoundError):
             upstream.blob_size(_sha256(data))
+
+
+# =============================================================================
+# 16. Copying and OCI layout directories
+#     DXF_HOST=oci:DIR (every command on layout directories), the OCILayout
+#     class, copy-alias between repositories, registries and layouts, and
+#     skopeo reading and writing the same layouts.
+# =============================================================================
+
+_REF_NAME = 'org.opencontainers.image.ref.name'
+_ALIAS_ARTIFACT = 'application/vnd.dxf.alias.v1'
+_HEX64_RE = re.compile(r'[0-9a-f]{64}\Z')
+_LAYOUT_ENTRIES = {'oci-layout', 'index.json', 'blobs', '.dxf-lock'}
+_TRACE_RE = re.compile(r'dxf: (GET|HEAD|POST|PUT|PATCH|DELETE) (https?)://([^/ ]+)(/\S*) '
+                       r'-> (\d+) \(\d+ ms\)\Z')
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The root of this test's OCI layouts (DXF_HOST=oci:<store>), not yet created."""
+    return str(tmp_path / 'store')
+
+
+@pytest.fixture
+def oci_env(store, tmp_path):
+    """A function (root=store, **extra) -> the CLI environ for ``oci:root``."""
+    home = tmp_path / 'oci-home'
+    home.mkdir()
+
+    def make(root=None, **extra):
+        env = {'DXF_HOST': 'oci:' + (root or store), 'PATH': os.environ.get('PATH', ''),
+               'HOME': str(home)}
+        env.update(extra)
+        return env
+    return make
+
+
+def _layout(root, repo):
+    return os.path.join(root, *repo.split('/'))
+
+
+def _read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def _check_layout(path):
+    """Assert ``path`` is a complete, valid OCI image layout; return its index.json.
+
+    oci-layout says 1.0.0, index.json is a schema-2 index whose entries are
+    named by ref.name and lead to manifests present with their size and
+    digest, every blob hashes to its file name, and nothing else is there
+    (no temporary files; dxf's lock file is allowed).
+    """
+    assert json.loads(_read(os.path.join(path, 'oci-layout')).decode('utf-8')) == {
+        'imageLayoutVersion': '1.0.0'}
+    index = json.loads(_read(os.path.join(path, 'index.json')).decode('utf-8'))
+    assert index['schemaVersion'] == 2
+    assert index.get('mediaType', _OCI_INDEX) == _OCI_INDEX
+    for entry in index['manifests']:
+        assert isinstance(entry['annotations'][_REF_NAME], str), entry
+        assert isinstance(entry['mediaType'], str), entry
+        data = _oci_blob(path, entry['digest'])
+        assert (len(data), _sha256(data)) == (entry['size'], entry['digest'])
+    names = set(os.listdir(path))
+    assert names <= _LAYOUT_ENTRIES, sorted(names - _LAYOUT_ENTRIES)
+    blobs = os.path.join(path, 'blobs')
+    assert os.listdir(blobs) == ['sha256']
+    for name in os.listdir(os.path.join(blobs, 'sha256')):
+        assert _HEX64_RE.match(name), name       # no temporary files
+        data = _read(os.path.join(blobs, 'sha256', name))
+        assert hashlib.sha256(data).hexdigest() == name
+    return index
+
+
+def _entries(path, alias):
+    """index.json's entries named ``alias`` (the file must be there)."""
+    index = json.loads(_read(os.path.join(path, 'index.json')).decode('utf-8'))
+    return [e for e in index['manifests']
+            if (e.get('annotations') or {}).get(_REF_NAME) == alias]
+
+
+def _leftovers(root):
+    """Temporary files anywhere under ``root`` (partial writes, upload files)."""
+    found = []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if (name.endswith('.dxf-partial') or 'upload' in name
+                    or (name.startswith('.') and name != '.dxf-lock')):
+                found.append(os.path.join(directory, name))
+    return found
+
+
+def _trace(err):
+    """DXF_DEBUG's request lines: [(method, host, path, status)]; other lines are errors."""
+    requests = []
+    for line in err.splitlines():
+        m = _TRACE_RE.match(line)
+        assert m, line
+        requests.append((m.group(1), m.group(3), m.group(4), int(m.group(5))))
+    return requests
+
+
+def _debug_ok(result):
+    """A DXF_DEBUG=1 run that succeeded: (stdout, its trace)."""
+    status, out, err = result
+    assert status == 0, err
+    assert 'Traceback' not in err, err
+    return out, _trace(err)
+
+
+def _seed(run_cli, env, repo, alias, *blobs):
+    """push-blob each of ``blobs`` and set ``alias`` over them; return the manifest."""
+    digests = [_cli_push(run_cli, env, repo, b) for b in blobs]
+    return _ok(run_cli(['set-alias', repo, alias] + digests, env))
+
+
+def _api(reg, repo, **options):
+    """A DXF on ``reg`` (a RegistryProcess) with its TLS and credentials."""
+    if reg.username:
+        options.setdefault('auth', _password_auth(reg.username, reg.password))
+    return dxf.DXF(reg.host, repo, insecure=reg.insecure, tlsverify=reg.tlsverify,
+                   timeout=10, **options)
+
+
+# ---- every command on a layout store ---------------------------------------------
+
+class TestLayoutCLI:
+
+    def test_layout_readme_push_blob_with_alias_then_pull_alias_gives_same_bytes(
+            self, oci_env, store, run_cli, tmp_path):
+        env = oci_env()
+        data = _blob(300000, 'oci-readme-1')
+        logger = _write(tmp_path, 'logger.dat', data)
+        # dxf push-blob fred/datalogger logger.dat @may15-readings
+        out = _ok(run_cli(['push-blob', 'fred/datalogger', logger, '@may15-readings'], env))
+        assert out == _lines(_sha256(data))
+        # dxf pull-blob fred/datalogger @may15-readings
+        assert _ok(run_cli(['pull-blob', 'fred/datalogger', '@may15-readings'], env)) == data
+        layout = os.path.join(store, 'fred', 'datalogger')
+        assert _oci_blob(layout, _sha256(data)) == data
+        [entry] = _check_layout(layout)['manifests']
+        assert entry['annotations'][_REF_NAME] == 'may15-readings'
+
+    def test_layout_readme_set_alias_of_pushed_digest_then_pull_get_alias_gives_same_bytes(
+            self, oci_env, store, run_cli, tmp_path):
+        env = oci_env()
+        data = _blob(300000, 'oci-readme-2')
+        logger = _write(tmp_path, 'logger.dat', data)
+        # dxf set-alias fred/datalogger may15-readings $(dxf push-blob fred/datalogger logger.dat)
+        digest = _ok(run_cli(['push-blob', 'fred/datalogger', logger], env)).decode().strip()
+        assert digest == _sha256(data)
+        _ok(run_cli(['set-alias', 'fred/datalogger', 'may15-readings', digest], env))
+        # dxf pull-blob fred/datalogger $(dxf get-alias fred/datalogger may15-readings)
+        digests = _ok(run_cli(['get-alias', 'fred/datalogger', 'may15-readings'],
+                              env)).decode().split()
+        assert digests == [digest]
+        assert _ok(run_cli(['pull-blob', 'fred/datalogger'] + digests, env)) == data
+        _check_layout(os.path.join(store, 'fred', 'datalogger'))
+
+    def test_layout_entry_point_subprocess_runs_readme_example(self, oci_env, store, tmp_path):
+        env = oci_env()
+        data = _blob(20000, 'oci-subprocess')
+        logger = _write(tmp_path, 'logger.dat', data)
+
+        def dxf_cmd(*args):
+            proc = subprocess.Popen([sys.executable, 'dxf.py'] + list(args), cwd=_HERE,
+                                    env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = proc.communicate(timeout=60)
+            return proc.returncode, out, err.decode('utf-8')
+
+        assert dxf_cmd('push-blob', 'fred/datalogger', logger, '@may15-readings') == (
+            0, _lines(_sha256(data)), '')
+        assert dxf_cmd('pull-blob', 'fred/datalogger', '@may15-readings') == (0, data, '')
+        status, out, err = dxf_cmd('get-alias', 'fred/datalogger', 'nope')
+        assert (status, out) == (errno.ENOENT, b'')
+        _error_line(err, 'nope')
+
+    def test_layout_push_blob_file_and_stdin(self, oci_env, store, run_cli, repo, tmp_path):
+        env = oci_env()
+        a, b = _blob(5000, 'oci-push-file'), _blob(70000, 'oci-push-stdin')
+        out = _ok(run_cli(['push-blob', repo, _write(tmp_path, 'a', a)], env))
+        assert out == _lines(_sha256(a))
+        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=b)) == _lines(_sha256(b))
+        layout = _layout(store, repo)
+        assert _oci_blob(layout, _sha256(a)) == a
+        assert _oci_blob(layout, _sha256(b)) == b
+        # pushing again prints the same digest and changes nothing
+        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=b)) == _lines(_sha256(b))
+        assert sorted(os.listdir(os.path.join(layout, 'blobs', 'sha256'))) == sorted(
+            [_sha256(a)[7:], _sha256(b)[7:]])
+        assert os.path.exists(os.path.join(layout, 'oci-layout'))
+        assert _leftovers(store) == []
+
+    def test_layout_push_blob_empty_stdin_round_trips(self, oci_env, run_cli, repo):
+        env = oci_env()
+        assert _ok(run_cli(['push-blob', repo, '-', '@empty'], env)) == _lines(_sha256(b''))
+        assert _ok(run_cli(['pull-blob', repo, '@empty'], env)) == b''
+        assert _ok(run_cli(['blob-size', repo, '@empty'], env)) == b'0\n'
+
+    def test_layout_pull_blob_stdout_and_output_file(self, oci_env, store, run_cli, repo,
+                                                    tmp_path):
+        env = oci_env()
+        a, b = _blob(1000, 'oci-o-a'), _blob(20000, 'oci-o-b')
+        _seed(run_cli, env, repo, 'al', a, b)
+        assert _ok(run_cli(['pull-blob', repo, '@al'], env)) == a + b
+        assert _ok(run_cli(['pull-blob', repo, _sha256(b), _sha256(a)], env)) == b + a
+        target = str(tmp_path / 'out.dat')
+        assert _ok(run_cli(['pull-blob', repo, '-o', target, '@al'], env)) == b''
+        assert _read(target) == a + b
+        outdir = tmp_path / 'outdir'
+        outdir.mkdir()
+        assert _ok(run_cli(['pull-blob', repo, '-o', str(outdir), _sha256(a)], env)) == b''
+        assert _read(str(outdir / _sha256(a)[7:])) == a
+        assert _leftovers(str(tmp_path)) == []
+
+    def test_layout_blob_size_digest_and_alias_sum(self, oci_env, run_cli, repo):
+        env = oci_env()
+        _seed(run_cli, env, repo, 'both', _blob(1234, 'oci-bs1'), _blob(4321, 'oci-bs2'))
+        da = _sha256(_blob(1234, 'oci-bs1'))
+        assert _ok(run_cli(['blob-size', repo, da, '@both'], env)) == b'1234\n5555\n'
+
+    def test_layout_del_blob_removes_file_alias_stays(self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        a, b = _blob(500, 'oci-del-a'), _blob(600, 'oci-del-b')
+        _seed(run_cli, env, repo, 'keep', a, b)
+        assert _ok(run_cli(['del-blob', repo, _sha256(a)], env)) == b''
+        layout = _layout(store, repo)
+        assert not os.path.exists(os.path.join(layout, 'blobs', 'sha256', _sha256(a)[7:]))
+        _fails(run_cli(['pull-blob', repo, _sha256(a)], env), errno.ENOENT)
+        _fails(run_cli(['blob-size', repo, _sha256(a)], env), errno.ENOENT)
+        _fails(run_cli(['del-blob', repo, _sha256(a)], env), errno.ENOENT)
+        assert _ok(run_cli(['get-alias', repo, 'keep'], env)) == _lines(_sha256(a), _sha256(b))
+        _cli_push(run_cli, env, repo, a)
+        assert _ok(run_cli(['del-blob', repo, '@keep'], env)) == b''   # both blobs
+        for data in (a, b):
+            _fails(run_cli(['pull-blob', repo, _sha256(data)], env), errno.ENOENT)
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'keep\n'
+
+    def test_layout_set_alias_digests_and_relative_file(self, oci_env, store, run_cli, repo,
+                                                       tmp_path, monkeypatch):
+        env = oci_env()
+        a, b = _blob(4321, 'oci-sa-a'), _blob(10, 'oci-sa-b')
+        _write(tmp_path, 'logger.dat', a)
+        da, db = _cli_push(run_cli, env, repo, a), _cli_push(run_cli, env, repo, b)
+        out = _ok(run_cli(['set-alias', repo, 'pair', da, db], env))
+        assert not out.endswith(b'\n')
+        m = json.loads(out.decode('utf-8'))
+        assert m['artifactType'] == _ALIAS_ARTIFACT
+        assert m['config']['digest'] == _EMPTY_CONFIG_DIGEST
+        assert [(d['digest'], d['size']) for d in m['layers']] == [(da, 4321), (db, 10)]
+        assert _ok(run_cli(['get-manifest', repo, 'pair'], env)) == out
+        monkeypatch.chdir(str(tmp_path))
+        out = _ok(run_cli(['set-alias', repo, 'byfile', './logger.dat', db], env))
+        [first, second] = json.loads(out.decode('utf-8'))['layers']
+        assert first['digest'] == da and first['annotations'] == {_TITLE: 'logger.dat'}
+        assert second['digest'] == db and 'annotations' not in second
+        assert _ok(run_cli(['get-alias', repo, 'byfile'], env)) == _lines(da, db)
+        _check_layout(_layout(store, repo))
+
+    def test_layout_set_alias_unknown_blob_exits_enoent_and_stores_no_alias(
+            self, oci_env, store, run_cli, repo, tmp_path):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'so the layout exists')
+        _fails(run_cli(['set-alias', repo, 'x', _sha256(b'never pushed')], env), errno.ENOENT)
+        path = _write(tmp_path, 'never-pushed', b'not in the layout')
+        _fails(run_cli(['set-alias', repo, 'y', path], env), errno.ENOENT)
+        assert _ok(run_cli(['list-aliases', repo], env)) == b''
+
+    def test_layout_get_alias_several_aliases_one_digest_per_line(self, oci_env, run_cli, repo):
+        env = oci_env()
+        da, db, dc = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('og1', 'og2', 'og3'))
+        manifest = _ok(run_cli(['set-alias', repo, 'first', da, db], env))
+        _ok(run_cli(['set-alias', repo, 'second', dc], env))
+        assert _ok(run_cli(['get-alias', repo, 'first', 'second', 'first'], env)) == _lines(
+            da, db, dc, da, db)
+        assert _ok(run_cli(['get-alias', repo], env, stdin=manifest)) == _lines(da, db)
+
+    def test_layout_set_alias_again_moves_the_alias(self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('mv1', 'mv2'))
+        _ok(run_cli(['set-alias', repo, 'moving', da], env))
+        _ok(run_cli(['set-alias', repo, 'moving', db], env))
+        assert _ok(run_cli(['get-alias', repo, 'moving'], env)) == _lines(db)
+        assert len(_entries(_layout(store, repo), 'moving')) == 1
+
+    def test_layout_del_alias_sibling_alias_over_same_blobs_survives(
+            self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        data = _blob(100, 'oci-sibling')
+        digest = _cli_push(run_cli, env, repo, data)
+        m1 = _ok(run_cli(['set-alias', repo, 'one', digest], env))
+        m2 = _ok(run_cli(['set-alias', repo, 'two', digest], env))
+        assert m1 == m2        # one manifest, two index entries
+        assert _ok(run_cli(['del-alias', repo, 'one'], env)) == _lines(digest)
+        _fails(run_cli(['get-alias', repo, 'one'], env), errno.ENOENT, 'one')
+        assert _ok(run_cli(['get-alias', repo, 'two'], env)) == _lines(digest)
+        assert _ok(run_cli(['pull-blob', repo, '@two'], env)) == data
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'two\n'
+        index = _check_layout(_layout(store, repo))
+        assert [e['annotations'][_REF_NAME] for e in index['manifests']] == ['two']
+
+    def test_layout_del_alias_several_prints_each_alias_digests(self, oci_env, run_cli, repo):
+        env = oci_env()
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('ods1', 'ods2'))
+        _ok(run_cli(['set-alias', repo, 'p', da], env))
+        _ok(run_cli(['set-alias', repo, 'q', db, da], env))
+        assert _ok(run_cli(['del-alias', repo, 'p', 'q'], env)) == _lines(da, db, da)
+        assert _ok(run_cli(['list-aliases', repo], env)) == b''
+        assert _ok(run_cli(['pull-blob', repo, da, db], env)) == (
+            _blob(100, 'ods1') + _blob(100, 'ods2'))
+
+    def test_layout_list_aliases_prints_each_alias_sorted(self, oci_env, run_cli, repo):
+        env = oci_env()
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'oci-la'))
+        names = ['beta', 'alpha', 'v1.0', 'with_under-score', 'Upper']
+        for name in names:
+            _ok(run_cli(['set-alias', repo, name, digest], env))
+        assert _ok(run_cli(['list-aliases', repo], env)) == ''.join(
+            n + '\n' for n in sorted(names)).encode('ascii')
+
+    def test_layout_list_repos_lists_nested_layouts_not_plain_directories(
+            self, oci_env, store, run_cli):
+        env = oci_env()
+        for name in ('fred/datalogger', 'a/b/c', 'solo'):
+            _cli_push(run_cli, env, name, name.encode('ascii'))
+        os.makedirs(os.path.join(store, 'plain', 'dir'))
+        with open(os.path.join(store, 'plain', 'dir', 'index.json'), 'w') as f:
+            f.write('{"schemaVersion": 2, "manifests": []}')   # no oci-layout
+        assert _ok(run_cli(['list-repos'], env)) == b'a/b/c\nfred/datalogger\nsolo\n'
+
+    def test_layout_list_repos_lists_repo_nested_under_another_repo(
+            self, oci_env, store, run_cli):
+        env = oci_env()
+        for name in ('a', 'a/b', 'a/b/c'):
+            _cli_push(run_cli, env, name, name.encode('ascii'))
+            assert _ok(run_cli(['pull-blob', name, _sha256(name.encode('ascii'))], env)) == (
+                name.encode('ascii'))
+        assert _ok(run_cli(['list-repos'], env)) == b'a\na/b\na/b/c\n'
+
+    def test_layout_list_repos_with_repo_argument_exits_einval(self, oci_env, run_cli):
+        _fails(run_cli(['list-repos', 'x'], oci_env()), errno.EINVAL)
+
+    def test_layout_get_digest_prints_config_digest(self, oci_env, run_cli, repo):
+        env = oci_env()
+        digest = _cli_push(run_cli, env, repo, _blob(100, 'oci-gd'))
+        manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
+        _ok(run_cli(['set-alias', repo, 'b', digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
+            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
+            _EMPTY_CONFIG_DIGEST)
+
+    def test_layout_get_manifest_bytes_hash_to_index_digest(self, oci_env, store, run_cli,
+                                                           repo):
+        env = oci_env()
+        da, db = (_cli_push(run_cli, env, repo, _blob(100, s)) for s in ('ogm1', 'ogm2'))
+        stored = _ok(run_cli(['set-alias', repo, 'm', da, db], env))
+        out = _ok(run_cli(['get-manifest', repo, 'm'], env))
+        assert out == stored
+        [entry] = _entries(_layout(store, repo), 'm')
+        assert entry['digest'] == _sha256(out)
+        assert entry['size'] == len(out)
+        assert entry['mediaType'] == _OCI_MANIFEST
+        assert entry['artifactType'] == _ALIAS_ARTIFACT
+        assert _oci_blob(_layout(store, repo), entry['digest']) == out
+        # by digest too, and several concatenated
+        assert _ok(run_cli(['get-manifest', repo, _sha256(out)], env)) == out
+        assert _ok(run_cli(['get-manifest', repo, 'm', 'm'], env)) == out + out
+
+    def test_layout_mount_blob_fails_with_one_line(self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        source = repo + '-source'
+        digest = _cli_push(run_cli, env, source, b'mount me')
+        status, out, err = run_cli(['mount-blob', repo, source, digest], env)
+        assert status != 0 and out == b''
+        _error_line(err, 'mount')
+        assert not os.path.exists(os.path.join(_layout(store, repo), 'blobs', 'sha256',
+                                               digest[7:]))
+
+    def test_layout_auth_exits_einval(self, oci_env, store, run_cli, repo):
+        _fails(run_cli(['auth', repo, 'pull'], oci_env()), errno.EINVAL, 'OCI layout')
+        assert not os.path.exists(store)
+
+    def test_layout_on_disk_is_valid_after_every_command(self, oci_env, store, run_cli, repo,
+                                                        tmp_path):
+        env = oci_env()
+        blobs = [_blob(n, 'oci-valid-%d' % n) for n in (1, 1000, 300000)]
+        _seed(run_cli, env, repo, 'three', *blobs)
+        _seed(run_cli, env, repo, 'one', blobs[0])
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'f', b'file'), '@file'], env))
+        _ok(run_cli(['del-alias', repo, 'one'], env))
+        _ok(run_cli(['del-blob', repo, _sha256(b'file')], env))
+        layout = _layout(store, repo)
+        index = _check_layout(layout)
+        assert sorted(e['annotations'][_REF_NAME] for e in index['manifests']) == [
+            'file', 'three']
+        for data in blobs:
+            assert _oci_blob(layout, _sha256(data)) == data
+        assert _leftovers(store) == []
+
+
+# ---- errors on layouts -------------------------------------------------------------
+
+class TestLayoutErrors:
+
+    @pytest.mark.parametrize('argv', [
+        ['get-alias', '{repo}', 'nope'],
+        ['pull-blob', '{repo}', '@nope'],
+        ['del-alias', '{repo}', 'nope'],
+        ['get-manifest', '{repo}', 'nope'],
+        ['get-digest', '{repo}', 'nope'],
+        ['blob-size', '{repo}', '@nope'],
+        ['del-blob', '{repo}', '@nope'],
+        ['copy-alias', '{repo}', 'nope', '{repo}-copy'],
+    ], ids=lambda a: a[0])
+    def test_layout_unknown_alias_exits_enoent(self, oci_env, run_cli, repo, argv):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'so the layout exists')
+        _fails(run_cli([a.format(repo=repo) for a in argv], env), errno.ENOENT, 'nope')
+
+    @pytest.mark.parametrize('command', ['pull-blob', 'blob-size', 'del-blob'])
+    def test_layout_unknown_blob_exits_enoent(self, oci_env, run_cli, repo, command):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'so the layout exists')
+        _fails(run_cli([command, repo, _sha256(b'unknown blob')], env), errno.ENOENT)
+
+    @pytest.mark.parametrize('argv', [
+        ['get-alias', '{repo}', 'x'],
+        ['list-aliases', '{repo}'],
+        ['pull-blob', '{repo}', '@x'],
+        ['pull-blob', '{repo}', 'sha256:' + 'a' * 64],
+    ], ids=lambda a: a[0] + ('-digest' if a[-1].startswith('sha') else ''))
+    def test_layout_missing_layout_exits_enoent_and_creates_nothing(self, oci_env, store,
+                                                                    run_cli, repo, argv):
+        _fails(run_cli([a.format(repo=repo) for a in argv], oci_env()), errno.ENOENT)
+        assert not os.path.exists(store)
+
+    @pytest.mark.parametrize('size, written', [(3 * 8192 + 100, 3 * 8192), (100, 0)])
+    def test_layout_corrupted_blob_pull_exits_eio_holding_last_chunk_back(
+            self, oci_env, store, run_cli, repo, tmp_path, size, written):
+        env = oci_env(DXF_CHUNK_SIZE='8192')
+        data = _blob(size, repo)
+        digest = _cli_push(run_cli, env, repo, data)
+        path = os.path.join(_layout(store, repo), 'blobs', 'sha256', digest[7:])
+        corrupted = _corrupt(path, size // 2)
+        assert corrupted != data
+        status, out, err = run_cli(['pull-blob', repo, digest], env)
+        assert status == errno.EIO, err
+        _error_line(err, digest)
+        assert len(out) == written and corrupted.startswith(out)
+        # -o: the file never appears
+        target = str(tmp_path / 'out.dat')
+        _fails(run_cli(['pull-blob', repo, '-o', target, digest], env), errno.EIO)
+        assert not os.path.exists(target)
+        assert _leftovers(str(tmp_path)) == []
+
+    def test_layout_corrupted_blob_module_raises_digest_mismatch(self, store, repo):
+        data = _blob(3 * 8192 + 1, 'oci-corrupt-module')
+        layout = dxf.OCILayout(_layout(store, repo))
+        digest = layout.push_blob(data=data)
+        corrupted = _corrupt(os.path.join(_layout(store, repo), 'blobs', 'sha256',
+                                          digest[7:]), 0)
+        received = []
+        with layout.pull_blob(digest) as reader:
+            with pytest.raises(dxf.DXFDigestMismatchError) as info:
+                for chunk in reader:
+                    received.append(chunk)
+        assert (info.value.expected, info.value.got) == (digest, _sha256(corrupted))
+        assert info.value.exit_code == errno.EIO
+        assert b''.join(received) == corrupted[:3 * 8192]
+
+    def test_layout_corrupted_manifest_exits_eio(self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        digest = _cli_push(run_cli, env, repo, b'payload')
+        manifest = _ok(run_cli(['set-alias', repo, 'm', digest], env))
+        _corrupt(os.path.join(_layout(store, repo), 'blobs', 'sha256',
+                              _sha256(manifest)[7:]), 5)
+        _fails(run_cli(['get-alias', repo, 'm'], env), errno.EIO)
+        _fails(run_cli(['get-manifest', repo, 'm'], env), errno.EIO)
+
+    _GARBAGE = [
+        (b'not json at all', 'not-json'),
+        (b'', 'empty'),
+        (b'\xff\xfe\x00garbage', 'binary'),
+        (b'{"schemaVersion": 2, "manifests": [', 'truncated'),
+        (b'[]', 'json-array'),
+        (b'"index"', 'json-string'),
+        (b'{"schemaVersion": 2, "manifests": 5}', 'manifests-not-a-list'),
+    ]
+
+    @pytest.mark.parametrize('garbage', [g for g, _ in _GARBAGE], ids=[i for _, i in _GARBAGE])
+    @pytest.mark.parametrize('argv', [
+        ['get-alias', '{repo}', 'good'],
+        ['list-aliases', '{repo}'],
+        ['pull-blob', '{repo}', '@good'],
+        ['set-alias', '{repo}', 'new', '{digest}'],
+        ['push-blob', '{repo}', '-', '@new'],
+        ['del-alias', '{repo}', 'good'],
+        ['copy-alias', '{repo}', 'good', '{repo}-copy'],
+    ], ids=lambda a: a[0])
+    def test_layout_garbage_index_json_one_line_error_and_left_alone(
+            self, oci_env, store, run_cli, repo, garbage, argv):
+        env = oci_env()
+        digest = _cli_push(run_cli, env, repo, b'payload')
+        _ok(run_cli(['set-alias', repo, 'good', digest], env))
+        index = os.path.join(_layout(store, repo), 'index.json')
+        with open(index, 'wb') as f:
+            f.write(garbage)
+        status, out, err = run_cli([a.format(repo=repo, digest=digest) for a in argv], env,
+                                   stdin=b'new blob')
+        assert status != 0, (out, err)
+        assert out == b''
+        _error_line(err, 'index.json')
+        assert _read(index) == garbage      # never overwritten
+        assert not os.path.exists(_layout(store, repo + '-copy'))
+
+    @pytest.mark.parametrize('junk', [
+        {'annotations': 'not an object'},
+        {'annotations': ['a', 'list']},
+        {'annotations': {_REF_NAME: ['x']}},
+        {'annotations': {_REF_NAME: 5}},
+        'a string entry',
+        {'annotations': {_REF_NAME: 'other'}, 'digest': 'bad', 'size': -1},
+    ], ids=['annotations-string', 'annotations-list', 'ref-name-list', 'ref-name-number',
+            'entry-string', 'bad-descriptor'])
+    @pytest.mark.parametrize('argv', [
+        ['get-alias', '{repo}', 'good'],
+        ['list-aliases', '{repo}'],
+        ['set-alias', '{repo}', 'new', '{digest}'],
+    ], ids=lambda a: a[0])
+    def test_layout_index_json_junk_entry_is_never_a_traceback(
+            self, oci_env, store, run_cli, repo, junk, argv):
+        env = oci_env()
+        digest = _cli_push(run_cli, env, repo, b'payload')
+        _ok(run_cli(['set-alias', repo, 'good', digest], env))
+        path = os.path.join(_layout(store, repo), 'index.json')
+        index = json.loads(_read(path).decode('utf-8'))
+        index['manifests'].insert(0, junk)
+        with open(path, 'w') as f:
+            json.dump(index, f)
+        status, out, err = run_cli([a.format(repo=repo, digest=digest) for a in argv], env)
+        if status == 0:
+            assert err == ''
+            if argv[0] == 'get-alias':
+                assert out == _lines(digest)
+            elif argv[0] == 'list-aliases':
+                assert b'good\n' in out
+        else:
+            assert out == b''
+            _error_line(err)
+
+    @pytest.mark.parametrize('name', ['Upper', '../escape', 'a/../../b', '/abs', 'a//b',
+                                      'dash-', 'a/', '.hidden', 'x' * 256])
+    @pytest.mark.parametrize('command', ['push-blob', 'list-aliases'])
+    def test_layout_invalid_repo_name_exits_einval_and_writes_nothing(
+            self, oci_env, store, run_cli, tmp_path, name, command):
+        argv = [command, name] + (['-'] if command == 'push-blob' else [])
+        _fails(run_cli(argv, oci_env(), stdin=b'data'), errno.EINVAL, 'repository')
+        assert not os.path.exists(store)
+        assert sorted(os.listdir(str(tmp_path))) == ['oci-home']
+
+    def test_layout_failed_push_leaves_no_temporary_file(self, oci_env, store, run_cli, repo,
+                                                        tmp_path):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'first')
+        layout = dxf.OCILayout(_layout(store, repo))
+        wrong = _sha256(b'something else')
+        with pytest.raises(dxf.DXFDigestMismatchError):
+            layout.push_blob(data=iter([b'not ', b'that']), digest=wrong)
+
+        def failing():
+            yield b'some bytes'
+            raise RuntimeError('the source broke')
+        with pytest.raises(RuntimeError):
+            layout.push_blob(data=failing())
+        _fails(run_cli(['push-blob', repo, str(tmp_path / 'missing')], env), errno.EINVAL,
+               'missing')
+        assert _leftovers(store) == []
+        assert os.listdir(os.path.join(_layout(store, repo), 'blobs', 'sha256')) == [
+            _sha256(b'first')[7:]]
+
+
+# ---- the OCILayout class ---------------------------------------------------------------
+
+class TestOCILayoutModule:
+
+    def _stored(self, layout_dir):
+        directory = os.path.join(layout_dir, 'blobs', 'sha256')
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+    def test_push_blob_filename_iterable_and_bytes(self, store, tmp_path):
+        path = os.path.join(store, 'r')
+        layout = dxf.OCILayout(path)
+        a, b, c = _blob(5000, 'm-a'), _blob(3 * 65536 + 7, 'm-b'), _blob(1, 'm-c')
+        assert layout.push_blob(_write(tmp_path, 'a', a)) == _sha256(a)
+        assert layout.push_blob(data=iter([b[:100], b[100:70000], b[70000:]])) == _sha256(b)
+        assert layout.push_blob(data=c) == _sha256(c)
+        assert layout.push_blob(data=bytearray(c)) == _sha256(c)
+        for data in (a, b, c):
+            assert _oci_blob(path, _sha256(data)) == data
+            assert layout.blob_size(_sha256(data)) == len(data)
+        assert self._stored(path) == sorted(_sha256(d)[7:] for d in (a, b, c))
+        assert os.path.exists(os.path.join(path, 'oci-layout'))
+        assert _leftovers(store) == []
+
+    def test_push_blob_with_the_right_digest(self, store, tmp_path):
+        path = os.path.join(store, 'r')
+        layout = dxf.OCILayout(path)
+        a, b, c = _blob(100, 'rd-a'), _blob(200, 'rd-b'), _blob(300, 'rd-c')
+        assert layout.push_blob(_write(tmp_path, 'a', a), digest=_sha256(a)) == _sha256(a)
+        assert layout.push_blob(data=iter([b]), digest=_sha256(b)) == _sha256(b)
+        assert layout.push_blob(data=c, digest=_sha256(c)) == _sha256(c)
+        # already there: nothing is read
+        assert layout.push_blob(data=iter(()), digest=_sha256(c)) == _sha256(c)
+        assert self._stored(path) == sorted(_sha256(d)[7:] for d in (a, b, c))
+
+    @pytest.mark.parametrize('form', ['filename', 'iterable', 'bytes'])
+    def test_push_blob_wrong_digest_raises_and_stores_nothing(self, store, tmp_path, form):
+        path = os.path.join(store, 'r')
+        layout = dxf.OCILayout(path)
+        data = _blob(70000, 'wrong-' + form)
+        wrong = _sha256(b'what the caller thought')
+        source = {'filename': dict(filename=_write(tmp_path, 'f', data)),
+                  'iterable': dict(data=iter([data[:10], data[10:]])),
+                  'bytes': dict(data=data)}[form]
+        with pytest.raises(dxf.DXFDigestMismatchError) as info:
+            layout.push_blob(digest=wrong, **source)
+        assert (info.value.got, info.value.expected) == (_sha256(data), wrong)
+        assert info.value.exit_code == errno.EIO
+        assert self._stored(path) == []
+        assert _leftovers(store) == []
+        with pytest.raises(dxf.DXFNotFoundError):
+            layout.blob_size(_sha256(data))
+        with pytest.raises(dxf.DXFNotFoundError):
+            layout.pull_blob(wrong)
+
+    def test_pull_blob_forms(self, store):
+        layout = dxf.OCILayout(os.path.join(store, 'r'))
+        data = _blob(50000, 'm-pull')
+        digest = layout.push_blob(data=data)
+        with layout.pull_blob(digest) as reader:
+            assert b''.join(reader) == data
+        with layout.pull_blob([digest], chunk_size=1000) as reader:
+            chunks = list(reader)
+        assert b''.join(chunks) == data and max(len(c) for c in chunks) == 1000
+        reader, size = layout.pull_blob(digest, size=True)
+        with reader:
+            assert size == len(data) == reader.size
+            assert reader.read(10) == data[:10]
+            assert reader.read() == data[10:]
+        seen = []
+        with layout.pull_blob(digest, progress=lambda d, c, t: seen.append((d, len(c), t))):
+            pass
+        assert seen[0] == (digest, 0, len(data))
+        with pytest.raises(dxf.DXFNotFoundError) as info:
+            layout.pull_blob(_sha256(b'nope'))
+        assert info.value.exit_code == errno.ENOENT
+        with pytest.raises(dxf.DXFInputError):
+            layout.pull_blob('sha256:nothex')
+
+    def test_aliases_api(self, store):
+        path = os.path.join(store, 'fred', 'datalogger')
+        with dxf.OCILayout(path) as layout:
+            a, b = _blob(100, 'api-a'), _blob(200, 'api-b')
+            da, db = layout.push_blob(data=a), layout.push_blob(data=b)
+            manifest = layout.set_alias('pair', da, db, names=['a.bin', None])
+            assert isinstance(manifest, str)
+            assert layout.get_manifest('pair') == manifest
+            assert layout.get_manifest_digest('pair') == _sha256(manifest.encode('utf-8'))
+            assert layout.get_alias('pair') == [da, db]
+            assert layout.get_alias('pair', sizes=True) == [(da, 100), (db, 200)]
+            assert layout.get_alias(manifest=manifest) == [da, db]
+            assert layout.get_digest('pair') == _EMPTY_CONFIG_DIGEST
+            descs = layout.get_descriptors('pair')
+            assert [d['digest'] for d in descs] == [da, db]
+            assert descs[0]['annotations'] == {_TITLE: 'a.bin'}
+            assert layout.make_manifest(da, db, names=['a.bin']) == manifest
+            layout.set_alias('one', db)
+            assert layout.list_aliases() == ['one', 'pair']
+            assert list(layout.list_aliases(iterate=True)) == ['one', 'pair']
+            assert layout.del_alias('pair') == [da, db]
+            assert layout.list_aliases() == ['one']
+            with pytest.raises(dxf.DXFNotFoundError):
+                layout.get_alias('pair')
+            with pytest.raises(dxf.DXFNotFoundError):
+                layout.del_alias('pair')
+            with pytest.raises(dxf.DXFNotFoundError):
+                layout.set_alias('x', _sha256(b'never pushed'))
+            with pytest.raises(dxf.DXFInputError):
+                layout.set_alias('bad alias', da)
+            assert b''.join(layout.pull_blob(layout.get_alias('one'))) == b
+        _check_layout(path)
+
+    def test_list_aliases_of_missing_layout_raises_not_found(self, store):
+        with pytest.raises(dxf.DXFNotFoundError):
+            dxf.OCILayout(os.path.join(store, 'nothing')).list_aliases()
+        assert not os.path.exists(store)
+
+    def test_set_manifest_by_digest_checks_the_digest(self, store):
+        layout = dxf.OCILayout(os.path.join(store, 'r'))
+        digest = layout.push_blob(data=b'x')
+        manifest = layout.make_manifest(digest)
+        right = _sha256(manifest.encode('utf-8'))
+        assert layout.set_manifest(right, manifest) == right
+        wrong = _sha256(b'another manifest')
+        # A registry refuses a manifest PUT whose digest does not match.
+        with pytest.raises(dxf.DXFError):
+            layout.set_manifest(wrong, manifest)
+
+    def test_two_threads_setting_aliases_lose_no_update(self, store):
+        path = os.path.join(store, 'r')
+        setup = dxf.OCILayout(path)
+        digests = [setup.push_blob(data=_blob(50, 'thread-%d' % i)) for i in range(2)]
+        errors = []
+        start = threading.Barrier(2)
+
+        def work(n):
+            try:
+                layout = dxf.OCILayout(path)     # one object each, as two programs would
+                start.wait()
+                for i in range(25):
+                    layout.set_alias('t%d-%02d' % (n, i), digests[n])
+            except Exception as exc:     # reported by the main thread
+                errors.append(exc)
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        want = sorted('t%d-%02d' % (n, i) for n in range(2) for i in range(25))
+        assert setup.list_aliases() == want
+        for n in range(2):
+            assert setup.get_alias('t%d-07' % n) == [digests[n]]
+        _check_layout(path)
+
+    def test_processes_setting_aliases_at_once_lose_no_update(self, oci_env, store, repo):
+        env = oci_env()
+        layout = dxf.OCILayout(_layout(store, repo))
+        digests = [layout.push_blob(data=_blob(40, 'proc-%d' % i)) for i in range(8)]
+        procs = [subprocess.Popen([sys.executable, 'dxf.py', 'set-alias', repo, 'p%d' % i,
+                                   digest], cwd=_HERE, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for i, digest in enumerate(digests)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert (proc.returncode, err) == (0, b''), err
+        assert layout.list_aliases() == ['p%d' % i for i in range(8)]
+        for i, digest in enumerate(digests):
+            assert layout.get_alias('p%d' % i) == [digest]
+        _check_layout(_layout(store, repo))
+
+
+# ---- copy-alias ----------------------------------------------------------------------
+
+@pytest.mark.registry
+class TestCopyAliasSameRegistry:
+
+    @pytest.mark.parametrize('mode', ['open', pytest.param('token', marks=pytest.mark.tls)])
+    def test_copy_to_other_repo_mounts_blobs_uploads_none(self, cli_env, registries, run_cli,
+                                                          repo, mode):
+        env = cli_env(mode)
+        blobs = [_blob(3000, repo + 'a'), _blob(10, repo + 'b'), _blob(0, 'empty')]
+        manifest = _seed(run_cli, env, repo, 'three', *blobs)
+        other = repo + '-copy'
+        out, trace = _debug_ok(run_cli(['copy-alias', repo, 'three', other],
+                                       dict(env, DXF_DEBUG='1')))
+        assert out == _lines(_sha256(manifest))
+        host = registries[mode].host
+        dest = [(m, p, s) for m, h, p, s in trace if h == host and p.startswith(
+            '/v2/%s/' % other)]
+        mounts = [(m, p, s) for m, p, s in dest if m == 'POST']
+        # the empty config and three layers, each mounted (201), none uploaded
+        assert [s for _, p, s in mounts if s != 401] == [201] * 4, dest
+        assert all(p == '/v2/%s/blobs/uploads/' % other for _, p, _ in mounts)
+        assert [m for m, _, _ in dest if m == 'PATCH'] == [], dest
+        assert [(p, s) for m, p, s in dest if m == 'PUT' and s != 401] == [
+            ('/v2/%s/manifests/three' % other, 201)], dest
+        assert _ok(run_cli(['get-manifest', other, 'three'], env)) == manifest
+        assert _ok(run_cli(['pull-blob', other, '@three'], env)) == b''.join(blobs)
+
+    def test_copy_mount_request_names_digest_and_source(self, fault_env, proxy, run_cli,
+                                                        repo):
+        env = fault_env()
+        data = _blob(2000, repo)
+        manifest = _seed(run_cli, env, repo, 'al', data)
+        del proxy.requests[:]
+        other = repo + '-copy'
+        assert _ok(run_cli(['copy-alias', repo, 'al', other, 'renamed'], env)) == _lines(
+            _sha256(manifest))
+        mounts = proxy.seen('POST', r'^/v2/%s/blobs/uploads/\?' % re.escape(other))
+        queries = sorted(tuple(sorted(urllib.parse.parse_qsl(r.path.split('?', 1)[1])))
+                         for r in mounts)
+        assert queries == sorted([(('from', repo), ('mount', _EMPTY_CONFIG_DIGEST)),
+                                  (('from', repo), ('mount', _sha256(data)))])
+        assert proxy.seen('PATCH') == []
+        assert [r.path for r in proxy.seen('PUT')] == ['/v2/%s/manifests/renamed' % other]
+        assert _ok(run_cli(['pull-blob', other, '@renamed'], env)) == data
+        _fails(run_cli(['get-alias', other, 'al'], env), errno.ENOENT)
+
+    def test_copy_with_dest_alias_renames_and_source_stays(self, cli_env, run_cli, repo):
+        env = cli_env('open')
+        data = _blob(500, repo)
+        manifest = _seed(run_cli, env, repo, 'orig', data)
+        # same repository, new name
+        assert _ok(run_cli(['copy-alias', repo, 'orig', repo, 'renamed'], env)) == _lines(
+            _sha256(manifest))
+        assert sorted(_ok(run_cli(['list-aliases', repo], env)).split()) == [b'orig',
+                                                                           b'renamed']
+        assert _ok(run_cli(['get-manifest', repo, 'renamed'], env)) == manifest
+        # another repository, new name
+        other = repo + '/copy'
+        _ok(run_cli(['copy-alias', repo, 'orig', other, 'v2'], env))
+        assert _ok(run_cli(['list-aliases', other], env)) == b'v2\n'
+        assert _ok(run_cli(['pull-blob', other, '@v2'], env)) == data
+
+    def test_module_copy_alias_between_repos(self, registries, closing, repo):
+        reg = registries['open']
+        source = closing(_api(reg, repo))
+        target = closing(_api(reg, repo + '-target'))
+        data = _blob(1000, repo)
+        manifest = source.set_alias('a', source.push_blob(data=data))
+        digest = source.copy_alias('a', target)
+        assert digest == _sha256(manifest.encode('utf-8'))
+        assert target.get_manifest('a') == manifest
+        assert source.copy_alias('a', target, 'b') == digest
+        assert sorted(target.list_aliases()) == ['a', 'b']
+        assert b''.join(target.pull_blob(target.get_alias('b'))) == data
+        with pytest.raises(dxf.DXFInputError):
+            source.copy_alias('a', target, 'bad alias')
+        with pytest.raises(dxf.DXFNotFoundError):
+            source.copy_alias('nope', target)
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestCopyAliasBetweenRegistries:
+    """Two https registries sharing the test CA: the same DXF_* settings work for both."""
+
+    PAIRS = [('tls', 'token'), ('basic', 'tls')]
+
+    def _env(self, cli_env, registries, src, dst):
+        # the credentials of whichever end needs them; DXF_HOST is the source
+        env = cli_env(src if src != 'tls' else dst)
+        env['DXF_HOST'] = registries[src].host
+        return env
+
+    @pytest.mark.parametrize('src,dst', PAIRS, ids=['tls-to-token', 'basic-to-tls'])
+    def test_multi_blob_alias_streams_across_identical(self, cli_env, registries, run_cli,
+                                                       repo, src, dst):
+        env = self._env(cli_env, registries, src, dst)
+        blobs = [_blob(3 << 20, repo + '-big'), _blob(1000, repo + '-small'),
+                 _blob(0, 'empty')]
+        manifest = _seed(run_cli, env, repo, 'three', *blobs)
+        dest = '%s/%s' % (registries[dst].host, repo)
+        out, trace = _debug_ok(run_cli(['copy-alias', repo, 'three', dest],
+                                       dict(env, DXF_DEBUG='1')))
+        assert out == _lines(_sha256(manifest))
+        to_dest = [(m, p, s) for m, h, p, s in trace if h == registries[dst].host]
+        assert [s for m, p, s in to_dest if m == 'POST' and s != 401] == [202] * 4, to_dest
+        assert len([1 for m, p, s in to_dest if m == 'PATCH' and s == 202]) == 4, to_dest
+        denv = cli_env(dst)
+        assert _ok(run_cli(['get-manifest', repo, 'three'], denv)) == manifest
+        assert _ok(run_cli(['pull-blob', repo, '@three'], denv)) == b''.join(blobs)
+        assert _ok(run_cli(['get-alias', repo, 'three'], denv)) == _lines(
+            *[_sha256(b) for b in blobs])
+        # again: everything is there, nothing is sent
+        out, trace = _debug_ok(run_cli(['copy-alias', repo, 'three', dest, 'again'],
+                                       dict(env, DXF_DEBUG='1')))
+        assert out == _lines(_sha256(manifest))
+        assert not [m for m, h, p, s in trace if m in ('POST', 'PATCH')
+                    and h == registries[dst].host], trace
+
+    @pytest.mark.parametrize('docker', [False, True], ids=['oci-index', 'docker-list'])
+    def test_multi_platform_alias_copies_children_by_digest(self, cli_env, registries,
+                                                            run_cli, closing, repo, docker):
+        src, dst = 'tls', 'token'
+        api = closing(_api(registries[src], repo))
+        amd = _push_image(api, 'linux', 'amd64', docker=docker, seed=repo)
+        arm = _push_image(api, 'linux', 'arm64', 'v8', docker=docker, seed=repo)
+        index = _index([amd, arm], docker)
+        api.set_manifest('multi', index)
+        env = self._env(cli_env, registries, src, dst)
+        dest = '%s/%s' % (registries[dst].host, repo + '-copy')
+        assert _ok(run_cli(['copy-alias', repo, 'multi', dest], env)) == _lines(
+            _sha256(index))
+        denv = cli_env(dst)
+        other = repo + '-copy'
+        assert _ok(run_cli(['get-manifest', other, 'multi'], denv)) == index
+        for image, platform in ((amd, 'linux/amd64'), (arm, 'linux/arm64/v8')):
+            assert _ok(run_cli(['get-manifest', other, image['digest']], denv)) == (
+                image['manifest'])
+            penv = dict(denv, DXF_PLATFORM=platform)
+            assert _ok(run_cli(['pull-blob', other, '@multi'], penv)) == image['layer']
+            assert _ok(run_cli(['get-digest', other, 'multi'], penv)) == _lines(
+                image['config_digest'])
+
+    def test_module_copy_alias_between_registries(self, registries, closing, repo):
+        source = closing(_api(registries['tls'], repo))
+        target = closing(_api(registries['basic'], repo))
+        blobs = [_blob(70000, repo + '1'), _blob(5, repo + '2')]
+        manifest = source.set_alias('a', *[source.push_blob(data=b) for b in blobs])
+        assert source.copy_alias('a', target, 'b') == _sha256(manifest.encode('utf-8'))
+        assert target.get_manifest('b') == manifest
+        assert b''.join(b''.join(target.pull_blob(d)) for d in target.get_alias('b')) == (
+            b''.join(blobs))
+
+
+@pytest.mark.registry
+class TestCopyAliasLayouts:
+
+    def test_registry_to_layout_and_back_keeps_digest_and_bytes(
+            self, cli_env, oci_env, registries, store, run_cli, repo):
+        env = cli_env('open')
+        blobs = [_blob(100000, repo + 'x'), _blob(1, repo + 'y')]
+        manifest = _seed(run_cli, env, repo, 'rt', *blobs)
+        digest = _sha256(manifest)
+        layout = _layout(store, repo)
+        assert _ok(run_cli(['copy-alias', repo, 'rt', 'oci:' + layout], env)) == _lines(digest)
+        index = _check_layout(layout)
+        assert [(e['digest'], e['annotations'][_REF_NAME]) for e in index['manifests']] == [
+            (digest, 'rt')]
+        for data in blobs:
+            assert _oci_blob(layout, _sha256(data)) == data
+        oenv = oci_env()
+        assert _ok(run_cli(['get-manifest', repo, 'rt'], oenv)) == manifest
+        assert _ok(run_cli(['pull-blob', repo, '@rt'], oenv)) == b''.join(blobs)
+        # and back, to another repository of the registry
+        back = '%s/%s-back' % (registries['open'].host, repo)
+        assert _ok(run_cli(['copy-alias', repo, 'rt', back],
+                           dict(oenv, DXF_INSECURE='1'))) == _lines(digest)
+        assert _ok(run_cli(['get-manifest', repo + '-back', 'rt'], env)) == manifest
+        assert _ok(run_cli(['pull-blob', repo + '-back', '@rt'], env)) == b''.join(blobs)
+        assert _leftovers(store) == []
+
+    def test_readme_layout_example_push_then_copy_to_registry(
+            self, cli_env, oci_env, registries, run_cli, repo, tmp_path):
+        oenv = oci_env(DXF_INSECURE='1')
+        data = _blob(30000, repo)
+        logger = _write(tmp_path, 'logger.dat', data)
+        # DXF_HOST=oci:/media/usb dxf push-blob fred/datalogger logger.dat @may15-readings
+        _ok(run_cli(['push-blob', 'fred/datalogger', logger, '@may15-readings'], oenv))
+        # DXF_HOST=oci:/media/usb dxf copy-alias fred/datalogger may15-readings HOST/REPO
+        dest = '%s/%s' % (registries['open'].host, repo)
+        digest = _ok(run_cli(['copy-alias', 'fred/datalogger', 'may15-readings', dest], oenv))
+        env = cli_env('open')
+        manifest = _ok(run_cli(['get-manifest', repo, 'may15-readings'], env))
+        assert digest == _lines(_sha256(manifest))
+        assert manifest == _ok(run_cli(['get-manifest', 'fred/datalogger', 'may15-readings'],
+                                       oenv))
+        out = tmp_path / 'out'
+        out.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@may15-readings'], env))
+        assert os.listdir(str(out)) == ['logger.dat']
+        assert _read(str(out / 'logger.dat')) == data
+
+    def test_multi_platform_alias_round_trips_through_a_layout(
+            self, cli_env, oci_env, registries, store, run_cli, repo, platform_alias):
+        amd, arm, index = platform_alias()
+        env = cli_env('open')
+        layout = _layout(store, repo)
+        assert _ok(run_cli(['copy-alias', repo, 'multi', 'oci:' + layout], env)) == _lines(
+            _sha256(index))
+        idx = _check_layout(layout)
+        [entry] = idx['manifests']
+        assert (entry['digest'], entry['mediaType']) == (_sha256(index), _OCI_INDEX)
+        for image in (amd, arm):
+            assert _oci_blob(layout, image['digest']) == image['manifest']
+            assert _oci_blob(layout, image['layer_digest']) == image['layer']
+        oenv = oci_env(DXF_INSECURE='1')
+        assert _ok(run_cli(['get-manifest', repo, 'multi'], oenv)) == index
+        assert _ok(run_cli(['pull-blob', repo, '@multi'],
+                           dict(oenv, DXF_PLATFORM='linux/arm64/v8'))) == arm['layer']
+        _fails(run_cli(['get-alias', repo, 'multi'], oenv), errno.ENOENT, 'linux/amd64')
+        back = '%s/%s-back' % (registries['open'].host, repo)
+        assert _ok(run_cli(['copy-alias', repo, 'multi', back], oenv)) == _lines(_sha256(index))
+        assert _ok(run_cli(['get-manifest', repo + '-back', 'multi'], env)) == index
+        assert _ok(run_cli(['pull-blob', repo + '-back', '@multi'],
+                           dict(env, DXF_PLATFORM='linux/amd64'))) == amd['layer']
+
+    def test_layout_to_layout_same_store_and_oci_dest(self, oci_env, store, run_cli, repo,
+                                                      tmp_path):
+        env = oci_env()
+        blobs = [_blob(2000, 'll-a'), _blob(3, 'll-b')]
+        manifest = _seed(run_cli, env, repo, 'al', *blobs)
+        digest = _lines(_sha256(manifest))
+        assert _ok(run_cli(['copy-alias', repo, 'al', 'other/repo'], env)) == digest
+        assert _ok(run_cli(['get-manifest', 'other/repo', 'al'], env)) == manifest
+        elsewhere = str(tmp_path / 'elsewhere')
+        assert _ok(run_cli(['copy-alias', repo, 'al', 'oci:' + elsewhere, 'v1'], env)) == digest
+        assert _check_layout(elsewhere)['manifests'][0]['annotations'][_REF_NAME] == 'v1'
+        assert _ok(run_cli(['pull-blob', 'elsewhere', '@v1'],
+                           oci_env(str(tmp_path)))) == b''.join(blobs)
+        assert _ok(run_cli(['list-repos'], env)).decode().splitlines() == sorted(
+            ['other/repo', repo])
+
+    def test_hand_made_image_layout_copies_to_registry(self, cli_env, oci_env, registries,
+                                                       store, run_cli, repo):
+        # an image layout as OCI tools write it (index.json without mediaType)
+        manifest, config_digest, layer = _write_oci_layout(
+            _layout(store, repo), 'v1', {'etc/hello.txt': b'hello\n'})
+        oenv = oci_env(DXF_INSECURE='1')
+        assert _ok(run_cli(['list-aliases', repo], oenv)) == b'v1\n'
+        assert _ok(run_cli(['get-digest', repo, 'v1'], oenv)) == _lines(config_digest)
+        dest = '%s/%s' % (registries['open'].host, repo)
+        assert _ok(run_cli(['copy-alias', repo, 'v1', dest], oenv)) == _lines(_sha256(manifest))
+        env = cli_env('open')
+        assert _ok(run_cli(['get-manifest', repo, 'v1'], env)) == manifest
+        assert _ok(run_cli(['pull-blob', repo, '@v1'], env)) == layer
+        assert _ok(run_cli(['get-digest', repo, 'v1'], env)) == _lines(config_digest)
+
+    def test_module_copy_alias_registry_to_layout_and_back(self, registries, closing, store,
+                                                           repo):
+        reg = registries['open']
+        source = closing(_api(reg, repo))
+        data = _blob(9000, repo)
+        manifest = source.set_alias('a', source.push_blob(data=data))
+        layout = dxf.OCILayout(_layout(store, repo))
+        assert source.copy_alias('a', layout) == _sha256(manifest.encode('utf-8'))
+        assert layout.get_manifest('a') == manifest
+        back = closing(_api(reg, repo + '-back'))
+        assert layout.copy_alias('a', back, 'b') == _sha256(manifest.encode('utf-8'))
+        assert back.get_manifest('b') == manifest
+        assert b''.join(back.pull_blob(back.get_alias('b'))) == data
+        _check_layout(_layout(store, repo))
+
+
+@pytest.mark.registry
+class TestCopyAliasErrors:
+
+    @pytest.mark.parametrize('dest', ['{repo}-copy', '{host}/{repo}-copy', 'oci:{tmp}/dest'],
+                             ids=['repo', 'host-repo', 'oci'])
+    def test_unknown_alias_exits_enoent_and_creates_nothing(self, cli_env, registries,
+                                                            run_cli, repo, tmp_path, dest):
+        env = cli_env('open')
+        _cli_push(run_cli, env, repo, b'so the repository exists')
+        dest = dest.format(repo=repo, host=registries['open'].host, tmp=tmp_path)
+        _fails(run_cli(['copy-alias', repo, 'nope', dest], env), errno.ENOENT, 'nope')
+        assert not os.path.exists(str(tmp_path / 'dest'))
+        _fails(run_cli(['list-aliases', repo + '-copy'], env), errno.ENOENT)
+
+    def test_unknown_alias_in_layout_exits_enoent(self, oci_env, run_cli, repo, tmp_path):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'x')
+        _fails(run_cli(['copy-alias', repo, 'nope', 'oci:' + str(tmp_path / 'd')], env),
+               errno.ENOENT, 'nope')
+        assert not os.path.exists(str(tmp_path / 'd'))
+
+    @pytest.mark.parametrize('dest', ['Upper', '{host}/Upper', '{host}/a//b', 'x-',
+                                      'localhost/', '127.0.0.1:1', 'a/../../up'])
+    def test_dest_invalid_repo_name_exits_einval(self, run_cli, repo, dest):
+        # DXF_HOST is a closed port: EINVAL shows the name was refused first
+        env = {'DXF_HOST': '127.0.0.1:1', 'DXF_INSECURE': '1', 'DXF_RETRIES': '0',
+               'PATH': os.environ.get('PATH', '')}
+        _fails(run_cli(['copy-alias', repo, 'al', dest.format(host='127.0.0.1:1')], env),
+               errno.EINVAL)
+
+    @pytest.mark.parametrize('dest', ['./backup', '../backup', 'exa mple.com/repo',
+                                      'a..b/repo'])
+    def test_dest_that_is_no_host_exits_einval(self, oci_env, run_cli, repo, dest):
+        env = oci_env(DXF_RETRIES='0', DXF_TIMEOUT='5')
+        _cli_push(run_cli, env, repo, b'x')
+        _ok(run_cli(['set-alias', repo, 'al', _sha256(b'x')], env))
+        _fails(run_cli(['copy-alias', repo, 'al', dest], env), errno.EINVAL)
+
+    @pytest.mark.parametrize('args', [['bad alias', 'r2'], ['ok', 'r2', 'bad/alias'],
+                                      ['ok', 'r2', 'x' * 129]], ids=['alias', 'dest-alias',
+                                                                     'long-dest-alias'])
+    def test_invalid_alias_names_exit_einval(self, oci_env, store, run_cli, repo, args):
+        _fails(run_cli(['copy-alias', repo] + args, oci_env()), errno.EINVAL)
+        assert not os.path.exists(store)
+
+    def _corrupt_source(self, run_cli, env, repo, blob_path):
+        """An alias over three blobs, the middle one corrupted where it is stored."""
+        blobs = [_blob(2000, repo + '1'), _blob(30000, repo + '2'), _blob(10, repo + '3')]
+        _seed(run_cli, env, repo, 'bad', *blobs)
+        _corrupt(blob_path(_sha256(blobs[1])), 100)
+        return blobs
+
+    def test_registry_source_corrupted_to_layout_exits_eio_no_alias(
+            self, cli_env, registries, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        self._corrupt_source(run_cli, env, repo, registries['open'].blob_path)
+        dest = str(tmp_path / 'dest')
+        _fails(run_cli(['copy-alias', repo, 'bad', 'oci:' + dest], env), errno.EIO)
+        assert not os.path.exists(os.path.join(dest, 'index.json')) or (
+            _entries(dest, 'bad') == [])
+        assert _leftovers(str(tmp_path)) == []
+        _fails(run_cli(['get-alias', 'dest', 'bad'], dict(env, DXF_HOST='oci:' + str(tmp_path))),
+               errno.ENOENT)
+
+    @pytest.mark.tls
+    def test_registry_source_corrupted_to_other_registry_exits_eio_no_alias(
+            self, cli_env, registries, run_cli, repo):
+        env = cli_env('basic')
+        src = registries['tls']
+        senv = cli_env('tls')
+        self._corrupt_source(run_cli, senv, repo, src.blob_path)
+        env['DXF_HOST'] = src.host
+        dest = '%s/%s' % (registries['basic'].host, repo)
+        _fails(run_cli(['copy-alias', repo, 'bad', dest], env), errno.EIO)
+        _fails(run_cli(['get-alias', repo, 'bad'], cli_env('basic')), errno.ENOENT)
+
+    def test_layout_source_corrupted_to_registry_exits_eio_no_alias(
+            self, cli_env, oci_env, registries, store, run_cli, repo):
+        oenv = oci_env(DXF_INSECURE='1')
+        layout = _layout(store, repo)
+        self._corrupt_source(run_cli, oenv, repo,
+                             lambda d: os.path.join(layout, 'blobs', 'sha256', d[7:]))
+        dest = '%s/%s' % (registries['open'].host, repo)
+        _fails(run_cli(['copy-alias', repo, 'bad', dest], oenv), errno.EIO)
+        _fails(run_cli(['get-alias', repo, 'bad'], cli_env('open')), errno.ENOENT)
+
+    def test_layout_source_corrupted_to_layout_exits_eio_no_alias(
+            self, oci_env, store, run_cli, repo):
+        env = oci_env()
+        layout = _layout(store, repo)
+        self._corrupt_source(run_cli, env, repo,
+                             lambda d: os.path.join(layout, 'blobs', 'sha256', d[7:]))
+        _fails(run_cli(['copy-alias', repo, 'bad', 'copy'], env), errno.EIO)
+        _fails(run_cli(['get-alias', 'copy', 'bad'], env), errno.ENOENT)
+        assert _leftovers(store) == []
+
+
+# ---- skopeo and dxf on the same layouts ----------------------------------------------------
+
+@pytest.mark.registry
+class TestLayoutSkopeo:
+
+    def _aliases(self, run_cli, env, repo):
+        one = [_blob(4000, 'lsk-one')]
+        three = [_blob(1000, 'lsk-a'), _blob(0, 'lsk-empty'), _blob(250000, 'lsk-c')]
+        manifests = {}
+        for name, blobs in (('one', one), ('three', three)):
+            manifests[name] = (blobs, _seed(run_cli, env, repo, name, *blobs))
+        return manifests
+
+    def test_skopeo_inspect_raw_reads_dxf_layout(self, oci_env, store, run_cli, repo, skopeo):
+        env = oci_env()
+        for alias, (_, manifest) in sorted(self._aliases(run_cli, env, repo).items()):
+            raw = skopeo.run('inspect', '--raw', 'oci:%s:%s' % (_layout(store, repo), alias))
+            assert raw == manifest == _ok(run_cli(['get-manifest', repo, alias], env))
+
+    def test_skopeo_copies_dxf_layout_to_registry(self, oci_env, cli_env, registries, store,
+                                                  run_cli, repo, skopeo):
+        env = oci_env()
+        aliases = self._aliases(run_cli, env, repo)
+        reg = registries['open']
+        renv = cli_env('open')
+        for alias, (blobs, manifest) in sorted(aliases.items()):
+            skopeo.copy('oci:%s:%s' % (_layout(store, repo), alias),
+                        _docker_ref(reg, repo, alias))
+            assert _ok(run_cli(['pull-blob', repo, '@' + alias], renv)) == b''.join(blobs)
+            assert _ok(run_cli(['get-manifest', repo, alias], renv)) == manifest
+
+    def test_dxf_reads_layout_skopeo_wrote(self, oci_env, cli_env, registries, store,
+                                           run_cli, repo, skopeo):
+        renv = cli_env('open')
+        aliases = self._aliases(run_cli, renv, repo)
+        reg = registries['open']
+        copy = repo + '-skopeo'
+        os.makedirs(os.path.dirname(_layout(store, copy)))   # skopeo makes only the last
+        for alias in ('one', 'three'):
+            skopeo.copy(_docker_ref(reg, repo, alias), 'oci:%s:%s' % (_layout(store, copy),
+                                                                    alias))
+        env = oci_env()
+        assert _ok(run_cli(['list-repos'], env)) == (copy + '\n').encode()
+        assert _ok(run_cli(['list-aliases', copy], env)) == b'one\nthree\n'
+        for alias, (blobs, manifest) in sorted(aliases.items()):
+            assert _ok(run_cli(['get-alias', copy, alias], env)) == _lines(
+                *[_sha256(b) for b in blobs])
+            assert _ok(run_cli(['pull-blob', copy, '@' + alias], env)) == b''.join(blobs)
+            assert _ok(run_cli(['get-manifest', copy, alias], env)) == manifest
+
+    def test_dxf_adds_alias_to_skopeo_layout_skopeo_still_reads_both(
+            self, oci_env, cli_env, registries, store, run_cli, repo, skopeo, tmp_path):
+        manifest, config_digest, layer = _write_oci_layout(
+            str(tmp_path / 'image'), 'v1', {'hello.txt': b'hi\n'})
+        reg = registries['open']
+        skopeo.copy('oci:%s:v1' % (tmp_path / 'image'), _docker_ref(reg, repo, 'v1'))
+        layout = _layout(store, repo)
+        os.makedirs(os.path.dirname(layout))
+        skopeo.copy(_docker_ref(reg, repo, 'v1'), 'oci:%s:v1' % layout)
+        env = oci_env()
+        assert _ok(run_cli(['get-digest', repo, 'v1'], env)) == _lines(config_digest)
+        assert _ok(run_cli(['pull-blob', repo, '@v1'], env)) == layer
+        data = _blob(5000, repo)
+        _ok(run_cli(['push-blob', repo, '-', '@mine'], env, stdin=data))
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'mine\nv1\n'
+        assert skopeo.run('inspect', '--raw', 'oci:%s:v1' % layout) == manifest
+        assert skopeo.run('inspect', '--raw', 'oci:%s:mine' % layout) == _ok(
+            run_cli(['get-manifest', repo, 'mine'], env))
+        skopeo.copy('oci:%s:mine' % layout, _docker_ref(reg, repo, 'mine'))
+        assert _ok(run_cli(['pull-blob', repo, '@mine'], cli_env('open'))) == data
