@@ -852,6 +852,11 @@ class _Transport:
                 error = DXFConnectionError('%s %s: %s' % (
                     method, _path(url), _exc_text(exc)))
                 error.retryable = _is_transient(exc)
+                # Python < 3.11 leaves the proxy's answer to a failed CONNECT
+                # open in http.client's frame (its socket leaks until the
+                # garbage collector runs): let go of the frames' locals.
+                import traceback
+                traceback.clear_frames(exc.__traceback__)
                 raise error from exc
             return _Response(self, key, conn, raw, method, url)
 
