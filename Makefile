@@ -28,15 +28,21 @@ test: registry
 quick: registry $(VENV)/bin/pytest
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The registry binary the tests and the demo run (Debian package docker-registry).
+# What the tests and the demo run: the registry (Debian package docker-registry),
+# skopeo (the interop tests) and openssl (test certificates and tokens).
 # apt-get update only when the plain install fails: the lists may be stale or absent.
 registry:
-	@if [ -z "$$DXF_TEST_REGISTRY" ] && ! command -v docker-registry >/dev/null 2>&1; then \
+	@missing=; \
+	if [ -z "$$DXF_TEST_REGISTRY" ] && ! command -v docker-registry >/dev/null 2>&1; then \
+	    missing=" docker-registry"; fi; \
+	command -v skopeo >/dev/null 2>&1 || missing="$$missing skopeo"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
 	    sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    echo "installing docker-registry"; \
-	    $$sudo apt-get install -y -q docker-registry >/dev/null \
-	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q docker-registry >/dev/null; }; \
+	    echo "installing:$$missing"; \
+	    $$sudo apt-get install -y -q $$missing >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$missing >/dev/null; }; \
 	fi
 
 $(VENV)/bin/pytest:
