@@ -2968,7 +2968,10 @@ class _Settings:
             dxf.authenticate(username, password, response=response,
                              authorization=authorization,
                              identity_token=identity)
-        if self.token:     # a token replaces credentials entirely
+        # DXF_TOKEN comes from DXF_HOST's token service: never show it to
+        # another registry (copy-alias to HOST/REPO).
+        token = self.token if host == self.host else None
+        if token:     # a token replaces credentials entirely
             auth = None
         options = dict(auth=auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
@@ -2980,8 +2983,8 @@ class _Settings:
         if self.debug:
             dxf._transport.trace = lambda line: self.stderr.write(
                 'dxf: %s\n' % line)
-        if self.token:
-            dxf.token = self.token
+        if token:
+            dxf.token = token
         return dxf
 
 

@@ -7358,3 +7358,24 @@ class TestLayoutSkopeo:
             run_cli(['get-manifest', repo, 'mine'], env))
         skopeo.copy('oci:%s:mine' % layout, _docker_ref(reg, repo, 'mine'))
         assert _ok(run_cli(['pull-blob', repo, '@mine'], cli_env('open'))) == data
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+def test_copy_alias_to_another_registry_never_sends_dxf_token(cli_env, run_cli, registries,
+                                                              repo):
+    # DXF_TOKEN is DXF_HOST's; the destination registry gets no Authorization
+    # from it (the tls registry would ignore one, so look at what dxf sets up).
+    src = cli_env('token')
+    data = _blob(3000, 'copy-token')
+    _ok(run_cli(['push-blob', repo, '-', '@a'], src, stdin=data))
+    token = _ok(run_cli(['auth', repo, 'pull'], src)).decode('ascii').strip()
+    env = dict(cli_env('tls'), DXF_HOST=registries['token'].host, DXF_TOKEN=token)
+    dest_host = registries['tls'].host
+    _ok(run_cli(['copy-alias', repo, 'a', '%s/%s' % (dest_host, repo)], env))
+    with dxf.DXF(dest_host, repo, tlsverify=registries['tls'].tlsverify) as d:
+        assert d.get_alias('a') == [_sha256(data)]
+    settings = dxf._Settings.from_environ(env)
+    with settings.open(repo) as source, settings.open(repo, host=dest_host) as dest:
+        assert source.token == token
+        assert dest.token is None
