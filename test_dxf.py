@@ -7379,3 +7379,34 @@ def test_copy_alias_to_another_registry_never_sends_dxf_token(cli_env, run_cli, 
     with settings.open(repo) as source, settings.open(repo, host=dest_host) as dest:
         assert source.token == token
         assert dest.token is None
+
+
+@pytest.mark.registry
+class TestResumeAnsweredWith200:
+    """A server that ignores Range answers a resume with the whole blob (200):
+    dxf reads the prefix again and checks it is what it already handed out."""
+
+    def _setup(self, faults, origin, upstream, served):
+        data = _blob(3 * MIB + 11, 'resume-200')
+        digest = upstream.push_blob(data=data)
+        cut = MIB + 333
+        faults.add('GET', BLOB_GET, 'cut_response', after=cut)
+        faults.add('GET', BLOB_GET, 'redirect', has_header='Range', to=origin.url)
+        path = '/v2/%s/blobs/%s' % (upstream.repo, digest)
+        origin.answers[path] = (200, {'Content-Type': 'application/octet-stream'},
+                                served(data, cut))
+        return data, digest
+
+    def test_same_prefix_continues(self, faults, origin, fault_env, run_cli, upstream):
+        data, digest = self._setup(faults, origin, upstream, lambda data, cut: data)
+        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        assert [r.headers.get('Range') for r in origin.requests] == ['bytes=%d-' % (MIB + 333)]
+
+    def test_different_prefix_is_an_integrity_error(self, faults, origin, fault_env,
+                                                    run_cli, upstream):
+        def changed(data, cut):
+            return b'X' + data[1:]            # same length, first byte differs
+        data, digest = self._setup(faults, origin, upstream, changed)
+        out, _ = _one_error(run_cli(['pull-blob', upstream.repo, digest], fault_env()),
+                            errno.EIO)
+        assert len(out) < len(data) and data.startswith(out)
