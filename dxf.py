@@ -1959,6 +1959,14 @@ class _AliasMethods:
         """Return the digest of an alias's config blob (``docker inspect`` Id)."""
         return _manifest_config(self._image_manifest(alias, manifest, platform))
 
+    def _named_by(self, alias):
+        """What del_alias returns: an alias's blobs (an index: its manifests)."""
+        data, content_type, _ = self._get_manifest(alias)
+        m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES:
+            return sorted(set(_index_platforms(m).values()))
+        return [d for d, _ in _manifest_layers(m)]
+
     def copy_alias(self, alias, target, target_alias=None):
         """Copy an alias with everything it names to ``target``.
 
@@ -2457,12 +2465,7 @@ class DXF(DXFBase, _AliasMethods):
             return self._del_alias(alias)
 
     def _del_alias(self, alias):
-        data, content_type, _ = self._get_manifest(alias)
-        m, media = _parse_manifest(data, content_type)
-        if media in _INDEX_TYPES:
-            named = sorted(set(_index_platforms(m).values()))
-        else:
-            named = [d for d, _ in _manifest_layers(m)]
+        named = self._named_by(alias)
         placeholder = _alias_manifest([], {
             'vnd.dxf.deleting': alias,
             'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
@@ -2689,12 +2692,7 @@ class OCILayout(_AliasMethods):
     def del_alias(self, alias):
         """Remove an alias; return the digests of the blobs it named."""
         _check_alias(alias)
-        data, media, _ = self._get_manifest(alias)
-        m, media = _parse_manifest(data, media)
-        if media in _INDEX_TYPES:
-            named = sorted(set(_index_platforms(m).values()))
-        else:
-            named = [d for d, _ in _manifest_layers(m)]
+        named = self._named_by(alias)
         self._update_index(lambda index: index.update(manifests=[
             e for e in index['manifests'] if e not in self._find(index, alias)]))
         return named
