@@ -5355,24 +5355,11 @@ def _one_error(result, statuses, *words):
     return out, lines[0]
 
 
-def _succeeds(result):
-    """Assert a run succeeded quietly; return its stdout."""
-    status, out, err = result
-    assert (status, err) == (0, ''), (status, err)
-    return out
-
-
 def _timed(function, *args, **kwargs):
     """(function's result, seconds it took)."""
     started = time.monotonic()
     result = function(*args, **kwargs)
     return result, time.monotonic() - started
-
-
-def _file(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
 
 
 BLOB_GET = r'/blobs/sha256:'
@@ -5389,26 +5376,26 @@ class TestFaultProxy:
     def test_fault_proxy_round_trip_goes_through_the_proxy(self, proxy, fault_env, run_cli,
                                                            repo, tmp_path):
         data = _blob(300000, 'proxy-round-trip')
-        path = _file(tmp_path, 'data', data)
+        path = _write(tmp_path, 'data', data)
         env = fault_env()
-        assert _succeeds(run_cli(['push-blob', repo, path], env)) == (
+        assert _ok(run_cli(['push-blob', repo, path], env)) == (
             _sha256(data).encode() + b'\n')
         # The upload's Location led back through the proxy.
         assert len(proxy.seen('POST', UPLOAD)) == 1
         assert len(proxy.seen('PUT', UPLOAD)) == 1
-        _succeeds(run_cli(['set-alias', repo, 'a', _sha256(data)], env))
-        assert _succeeds(run_cli(['pull-blob', repo, '@a'], env)) == data
-        assert _succeeds(run_cli(['list-aliases', repo], env)) == b'a\n'
+        _ok(run_cli(['set-alias', repo, 'a', _sha256(data)], env))
+        assert _ok(run_cli(['pull-blob', repo, '@a'], env)) == data
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'a\n'
         assert proxy.errors == []
 
     def test_fault_proxy_forwards_chunked_upload(self, proxy, fault_env, run_cli, repo):
         data = _blob(2 * 1024 * 1024 + 5, 'proxy-chunked')
         env = fault_env()
-        assert _succeeds(run_cli(['push-blob', repo, '-'], env, stdin=data)) == (
+        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=data)) == (
             _sha256(data).encode() + b'\n')
         patch = proxy.seen('PATCH', UPLOAD)
         assert len(patch) == 1 and 'chunked' in patch[0].headers.get('Transfer-Encoding', '')
-        assert _succeeds(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
 
     def test_fault_fires_on_nth_match_once_or_every_time(self, proxy, faults, upstream):
         digest = upstream.push_blob(data=b'nth')
@@ -5431,8 +5418,8 @@ class TestFaultProxy:
         data = _blob(100000, 'token-proxy')
         env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
                         DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
-        _succeeds(run_cli(['push-blob', repo, _file(tmp_path, 'd', data), '@t'], env))
-        assert _succeeds(run_cli(['pull-blob', repo, '@t'], env)) == data
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@t'], env))
+        assert _ok(run_cli(['pull-blob', repo, '@t'], env)) == data
         assert token_proxy.seen('PUT', UPLOAD)
 
 
@@ -5456,12 +5443,12 @@ class TestFaults:
             'manifest-get': ('GET', MANIFEST, ['get-alias', upstream.repo, 'a'],
                              digest.encode() + b'\n'),
             'blob-put': ('PUT', UPLOAD, ['push-blob', upstream.repo,
-                                        _file(tmp_path, 'd', data)], digest.encode() + b'\n'),
+                                        _write(tmp_path, 'd', data)], digest.encode() + b'\n'),
             'tags-list': ('GET', TAGS, ['list-aliases', upstream.repo], b'a\n'),
         }[target]
         fault = faults.add(method, pattern, 'status', status=status,
                            body=b'{"errors": [{"code": "UNAVAILABLE", "message": "try later"}]}')
-        assert _succeeds(run_cli(argv, env)) == expected
+        assert _ok(run_cli(argv, env)) == expected
         assert fault.fired == 1
         assert len(proxy.seen(method, pattern)) == 2       # the failure, then the retry
         if target == 'blob-put':
@@ -5479,7 +5466,7 @@ class TestFaults:
         value = '1' if form == 'seconds' else email.utils.formatdate(time.time() + 2,
                                                                      usegmt=True)
         faults.add('GET', BLOB_GET, 'status', status=429, headers={'Retry-After': value})
-        out = _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env()))
+        out = _ok(run_cli(['pull-blob', upstream.repo, digest], fault_env()))
         assert out == data
         first, second = proxy.seen('GET', BLOB_GET)
         assert second.time - first.time >= 0.9
@@ -5515,7 +5502,7 @@ class TestFaults:
         digest = upstream.push_blob(data=data)
         cut = 1024 * 1024 + 4321
         faults.add('GET', BLOB_GET, 'cut_response', after=cut)
-        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        assert _ok(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
         gets = proxy.seen('GET', BLOB_GET)
         assert len(gets) == 2
         assert gets[0].headers.get('Range') is None
@@ -5529,7 +5516,7 @@ class TestFaults:
         cut = 1024 * 1024 + 1
         faults.add('GET', BLOB_GET, 'cut_response', every=True, after=cut)
         out = tmp_path / 'out.bin'
-        _succeeds(run_cli(['pull-blob', upstream.repo, digest, '-o', str(out)],
+        _ok(run_cli(['pull-blob', upstream.repo, digest, '-o', str(out)],
                           fault_env(DXF_RETRIES='5')))
         assert out.read_bytes() == data
         ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
@@ -5574,7 +5561,7 @@ class TestFaults:
             'tags': ('GET', TAGS, ['list-aliases', upstream.repo], b'a\n'),
         }[target]
         faults.add(method, pattern, 'cut_response', after=10)
-        assert _succeeds(run_cli(argv, fault_env())) == expected
+        assert _ok(run_cli(argv, fault_env())) == expected
         assert len(proxy.seen(method, pattern)) == 2
 
     # ---- 5. an upload cut midway -------------------------------------------------
@@ -5585,8 +5572,8 @@ class TestFaults:
         digest = _sha256(data)
         fault = faults.add('PUT', UPLOAD, 'cut_request', after=300000)
         result, elapsed = _timed(run_cli, ['push-blob', upstream.repo,
-                                           _file(tmp_path, 'd', data)], fault_env())
-        assert _succeeds(result) == digest.encode() + b'\n'
+                                           _write(tmp_path, 'd', data)], fault_env())
+        assert _ok(result) == digest.encode() + b'\n'
         assert fault.fired == 1
         assert len(proxy.seen('POST', UPLOAD)) == 2          # a new session
         with upstream.pull_blob(digest) as reader:
@@ -5602,7 +5589,7 @@ class TestFaults:
         assert out == b''
         # Data piped in cannot be read twice: one session, not retried.
         assert len(proxy.seen('PATCH', UPLOAD)) == 1
-        assert _succeeds(run_cli(['push-blob', repo, '-'], fault_env(), stdin=data)) == (
+        assert _ok(run_cli(['push-blob', repo, '-'], fault_env(), stdin=data)) == (
             _sha256(data).encode() + b'\n')
 
     # ---- 6. a byte flipped in transit ---------------------------------------------
@@ -5655,7 +5642,7 @@ class TestFaults:
         faults.add('GET', BLOB_GET, 'stall', seconds=5)
         result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
                                  fault_env(DXF_TIMEOUT='1'))
-        assert _succeeds(result) == data
+        assert _ok(result) == data
         assert len(proxy.seen('GET', BLOB_GET)) == 2
         assert 1 <= elapsed < 5
 
@@ -5678,7 +5665,7 @@ class TestFaults:
         faults.add('GET', BLOB_GET, 'stall', seconds=5)   # the resume stalls once
         result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
                                  fault_env(DXF_TIMEOUT='1'))
-        assert _succeeds(result) == data
+        assert _ok(result) == data
         assert elapsed < 8
 
     # ---- 8. redirects leave credentials behind --------------------------------------
@@ -5690,7 +5677,7 @@ class TestFaults:
         origin.blobs[digest] = data
         faults.add('GET', BLOB_GET, 'redirect', to=origin.url)
         env = fault_env(DXF_TOKEN='sometoken')
-        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], env)) == data
+        assert _ok(run_cli(['pull-blob', upstream.repo, digest], env)) == data
         (asked,) = proxy.seen('GET', BLOB_GET)
         assert asked.headers.get('Authorization') == 'Bearer sometoken'
         (fetched,) = origin.requests
@@ -5705,11 +5692,11 @@ class TestFaults:
         digest = _sha256(data)
         env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
                         DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
-        _succeeds(run_cli(['push-blob', repo, _file(tmp_path, 'd', data)], env))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data)], env))
         origin.blobs[digest] = data
         token_proxy.faults.add('GET', BLOB_GET, 'redirect', to=origin.url,
                                has_header='Authorization')
-        assert _succeeds(run_cli(['pull-blob', repo, digest], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
         authorized = [r for r in token_proxy.seen('GET', BLOB_GET)
                       if r.headers.get('Authorization', '').startswith('Bearer ')]
         assert authorized and authorized[-1].fault is not None
@@ -5724,13 +5711,13 @@ class TestFaults:
         data = _blob(1000, '401-once')
         env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
                         DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
-        _succeeds(run_cli(['push-blob', repo, _file(tmp_path, 'd', data), '@a'], env))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@a'], env))
         challenge = ('Bearer realm="%s",service="%s",scope="repository:%s:pull",'
                      'error="invalid_token"' % (token_server.realm, token_server.service, repo))
         token_proxy.faults.add('GET', BLOB_GET, 'status', status=401, has_header='Authorization',
                                headers={'WWW-Authenticate': challenge})
         del token_server.requests[:]
-        assert _succeeds(run_cli(['pull-blob', repo, '@a'], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, '@a'], env)) == data
         gets = token_proxy.seen('GET', BLOB_GET)
         assert [r.fault is not None for r in gets] == [True, False]
         assert gets[0].headers['Authorization'] != gets[1].headers['Authorization']
@@ -5888,21 +5875,21 @@ class TestRegistryRestart:
         reg = own_registry
         data = _blob(400000, 'restart')
         env = self._env(reg, tmp_path)
-        _succeeds(run_cli(['push-blob', repo, _file(tmp_path, 'd', data), '@r'], env))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@r'], env))
         reg.stop()
         result, elapsed = _timed(run_cli, ['pull-blob', repo, '@r'],
                                  self._env(reg, tmp_path, DXF_RETRIES='0'))
         _, line = _one_error(result, 1, 'refused')
         assert elapsed < 5
         reg.restart()
-        assert _succeeds(run_cli(['pull-blob', repo, '@r'], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, '@r'], env)) == data
 
     def test_registry_back_within_retries_is_waited_for(self, own_registry, run_cli, repo,
                                                         tmp_path):
         reg = own_registry
         data = _blob(100000, 'restart-retry')
         env = self._env(reg, tmp_path, DXF_RETRIES='5')
-        _succeeds(run_cli(['push-blob', repo, _file(tmp_path, 'd', data), '@r'], env))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@r'], env))
         reg.stop()
         errors = []
 
@@ -5919,7 +5906,7 @@ class TestRegistryRestart:
         finally:
             thread.join(20)
         assert errors == []
-        assert _succeeds(result) == data
+        assert _ok(result) == data
 
 
 @pytest.mark.registry
@@ -5927,7 +5914,7 @@ class TestConcurrency:
 
     def test_two_processes_push_same_blob_and_alias_at_once(self, cli_env, repo, tmp_path):
         data = _blob(1024 * 1024, 'two-processes')
-        path = _file(tmp_path, 'd', data)
+        path = _write(tmp_path, 'd', data)
         env = dict(cli_env('open'), DXF_TIMEOUT='20')
         argv = [sys.executable, dxf.__file__, 'push-blob', repo, path, '@same']
         procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -5958,7 +5945,7 @@ class TestConcurrency:
                                           'detail': _sha256(b'{}')}]}).encode()
         faults.add('PUT', MANIFEST, 'status', status=400, body=unknown,
                    headers={'Content-Type': 'application/json'})
-        _succeeds(run_cli(['set-alias', upstream.repo, 'a', digest], fault_env()))
+        _ok(run_cli(['set-alias', upstream.repo, 'a', digest], fault_env()))
         assert upstream.get_alias('a') == [digest]
 
     @pytest.mark.parametrize('mode', ['open', pytest.param('token', marks=pytest.mark.tls)])
@@ -5980,7 +5967,7 @@ class TestConcurrency:
                 for i in range(3):
                     data = _blob(100000 + 4099 * n + i, 'thread-%d-%d' % (n, i))
                     if i % 2:
-                        digest = d.push_blob(_file(tmp_path, 't%d-%d' % (n, i), data))
+                        digest = d.push_blob(_write(tmp_path, 't%d-%d' % (n, i), data))
                     else:
                         digest = d.push_blob(data=data)
                     assert digest == _sha256(data)
@@ -6024,9 +6011,9 @@ class TestLargeBlobPipeline:
         data = _blob(LARGE, 'pipeline')
         env = cli_env('open')
         digest = _cli_push(run_cli, env, repo, data)
-        assert _succeeds(run_cli(['pull-blob', repo, digest], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
         target = tmp_path / 'large.bin'
-        _succeeds(run_cli(['pull-blob', repo, '-o', str(target), digest], env))
+        _ok(run_cli(['pull-blob', repo, '-o', str(target), digest], env))
         assert target.read_bytes() == data
 
     @pytest.mark.parametrize('where', ['middle', 'last byte'])
@@ -6052,7 +6039,7 @@ class TestLargeBlobPipeline:
         digest = upstream.push_blob(data=data)
         cut = 5 * 1024 * 1024 + 7
         faults.add('GET', BLOB_GET, 'cut_response', after=cut)
-        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        assert _ok(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
         ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
         assert ranges == [None, 'bytes=%d-' % cut]
 
@@ -6080,8 +6067,8 @@ class TestOverlappedPush:
     def test_new_large_file_uploads_once_and_pulls_back(
             self, proxy, fault_env, run_cli, upstream, tmp_path):
         data = _blob(OVERLAPPED, 'overlap-new')
-        path = _file(tmp_path, 'big', data)
-        out = _succeeds(run_cli(['push-blob', upstream.repo, path], fault_env()))
+        path = _write(tmp_path, 'big', data)
+        out = _ok(run_cli(['push-blob', upstream.repo, path], fault_env()))
         assert out == _sha256(data).encode('ascii') + b'\n'
         puts = proxy.seen('PUT', r'/blobs/uploads/.*digest=')
         assert len(puts) == 1 and _sha256(data).split(':')[1] in puts[0].path
@@ -6092,8 +6079,8 @@ class TestOverlappedPush:
             self, proxy, fault_env, run_cli, upstream, tmp_path):
         data = _blob(OVERLAPPED, 'overlap-existing')
         upstream.push_blob(data=data)
-        path = _file(tmp_path, 'big', data)
-        out = _succeeds(run_cli(['push-blob', upstream.repo, path, '@there'], fault_env()))
+        path = _write(tmp_path, 'big', data)
+        out = _ok(run_cli(['push-blob', upstream.repo, path, '@there'], fault_env()))
         assert out == _sha256(data).encode('ascii') + b'\n'
         hexdigest = _sha256(data).split(':')[1]
         assert proxy.seen('PUT', r'/blobs/uploads/.*' + hexdigest) == []   # never finished
@@ -6110,7 +6097,7 @@ class TestChunkedPush:
 
     def _push(self, proxy, upstream, tmp_path, size, **options):
         data = _blob(size, 'chunked-%d' % size)
-        path = _file(tmp_path, 'chunked', data)
+        path = _write(tmp_path, 'chunked', data)
         with dxf.DXF(proxy.host, upstream.repo, insecure=True, timeout=5,
                      retries=options.pop('retries', 1)) as d:
             digest = d.push_blob(path, chunk_size=options.pop('chunk_size', MIB),
@@ -6154,7 +6141,7 @@ class TestChunkedPush:
     def test_abandoned_session_is_cancelled(self, proxy, faults, upstream, tmp_path):
         faults.add('PATCH', UPLOAD, 'status', every=True, status=400)
         data = _blob(2 * MIB, 'chunked-cancel')
-        path = _file(tmp_path, 'chunked', data)
+        path = _write(tmp_path, 'chunked', data)
         with dxf.DXF(proxy.host, upstream.repo, insecure=True, retries=1) as d:
             with pytest.raises(dxf.DXFHTTPError) as info:
                 d.push_blob(path, chunk_size=MIB)
@@ -7399,7 +7386,7 @@ class TestResumeAnsweredWith200:
 
     def test_same_prefix_continues(self, faults, origin, fault_env, run_cli, upstream):
         data, digest = self._setup(faults, origin, upstream, lambda data, cut: data)
-        assert _succeeds(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        assert _ok(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
         assert [r.headers.get('Range') for r in origin.requests] == ['bytes=%d-' % (MIB + 333)]
 
     def test_different_prefix_is_an_integrity_error(self, faults, origin, fault_env,
