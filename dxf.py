@@ -34,7 +34,7 @@ Licence: MIT.
 
 # =============================================================================
 # 1. Imports and metadata
-#    Heavy modules (http.client, ssl, argparse, socket) are imported where they
+#    Heavy modules (socket, ssl, argparse) are imported where they
 #    are first needed, so a command that makes no request starts fast.
 # =============================================================================
 
@@ -108,6 +108,8 @@ _DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
 _MAX_REDIRECTS = 10
+_MAX_LINE = 65536                # longest status or header line accepted
+_MAX_HEADERS = 100
 _MAX_PAGES = 100000              # a registry's Link chain cannot loop forever
 _TOKEN_MARGIN = 10               # renew a token this many seconds early
 _USER_AGENT = 'dxf.py/' + __version__
@@ -540,6 +542,279 @@ class _ChunkedBody:
         conn.send(b'0\r\n\r\n')
 
 
+class _BadAnswer(Exception):
+    """An answer that does not follow HTTP/1.1 (RFC 9112)."""
+
+
+class _Disconnected(ConnectionResetError):
+    """The server closed the connection before it answered."""
+
+
+# What a connection can raise while a request or its answer is under way.
+_TRANSPORT_ERRORS = (OSError, _BadAnswer)
+
+
+class _Connection:
+    """One HTTP/1.1 connection: plain, TLS, or TLS through a proxy's tunnel.
+
+    A small stand-in for http.client, whose import (email, ssl) costs more
+    start-up time and memory than a small command spends on everything else.
+    ``proxy`` is ``(host, port, headers)``: https requests go through a
+    CONNECT tunnel, http ones to the proxy in absolute form.
+    """
+
+    def __init__(self, scheme, host, port, timeout, context=None, proxy=None):
+        try:
+            host.encode('ascii')
+        except UnicodeEncodeError:          # e.g. a redirect to an IDN host
+            host = host.encode('idna').decode('ascii')
+        self.host = host
+        self.port = port or (443 if scheme == 'https' else 80)
+        self.host_header = _netloc(host, port)
+        self.timeout = timeout
+        self.context = context if scheme == 'https' else None
+        self.proxy = proxy
+        tunnel = proxy and scheme == 'https'
+        self.prefix = '%s://%s' % (scheme, self.host_header) if (
+            proxy and not tunnel) else ''
+        self.extra = proxy[2] if proxy and not tunnel else {}
+        self.sock = self.rfile = None
+
+    def _connect(self):
+        import socket
+        host, port = self.proxy[:2] if self.proxy else (self.host, self.port)
+        # A bytes name: a str one makes getaddrinfo import the idna codec.
+        sock = socket.create_connection((host.encode('idna'), port),
+                                        self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.context:
+                if self.proxy:
+                    self._tunnel(sock)
+                sock = self.context.wrap_socket(sock,
+                                                server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self.rfile = sock, sock.makefile('rb')
+
+    def _tunnel(self, sock):
+        target = _netloc(self.host, self.port)
+        lines = ['CONNECT %s HTTP/1.1' % target, 'Host: ' + target]
+        lines += ['%s: %s' % item for item in self.proxy[2].items()]
+        sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1'))
+        rfile = sock.makefile('rb')
+        try:
+            answer = _Answer(rfile, 'CONNECT')
+        finally:
+            rfile.close()
+        if answer.status != 200:
+            raise OSError('Tunnel connection failed: %d %s'
+                          % (answer.status, answer.reason))
+
+    def send(self, data):
+        if self.sock is None:
+            self._connect()
+        self.sock.sendall(data)
+
+    def closed_by_server(self):
+        """True if an idle connection has something to read: the server's
+        close (or data it should not have sent).  On TLS a late session
+        ticket counts too, which costs no more than a new connection."""
+        import select
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def getresponse(self, method):
+        return _Answer(self.rfile, method)
+
+    def close(self):
+        sock, rfile, self.sock, self.rfile = self.sock, self.rfile, None, None
+        if rfile is not None:
+            rfile.close()
+        if sock is not None:
+            sock.close()
+
+
+class _Headers(dict):
+    """Header fields by lower-cased name."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+class _Answer:
+    """A response's status line and headers, and its body as a stream.
+
+    ``read``/``readinto`` fill what they are asked for unless the body ends;
+    an answer cut short ends early (the caller compares lengths), as with
+    http.client.  ``isclosed()`` is true once the body has been read.
+    """
+
+    def __init__(self, rfile, method):
+        self.rfile = rfile
+        while True:
+            version = self._status_line()
+            self.headers = self._fields()
+            if not 100 <= self.status < 200 or self.status == 101:
+                break           # 1xx answers (100 Continue) come before it
+        get = self.headers.get
+        connection = get('connection', '').lower()
+        self.chunked = get('transfer-encoding', '').lower().endswith('chunked')
+        self.left = None            # body bytes left (of the chunk if chunked)
+        self._in_chunk = self._last_chunk = False
+        if method == 'HEAD' or self.status in (204, 304, 101):
+            self.left = 0
+        elif self.chunked:
+            self.left = 0
+        else:
+            try:
+                self.left = int(get('content-length', ''))
+            except ValueError:
+                pass
+            if self.left is not None and self.left < 0:
+                self.left = None
+        self.will_close = ('close' in connection or self.left is None
+                           or (version == 'HTTP/1.0'
+                               and 'keep-alive' not in connection))
+        self._done = self.left == 0 and not self.chunked
+
+    def _status_line(self):
+        line = self.rfile.readline(_MAX_LINE + 1)
+        if not line:
+            raise _Disconnected('server closed the connection without '
+                                'answering')
+        parts = line.decode('latin-1').rstrip('\r\n').split(None, 2)
+        if (len(parts) < 2 or not parts[0].startswith('HTTP/1.')
+                or len(parts[1]) != 3 or not parts[1].isdigit()):
+            raise _BadAnswer('not an HTTP answer: %r'
+                             % _printable(line.decode('latin-1'), 60))
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ''
+        return parts[0]
+
+    def _fields(self):
+        fields = _Headers()
+        name = None
+        for _ in range(_MAX_HEADERS + 1):
+            line = self.rfile.readline(_MAX_LINE + 1)
+            if len(line) > _MAX_LINE:
+                raise _BadAnswer('header line longer than %d bytes'
+                                 % _MAX_LINE)
+            if line in (b'\r\n', b'\n'):
+                return fields
+            if not line:
+                raise _Disconnected('connection closed in the headers')
+            text = line.decode('latin-1')
+            if text[0] in ' \t' and name:       # obsolete line folding
+                fields[name] += ' ' + text.strip()
+                continue
+            name, sep, value = text.partition(':')
+            name, value = name.strip().lower(), value.strip()
+            if not sep or not name:
+                name = None
+            elif name not in fields:
+                fields[name] = value
+            elif name == 'www-authenticate':
+                fields[name] += ', ' + value    # a list (RFC 9110 5.3)
+        raise _BadAnswer('more than %d header lines' % _MAX_HEADERS)
+
+    def isclosed(self):
+        return self._done
+
+    def close(self):
+        self._done = True
+
+    def _available(self):
+        """Bytes that can be read before the next framing step, 0 at the end."""
+        if self._done:
+            return 0
+        if self.left is None or self.left > 0:
+            return self.left or _CHUNK_SIZE
+        if self.chunked and not self._last_chunk:
+            self._next_chunk()
+            if self.left:
+                return self.left
+        self._done = True
+        return 0
+
+    def _next_chunk(self):
+        rfile = self.rfile
+        if self._in_chunk:
+            if rfile.readline(_MAX_LINE + 1).strip():
+                raise _BadAnswer('chunk longer than its size line says')
+        self._in_chunk = True
+        line = rfile.readline(_MAX_LINE + 1)
+        if not line:
+            raise _Disconnected('connection closed between chunks')
+        try:
+            self.left = int(line.split(b';', 1)[0].strip(), 16)
+        except ValueError:
+            raise _BadAnswer('bad chunk size line %r' % _printable(
+                line.decode('latin-1'), 40)) from None
+        if self.left < 0:
+            raise _BadAnswer('negative chunk size')
+        if self.left == 0:
+            self._last_chunk = True
+            for _ in range(_MAX_HEADERS + 1):      # trailer fields
+                line = rfile.readline(_MAX_LINE + 1)
+                if line in (b'\r\n', b'\n', b''):
+                    return
+            raise _BadAnswer('more than %d trailer lines' % _MAX_HEADERS)
+
+    def _cut(self):
+        """The body ended early: stop, and never reuse the connection."""
+        self.will_close = True
+        self._done = True
+        self.left = 0
+
+    def _got(self, n, wanted):
+        if n < wanted and self.chunked:
+            raise _Disconnected('connection closed inside a chunk')
+        if n < wanted and self.left is not None:
+            self._cut()
+        elif self.left is not None:
+            self.left -= n
+            if not self.left and not self.chunked:
+                self._done = True
+
+    def read(self, n):
+        """Up to ``n`` bytes, fewer only at the end of the body."""
+        parts = []
+        while n > 0:
+            want = min(n, self._available())
+            if not want:
+                break
+            piece = self.rfile.read(want)
+            self._got(len(piece), want)
+            if not piece:
+                if self.left is None:
+                    self._done = True
+                break
+            parts.append(piece)
+            n -= len(piece)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def readinto(self, buf):
+        """Like read, into ``buf``; returns the count."""
+        view = memoryview(buf).cast('B')
+        got = 0
+        while got < len(view):
+            want = min(len(view) - got, self._available())
+            if not want:
+                break
+            n = self.rfile.readinto(view[got:got + want])
+            self._got(n, want)
+            if not n:
+                if self.left is None:
+                    self._done = True
+                break
+            got += n
+        return got
+
+
 class _Response:
     """A response whose connection goes back to the pool once it is read."""
 
@@ -552,7 +827,7 @@ class _Response:
         self.url = url
         self.status = raw.status
         self.reason = raw.reason
-        self.headers = raw.msg
+        self.headers = raw.headers
         self._body = None
 
     def header(self, name, default=None):
@@ -594,14 +869,14 @@ class _Response:
                 if got > limit:
                     self.close()
                     raise DXFSizeMismatchError(got, limit, message=too_big)
-        except _transport_errors() as exc:
+        except _TRANSPORT_ERRORS as exc:
             self.close()
             raise DXFConnectionError('%s %s: connection broke while reading '
                                      '(%s)' % (self.method, _path(self.url),
                                                _exc_text(exc))) from exc
         if length is not None and got != length:
-            # Fewer bytes than announced: the connection broke (http.client
-            # returns b'' instead of raising), so this is worth a retry.
+            # Fewer bytes than announced: the connection broke (reads
+            # return b'' instead of raising), so this is worth a retry.
             self.close()
             raise DXFConnectionError('%s %s: %s cut short after %d of %d '
                                      'bytes' % (self.method, _path(self.url),
@@ -628,18 +903,6 @@ class _Response:
             self._conn.close()
             self._conn = None
         self.release()
-
-
-_TRANSPORT_ERRORS = None
-
-
-def _transport_errors():
-    """The low-level exceptions a connection can raise (imported lazily)."""
-    global _TRANSPORT_ERRORS
-    if _TRANSPORT_ERRORS is None:
-        import http.client
-        _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
-    return _TRANSPORT_ERRORS
 
 
 def _exc_text(exc):
@@ -705,33 +968,23 @@ class _Transport:
             self._ssl_context = ctx
         return self._ssl_context
 
-    def _get(self, key):
-        with self._lock:
-            idle = self._pool.get(key)
-            if idle:
-                return idle.pop(), True
-        import http.client
+    def _get(self, key, check=False):
+        """A pooled connection (checked, with ``check``, that the server has
+        not closed it) or a new one, and whether it was pooled."""
+        while True:
+            with self._lock:
+                idle = self._pool.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                break
+            if not (check and conn.closed_by_server()):
+                return conn, True
+            conn.close()
         scheme, host, port = key
+        context = self._context() if scheme == 'https' else None
         proxy = _proxy_for(self.proxies, scheme, host, port)
-        if proxy:
-            # https goes through a CONNECT tunnel; http asks the proxy for
-            # absolute URLs (RFC 9112 section 3.2.2).
-            phost, pport, pauth = proxy
-            if scheme == 'https':
-                conn = http.client.HTTPSConnection(
-                    phost, pport, timeout=self.timeout, context=self._context())
-                conn.set_tunnel(host, port, headers=pauth)
-            else:
-                conn = http.client.HTTPConnection(phost, pport,
-                                                  timeout=self.timeout)
-                conn.dxf_prefix = 'http://%s' % _netloc(host, port)
-                conn.dxf_headers = pauth
-        elif scheme == 'https':
-            conn = http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=self._context())
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-        return conn, False
+        return _Connection(scheme, host, port, self.timeout, context,
+                           proxy), False
 
     def _put(self, key, conn):
         with self._lock:
@@ -827,13 +1080,15 @@ class _Transport:
         target = parts.path or '/'
         if parts.query:
             target += '?' + parts.query
-        errors = _transport_errors()
+        errors = _TRANSPORT_ERRORS
         for attempt in (0, 1):
-            conn, reused = self._get(key)
+            # A body that cannot be sent again needs a connection that will
+            # not turn out to be stale half-way.
+            conn, reused = self._get(key, isinstance(body, _ChunkedBody))
             started = time.time()
             try:
                 self._write(conn, method, target, headers, body)
-                raw = conn.getresponse()
+                raw = conn.getresponse(method)
                 if self.trace:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
@@ -852,37 +1107,43 @@ class _Transport:
                 error = DXFConnectionError('%s %s: %s' % (
                     method, _path(url), _exc_text(exc)))
                 error.retryable = _is_transient(exc)
-                # Python < 3.11 leaves the proxy's answer to a failed CONNECT
-                # open in http.client's frame (its socket leaks until the
-                # garbage collector runs): let go of the frames' locals.
-                import traceback
-                traceback.clear_frames(exc.__traceback__)
                 raise error from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
     def _write(conn, method, target, headers, body):
-        conn.putrequest(method, getattr(conn, 'dxf_prefix', '') + target,
-                        skip_accept_encoding=True)
-        for name, value in getattr(conn, 'dxf_headers', {}).items():
-            conn.putheader(name, value)
+        fields = {'Host': conn.host_header}
+        fields.update(conn.extra)
         names = {k.lower() for k in headers}
         if 'user-agent' not in names:
-            conn.putheader('User-Agent', _USER_AGENT)
+            fields['User-Agent'] = _USER_AGENT
         if isinstance(body, _ChunkedBody):
-            conn.putheader('Transfer-Encoding', 'chunked')
+            fields['Transfer-Encoding'] = 'chunked'
         elif 'content-length' not in names:
             if isinstance(body, _FileBody):
-                conn.putheader('Content-Length', str(body.length))
+                fields['Content-Length'] = body.length
             elif body is not None or method in ('POST', 'PUT', 'PATCH'):
-                conn.putheader('Content-Length', str(len(body or b'')))
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        conn.endheaders()
+                fields['Content-Length'] = len(body or b'')
+        fields.update(headers)
+        lines = ['%s %s%s HTTP/1.1' % (method, conn.prefix, target)]
+        for name, value in fields.items():
+            value = str(value)
+            if '\n' in value or '\r' in value:
+                raise DXFInputError('header %s holds a line break' % name)
+            lines.append('%s: %s' % (name, value))
+        try:
+            head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
+        except UnicodeEncodeError:
+            raise DXFInputError('%s %s: a header holds characters HTTP '
+                                'cannot carry' % (method, target)) from None
         if isinstance(body, (_FileBody, _ChunkedBody)):
+            conn.send(head)
             body.send(conn)
-        elif body:
+        elif body and len(body) > _CHUNK_SIZE:
+            conn.send(head)
             conn.send(body)
+        else:
+            conn.send(head + bytes(body) if body else head)   # one packet
 
 
 def _random_fraction():
@@ -910,8 +1171,8 @@ def _retry_after(value):
 def _is_transient(exc):
     """False for failures a retry cannot mend (certificates, unknown hosts)."""
     import socket
-    # A proxy refusing the CONNECT (http.client's wording on 3.6 to 3.13):
-    # 407 Proxy Authentication Required and the like do not go away.
+    # A proxy refusing the CONNECT (_Connection._tunnel's wording): 407
+    # Proxy Authentication Required and the like do not go away.
     if str(exc).startswith('Tunnel connection failed: 4'):
         return False
     permanent = (socket.gaierror,)
@@ -924,11 +1185,8 @@ def _is_transient(exc):
 
 
 def _is_stale(exc):
-    import http.client
     return isinstance(exc, (ConnectionResetError, BrokenPipeError,
-                            ConnectionAbortedError,
-                            http.client.RemoteDisconnected,
-                            http.client.BadStatusLine))
+                            ConnectionAbortedError, _BadAnswer))
 
 
 def _proxy_settings(environ):
@@ -1465,7 +1723,7 @@ class BlobReader:
         """Up to n bytes from the body, b'' only at its end."""
         try:
             return self._resp.raw.read(n)
-        except _transport_errors() as exc:
+        except _TRANSPORT_ERRORS as exc:
             self._resp.close()
             raise DXFConnectionError('blob %s: connection broke after %d '
                                      'bytes (%s)' % (self.digest, self._done,
@@ -1502,7 +1760,7 @@ class BlobReader:
                     data = self._raw(want)
                 else:
                     data = self._resp.raw.readinto(into)
-            except _transport_errors() + (DXFConnectionError,) as exc:
+            except _TRANSPORT_ERRORS + (DXFConnectionError,) as exc:
                 self._resp.close()
                 if not self._reopen or self._resumes <= 0:
                     if isinstance(exc, DXFConnectionError):

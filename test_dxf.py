@@ -7397,3 +7397,451 @@ class TestResumeAnsweredWith200:
         out, _ = _one_error(run_cli(['pull-blob', upstream.repo, digest], fault_env()),
                             errno.EIO)
         assert len(out) < len(data) and data.startswith(out)
+
+
+# =============================================================================
+# 17. HTTP wire format: dxf's own HTTP/1.1 client against scripted answers
+#     Each test scripts, byte for byte, what a small server on 127.0.0.1
+#     answers (WireServer) and checks what the user sees: output, exit status
+#     and stderr, or what the module API returns, and how many connections
+#     the server accepted.  No registry is needed.
+# =============================================================================
+
+WIRE_CLOSE = object()     # in an answer: the server closes the connection there
+
+WireRequest = collections.namedtuple('WireRequest', 'conn method path headers body')
+
+
+class _WireHandler(socketserver.StreamRequestHandler):
+
+    def handle(self):
+        owner = self.server.owner
+        with owner._lock:
+            conn = owner.connections
+            owner.connections += 1
+            owner._socks.append(self.connection)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                line = self.rfile.readline(65537)
+                if not line.strip():
+                    return                      # the client closed it
+                method, target, _ = line.decode('latin-1').split(' ', 2)
+                headers = http.client.parse_headers(self.rfile)
+                if 'chunked' in headers.get('Transfer-Encoding', ''):
+                    body = b''
+                    while True:
+                        size = int(self.rfile.readline().split(b';')[0], 16)
+                        body += self.rfile.read(size + 2)[:size]
+                        if not size:
+                            break
+                else:
+                    body = self.rfile.read(int(headers.get('Content-Length', 0)))
+                req = WireRequest(conn, method, target, headers, body)
+                owner.requests.append(req)
+                answer = owner.answer(req) if callable(owner.answer) else owner.answer.get(
+                    '%s %s' % (method, target.split('?')[0]), _wire_reply(404))
+                if self._write([answer] if isinstance(answer, bytes) else answer):
+                    return
+        except (OSError, ValueError):
+            return
+
+    def _write(self, pieces):
+        """Send ``pieces``; True when they end with WIRE_CLOSE.
+
+        Before a WIRE_CLOSE the socket is corked (Linux), so the last bytes and
+        the FIN arrive together: by the time the client has read the answer
+        it can tell that the connection is closed.
+        """
+        cork = getattr(socket, 'TCP_CORK', None) if WIRE_CLOSE in pieces else None
+        if cork:
+            self.connection.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        for piece in pieces:
+            if piece is WIRE_CLOSE:
+                self.connection.shutdown(socket.SHUT_WR)
+                if cork:
+                    self.connection.setsockopt(socket.IPPROTO_TCP, cork, 0)
+                return True
+            self.wfile.write(piece)
+        return False
+
+
+class WireServer(object):
+    """A server on 127.0.0.1 that answers each request with scripted raw bytes.
+
+    ``answer`` maps 'METHOD /path' (no query) to an answer, or is a function
+    WireRequest -> answer.  An answer is bytes, or a list of bytes and WIRE_CLOSE:
+    the pieces are written in turn, and WIRE_CLOSE closes the connection at that
+    point; otherwise the connection waits for its next request.  A request
+    with no answer gets a 404.  ``requests`` lists every WireRequest (``conn``
+    is 0 for the first connection accepted, 1 for the next...);
+    ``connections`` counts the connections accepted.
+    """
+
+    def __init__(self):
+        self.answer = {}
+        self.requests = []
+        self.connections = 0
+        self._socks = []
+        self._lock = threading.Lock()
+        server = self._server = socketserver.ThreadingTCPServer(
+            ('127.0.0.1', 0), _WireHandler, bind_and_activate=False)
+        server.daemon_threads = True
+        server.owner = self
+        server.allow_reuse_address = True
+        server.server_bind()
+        server.server_activate()
+        self.port = server.server_address[1]
+        self.host = '127.0.0.1:%d' % self.port
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={'poll_interval': 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+
+    def seen(self):
+        """``[(conn, 'METHOD /path'), ...]`` of the requests so far."""
+        return [(r.conn, '%s %s' % (r.method, r.path.split('?')[0])) for r in self.requests]
+
+    def stop(self):
+        self._server.shutdown()
+        with self._lock:
+            for sock in self._socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def _wire_reply(status, body=b'', *headers, **options):
+    """A whole answer: status line, ``headers`` ('Name: value' strings), body.
+
+    Content-Length is added unless ``length=False`` (or a header gives the
+    framing); ``send_body=False`` leaves the body out (a HEAD answer);
+    ``version`` is 'HTTP/1.1' by default.
+    """
+    lines = ['%s %d %s' % (options.get('version', 'HTTP/1.1'), status,
+                           http.HTTPStatus(status).phrase)] + list(headers)
+    if options.get('length', True) and not any(
+            h.lower().startswith(('content-length:', 'transfer-encoding:')) for h in headers):
+        lines.append('Content-Length: %d' % len(body))
+    head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
+    return head + body if options.get('send_body', True) else head
+
+
+def _wire_chunked(*pieces):
+    """A chunked body: one chunk per piece (extensions on all but the first),
+    then the last chunk and two trailer fields."""
+    out = b''
+    for i, piece in enumerate(pieces):
+        out += b'%x%s\r\n%s\r\n' % (len(piece), b';foo=bar' if i else b'', piece)
+    return out + b'0\r\nX-Trailer: 1\r\nX-Other: two\r\n\r\n'
+
+
+def _wire_split(data, n=3):
+    """``data`` in ``n`` pieces (the last may be empty when data is short)."""
+    step = max(1, -(-len(data) // n))
+    return [data[i:i + step] for i in range(0, len(data), step)] or [b'']
+
+
+WIRE_REPO = 'wire/test'
+WIRE_MANIFESTS = '/v2/wire/test/manifests/'
+WIRE_BLOBS = '/v2/wire/test/blobs/'
+WIRE_UPLOADS = WIRE_BLOBS + 'uploads/'
+WIRE_DATA = [_blob(3000, 1), _blob(5, 2)]
+WIRE_DIGESTS = [_sha256(d) for d in WIRE_DATA]
+
+
+def _wire_manifest(*blobs):
+    """An OCI image manifest (bytes) naming ``blobs`` (bytes each) as layers."""
+    return json.dumps({
+        'schemaVersion': 2, 'mediaType': OCI_MANIFEST, 'config': EMPTY_CONFIG,
+        'layers': [{'mediaType': 'application/octet-stream', 'digest': _sha256(b),
+                    'size': len(b)} for b in blobs]}, sort_keys=True).encode('utf-8')
+
+
+WIRE_MANIFEST = _wire_manifest(*WIRE_DATA)
+
+
+def _blob_answers(answer=_wire_reply):
+    """'GET /v2/wire/test/blobs/DIGEST' -> answer(200, data) for each of WIRE_DATA."""
+    return {'GET ' + WIRE_BLOBS + _sha256(d): answer(200, d) for d in WIRE_DATA}
+
+
+@pytest.fixture
+def wire():
+    """A WireServer for this test."""
+    server = WireServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wire_env(wire, tmp_path):
+    """A function (**overrides) -> CLI environ aimed at ``wire``: no retries, 3 s timeout."""
+    def make(**overrides):
+        env = {'DXF_HOST': wire.host, 'DXF_INSECURE': '1', 'DXF_TIMEOUT': '3',
+               'DXF_RETRIES': '0', 'PATH': os.environ.get('PATH', ''), 'HOME': str(tmp_path)}
+        env.update(overrides)
+        return env
+    return make
+
+
+class TestWireFormat:
+
+    # ---- framing: chunked, read until close, HTTP/1.0 ---------------------------
+
+    def test_chunked_manifest_with_extensions_and_trailers_reads_whole(
+            self, wire, wire_env, run_cli):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
+            200, _wire_chunked(*_wire_split(WIRE_MANIFEST, 4)), 'Content-Type: ' + OCI_MANIFEST,
+            'Transfer-Encoding: chunked')}
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+        assert _ok(run_cli(['get-manifest', WIRE_REPO, 'a'], wire_env())) == WIRE_MANIFEST
+
+    @pytest.mark.parametrize('ref', ['digest', '@alias'])
+    def test_chunked_blobs_with_extensions_and_trailers_pull_over_one_connection(
+            self, wire, wire_env, run_cli, ref):
+        def chunked(status, data):
+            return _wire_reply(status, _wire_chunked(*_wire_split(data)),
+                               'Transfer-Encoding: chunked')
+        wire.answer = _blob_answers(chunked)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = chunked(200, WIRE_MANIFEST)
+        refs = ['@a'] if ref == '@alias' else WIRE_DIGESTS
+        assert _ok(run_cli(['pull-blob', WIRE_REPO] + refs, wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('close_header', [True, False], ids=['connection-close', 'bare'])
+    def test_body_without_length_is_read_until_the_server_closes(
+            self, wire, wire_env, run_cli, close_header):
+        headers = ['Connection: close'] if close_header else []
+
+        def until_close(status, data):
+            return [_wire_reply(status, data, *headers, length=False), WIRE_CLOSE]
+        wire.answer = _blob_answers(until_close)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = until_close(200, WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]], wire_env())) == WIRE_DATA[0]
+        assert [c for c, _ in wire.seen()] == [0, 1, 2, 3]
+
+    @pytest.mark.parametrize('status_line, header, conns', [
+        ('HTTP/1.0', None, [0, 1, 2]),
+        ('HTTP/1.0', 'Connection: keep-alive', [0, 0, 0]),
+        ('HTTP/1.1', 'Connection: Close', [0, 1, 2]),
+        ('HTTP/1.1', None, [0, 0, 0]),
+    ], ids=['http10', 'http10-keep-alive', 'http11-close', 'http11'])
+    def test_connection_is_reused_only_when_the_answer_allows_it(
+            self, wire, wire_env, run_cli, status_line, header, conns):
+        # Every answer has a Content-Length and the server leaves every
+        # connection open: a client that reused one it should not have
+        # shows up in ``conns``.
+        extra = [header] if header else []
+
+        def answer(status, data):
+            return _wire_reply(status, data, *extra, version=status_line)
+        wire.answer = _blob_answers(answer)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = answer(200, WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert [c for c, _ in wire.seen()] == conns
+
+    # ---- keep-alive ----------------------------------------------------------------
+
+    def test_keep_alive_module_get_alias_pull_blob_and_blob_size_share_one_connection(
+            self, wire):
+        wire.answer = _blob_answers()
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = _wire_reply(200, WIRE_MANIFEST)
+        wire.answer['HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]] = _wire_reply(
+            200, WIRE_DATA[1], send_body=False)
+        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
+            assert d.get_alias('a') == WIRE_DIGESTS
+            assert [b''.join(d.pull_blob(dg)) for dg in WIRE_DIGESTS] == WIRE_DATA
+            assert d.blob_size(WIRE_DIGESTS[1]) == len(WIRE_DATA[1])
+        assert [c for c, _ in wire.seen()] == [0] * 4
+
+    @pytest.mark.parametrize('command', [
+        'pull-blob @a', 'push-blob FILE',
+        'push-blob -'])
+    def test_keep_alive_connection_closed_silently_is_replaced_transparently(
+            self, wire, wire_env, run_cli, tmp_path, command):
+        # No "Connection: close", but the server closes each connection after
+        # one answer.  dxf must notice when it takes the connection from its
+        # pool, or send the request again on a new one; DXF_RETRIES=0, so no
+        # ordinary retry can hide a failure.  Upload bodies arrive whole.
+        answers = dict(_blob_answers(), **{
+            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(200, WIRE_MANIFEST),
+            'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(404),
+            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PATCH %sabc' % WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PUT %sabc' % WIRE_UPLOADS: _wire_reply(201)})
+        wire.answer = {k: [v, WIRE_CLOSE] for k, v in answers.items()}
+        argv = command.replace('FILE', _write(tmp_path, 'f', WIRE_DATA[0])).split()
+        out = _ok(run_cli([argv[0], WIRE_REPO] + argv[1:], wire_env(), stdin=WIRE_DATA[0]))
+        if command == 'pull-blob @a':
+            assert out == b''.join(WIRE_DATA)
+        else:
+            assert out == _lines(WIRE_DIGESTS[0])
+            assert b''.join(r.body for r in wire.requests) == WIRE_DATA[0]
+        assert [c for c, _ in wire.seen()] == list(range(len(wire.requests)))
+
+    # ---- interim answers, header syntax, answers without a body --------------------
+
+    @pytest.mark.parametrize('interim', [
+        b'HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n',
+        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n',
+        b'HTTP/1.1 102 Processing\r\n\r\n',
+        b'HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n',
+    ], ids=['100', '100-twice', '102', '103'])
+    def test_interim_1xx_answers_before_200_are_skipped(self, wire, wire_env, run_cli,
+                                                        interim):
+        wire.answer = _blob_answers()
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = [interim, _wire_reply(200, WIRE_MANIFEST)]
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    def test_100_continue_before_201_push_blob_succeeds(self, wire, wire_env, run_cli,
+                                                        tmp_path):
+        wire.answer = {
+            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PUT %sabc' % WIRE_UPLOADS: [b'HTTP/1.1 100 Continue\r\n\r\n',
+                                   _wire_reply(201, b'', 'Docker-Content-Digest: '
+                                               + WIRE_DIGESTS[0])]}
+        path = _write(tmp_path, 'f', WIRE_DATA[0])
+        out = _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env()))
+        assert out == _lines(WIRE_DIGESTS[0])
+        put = wire.requests[-1]
+        assert (put.method, put.body) == ('PUT', WIRE_DATA[0])
+        assert [c for c, _ in wire.seen()] == [0, 0, 0]
+
+    def test_header_names_and_framing_values_in_any_case(self, wire, wire_env, run_cli):
+        wire.answer = {
+            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
+                200, WIRE_MANIFEST, 'CONTENT-TYPE: ' + OCI_MANIFEST, 'content-LENGTH: %d'
+                % len(WIRE_MANIFEST), 'docker-content-digest: ' + _sha256(WIRE_MANIFEST)),
+            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(200, WIRE_DATA[0],
+                                                               'content-length: 3000'),
+            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
+                200, _wire_chunked(*_wire_split(WIRE_DATA[1])),
+                                                    'TRANSFER-ENCODING: Chunked')}
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('before, after', [
+        (b'   ', b''), (b'', b'  '), (b'\t', b'\t'), (b'', b'')],
+        ids=['leading', 'trailing', 'tabs', 'none'])
+    def test_whitespace_around_header_values_is_not_part_of_them(
+            self, wire, wire_env, run_cli, before, after):
+        # RFC 9110 section 5.5: a field value excludes leading and trailing
+        # whitespace.  The length and the digest are both used, so both must parse.
+
+        def field(name, value):
+            return b'%s:%s%s%s\r\n' % (name, before, str(value).encode(), after)
+        wire.answer = _blob_answers(lambda status, data: (
+            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Length', len(data)) + b'\r\n' + data))
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = (
+            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Type', OCI_MANIFEST)
+            + field(b'Content-Length', len(WIRE_MANIFEST))
+            + field(b'Docker-Content-Digest', _sha256(WIRE_MANIFEST)) + b'\r\n' + WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('status_line', [
+        b'HTTP/1.1 200 OK', b'HTTP/1.1 200 ', b'HTTP/1.1 200', b'HTTP/1.1 200 Fine, thanks'],
+        ids=['ok', 'empty', 'missing', 'several-words'])
+    def test_status_line_reason_phrase_may_be_empty_missing_or_several_words(
+            self, wire, wire_env, run_cli, status_line):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': (
+            status_line + b'\r\nContent-Length: %d\r\n\r\n' % len(WIRE_MANIFEST) + WIRE_MANIFEST)}
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+
+    def test_head_with_content_length_has_no_body_and_connection_is_reused(
+            self, wire, wire_env, run_cli, tmp_path):
+        # What a HEAD answer says its body would be; a client waiting for it hangs.
+        wire.answer = {'HEAD ' + WIRE_BLOBS + _sha256(d): _wire_reply(200, d, send_body=False)
+                       for d in WIRE_DATA}
+        (result, took) = _timed(run_cli, ['blob-size', WIRE_REPO] + WIRE_DIGESTS, wire_env())
+        assert _ok(result) == b'3000\n5\n' and took < 2
+        path = _write(tmp_path, 'f', WIRE_DATA[0])
+        assert _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env())) == _lines(WIRE_DIGESTS[0])
+        assert wire.seen() == [(0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]),
+                               (0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]),
+                               (1, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0])]
+
+    @pytest.mark.parametrize('status', [204, 304])
+    def test_answer_without_body_then_next_request_on_same_connection(self, wire, status):
+        # A failed mount cancels the session it got (DELETE, answered here
+        # with no body and no length); blob_size then reuses the connection.
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc'
+                                                          % WIRE_UPLOADS),
+                       'DELETE %sabc' % WIRE_UPLOADS: _wire_reply(status, length=False),
+                       'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
+                           200, WIRE_DATA[1], send_body=False)}
+        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
+            with pytest.raises(dxf.DXFMountFailed):
+                d.mount_blob('other/repo', WIRE_DIGESTS[1])
+            assert d.blob_size(WIRE_DIGESTS[1]) == 5
+        assert [c for c, _ in wire.seen()] == [0, 0, 0]
+
+    # ---- answers that break HTTP: one error line, quickly --------------------------
+
+    BAD_ANSWERS = {
+        'garbage-status-line': [b'HELLO\r\n', WIRE_CLOSE],
+        'zero-bytes': [WIRE_CLOSE],
+        'header-line-over-64k': [b'HTTP/1.1 200 OK\r\nX-Long: ' + b'x' * 70000 + b'\r\n'
+                                 b'Content-Length: 5\r\n\r\nhello', WIRE_CLOSE],
+        'over-100-headers': [_wire_reply(200, WIRE_DATA[1],
+                                         *['X-H%d: v' % i for i in range(101)])],
+        'chunk-size-not-hex': [_wire_reply(200, b'zz\r\nhello\r\n0\r\n\r\n',
+                                      'Transfer-Encoding: chunked'), WIRE_CLOSE],
+        'cut-short': [_wire_reply(200, WIRE_DATA[0])[:-1000], WIRE_CLOSE],
+    }
+
+    @pytest.mark.parametrize('what', sorted(BAD_ANSWERS))
+    @pytest.mark.parametrize('command', ['get-alias', 'pull-blob'])
+    def test_malformed_answer_fails_with_one_line_quickly(self, wire, wire_env, run_cli,
+                                                          command, what):
+        # The one line names the manifest or blob; the exit is 1 (EIO, an
+        # integrity error, only for a blob cut short).  pull-blob to stdout
+        # may have written a prefix of the blob before the failure.
+        ref = 'a' if command == 'get-alias' else WIRE_DIGESTS[0]
+        path = WIRE_MANIFESTS + ref if command == 'get-alias' else WIRE_BLOBS + ref
+        wire.answer = {'GET ' + path: self.BAD_ANSWERS[what]}
+        result, took = _timed(run_cli, [command, WIRE_REPO, ref], wire_env())
+        statuses = (1, errno.EIO) if (what, command) == ('cut-short', 'pull-blob') else 1
+        out, _ = _one_error(result, statuses, ref)
+        assert took < 2.5, took
+        assert out == b'' or (command == 'pull-blob' and WIRE_DATA[0].startswith(out)
+                              and len(out) < len(WIRE_DATA[0])), out
+        assert wire.connections == 1
+
+    def test_blob_shorter_than_content_length_leaves_no_output_file(self, wire, wire_env,
+                                                                    run_cli, tmp_path):
+        wire.answer = {'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: [
+                           _wire_reply(200, WIRE_DATA[0])[:-1000],
+                                                         WIRE_CLOSE]}
+        outdir = tmp_path / 'pulled'
+        outdir.mkdir()
+        result = run_cli(['pull-blob', WIRE_REPO, '-o', str(outdir / 'blob'), WIRE_DIGESTS[0]],
+                         wire_env())
+        _one_error(result, (1, errno.EIO), WIRE_DIGESTS[0])
+        assert os.listdir(str(outdir)) == []        # no file, no temporary file
+
+    # ---- authentication ------------------------------------------------------------
+
+    def test_bearer_challenge_in_second_www_authenticate_line_is_used(
+            self, wire, wire_env, run_cli):
+        def answer(req):
+            path = req.path.split('?')[0]
+            if path == '/token':
+                return _wire_reply(200, b'{"token": "abc"}', 'Content-Type: application/json')
+            if req.headers.get('Authorization') != 'Bearer abc':
+                return _wire_reply(401, b'{}', 'WWW-Authenticate: Basic realm="x"',
+                              'WWW-Authenticate: Bearer realm="http://%s/token",'
+                              'service="s"' % wire.host)
+            if path == WIRE_MANIFESTS + 'a':
+                return _wire_reply(200, WIRE_MANIFEST)
+            return _wire_reply(404)
+        wire.answer = answer
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+        token = [r for r in wire.requests if r.path.startswith('/token')]
+        assert len(token) == 1 and 'service=s' in token[0].path
