@@ -1681,6 +1681,7 @@ class BlobReader:
         self.digest = digest
         self.size = response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
+        self._copy_size = chunk_size or _CHUNK_SIZE
         if (expected_size is not None and self.size is not None
                 and self.size != expected_size):
             response.close()
@@ -1789,11 +1790,14 @@ class BlobReader:
         """
         if self._finished:
             return
+        # Without a chunk_size of the caller's, 1 MiB pieces: python-dxf's
+        # 8 KiB default made the buffers 64 KiB, which took twice as long.
+        size = self._copy_size
         if self.size is None or self.size - self._done < _PIPELINE_MIN:
-            for chunk in self:
+            for chunk in iter(lambda: self.read(size), b''):
                 _write_all(out, chunk)
             return
-        size = min(max(self.chunk_size, 64 << 10), 16 << 20)
+        size = min(max(size, 64 << 10), 16 << 20)
         hasher = _HashThread(self._hash, _PIPELINE_BUFFERS, size)
         written_back = 0
         try:
