@@ -9,14 +9,21 @@ Usage:
 Starts its own docker-registry (Docker distribution, plain http on a free
 127.0.0.1 port, filesystem storage in a temporary directory), makes a random
 big blob (--size-mib, default 1024) and a random 1 MiB one, and for each case
-runs ``python3 dxf.py ...`` (with DXF_HOST and DXF_INSECURE=1, as a user
-would) and the equivalent curl commands, interleaved, --runs times each.
+runs dxf in its two forms (with DXF_HOST and DXF_INSECURE=1, as a user
+would) and the equivalent curl commands, interleaved, --runs times each:
+    script     python3 dxf.py ...  (Python compiles the 110 KB script each
+               time: ~25 ms and ~9 MiB of peak memory)
+    installed  python3 -m dxf ...  with bytecode compiled beforehand, as
+               ``pip install`` leaves it (and as ``from dxf import DXF`` runs)
 Every command is run once first, untimed, and its result verified (pulled
 bytes hash to the digest, pushed blobs are in the registry); a failing command
 aborts the bench with its stderr.  Prints the median wall time of each, the
 ratio dxf/curl against the target, and dxf's peak RSS (the largest over the
-runs, from /usr/bin/time -f %M, else from os.wait4).  Everything it made
-(registry, blobs, storage) is removed at the end.
+runs, from /usr/bin/time -f %M, else from os.wait4).  For the big blob it
+also prints the CPU seconds dxf and the registry spent (os.wait4 and
+/proc/PID/stat): with the registry on the same cores, (dxf + registry CPU)
+/ cores is a floor no client can beat.  Everything it made (registry, blobs,
+storage) is removed at the end.
 
 Cases (--cases, comma-separated; default all):
     push-new        push a big file to a fresh repository each run
@@ -202,6 +209,16 @@ class Registry:
                 self.proc.wait()
         self.proc = None
 
+    def cpu(self):
+        """User + system CPU seconds the registry has used so far."""
+        try:
+            with open('/proc/%d/stat' % self.proc.pid) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / float(
+                os.sysconf('SC_CLK_TCK'))
+        except (OSError, ValueError, IndexError, AttributeError):
+            return float('nan')
+
     def version(self):
         try:
             out = subprocess.run([self.binary, '--version'],
@@ -221,6 +238,7 @@ class Runner:
         self.use_time = os.access(TIME_BIN, os.X_OK)
         self.rss_file = os.path.join(tmp, 'rss.txt')
         self.current = None
+        self.cpu_total = 0.0      # user + system seconds of every command run
 
     def kill_current(self):
         """Kill the command running now (the bench is being stopped)."""
@@ -264,9 +282,10 @@ class Runner:
         try:
             t0 = time.perf_counter()
             # A session of its own: killing it reaches /usr/bin/time's child.
+            # cwd: not the project, whose dxf.py python3 -m would import.
             proc = subprocess.Popen(full, stdout=out, stderr=errf,
                                     stdin=subprocess.DEVNULL, env=self.env,
-                                    start_new_session=True)
+                                    cwd=self.tmp, start_new_session=True)
             self.current = proc
             timer = threading.Timer(timeout, self._kill, (proc,))
             timer.start()
@@ -279,6 +298,7 @@ class Runner:
                 _, status, usage = os.wait4(proc.pid, 0)
                 elapsed = time.perf_counter() - t0
                 self.current = None
+                self.cpu_total += usage.ru_utime + usage.ru_stime
             finally:
                 timer.cancel()
             proc.returncode = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
@@ -324,6 +344,14 @@ class Bench:
 
     def dxf_cmd(self, *args):
         return [self.python, self.dxf] + list(args)
+
+    def inst_cmd(self, *args):
+        """dxf as installed: a module with its bytecode compiled."""
+        return [self.python, '-m', 'dxf'] + list(args)
+
+    def forms(self, *args):
+        """[('dxf', script argv), ('inst', installed argv)]."""
+        return [('dxf', self.dxf_cmd(*args)), ('inst', self.inst_cmd(*args))]
 
     def curl_cmd(self, *args):
         return ['curl', '-q', '-sS', '-f'] + list(args)
@@ -384,7 +412,8 @@ class Bench:
         """Run argv with stdout piped through sha256 (a verification run)."""
         h = hashlib.sha256()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self.env)
+                                stderr=subprocess.PIPE, env=self.env,
+                                cwd=self.tmp)
         for piece in iter(lambda: proc.stdout.read(4 * MIB), b''):
             h.update(piece)
         err = proc.stderr.read()
@@ -411,7 +440,8 @@ class Bench:
     def interleave(self, commands):
         """Run each (name, fn) --runs times, rotating which goes first.
 
-        ``fn(i)`` returns (seconds, RSS KiB).  Returns {name: [(s, rss)]}.
+        ``fn(i)`` returns (seconds, RSS KiB).  Returns {name: [(s, rss,
+        CPU s of the commands, CPU s of the registry meanwhile)]}.
         """
         results = {name: [] for name, _ in commands}
         n = len(commands)
@@ -419,16 +449,23 @@ class Bench:
             order = commands[i % n:] + commands[:i % n]
             for name, fn in order:
                 self.quiesce()
-                results[name].append(fn(i))
+                cpu, reg = self.runner.cpu_total, self.registry.cpu()
+                s, rss = fn(i)
+                results[name].append((s, rss, self.runner.cpu_total - cpu,
+                                      self.registry.cpu() - reg))
         return results
 
-    def add_row(self, key, label, dxf, curl, target, applies=True,
-                curl_label=None):
-        self.rows.append(dict(
-            case=key, label=label, target=target, target_applies=applies,
-            dxf_seconds=[s for s, _ in dxf], dxf_rss_kib=[r for _, r in dxf],
-            curl_seconds=[s for s, _ in curl],
-            curl_rss_kib=[r for _, r in curl], curl_label=curl_label))
+    def add_row(self, key, label, res, target, applies=True, curl_label=None,
+                dxf='dxf', inst='inst', curl='curl'):
+        row = dict(case=key, label=label, target=target,
+                   target_applies=applies, curl_label=curl_label)
+        for form, name in (('dxf', dxf), ('inst', inst), ('curl', curl)):
+            samples = res.get(name) or []
+            row[form + '_seconds'] = [x[0] for x in samples]
+            row[form + '_rss_kib'] = [x[1] for x in samples]
+            row[form + '_cpu'] = [x[2] for x in samples]
+            row[form + '_registry_cpu'] = [x[3] for x in samples]
+        self.rows.append(row)
 
     # -- setup ---------------------------------------------------------------
 
@@ -444,6 +481,12 @@ class Bench:
             % (self.big_label, self.tmp))
         self.big_digest = make_blob(self.big, self.big_size)
         self.small_digest = make_blob(self.small, self.small_size)
+        inst = os.path.join(self.tmp, 'installed')
+        os.mkdir(inst)
+        shutil.copy(self.dxf, os.path.join(inst, 'dxf.py'))
+        subprocess.run([self.python, '-m', 'compileall', '-q', inst],
+                       check=True)
+        self.env['PYTHONPATH'] = inst     # for python3 -m dxf
         log('starting %s on %s' % (args.registry, self.registry.host))
         self.registry.start()
         self.env['DXF_HOST'] = self.registry.host
@@ -460,59 +503,56 @@ class Bench:
 
     # -- cases ---------------------------------------------------------------
 
-    def curl_push_new_samples(self):
-        """curl POST+PUT of the big file to a fresh repository, --runs times
-        (shared by push-new and push-existing)."""
-        if self.curl_push_cache is None:
-            self.curl_push_cache = [
-                self.curl_push(self.big, self.big_digest,
-                               self.fresh_repo('curl-push'))
-                for _ in range(self.args.runs)]
-        return self.curl_push_cache
+    def curl_push_fn(self, i):
+        return self.curl_push(self.big, self.big_digest,
+                              self.fresh_repo('curl-push'))
+
+    def push_fn(self, argv_of, path, digest, check):
+        """A timed push of ``path`` (argv_of(repo) -> argv), output checked."""
+        def fn(i):
+            repo = self.fresh_repo('dxf-push') if check else self.big_repo
+            s, rss, out = self.run(argv_of(repo))
+            if out.decode().strip() != digest:
+                raise BenchError('push-blob printed %r, not %s' % (out, digest))
+            if check and i == 0:
+                self.check_blob(repo, digest, os.path.getsize(path))
+            return s, rss
+        return fn
 
     def case_push_new(self):
-        def dxf(i):
-            repo = self.fresh_repo('dxf-push')
-            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.big))
-            if out.decode().strip() != self.big_digest:
-                raise BenchError('push-blob printed %r, not %s'
-                                 % (out, self.big_digest))
-            if i == 0:
-                self.check_blob(repo, self.big_digest, self.big_size)
-            return s, rss
-
-        def curl(i):
-            return self.curl_push(self.big, self.big_digest,
-                                  self.fresh_repo('curl-push'))
-        res = self.interleave([('dxf', dxf), ('curl', curl)])
+        res = self.interleave([
+            (name, self.push_fn(lambda repo, c=cmd: c('push-blob', repo,
+                                                      self.big),
+                                self.big, self.big_digest, True))
+            for name, cmd in (('dxf', self.dxf_cmd), ('inst', self.inst_cmd))
+        ] + [('curl', self.curl_push_fn)])
         self.curl_push_cache = res['curl']
-        self.add_row('push-new', 'push %s, new' % self.big_label,
-                     res['dxf'], res['curl'], 1.10,
+        self.add_row('push-new', 'push %s, new' % self.big_label, res, 1.10,
                      curl_label='curl POST + PUT -T')
 
     def case_push_existing(self):
-        curl = self.curl_push_new_samples()
-        repo = self.big_repo
-
-        def dxf(i):
-            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.big))
-            if out.decode().strip() != self.big_digest:
-                raise BenchError('push-blob printed %r, not %s'
-                                 % (out, self.big_digest))
-            return s, rss
-        res = self.interleave([('dxf', dxf)])
+        res = self.interleave([
+            (name, self.push_fn(lambda repo, c=cmd: c('push-blob', repo,
+                                                      self.big),
+                                self.big, self.big_digest, False))
+            for name, cmd in (('dxf', self.dxf_cmd), ('inst', self.inst_cmd))])
+        if self.curl_push_cache is None:
+            self.curl_push_cache = self.interleave(
+                [('curl', self.curl_push_fn)])['curl']
+        res['curl'] = self.curl_push_cache
         self.add_row('push-existing', 'push %s, already there'
-                     % self.big_label, res['dxf'], curl, 0.25,
+                     % self.big_label, res, 0.25,
                      curl_label='curl POST + PUT -T (upload)')
 
     def case_pull_file(self):
         out = os.path.join(self.tmp, 'pulled.bin')
         repo, digest = self.big_repo, self.big_digest
-        dxf_o = self.dxf_cmd('pull-blob', repo, digest, '-o', out)
+        dxf_o = self.forms('pull-blob', repo, digest, '-o', out)
         dxf_gt = self.dxf_cmd('pull-blob', repo, digest)
         curl_o = self.curl_cmd('-o', out, self.url(repo, 'blobs', digest))
         # Verification runs (untimed).
-        for argv, stdout, what in ((dxf_o, 'pipe', 'dxf -o'),
+        for argv, stdout, what in ((dxf_o[0][1], 'pipe', 'dxf -o'),
+                                   (dxf_o[1][1], 'pipe', 'installed dxf -o'),
                                    (dxf_gt, out, 'dxf > FILE'),
                                    (curl_o, 'pipe', 'curl -o')):
             self.remove(out)
@@ -530,57 +570,55 @@ class Bench:
                                      % (cmd_text(argv), size, self.big_size))
                 return s, rss
             return fn
-        res = self.interleave([('dxf-o', timed(dxf_o, 'pipe')),
-                               ('dxf-gt', timed(dxf_gt, out)),
-                               ('curl', timed(curl_o, 'pipe'))])
+        res = self.interleave([(name, timed(argv, 'pipe'))
+                               for name, argv in dxf_o]
+                              + [('dxf-gt', timed(dxf_gt, out)),
+                                 ('curl', timed(curl_o, 'pipe'))])
         self.add_row('pull-file', 'pull %s -o FILE' % self.big_label,
-                     res['dxf-o'], res['curl'], 1.15, curl_label='curl -o FILE')
+                     res, 1.15, curl_label='curl -o FILE')
         self.add_row('pull-file', 'pull %s > FILE' % self.big_label,
-                     res['dxf-gt'], res['curl'], 1.15, applies=False,
-                     curl_label='curl -o FILE')
+                     res, 1.15, applies=False, curl_label='curl -o FILE',
+                     dxf='dxf-gt', inst=None)
 
     def case_pull_null(self):
         repo, digest = self.big_repo, self.big_digest
-        dxf = self.dxf_cmd('pull-blob', repo, digest)
         url = self.url(repo, 'blobs', digest)
-        self.check_stream(dxf, digest, 'dxf > pipe')
+        commands = []
+        for name, argv in self.forms('pull-blob', repo, digest):
+            self.check_stream(argv, digest, '%s > pipe' % name)
+            commands.append((name, lambda i, a=argv: self.run(a, 'null')[:2]))
         self.check_stream(self.curl_cmd(url), digest, 'curl > pipe')
         curl = self.curl_cmd('-o', '/dev/null', url)
-        res = self.interleave([
-            ('dxf', lambda i: self.run(dxf, 'null')[:2]),
+        res = self.interleave(commands + [
             ('curl', lambda i: self.run(curl, 'pipe')[:2])])
         self.add_row('pull-null', 'pull %s > /dev/null' % self.big_label,
-                     res['dxf'], res['curl'], 1.5,
-                     curl_label='curl -o /dev/null')
+                     res, 1.5, curl_label='curl -o /dev/null')
 
     def case_small_push(self):
-        def dxf(i):
-            repo = self.fresh_repo('dxf-small')
-            s, rss, out = self.run(self.dxf_cmd('push-blob', repo, self.small))
-            if out.decode().strip() != self.small_digest:
-                raise BenchError('push-blob printed %r, not %s'
-                                 % (out, self.small_digest))
-            if i == 0:
-                self.check_blob(repo, self.small_digest, self.small_size)
-            return s, rss
+        commands = [
+            (name, self.push_fn(lambda repo, c=cmd: c('push-blob', repo,
+                                                      self.small),
+                                self.small, self.small_digest, True))
+            for name, cmd in (('dxf', self.dxf_cmd), ('inst', self.inst_cmd))]
 
         def curl(i):
             return self.curl_push(self.small, self.small_digest,
                                   self.fresh_repo('curl-small'))
-        dxf(0)      # warm-up, verified
-        curl(0)
-        res = self.interleave([('dxf', dxf), ('curl', curl)])
-        self.add_row('small-push', 'push 1 MiB, new', res['dxf'], res['curl'],
-                     3.0, curl_label='curl POST + PUT -T')
+        commands.append(('curl', curl))
+        for _, fn in commands:
+            fn(0)      # warm-up, verified
+        res = self.interleave(commands)
+        self.add_row('small-push', 'push 1 MiB, new', res, 3.0,
+                     curl_label='curl POST + PUT -T')
 
     def case_small_pull(self):
         out = os.path.join(self.tmp, 'small-pulled.bin')
         repo, digest = self.small_repo, self.small_digest
-        dxf = self.dxf_cmd('pull-blob', repo, digest)
-        curl = self.curl_cmd(self.url(repo, 'blobs', digest))
-        for argv, what in ((dxf, 'dxf > FILE'), (curl, 'curl > FILE')):
+        commands = self.forms('pull-blob', repo, digest) + [
+            ('curl', self.curl_cmd(self.url(repo, 'blobs', digest)))]
+        for name, argv in commands:
             self.run(argv, out)
-            self.check_file(out, digest, what)
+            self.check_file(out, digest, name + ' > FILE')
             self.remove(out)
 
         def timed(argv):
@@ -589,48 +627,53 @@ class Bench:
                 self.remove(out)
                 return r
             return fn
-        res = self.interleave([('dxf', timed(dxf)), ('curl', timed(curl))])
-        self.add_row('small-pull', 'pull 1 MiB > FILE', res['dxf'],
-                     res['curl'], 3.0, curl_label='curl > FILE')
+        res = self.interleave([(name, timed(argv)) for name, argv in commands])
+        self.add_row('small-pull', 'pull 1 MiB > FILE', res, 3.0,
+                     curl_label='curl > FILE')
 
     def case_small_get_alias(self):
-        dxf = self.dxf_cmd('get-alias', self.small_repo, self.alias)
+        commands = self.forms('get-alias', self.small_repo, self.alias)
         curl = self.curl_cmd('-H', 'Accept: ' + OCI_MANIFEST,
                              self.url(self.small_repo, 'manifests',
                                       self.alias))
-        out = self.run(dxf)[2].decode().split()
-        if out != [self.small_digest]:
-            raise BenchError('get-alias printed %r, not %s'
-                             % (out, self.small_digest))
+        for name, argv in commands:
+            out = self.run(argv)[2].decode().split()
+            if out != [self.small_digest]:
+                raise BenchError('%s get-alias printed %r, not %s'
+                                 % (name, out, self.small_digest))
         manifest = self.run(curl)[2].decode()
         if self.small_digest not in manifest:
             raise BenchError('the manifest does not name %s:\n%s'
                              % (self.small_digest, manifest))
-        res = self.interleave([('dxf', lambda i: self.run(dxf)[:2]),
-                               ('curl', lambda i: self.run(curl)[:2])])
-        self.add_row('small-get-alias', 'get-alias', res['dxf'], res['curl'],
-                     3.0, curl_label='curl GET manifest')
+        res = self.interleave([(name, lambda i, a=argv: self.run(a)[:2])
+                               for name, argv in commands]
+                              + [('curl', lambda i: self.run(curl)[:2])])
+        self.add_row('small-get-alias', 'get-alias', res, 3.0,
+                     curl_label='curl GET manifest')
 
     def case_startup(self):
-        dxf = self.dxf_cmd('version')
+        commands = self.forms('version')
         base = [self.python, '-c', 'pass']
-        out = self.run(dxf)[2].decode()
-        if not out.startswith('dxf.py '):
-            raise BenchError('version printed %r' % out)
+        for name, argv in commands:
+            out = self.run(argv)[2].decode()
+            if not out.startswith('dxf.py '):
+                raise BenchError('%s version printed %r' % (name, out))
         self.run(base)
-        res = self.interleave([('dxf', lambda i: self.run(dxf)[:2]),
-                               ('base', lambda i: self.run(base)[:2])])
-        self.add_row('startup', 'dxf.py version', res['dxf'], res['base'],
-                     3.0, curl_label='python3 -c pass')
+        res = self.interleave([(name, lambda i, a=argv: self.run(a)[:2])
+                               for name, argv in commands]
+                              + [('base', lambda i: self.run(base)[:2])])
+        self.add_row('startup', 'dxf.py version', res, 3.0,
+                     curl_label='python3 -c pass', curl='base')
 
     def context_rss(self):
         """RSS of bare interpreters, for reading the memory figures."""
         out = {}
         for label, argv in (
                 ('python3 -c pass', [self.python, '-c', 'pass']),
-                ('python3 -c "import http.client, argparse, json, hashlib"',
-                 [self.python, '-c',
-                  'import http.client, argparse, json, hashlib']),
+                ('python3 -S -c pass (no site: no .pth files)',
+                 [self.python, '-S', '-c', 'pass']),
+                ('python3 -c "import socket, json, hashlib"',
+                 [self.python, '-c', 'import socket, json, hashlib']),
                 ('curl --version', ['curl', '--version'])):
             out[label] = max(self.run(argv)[1] for _ in range(3))
         return out
@@ -672,43 +715,94 @@ class Bench:
         w('runs: %d per command, medians in seconds; RSS = largest peak over '
           'the runs (%s)\n' % (self.args.runs, machine['rss']))
         w('load average at start: %s\n\n' % machine['loadavg'])
-        head = ('case', 'dxf s', 'curl s', 'dxf/curl', 'target', 'met',
-                'dxf RSS MiB', 'compared with')
+        w('dxf forms: "script" = python3 dxf.py, "inst" = python3 -m dxf with '
+          'compiled bytecode (pip install)\n\n')
+        head = ('case', 'script s', 'inst s', 'curl s', 'script/curl',
+                'inst/curl', 'target', 'met', 'RSS MiB', 'compared with')
         table = []
+
+        def med(values):
+            return statistics.median(values) if values else None
         for r in self.rows:
-            d = statistics.median(r['dxf_seconds'])
-            c = statistics.median(r['curl_seconds'])
-            ratio = d / c if c else float('inf')
-            met = ratio <= r['target']
-            r.update(dxf_median=d, curl_median=c, ratio=ratio, met=met,
-                     dxf_peak_rss_mib=max(r['dxf_rss_kib']) / 1024.0)
-            shown = '%.2f' % ratio
-            if not met and float(shown) <= r['target']:
-                shown = '%.3f' % ratio      # 3.004 is not <= 3.00
-            table.append((r['label'], '%.3f' % d, '%.3f' % c, shown,
-                          '<= %.2f' % r['target'],
-                          ('yes' if met else 'NO') if r['target_applies']
-                          else '(%s)' % ('yes' if met else 'no'),
-                          '%.1f' % r['dxf_peak_rss_mib'], r['curl_label']))
+            c = med(r['curl_seconds'])
+            shown = []
+            for form in ('dxf', 'inst'):
+                d = med(r[form + '_seconds'])
+                ratio = d / c if d is not None and c else None
+                r[form + '_median'] = d
+                r[form + '_ratio'] = ratio
+                r[form + '_met'] = None if ratio is None else (
+                    ratio <= r['target'])
+                r[form + '_peak_rss_mib'] = (
+                    max(r[form + '_rss_kib']) / 1024.0
+                    if r[form + '_rss_kib'] else None)
+                text = '-' if ratio is None else '%.2f' % ratio
+                if ratio is not None and ratio > r['target'] and float(
+                        text) <= r['target']:
+                    text = '%.3f' % ratio      # 3.004 is not <= 3.00
+                shown.append(('-' if d is None else '%.3f' % d, text))
+            r['curl_median'] = c
+            met = '/'.join('-' if r[f + '_met'] is None else
+                           ('yes' if r[f + '_met'] else 'NO')
+                           for f in ('dxf', 'inst'))
+            if not r['target_applies']:
+                met = '(%s)' % met.lower()
+            rss = '/'.join('-' if r[f + '_peak_rss_mib'] is None else
+                           '%.1f' % r[f + '_peak_rss_mib']
+                           for f in ('dxf', 'inst'))
+            table.append((r['label'], shown[0][0], shown[1][0], '%.3f' % c,
+                          shown[0][1], shown[1][1], '<= %.2f' % r['target'],
+                          met, rss, r['curl_label']))
         widths = [max(len(str(x[i])) for x in table + [head])
                   for i in range(len(head))]
-        align = ['<', '>', '>', '>', '<', '<', '>', '<']
+        align = ['<', '>', '>', '>', '>', '>', '<', '<', '>', '<']
         for line in [head] + table:
             w('  '.join('{:{}{}}'.format(x, a, wd) for x, a, wd
                         in zip(line, align, widths)).rstrip() + '\n')
-        if any(not r['target_applies'] for r in self.rows):
-            w('(met in parentheses: for information; the target applies to '
-              '-o)\n')
-        mem = [r for r in self.rows if r['case'] in
+        w('(met and RSS: script/inst; in parentheses: for information, the '
+          'target applies to -o)\n')
+        big = [r for r in self.rows if r['case'] in
                ('push-new', 'push-existing', 'pull-file', 'pull-null')]
-        if mem:
-            w('\npeak RSS of dxf on the %s blob (target <= %.0f MiB):\n'
+        if big:
+            w('\npeak RSS on the %s blob (target <= %.0f MiB), script / inst:\n'
               % (self.big_label, MEMORY_TARGET_MIB))
-            for r in mem:
-                peak = r['dxf_peak_rss_mib']
-                r['rss_met'] = peak <= MEMORY_TARGET_MIB
-                w('  %-28s %6.1f MiB  %s\n' % (
-                    r['label'], peak, 'yes' if r['rss_met'] else 'NO'))
+            for r in big:
+                parts = []
+                for f in ('dxf', 'inst'):
+                    peak = r[f + '_peak_rss_mib']
+                    r[f + '_rss_met'] = (None if peak is None
+                                         else peak <= MEMORY_TARGET_MIB)
+                    parts.append('-' if peak is None else '%5.1f MiB %-3s' % (
+                        peak, 'yes' if r[f + '_rss_met'] else 'NO'))
+                w('  %-28s %s\n' % (r['label'], '   '.join(parts)))
+            ncpu = os.cpu_count() or 1
+            w('\nCPU seconds (medians) on the %s blob; the registry shares '
+              'the %d cores,\nso (client + registry CPU) / %d is a floor on '
+              'the wall time:\n' % (self.big_label, ncpu, ncpu))
+            w('  %-40s %8s %8s %8s %8s %10s\n' % (
+                'case', 'client', 'registry', 'floor s', 'wall s',
+                'floor/curl'))
+            for r in big:
+                for f, what in (('dxf', 'script'), ('inst', 'inst'),
+                                ('curl', 'curl')):
+                    if not r[f + '_cpu'] or (f == 'curl' and r['case'] ==
+                                             'push-existing'):
+                        continue
+                    cpu, reg = med(r[f + '_cpu']), med(r[f + '_registry_cpu'])
+                    floor = (cpu + reg) / ncpu
+                    r[f + '_cpu_floor'] = floor
+                    w('  %-40s %8.2f %8.2f %8.2f %8.2f %10.2f\n' % (
+                        '%s (%s)' % (r['label'], what), cpu, reg, floor,
+                        med(r[f + '_seconds']), floor / r['curl_median']))
+        startup = [r for r in self.rows if r['case'] == 'startup']
+        small = [r for r in self.rows if r['case'].startswith('small-')]
+        if startup and small:
+            base = startup[0]['curl_median']
+            w('\npython3 -c pass alone (%.3f s) against the curl side of the '
+              '1 MiB cases:\n' % base)
+            for r in small:
+                w('  %-28s %5.2f x curl\n' % (r['label'],
+                                              base / r['curl_median']))
         if context:
             w('\nfor context, peak RSS of:\n')
             for label, kib in context.items():
