@@ -666,7 +666,7 @@ class _Answer:
         self.left = None            # body bytes left (of the chunk if chunked)
         self._in_chunk = self._last_chunk = False
         if method == 'HEAD' or self.status in (204, 304, 101):
-            self.left = 0
+            self.left, self.chunked = 0, False     # whatever the headers say
         elif self.chunked:
             self.left = 0
         else:

@@ -7767,13 +7767,18 @@ class TestWireFormat:
                                (0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]),
                                (1, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0])]
 
-    @pytest.mark.parametrize('status', [204, 304])
-    def test_answer_without_body_then_next_request_on_same_connection(self, wire, status):
+    @pytest.mark.parametrize('status, framing', [
+        (204, ()), (304, ()), (204, ('Transfer-Encoding: chunked',))],
+        ids=['204', '304', '204-chunked'])
+    def test_answer_without_body_then_next_request_on_same_connection(self, wire, status,
+                                                                      framing):
         # A failed mount cancels the session it got (DELETE, answered here
-        # with no body and no length); blob_size then reuses the connection.
+        # with no body and no length, or a framing header a 204 cannot
+        # have a body for); blob_size then reuses the connection.
         wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc'
                                                           % WIRE_UPLOADS),
-                       'DELETE %sabc' % WIRE_UPLOADS: _wire_reply(status, length=False),
+                       'DELETE %sabc' % WIRE_UPLOADS: _wire_reply(status, b'', *framing,
+                                                                  length=False),
                        'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
                            200, WIRE_DATA[1], send_body=False)}
         with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
