@@ -31,6 +31,8 @@ Cases (--cases, comma-separated; default all):
                     with -T FILE)                               target <= 1.10
     push-existing   push the big file again to a repository that has it
                     (against the same curl POST+PUT)            target <= 0.25
+    push-stdin      push-blob REPO - < FILE: the module's data= iterable
+                    path (for its memory; the time is for information)
     pull-file       pull-blob -o FILE, and pull-blob > FILE (for information)
                     vs curl -o FILE                             target <= 1.15
     pull-null       pull-blob > /dev/null vs curl -o /dev/null   target <= 1.5
@@ -69,7 +71,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
 TIME_BIN = '/usr/bin/time'
 
-CASES = ['push-new', 'push-existing', 'pull-file', 'pull-null',
+CASES = ['push-new', 'push-existing', 'push-stdin', 'pull-file', 'pull-null',
          'small-push', 'small-pull', 'small-get-alias', 'startup']
 MEMORY_TARGET_MIB = 25.0
 OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
@@ -260,11 +262,12 @@ class Runner:
     def rss_method(self):
         return ('%s -f %%M' % TIME_BIN) if self.use_time else 'os.wait4'
 
-    def run(self, argv, stdout='pipe', timeout=1800):
+    def run(self, argv, stdout='pipe', timeout=1800, stdin=None):
         """Run argv once; return (seconds, peak RSS KiB, stdout bytes).
 
         ``stdout``: 'pipe' (captured), 'null' (/dev/null) or a file path
-        (created/truncated, as a shell's ``> FILE`` does).
+        (created/truncated, as a shell's ``> FILE`` does); ``stdin``: a file
+        path, else /dev/null.
         A non-zero exit raises BenchError with the command's stderr; a
         command still running after ``timeout`` seconds is killed.
         """
@@ -279,12 +282,13 @@ class Runner:
         else:
             out = outf = open(stdout, 'wb')
         errf = tempfile.TemporaryFile(dir=self.tmp)
+        inf = open(stdin, 'rb') if stdin else subprocess.DEVNULL
         try:
             t0 = time.perf_counter()
             # A session of its own: killing it reaches /usr/bin/time's child.
             # cwd: not the project, whose dxf.py python3 -m would import.
             proc = subprocess.Popen(full, stdout=out, stderr=errf,
-                                    stdin=subprocess.DEVNULL, env=self.env,
+                                    stdin=inf, env=self.env,
                                     cwd=self.tmp, start_new_session=True)
             self.current = proc
             timer = threading.Timer(timeout, self._kill, (proc,))
@@ -306,6 +310,8 @@ class Runner:
         finally:
             if outf is not None:
                 outf.close()
+            if stdin:
+                inf.close()
         if proc.returncode != 0:
             errf.seek(0)
             err = errf.read().decode('utf-8', 'replace')
@@ -364,8 +370,8 @@ class Bench:
         return 'bench/%s-%d-%s' % (what, self.repo_counter,
                                    os.urandom(4).hex())
 
-    def run(self, argv, stdout='pipe'):
-        return self.runner.run(argv, stdout)
+    def run(self, argv, stdout='pipe', stdin=None):
+        return self.runner.run(argv, stdout, stdin=stdin)
 
     def curl_push(self, path, digest, repo):
         """POST + PUT -T (streamed); returns (seconds, max RSS KiB)."""
@@ -507,11 +513,11 @@ class Bench:
         return self.curl_push(self.big, self.big_digest,
                               self.fresh_repo('curl-push'))
 
-    def push_fn(self, argv_of, path, digest, check):
+    def push_fn(self, argv_of, path, digest, check, stdin=None):
         """A timed push of ``path`` (argv_of(repo) -> argv), output checked."""
         def fn(i):
             repo = self.fresh_repo('dxf-push') if check else self.big_repo
-            s, rss, out = self.run(argv_of(repo))
+            s, rss, out = self.run(argv_of(repo), stdin=stdin)
             if out.decode().strip() != digest:
                 raise BenchError('push-blob printed %r, not %s' % (out, digest))
             if check and i == 0:
@@ -543,6 +549,18 @@ class Bench:
         self.add_row('push-existing', 'push %s, already there'
                      % self.big_label, res, 0.25,
                      curl_label='curl POST + PUT -T (upload)')
+
+    def case_push_stdin(self):
+        res = self.interleave([
+            (name, self.push_fn(lambda repo, c=cmd: c('push-blob', repo, '-'),
+                                self.big, self.big_digest, True, self.big))
+            for name, cmd in (('dxf', self.dxf_cmd), ('inst', self.inst_cmd))])
+        if self.curl_push_cache is None:
+            self.curl_push_cache = self.interleave(
+                [('curl', self.curl_push_fn)])['curl']
+        res['curl'] = self.curl_push_cache
+        self.add_row('push-stdin', 'push %s from stdin' % self.big_label, res,
+                     1.10, applies=False, curl_label='curl POST + PUT -T')
 
     def case_pull_file(self):
         out = os.path.join(self.tmp, 'pulled.bin')
@@ -760,9 +778,10 @@ class Bench:
             w('  '.join('{:{}{}}'.format(x, a, wd) for x, a, wd
                         in zip(line, align, widths)).rstrip() + '\n')
         w('(met and RSS: script/inst; in parentheses: for information, the '
-          'target applies to -o)\n')
-        big = [r for r in self.rows if r['case'] in
-               ('push-new', 'push-existing', 'pull-file', 'pull-null')]
+          'targets apply to -o and to files)\n')
+        big = [r for r in self.rows if r['case'] in ('push-new', 'push-stdin',
+                                                     'push-existing', 'pull-file',
+                                                     'pull-null')]
         if big:
             w('\npeak RSS on the %s blob (target <= %.0f MiB), script / inst:\n'
               % (self.big_label, MEMORY_TARGET_MIB))
@@ -785,8 +804,8 @@ class Bench:
             for r in big:
                 for f, what in (('dxf', 'script'), ('inst', 'inst'),
                                 ('curl', 'curl')):
-                    if not r[f + '_cpu'] or (f == 'curl' and r['case'] ==
-                                             'push-existing'):
+                    if not r[f + '_cpu'] or (f == 'curl' and r['case'] in (
+                            'push-existing', 'push-stdin')):
                         continue
                     cpu, reg = med(r[f + '_cpu']), med(r[f + '_registry_cpu'])
                     floor = (cpu + reg) / ncpu
