@@ -655,11 +655,13 @@ class _Answer:
 
     def __init__(self, rfile, method):
         self.rfile = rfile
-        while True:
+        for _ in range(_MAX_HEADERS):
             version = self._status_line()
             self.headers = self._fields()
             if not 100 <= self.status < 200 or self.status == 101:
                 break           # 1xx answers (100 Continue) come before it
+        else:
+            raise _BadAnswer('more than %d interim answers' % _MAX_HEADERS)
         get = self.headers.get
         connection = get('connection', '').lower()
         self.chunked = get('transfer-encoding', '').lower().endswith('chunked')

@@ -7799,6 +7799,8 @@ class TestWireFormat:
         'chunk-size-not-hex': [_wire_reply(200, b'zz\r\nhello\r\n0\r\n\r\n',
                                       'Transfer-Encoding: chunked'), WIRE_CLOSE],
         'cut-short': [_wire_reply(200, WIRE_DATA[0])[:-1000], WIRE_CLOSE],
+        # Left open: a client that takes every interim answer waits forever.
+        'interim-answers-without-end': [b'HTTP/1.1 100 Continue\r\n\r\n' * 150],
     }
 
     @pytest.mark.parametrize('what', sorted(BAD_ANSWERS))
