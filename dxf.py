@@ -583,9 +583,12 @@ class _Connection:
     def _connect(self):
         import socket
         host, port = self.proxy[:2] if self.proxy else (self.host, self.port)
-        # A bytes name: a str one makes getaddrinfo import the idna codec.
-        sock = socket.create_connection((host.encode('idna'), port),
-                                        self.timeout)
+        try:
+            # ASCII bytes: a str makes getaddrinfo import the idna codec.
+            host = host.encode('ascii')
+        except UnicodeEncodeError:
+            pass
+        sock = socket.create_connection((host, port), self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.context:
