@@ -564,10 +564,9 @@ class _Connection:
     """
 
     def __init__(self, scheme, host, port, timeout, context=None, proxy=None):
-        try:
-            host.encode('ascii')
-        except UnicodeEncodeError:          # e.g. a redirect to an IDN host
-            host = host.encode('idna').decode('ascii')
+        host = _ascii_host(host)
+        if proxy:
+            proxy = (_ascii_host(proxy[0]),) + tuple(proxy[1:])
         self.host = host
         self.port = port or (443 if scheme == 'https' else 80)
         self.host_header = _netloc(host, port)
@@ -583,12 +582,9 @@ class _Connection:
     def _connect(self):
         import socket
         host, port = self.proxy[:2] if self.proxy else (self.host, self.port)
-        try:
-            # ASCII bytes: a str makes getaddrinfo import the idna codec.
-            host = host.encode('ascii')
-        except UnicodeEncodeError:
-            pass
-        sock = socket.create_connection((host, port), self.timeout)
+        # ASCII bytes: a str makes getaddrinfo import the idna codec.
+        sock = socket.create_connection((host.encode('ascii'), port),
+                                        self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.context:
@@ -639,6 +635,15 @@ class _Connection:
             rfile.close()
         if sock is not None:
             sock.close()
+
+
+def _ascii_host(host):
+    """``host`` as ASCII (IDNA for a name like a redirect's bücher.example)."""
+    try:
+        host.encode('ascii')
+        return host
+    except UnicodeEncodeError:
+        return host.encode('idna').decode('ascii')
 
 
 class _Headers(dict):
