@@ -1309,6 +1309,9 @@ class TestInfrastructure:
             url = base + _LINK_NEXT_RE.search(link).group(1) if link else None
         assert (seen, pages) == (tags, 3)
         assert '/v2/%s/tags/list?n=2&last=t1' % repo in paging_proxy.requests
+        # Two repositories at least, so the catalog has a second page even
+        # when this test runs alone on a fresh registry.
+        assert _push_raw(base, repo + '-second', config) == 201
         status, headers, body = _http('%s/v2/_catalog?n=1' % base)
         assert status == 200 and len(json.loads(body.decode())['repositories']) == 1
         assert headers['Link'].startswith('</v2/_catalog?n=1&last=')
