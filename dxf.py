@@ -3576,7 +3576,9 @@ _EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
            'interrupted.')
 
 
-def _build_parser(out):
+def _build_parser(out, only=None):
+    """The command line's parser; with ``only``, that command's alone (the
+    other 16 subparsers cost a few ms of argparse set-up)."""
     import argparse
 
     class Parser(argparse.ArgumentParser):
@@ -3600,6 +3602,8 @@ def _build_parser(out):
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for name, func, text, arguments in _COMMANDS:
+        if only and name != only:
+            continue
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
         for dest, options in arguments:
             if dest == 'repo':
@@ -3626,7 +3630,8 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     debug = environ.get('DXF_DEBUG') == '1'
     dxf = None
     try:
-        parser = _build_parser(stdout)
+        parser = _build_parser(stdout, argv[0] if argv and any(
+            argv[0] == c[0] for c in _COMMANDS) else None)
         args, extra = parser.parse_known_args(argv)
         # argparse (before 3.7's parse_intermixed_args) leaves positionals
         # that follow an option unparsed: "pull-blob REPO -o F @alias".
