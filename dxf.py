@@ -40,7 +40,6 @@ Licence: MIT.
 
 import base64
 import errno
-import hashlib
 import json
 import os
 import re
@@ -126,7 +125,7 @@ _HOST_RE = re.compile(r'(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
                       r'|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?\Z')
 _DIGEST_RE = re.compile(r'(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z')
 _DIGEST_LIKE_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z')
-_HASHES = {'sha256': hashlib.sha256, 'sha512': hashlib.sha512}
+_DIGEST_HEX = {'sha256': 64, 'sha512': 128}   # hex digits per algorithm
 _REDIRECTS = (301, 302, 303, 307, 308)
 _ACTIONS = ('pull', 'push', 'delete', '*')      # token scope actions, in order
 # Answers worth another try: the request may succeed once the registry (or a
@@ -292,18 +291,18 @@ def split_digest(digest):
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
         raise DXFInputError('invalid digest %r' % (_printable(digest),))
     method, _, encoded = digest.partition(':')
-    if method not in _HASHES:
+    if method not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(method)
     if not _DIGEST_RE.match(digest):
         raise DXFInputError('invalid %s digest %r (lower-case hex of %d digits '
                             'expected)' % (method, _printable(digest),
-                                           _HASHES[method]().digest_size * 2))
+                                           _DIGEST_HEX[method]))
     return method, encoded
 
 
 def hash_bytes(data, algorithm='sha256'):
     """Return the digest (``'sha256:<hex>'``) of a bytes-like object."""
-    return algorithm + ':' + _HASHES[algorithm](data).hexdigest()
+    return algorithm + ':' + _hash(algorithm, data).hexdigest()
 
 
 def hash_file(filename, algorithm='sha256'):
@@ -313,7 +312,7 @@ def hash_file(filename, algorithm='sha256'):
 
 
 def _hash_stream(f, algorithm='sha256'):
-    h = _HASHES[algorithm]()
+    h = _hash(algorithm)
     buf = bytearray(_CHUNK_SIZE)
     view = memoryview(buf)
     while True:
@@ -363,8 +362,17 @@ def _printable(value, limit=200):
     return text if len(text) <= limit else text[:limit] + '...'
 
 
+def _hash(algorithm, data=b''):
+    """A new hashlib object.  hashlib (OpenSSL) is imported on first use:
+    3 ms and 4 MiB that get-alias and the like do without."""
+    if algorithm not in _DIGEST_HEX:
+        raise DXFUnexpectedDigestMethodError(algorithm)
+    import hashlib
+    return getattr(hashlib, algorithm)(data)
+
+
 def _new_hash(digest):
-    return _HASHES[split_digest(digest)[0]]()
+    return _hash(split_digest(digest)[0])
 
 
 def _is_loopback(host):
@@ -2502,7 +2510,7 @@ class DXF(DXFBase, _AliasMethods):
         except ValueError:
             minimum = 0
         chunk_size = max(chunk_size, minimum)
-        h = None if digest or checker else hashlib.sha256()
+        h = None if digest or checker else _hash('sha256')
         state = {'pos': 0, 'hashed': 0}
 
         def on_data(view):
@@ -2579,7 +2587,7 @@ class DXF(DXFBase, _AliasMethods):
         algorithm = split_digest(digest)[0] if digest else 'sha256'
 
         def upload():
-            h = _HASHES[algorithm]()
+            h = _hash(algorithm)
             count = [0]
 
             def on_data(chunk):
@@ -2845,7 +2853,7 @@ class OCILayout(_AliasMethods):
         self._init()
         directory = os.path.join(self.path, 'blobs', algorithm)
         os.makedirs(directory, exist_ok=True)
-        h = _HASHES[algorithm]()
+        h = _hash(algorithm)
         chunks = (iter(lambda: source.read(_CHUNK_SIZE), b'') if source
                   else iter(data))
         tmp = _AtomicFile(os.path.join(directory, 'upload'))
