@@ -57,7 +57,8 @@ __all__ = [
     # functions
     'hash_bytes', 'hash_file', 'split_digest', 'main',
     # errors
-    'DXFError', 'DXFInputError', 'DXFConnectionError', 'DXFHTTPError',
+    'DXFError', 'DXFInputError', 'DXFConnectionError', 'DXFProtocolError',
+    'DXFHTTPError',
     'DXFUnauthorizedError', 'DXFNotFoundError', 'DXFAuthError',
     'DXFAuthInsecureError', 'DXFIntegrityError', 'DXFDigestMismatchError',
     'DXFSizeMismatchError', 'DXFUnexpectedDigestMethodError',
@@ -107,10 +108,11 @@ _DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
 _MAX_REDIRECTS = 10
-_MAX_LINE = 65536                # longest status or header line accepted
-_MAX_HEADERS = 100
+_MAX_INTERIM = 100               # 1xx answers accepted before the answer
 _MAX_PAGES = 100000              # a registry's Link chain cannot loop forever
 _TOKEN_MARGIN = 10               # renew a token this many seconds early
+_MAX_TOKEN_LIFE = 86400          # trust no expires_in beyond a day
+_TOKEN_RE = re.compile(r'[!-~]+\Z')   # what a token may hold (RFC 6750 b64token+)
 _USER_AGENT = 'dxf.py/' + __version__
 
 # Name grammars from the OCI distribution spec ("Pulling manifests") and the
@@ -165,8 +167,22 @@ class DXFUnexpectedDigestMethodError(DXFInputError):
 
 
 class DXFConnectionError(DXFError):
-    """The registry cannot be reached or talked to (DNS, refused, TLS, timeout)."""
+    """The registry cannot be reached or talked to (DNS, refused, TLS, timeout).
+
+    ``method`` and ``url`` name the request, when there was one.
+    """
     retryable = True
+
+    def __init__(self, message='', method=None, url=None):
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class DXFProtocolError(DXFConnectionError):
+    """The registry (or something between) answered something malformed:
+    a bad status line or header, an answer too big, endless redirects."""
+    retryable = False
 
 
 class DXFHTTPError(DXFError):
@@ -376,9 +392,16 @@ def _new_hash(digest):
 
 
 def _is_loopback(host):
+    """True for ``localhost`` or an IP literal of the loopback: not for a
+    name that merely starts with 127. (127.evil.example)."""
     host = host.strip('[]').lower()
-    return (host in ('localhost', '::1') or host.startswith('127.')
-            or host.endswith('.localhost'))
+    if host == 'localhost':
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_link_next(header):
@@ -496,14 +519,36 @@ class _AtomicFile:
 
 # =============================================================================
 # 5. HTTP transport
-#    One pool of keep-alive connections per (scheme, host, port); redirects
-#    (Authorization dropped when the host changes); timeouts; low-level
-#    exceptions become DXFConnectionError.  No knowledge of auth or registries.
+#    http.client underneath (imported on first use); on top of it one pool of
+#    keep-alive connections per (scheme, host, port), redirects, proxies,
+#    a deadline on every answer, and the retry budget.  Low-level failures
+#    become DXFConnectionError or DXFProtocolError.  Credentials are added by
+#    the caller (section 6); a redirect to another origin drops them here.
 # =============================================================================
 
 
-class _FileBody:
-    """An upload body read from an open file, ``length`` bytes from ``start``.
+class _Body:
+    """An upload body.  Every kind answers the same four things:
+
+    ``length`` (None: unknown, sent chunked), ``replayable`` (it can be sent
+    again after a failure), ``rewind()`` and ``send(write)``.  This one is
+    bytes held in memory.
+    """
+    replayable = True
+
+    def __init__(self, data=b''):
+        self.data = data
+        self.length = len(data)
+
+    def rewind(self):
+        pass
+
+    def send(self, write):
+        write(self.data)
+
+
+class _FileBody(_Body):
+    """``length`` bytes of an open file from where it stands now.
 
     ``on_data(view)`` sees every piece sent (hashing, progress).
     """
@@ -517,7 +562,7 @@ class _FileBody:
     def rewind(self):
         self.f.seek(self.start)
 
-    def send(self, conn):
+    def send(self, write):
         buf = bytearray(min(_CHUNK_SIZE, max(self.length, 1)))
         view = memoryview(buf)
         left = self.length
@@ -527,122 +572,217 @@ class _FileBody:
                 raise DXFInputError('file shrank while it was being sent')
             if self.on_data:
                 self.on_data(view[:n])
-            conn.send(view[:n])
+            write(view[:n])
             left -= n
 
 
-class _ChunkedBody:
-    """An upload body from an iterable of bytes, sent with chunked encoding."""
+class _ChunkedBody(_Body):
+    """An iterable of bytes, sent once with chunked encoding."""
+    replayable = False
+    length = None
 
     def __init__(self, chunks, on_data=None):
         self.chunks = chunks
         self.on_data = on_data
 
-    def send(self, conn):
+    def send(self, write):
         for chunk in self.chunks:
             if not chunk:
                 continue
             if self.on_data:
                 self.on_data(chunk)
-            conn.send(b'%x\r\n' % len(chunk))
-            conn.send(chunk)
-            conn.send(b'\r\n')
-        conn.send(b'0\r\n\r\n')
+            write(b'%x\r\n' % len(chunk))
+            write(chunk)
+            write(b'\r\n')
+        write(b'0\r\n\r\n')
 
 
-class _BadAnswer(Exception):
-    """An answer that does not follow HTTP/1.1 (RFC 9112)."""
+class _Budget:
+    """How many more retries one public operation may make, and until when.
 
-
-class _Disconnected(ConnectionResetError):
-    """The server closed the connection before it answered."""
-
-
-# What a connection can raise while a request or its answer is under way.
-_TRANSPORT_ERRORS = (OSError, _BadAnswer)
-
-
-class _Connection:
-    """One HTTP/1.1 connection: plain, TLS, or TLS through a proxy's tunnel.
-
-    A small stand-in for http.client, whose import (email, ssl) costs more
-    start-up time and memory than a small command spends on everything else.
-    ``proxy`` is ``(host, port, headers)``: https requests go through a
-    CONNECT tunnel, http ones to the proxy in absolute form.
+    Made once per operation (``_Transport.operation``) and drawn on by every
+    layer that retries (requests, upload sessions, chunk and download
+    resumes, alias PUTs), so retries never multiply.  The time limit counts
+    from the operation's first failure: a long transfer may still retry.
     """
 
-    def __init__(self, scheme, host, port, timeout, context=None, proxy=None):
-        host = _ascii_host(host)
-        if proxy:
-            proxy = (_ascii_host(proxy[0]),) + tuple(proxy[1:])
-        self.host = host
-        self.port = port or (443 if scheme == 'https' else 80)
-        self.host_header = _netloc(host, port)
+    def __init__(self, retries, window):
+        self.left = retries
+        self.window = window
+        self.deadline = None
+
+    def spend(self, delay=None, attempt=0):
+        """Wait before another try and return True, or False when spent."""
+        if delay is None:
+            delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt)
+            delay *= 0.5 + _random_fraction() / 2
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.window
+        if self.left <= 0 or now + delay > self.deadline:
+            return False
+        self.left -= 1
+        time.sleep(delay)
+        return True
+
+
+class _Operation:
+    """``with transport.operation():`` shares one _Budget with everything the
+    block does in this thread (nested blocks join the outer one)."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def __enter__(self):
+        local = self.transport.local
+        self.outer = getattr(local, 'budget', None)
+        if self.outer is None:
+            local.budget = self.transport.new_budget()
+        return local.budget
+
+    def __exit__(self, *exc):
+        if self.outer is None:
+            self.transport.local.budget = None
+
+
+class _Clock:
+    """The socket reads of one connection, each limited to the time left
+    before ``deadline`` (a monotonic time, or None for the plain timeout).
+
+    http.client's own timeout is per read, so a server that trickles a byte
+    at a time could hold an answer open for ever; this bounds it.
+    """
+
+    def __init__(self, sock, timeout):
+        self.sock = sock
         self.timeout = timeout
-        self.context = context if scheme == 'https' else None
-        self.proxy = proxy
-        tunnel = proxy and scheme == 'https'
-        self.prefix = '%s://%s' % (scheme, self.host_header) if (
-            proxy and not tunnel) else ''
-        self.extra = proxy[2] if proxy and not tunnel else {}
-        self.sock = self.rfile = None
+        self.deadline = None
 
-    def _connect(self):
-        import socket
-        host, port = self.proxy[:2] if self.proxy else (self.host, self.port)
-        # ASCII bytes: a str makes getaddrinfo import the idna codec.
-        sock = socket.create_connection((host.encode('ascii'), port),
-                                        self.timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.context:
-                if self.proxy:
-                    self._tunnel(sock)
-                sock = self.context.wrap_socket(sock,
-                                                server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock, self.rfile = sock, sock.makefile('rb')
+    def makefile(self, mode):
+        import io
+        return io.BufferedReader(_ClockedReader(self.sock.makefile(
+            'rb', buffering=0), self))
 
-    def _tunnel(self, sock):
-        target = _netloc(self.host, self.port)
-        lines = ['CONNECT %s HTTP/1.1' % target, 'Host: ' + target]
-        lines += ['%s: %s' % item for item in self.proxy[2].items()]
-        sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1'))
-        rfile = sock.makefile('rb')
-        try:
-            answer = _Answer(rfile, 'CONNECT')
-        finally:
-            rfile.close()
-        if answer.status != 200:
-            raise OSError('Tunnel connection failed: %d %s'
-                          % (answer.status, answer.reason))
+    def allow(self, seconds=None):
+        """The next reads must be done within ``seconds`` (default timeout)."""
+        self.deadline = time.monotonic() + (
+            self.timeout if seconds is None else seconds)
 
-    def send(self, data):
-        if self.sock is None:
-            self._connect()
-        self.sock.sendall(data)
 
-    def closed_by_server(self):
-        """True if an idle connection has something to read: the server's
-        close (or data it should not have sent).  On TLS a late session
-        ticket counts too, which costs no more than a new connection."""
-        import select
-        try:
-            return bool(select.select([self.sock], [], [], 0)[0])
-        except (OSError, ValueError):
+def _clocked_reader_type():
+    import io
+
+    class _ClockedReader(io.RawIOBase):
+        def __init__(self, raw, clock):
+            self.raw = raw
+            self.clock = clock
+
+        def readable(self):
             return True
 
-    def getresponse(self, method):
-        return _Answer(self.rfile, method)
+        def readinto(self, b):
+            clock = self.clock
+            if clock.deadline is not None:
+                left = clock.deadline - time.monotonic()
+                if left <= 0:
+                    import socket
+                    raise socket.timeout('timed out')
+                clock.sock.settimeout(min(left, clock.timeout))
+            return self.raw.readinto(b)
 
-    def close(self):
-        sock, rfile, self.sock, self.rfile = self.sock, self.rfile, None, None
-        if rfile is not None:
-            rfile.close()
-        if sock is not None:
-            sock.close()
+        def close(self):
+            self.raw.close()
+            super().close()
+    return _ClockedReader
+
+
+def _ClockedReader(raw, clock):
+    global _ClockedReader
+    _ClockedReader = _clocked_reader_type()
+    return _ClockedReader(raw, clock)
+
+
+def _answer_type():
+    """http.client.HTTPResponse, stricter where RFC 9112 asks for it."""
+    import http.client
+
+    class _Answer(http.client.HTTPResponse):
+        interim = 0
+
+        def _read_status(self):
+            version, status, reason = super()._read_status()
+            if 100 <= status < 200 and status != 101:
+                # 102 and 103 come before the answer as 100 does; http.client
+                # skips only 100, so call them that.
+                self.interim += 1
+                if self.interim > _MAX_INTERIM:
+                    raise http.client.HTTPException(
+                        'more than %d interim answers' % _MAX_INTERIM)
+                status = 100
+            return version, status, reason
+
+        def begin(self):
+            super().begin()
+            if self.status == 101:
+                raise http.client.HTTPException(
+                    'the server switched protocols unasked')
+            lengths = set()
+            for value in self.msg.get_all('Content-Length') or ():
+                lengths.update(v.strip() for v in value.split(','))
+            if len(lengths) > 1:
+                raise http.client.HTTPException('conflicting Content-Length')
+            coding = self.msg.get('Transfer-Encoding')
+            if coding is not None and coding.strip().lower() != 'chunked':
+                raise http.client.HTTPException(
+                    'unsupported Transfer-Encoding %r' % _printable(coding, 40))
+            if self.length == 0:
+                # HEAD, 204 and 304 have no body whatever the headers say;
+                # http.client would wait for chunks that never come.
+                self.chunked = False
+    return _Answer
+
+
+def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
+    """An http.client connection to ``host``, directly or through ``proxy``
+    (``(host, port, headers)``): https through a CONNECT tunnel, http in
+    absolute form.  ``prefix`` is what goes before the request path."""
+    import http.client
+    host = _ascii_host(host)
+    default = 443 if scheme == 'https' else 80
+    where = (_ascii_host(proxy[0]), proxy[1]) if proxy else (host, port or default)
+    if scheme == 'https':
+        conn = http.client.HTTPSConnection(where[0], where[1], timeout=timeout,
+                                           context=context)
+        if proxy:
+            conn.set_tunnel(host, port or default, proxy[2])
+    else:
+        conn = http.client.HTTPConnection(where[0], where[1], timeout=timeout)
+    conn.prefix = '%s://%s' % (scheme, _netloc(host, port)) if (
+        proxy and scheme == 'http') else ''
+    conn.extra = proxy[2] if proxy and scheme == 'http' else {}
+    conn.host_header = _netloc(host, port)
+    conn.clock = None
+    answer = _answer_type()
+
+    def respond(sock, *args, **kwargs):
+        conn.clock = _Clock(sock, timeout)
+        conn.clock.allow()
+        return answer(conn.clock, *args, **kwargs)
+    conn.response_class = respond
+    return conn
+
+
+def _closed_by_server(conn):
+    """True if an idle connection has something to read: the server's close
+    (or data it should not have sent).  On TLS a late session ticket counts
+    too, which costs no more than a new connection."""
+    if conn.sock is None:
+        return False
+    import select
+    try:
+        return bool(select.select([conn.sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _ascii_host(host):
@@ -651,186 +791,17 @@ def _ascii_host(host):
         host.encode('ascii')
         return host
     except UnicodeEncodeError:
-        return host.encode('idna').decode('ascii')
-
-
-class _Headers(dict):
-    """Header fields by lower-cased name."""
-
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
-
-
-class _Answer:
-    """A response's status line and headers, and its body as a stream.
-
-    ``read``/``readinto`` fill what they are asked for unless the body ends;
-    an answer cut short ends early (the caller compares lengths), as with
-    http.client.  ``isclosed()`` is true once the body has been read.
-    """
-
-    def __init__(self, rfile, method):
-        self.rfile = rfile
-        for _ in range(_MAX_HEADERS):
-            version = self._status_line()
-            self.headers = self._fields()
-            if not 100 <= self.status < 200 or self.status == 101:
-                break           # 1xx answers (100 Continue) come before it
-        else:
-            raise _BadAnswer('more than %d interim answers' % _MAX_HEADERS)
-        get = self.headers.get
-        connection = get('connection', '').lower()
-        self.chunked = get('transfer-encoding', '').lower().endswith('chunked')
-        self.left = None            # body bytes left (of the chunk if chunked)
-        self._in_chunk = self._last_chunk = False
-        if method == 'HEAD' or self.status in (204, 304, 101):
-            self.left, self.chunked = 0, False     # whatever the headers say
-        elif self.chunked:
-            self.left = 0
-        else:
-            try:
-                self.left = int(get('content-length', ''))
-            except ValueError:
-                pass
-            if self.left is not None and self.left < 0:
-                self.left = None
-        self.will_close = ('close' in connection or self.left is None
-                           or (version == 'HTTP/1.0'
-                               and 'keep-alive' not in connection))
-        self._done = self.left == 0 and not self.chunked
-
-    def _status_line(self):
-        line = self.rfile.readline(_MAX_LINE + 1)
-        if not line:
-            raise _Disconnected('server closed the connection without '
-                                'answering')
-        parts = line.decode('latin-1').rstrip('\r\n').split(None, 2)
-        if (len(parts) < 2 or not parts[0].startswith('HTTP/1.')
-                or len(parts[1]) != 3 or not parts[1].isdigit()):
-            raise _BadAnswer('not an HTTP answer: %r'
-                             % _printable(line.decode('latin-1'), 60))
-        self.status = int(parts[1])
-        self.reason = parts[2] if len(parts) > 2 else ''
-        return parts[0]
-
-    def _fields(self):
-        fields = _Headers()
-        name = None
-        for _ in range(_MAX_HEADERS + 1):
-            line = self.rfile.readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
-                raise _BadAnswer('header line longer than %d bytes'
-                                 % _MAX_LINE)
-            if line in (b'\r\n', b'\n'):
-                return fields
-            if not line:
-                raise _Disconnected('connection closed in the headers')
-            text = line.decode('latin-1')
-            if text[0] in ' \t' and name:       # obsolete line folding
-                fields[name] += ' ' + text.strip()
-                continue
-            name, sep, value = text.partition(':')
-            name, value = name.strip().lower(), value.strip()
-            if not sep or not name:
-                name = None
-            elif name not in fields:
-                fields[name] = value
-            elif name == 'www-authenticate':
-                fields[name] += ', ' + value    # a list (RFC 9110 5.3)
-        raise _BadAnswer('more than %d header lines' % _MAX_HEADERS)
-
-    def isclosed(self):
-        return self._done
-
-    def close(self):
-        self._done = True
-
-    def _available(self):
-        """Bytes that can be read before the next framing step, 0 at the end."""
-        if self._done:
-            return 0
-        if self.left is None or self.left > 0:
-            return self.left or _CHUNK_SIZE
-        if self.chunked and not self._last_chunk:
-            self._next_chunk()
-            if self.left:
-                return self.left
-        self._done = True
-        return 0
-
-    def _next_chunk(self):
-        rfile = self.rfile
-        if self._in_chunk:
-            if rfile.readline(_MAX_LINE + 1).strip():
-                raise _BadAnswer('chunk longer than its size line says')
-        self._in_chunk = True
-        line = rfile.readline(_MAX_LINE + 1)
-        if not line:
-            raise _Disconnected('connection closed between chunks')
         try:
-            self.left = int(line.split(b';', 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadAnswer('bad chunk size line %r' % _printable(
-                line.decode('latin-1'), 40)) from None
-        if self.left < 0:
-            raise _BadAnswer('negative chunk size')
-        if self.left == 0:
-            self._last_chunk = True
-            for _ in range(_MAX_HEADERS + 1):      # trailer fields
-                line = rfile.readline(_MAX_LINE + 1)
-                if line in (b'\r\n', b'\n', b''):
-                    return
-            raise _BadAnswer('more than %d trailer lines' % _MAX_HEADERS)
+            return host.encode('idna').decode('ascii')
+        except UnicodeError:
+            raise DXFProtocolError('host name %r is not valid'
+                                   % _printable(host, 80)) from None
 
-    def _cut(self):
-        """The body ended early: stop, and never reuse the connection."""
-        self.will_close = True
-        self._done = True
-        self.left = 0
 
-    def _got(self, n, wanted):
-        if n < wanted and self.chunked:
-            raise _Disconnected('connection closed inside a chunk')
-        if n < wanted and self.left is not None:
-            self._cut()
-        elif self.left is not None:
-            self.left -= n
-            if not self.left and not self.chunked:
-                self._done = True
-
-    def read(self, n):
-        """Up to ``n`` bytes, fewer only at the end of the body."""
-        parts = []
-        while n > 0:
-            want = min(n, self._available())
-            if not want:
-                break
-            piece = self.rfile.read(want)
-            self._got(len(piece), want)
-            if not piece:
-                if self.left is None:
-                    self._done = True
-                break
-            parts.append(piece)
-            n -= len(piece)
-        return parts[0] if len(parts) == 1 else b''.join(parts)
-
-    def readinto(self, buf):
-        """Like read, into ``buf``; returns the count."""
-        view = memoryview(buf).cast('B')
-        got = 0
-        while got < len(view):
-            want = min(len(view) - got, self._available())
-            if not want:
-                break
-            n = self.rfile.readinto(view[got:got + want])
-            self._got(n, want)
-            if not n:
-                if self.left is None:
-                    self._done = True
-                break
-            got += n
-        return got
+def _transport_errors():
+    """What a connection raises while a request or its answer is under way."""
+    import http.client
+    return (OSError, http.client.HTTPException)
 
 
 class _Response:
@@ -840,43 +811,67 @@ class _Response:
         self._transport = transport
         self._key = key
         self._conn = conn
+        self._clock = conn.clock
         self.raw = raw
         self.method = method
         self.url = url
         self.status = raw.status
-        self.reason = raw.reason
-        self.headers = raw.headers
-        self._body = None
+        self.reason = raw.reason or ''
+        self.headers = raw.msg
 
     def header(self, name, default=None):
-        return self.headers.get(name, default)
+        """A header's value, stripped; several WWW-Authenticate lines are one
+        list (RFC 9110 5.3)."""
+        values = self.headers.get_all(name)
+        if not values:
+            return default
+        if name.lower() != 'www-authenticate':
+            values = values[:1]
+        return ', '.join(re.sub(r'\r?\n[ \t]+', ' ', v).strip() for v in values)
 
     @property
     def length(self):
         """Content-Length as an int, or None."""
-        value = self.headers.get('Content-Length')
-        if value is None or self.headers.get('Transfer-Encoding'):
+        value = self.header('Content-Length')
+        if value is None or self.header('Transfer-Encoding'):
             return None
+        return int(value) if re.match(r'[0-9]{1,18}\Z', value) else None
+
+    def _fail(self, exc, what):
+        self.close()
+        error = _connection_error(self.method, self.url, exc, what)
+        raise error from exc
+
+    def chunk(self, n, into=None):
+        """Up to ``n`` body bytes (or into the buffer ``into``, returning the
+        count); fewer only at the end.  Each call must finish within the
+        timeout."""
+        if self._clock is not None:
+            self._clock.allow()
         try:
-            n = int(value)
-        except ValueError:
-            return None
-        return n if n >= 0 else None
+            if into is not None:
+                return self.raw.readinto(into)
+            return self.raw.read(n)
+        except _transport_errors() as exc:
+            self._fail(exc, 'connection broke while reading')
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
-        """The whole body (for small answers), at most ``limit`` bytes."""
-        if self._body is not None:
-            return self._body
+        """The whole body (for small answers), at most ``limit`` bytes, all
+        within the timeout."""
+        body = getattr(self, 'body', None)
+        if body is not None:
+            return body
         length = self.length
         if self.method == 'HEAD' or self.status in (204, 304):
             length = 0
-        too_big = '%s %s: %s is larger than the %d-byte limit' % (
-            self.method, _path(self.url), what, limit)
         if length is not None and length > limit:
             self.close()
-            raise DXFSizeMismatchError(length, limit, message=too_big)
-        parts = []
-        got = 0
+            raise DXFProtocolError('%s %s: %s is larger than the %d-byte '
+                                   'limit' % (self.method, _path(self.url),
+                                              what, limit))
+        if self._clock is not None:
+            self._clock.allow()
+        parts, got = [], 0
         try:
             while True:
                 piece = self.raw.read(min(_CHUNK_SIZE, limit + 1 - got))
@@ -885,30 +880,34 @@ class _Response:
                 parts.append(piece)
                 got += len(piece)
                 if got > limit:
-                    self.close()
-                    raise DXFSizeMismatchError(got, limit, message=too_big)
-        except _TRANSPORT_ERRORS as exc:
+                    break
+        except _transport_errors() as exc:
+            self._fail(exc, 'connection broke while reading')
+        data = b''.join(parts)
+        if len(data) > limit:
             self.close()
-            raise DXFConnectionError('%s %s: connection broke while reading '
-                                     '(%s)' % (self.method, _path(self.url),
-                                               _exc_text(exc))) from exc
-        if length is not None and got != length:
-            # Fewer bytes than announced: the connection broke (reads
-            # return b'' instead of raising), so this is worth a retry.
+            raise DXFProtocolError('%s %s: %s is larger than the %d-byte '
+                                   'limit' % (self.method, _path(self.url),
+                                              what, limit))
+        if length is not None and len(data) != length:
+            # Fewer bytes than announced: the connection broke, so this is
+            # worth a retry.
             self.close()
             raise DXFConnectionError('%s %s: %s cut short after %d of %d '
                                      'bytes' % (self.method, _path(self.url),
-                                                what, got, length))
+                                                what, len(data), length))
         self.release()
-        self._body = b''.join(parts)
-        return self._body
+        self.body = data
+        return data
 
     def release(self):
-        """Give the connection back if the body was read to its end."""
+        """Give the connection back if the answer ended cleanly and nothing
+        else is waiting on it; otherwise close it."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self.raw.isclosed() and not self.raw.will_close:
+        if (self.raw.isclosed() and not self.raw.will_close
+                and not _closed_by_server(conn)):
             self._transport._put(self._key, conn)
         else:
             self.raw.close()
@@ -927,6 +926,8 @@ def _exc_text(exc):
     import socket
     if isinstance(exc, socket.timeout):
         return 'timed out'
+    if isinstance(exc, socket.gaierror):
+        return 'cannot resolve the host name (%s)' % (exc.strerror or exc)
     text = getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__
     reason = getattr(exc, 'reason', None)   # ssl.SSLError's short reason
     if reason and reason not in text:
@@ -934,6 +935,21 @@ def _exc_text(exc):
     if reason == 'WRONG_VERSION_NUMBER':    # TLS spoken to a plain http port
         text += '; is the registry plain http (DXF_INSECURE=1)?'
     return _printable(text)
+
+
+def _connection_error(method, url, exc, what=None):
+    """The DXFConnectionError (or DXFProtocolError) for a low-level failure."""
+    import http.client
+    text = _exc_text(exc)
+    if what:
+        text = '%s (%s)' % (what, text)
+    protocol = isinstance(exc, http.client.HTTPException) and not isinstance(
+        exc, (http.client.RemoteDisconnected, http.client.IncompleteRead))
+    cls = DXFProtocolError if protocol else DXFConnectionError
+    error = cls('%s %s: %s' % (method, _printable(url, 200), text),
+                method=method, url=url)
+    error.retryable = _is_transient(exc)
+    return error
 
 
 def _path(url):
@@ -960,6 +976,18 @@ class _Transport:
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
+        self.local = threading.local()   # .budget: the operation's _Budget
+
+    def new_budget(self):
+        return _Budget(self.retries, self.retry_time)
+
+    def operation(self):
+        """A context sharing one retry budget (see _Budget)."""
+        return _Operation(self)
+
+    def budget(self):
+        """The budget of the operation in progress, or one for one request."""
+        return getattr(self.local, 'budget', None) or self.new_budget()
 
     def _context(self):
         if self._ssl_context is None:
@@ -995,14 +1023,14 @@ class _Transport:
                 conn = idle.pop() if idle else None
             if conn is None:
                 break
-            if not (check and conn.closed_by_server()):
+            if not (check and _closed_by_server(conn)):
                 return conn, True
             conn.close()
         scheme, host, port = key
         context = self._context() if scheme == 'https' else None
         proxy = _proxy_for(self.proxies, scheme, host, port)
-        return _Connection(scheme, host, port, self.timeout, context,
-                           proxy), False
+        return _new_connection(scheme, host, port, self.timeout, context,
+                               proxy), False
 
     def _put(self, key, conn):
         with self._lock:
@@ -1017,20 +1045,23 @@ class _Transport:
                 conn.close()
 
     def request(self, method, url, headers=None, body=None, read=None,
-                what='answer'):
+                what='answer', redirects=True):
         """Send a request; return a _Response.
 
-        ``body`` is None, bytes, a _FileBody or a _ChunkedBody.  Connection
-        failures and 408/429/5xx answers are retried with backoff (honouring
-        Retry-After) while the body can be sent again; redirects are followed.
-        With ``read`` (a size limit) the body is read too, so an answer cut
-        short is retried as well; otherwise the caller streams it.
+        ``body`` is None, bytes or a _Body.  Connection failures and
+        408/429/5xx answers are retried with backoff (honouring Retry-After)
+        while the body can be sent again, drawing on the operation's budget;
+        redirects are followed unless ``redirects`` is False.  With ``read``
+        (a size limit) the body is read too, so an answer cut short is
+        retried as well; otherwise the caller streams it.
         """
-        deadline = time.time() + self.retry_time
+        if body is not None and not isinstance(body, _Body):
+            body = _Body(bytes(body))
+        budget = self.budget()
         attempt = 0
         while True:
             try:
-                resp = self._follow(method, url, headers, body)
+                resp = self._follow(method, url, headers, body, redirects)
                 if resp.status not in _RETRY_STATUSES:
                     if read is not None:
                         resp.read(read, what)
@@ -1041,36 +1072,32 @@ class _Transport:
                 if not exc.retryable:
                     raise
                 delay, failure = None, exc
-            if delay is None:
-                delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt)
-                delay *= 0.5 + _random_fraction() / 2
-            if (attempt >= self.retries or isinstance(body, _ChunkedBody)
-                    or time.time() + delay > deadline):
+            if isinstance(failure, _Response):
+                failure.read()     # drain, so the connection is reused
+            if (body is not None and not body.replayable) or not budget.spend(
+                    delay, attempt):
                 if isinstance(failure, Exception):
                     raise failure
                 return failure
-            if isinstance(failure, _Response):
-                failure.read()     # drain, so the connection is reused
-            time.sleep(delay)
             attempt += 1
-            if isinstance(body, _FileBody):
+            if body is not None:
                 body.rewind()
 
-    def _follow(self, method, url, headers, body):
+    def _follow(self, method, url, headers, body, redirects=True):
         """Send a request, following redirects."""
         headers = dict(headers or {})
         for _ in range(_MAX_REDIRECTS + 1):
             resp = self._send(method, url, headers, body)
             location = resp.header('Location')
-            if resp.status not in _REDIRECTS or not location or (
-                    isinstance(body, _ChunkedBody)):
+            if (not redirects or resp.status not in _REDIRECTS or not location
+                    or (body is not None and not body.replayable)):
                 return resp
             resp.read(limit=_MAX_SMALL_BODY)
-            new_url = urllib.parse.urljoin(url, location)
+            new_url = _join(url, location)
             if urllib.parse.urlsplit(new_url).scheme not in ('http', 'https'):
                 return resp
             if _origin(new_url) != _origin(url):
-                # Never hand our credentials to another host (e.g. the S3
+                # Never hand our credentials to another origin (e.g. the S3
                 # bucket a registry redirects blob downloads to).
                 headers.pop('Authorization', None)
             if resp.status == 303 or (resp.status in (301, 302)
@@ -1078,35 +1105,33 @@ class _Transport:
                 method, body = ('HEAD' if method == 'HEAD' else 'GET'), None
                 headers.pop('Content-Length', None)
                 headers.pop('Content-Type', None)
-            if isinstance(body, _FileBody):
+            if body is not None:
                 body.rewind()
             url = new_url
-        error = DXFConnectionError('%s %s: more than %d redirects'
-                                   % (method, _path(url), _MAX_REDIRECTS))
+        error = DXFProtocolError('%s %s: more than %d redirects'
+                                 % (method, _path(url), _MAX_REDIRECTS),
+                                 method=method, url=url)
         error.retryable = False
         raise error
 
     def _send(self, method, url, headers, body):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ('http', 'https') or not parts.hostname:
-            raise DXFConnectionError('cannot fetch %r' % _printable(url))
-        try:
-            port = parts.port
-        except ValueError:
-            raise DXFConnectionError('bad port in %r' % _printable(url))
-        key = (parts.scheme, parts.hostname, port)
+            raise DXFProtocolError('cannot fetch %r' % _printable(url),
+                                   method=method, url=url)
+        key = (parts.scheme, parts.hostname, _port(url))
         target = parts.path or '/'
         if parts.query:
             target += '?' + parts.query
-        errors = _TRANSPORT_ERRORS
+        errors = _transport_errors()
         for attempt in (0, 1):
             # A body that cannot be sent again needs a connection that will
             # not turn out to be stale half-way.
-            conn, reused = self._get(key, isinstance(body, _ChunkedBody))
+            conn, reused = self._get(key, body is not None and not body.replayable)
             started = time.time()
             try:
                 self._write(conn, method, target, headers, body)
-                raw = conn.getresponse(method)
+                raw = conn.getresponse()
                 if self.trace:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
@@ -1118,50 +1143,65 @@ class _Transport:
                 # A pooled connection the server has since closed fails at
                 # once: try again on a fresh one if the body can be resent.
                 if (reused and attempt == 0 and _is_stale(exc)
-                        and not isinstance(body, _ChunkedBody)):
-                    if isinstance(body, _FileBody):
+                        and (body is None or body.replayable)):
+                    if body is not None:
                         body.rewind()
                     continue
-                error = DXFConnectionError('%s %s: %s' % (
-                    method, _path(url), _exc_text(exc)))
-                error.retryable = _is_transient(exc)
-                raise error from exc
+                raise _connection_error(method, url, exc) from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
     def _write(conn, method, target, headers, body):
+        if conn.sock is None:
+            conn.connect()
         fields = {'Host': conn.host_header}
         fields.update(conn.extra)
         names = {k.lower() for k in headers}
         if 'user-agent' not in names:
             fields['User-Agent'] = _USER_AGENT
-        if isinstance(body, _ChunkedBody):
+        if body is not None and body.length is None:
             fields['Transfer-Encoding'] = 'chunked'
-        elif 'content-length' not in names:
-            if isinstance(body, _FileBody):
-                fields['Content-Length'] = body.length
-            elif body is not None or method in ('POST', 'PUT', 'PATCH'):
-                fields['Content-Length'] = len(body or b'')
+        elif 'content-length' not in names and (
+                body is not None or method in ('POST', 'PUT', 'PATCH')):
+            fields['Content-Length'] = body.length if body else 0
         fields.update(headers)
-        lines = ['%s %s%s HTTP/1.1' % (method, conn.prefix, target)]
+        try:
+            conn.putrequest(method, conn.prefix + target, skip_host=True,
+                            skip_accept_encoding=True)
+        except ValueError as exc:
+            # http.client refuses a target with spaces or control characters
+            # (from a Location or DXF_AUTH_HOST): never send it.
+            error = DXFProtocolError('%s %s: refusing to send it (%s)' % (
+                method, _printable(target, 200), _printable(str(exc), 100)),
+                method=method)
+            error.retryable = False
+            raise error from None
         for name, value in fields.items():
             value = str(value)
+            try:
+                value.encode('latin-1')
+            except UnicodeEncodeError:
+                raise DXFInputError('%s %s: header %s holds characters HTTP '
+                                    'cannot carry' % (method, target, name)) from None
             if '\n' in value or '\r' in value:
                 raise DXFInputError('header %s holds a line break' % name)
-            lines.append('%s: %s' % (name, value))
-        try:
-            head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
-        except UnicodeEncodeError:
-            raise DXFInputError('%s %s: a header holds characters HTTP '
-                                'cannot carry' % (method, target)) from None
-        if isinstance(body, (_FileBody, _ChunkedBody)):
-            conn.send(head)
-            body.send(conn)
-        elif body and len(body) > _CHUNK_SIZE:
-            conn.send(head)
-            conn.send(body)
+            conn.putheader(name, value)
+        if body is None or (type(body) is _Body and len(body.data) <= _CHUNK_SIZE):
+            conn.endheaders(body.data if body is not None and body.data else None)
         else:
-            conn.send(head + bytes(body) if body else head)   # one packet
+            conn.endheaders()
+            body.send(conn.sock.sendall)
+
+
+def _join(base, location):
+    """A Location (or Link) resolved against the URL it came with."""
+    try:
+        url = urllib.parse.urljoin(base, location)
+        _port(url)
+        return url
+    except ValueError:
+        raise DXFProtocolError('bad URL %r in an answer to %s'
+                               % (_printable(location, 100), _path(base))) from None
 
 
 def _random_fraction():
@@ -1174,7 +1214,7 @@ def _retry_after(value):
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.match(r'[0-9]{1,9}\Z', value):
         seconds = int(value)
     else:
         import email.utils
@@ -1189,8 +1229,8 @@ def _retry_after(value):
 def _is_transient(exc):
     """False for failures a retry cannot mend (certificates, unknown hosts)."""
     import socket
-    # A proxy refusing the CONNECT (_Connection._tunnel's wording): 407
-    # Proxy Authentication Required and the like do not go away.
+    # A proxy refusing the CONNECT (http.client's wording): 407 Proxy
+    # Authentication Required and the like do not go away.
     if str(exc).startswith('Tunnel connection failed: 4'):
         return False
     permanent = (socket.gaierror,)
@@ -1203,8 +1243,9 @@ def _is_transient(exc):
 
 
 def _is_stale(exc):
+    import http.client
     return isinstance(exc, (ConnectionResetError, BrokenPipeError,
-                            ConnectionAbortedError, _BadAnswer))
+                            ConnectionAbortedError, http.client.BadStatusLine))
 
 
 def _proxy_settings(environ):
@@ -1262,9 +1303,23 @@ def _netloc(host, port):
     return host if port is None else '%s:%d' % (host, port)
 
 
+def _port(url):
+    """The port a URL names, or None; a bad one is the answer's fault."""
+    try:
+        return urllib.parse.urlsplit(url).port
+    except ValueError:
+        raise DXFProtocolError('bad port in %r' % _printable(url, 200),
+                               url=url) from None
+
+
 def _origin(url):
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    """``(scheme, host, port)``: what decides where credentials may go."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise DXFProtocolError('bad URL %r' % _printable(url, 200),
+                               url=url) from None
+    port = _port(url) or (443 if parts.scheme == 'https' else 80)
     return parts.scheme, (parts.hostname or '').lower(), port
 
 
@@ -1275,10 +1330,25 @@ def _origin(url):
 # =============================================================================
 
 
-class _AuthState:
-    """Credentials and tokens, shared by DXF objects made with from_base()."""
+class _Auth:
+    """One registry's credentials and tokens, and where they may go.
 
-    def __init__(self):
+    The request layer asks ``header(url, scope)`` for the Authorization to
+    send and hands a 401 to ``login``.  The trust rules live here alone:
+    credentials (password, token, identity token, a raw Authorization) go
+    only to the registry's own origin (scheme, host, port) and, for the
+    token request, to the token realm's; never over plain http to a host
+    other than the loopback unless ``allow_insecure``; challenges are taken
+    only from the registry's origin.  DXF objects made with from_base()
+    share one _Auth.
+    """
+
+    def __init__(self, transport, base, auth_host=None, allow_insecure=False):
+        self.transport = transport
+        self.base = base
+        self.origin = _origin(base)
+        self.auth_host = auth_host
+        self.allow_insecure = allow_insecure
         self.lock = threading.Lock()
         self.tokens = {}          # scope -> (token, renew_at)
         self.token = None         # the newest token (DXFBase.token)
@@ -1287,77 +1357,77 @@ class _AuthState:
         self.challenge = None     # (realm, service) of the Bearer challenge
         self.creds = None         # Authorization for the token service, or ''
         self.refresh_token = None  # an identity token (OAuth2 refresh token)
-        self.local = threading.local()   # .scope: what the request needs
+        self.local = threading.local()   # .scope, .extra: this operation's
 
-
-class _AuthMixin:
-    """The authentication half of DXFBase (kept apart to read on its own)."""
-
-    def _check_secure(self, url, what):
+    def check_secure(self, url, what):
+        """Refuse to send credentials to ``url`` over plain http."""
         parts = urllib.parse.urlsplit(url)
         if (parts.scheme != 'https' and not _is_loopback(parts.hostname or '')
-                and not self._allow_insecure_auth):
+                and not self.allow_insecure):
             raise DXFAuthInsecureError(
                 'not sending credentials over plain http to %s (%s); use '
                 'https, or opt in with DXF_ALLOW_INSECURE_AUTH=1 '
-                '(allow_insecure_auth=True)' % (parts.netloc, what))
+                '(allow_insecure_auth=True)' % (_printable(parts.netloc), what))
 
-    def _scope(self, actions):
-        """The token scope a request to this repository needs.
+    def own(self, url):
+        """True for a URL of the registry's origin.  The registry's host
+        over plain http when the registry is https is refused outright."""
+        origin = _origin(url)
+        if origin == self.origin:
+            return True
+        if (origin[1] == self.origin[1] and origin[0] == 'http'
+                and self.origin[0] == 'https'):
+            raise DXFProtocolError('registry sent %s: refusing to downgrade '
+                                   'from https to plain http'
+                                   % _printable(url, 200), url=url)
+        return False
 
-        Inside ``with self._needing(...)`` it also asks for what the rest of
-        the operation will need, so one token serves the whole operation.
-        """
-        if actions is None:
-            return None
-        wanted = set(actions) | getattr(self._auth_state.local, 'extra', set())
-        return 'repository:%s:%s' % (self._repo, ','.join(
-            a for a in _ACTIONS if a in wanted))
+    def header(self, url, scope):
+        """The Authorization value for a request to ``url``, or None."""
+        if not self.own(url):
+            return None        # e.g. an upload Location on a storage host
+        value = self._value(scope)
+        if value:
+            self.check_secure(url, 'registry')
+        return value
 
-    def _needing(self, *actions):
-        """A context in which requests ask for ``actions`` too."""
-        return _Needing(self._auth_state.local, actions)
-
-    def _cached_token(self, scope):
-        """A fresh cached token for ``scope``, or for a wider scope."""
-        st = self._auth_state
-        now = time.time()
-        with st.lock:
-            cached = st.tokens.get(scope)
-            if cached and cached[1] > now:
-                return cached[0]
-            kind, _, rest = scope.rpartition(':')
-            wanted = set(rest.split(','))
-            for other, (token, renew_at) in st.tokens.items():
-                okind, _, orest = other.rpartition(':')
-                if (okind == kind and renew_at > now
-                        and wanted <= set(orest.split(','))):
-                    return token
-        return None
-
-    def _authorization(self, scope):
-        """The Authorization header value to send for ``scope``, or None."""
-        st = self._auth_state
-        if st.basic:
-            return st.basic
-        if st.fixed_token:
-            return 'Bearer ' + st.fixed_token
+    def _value(self, scope):
+        if self.basic:
+            return self.basic
+        if self.fixed_token:
+            return 'Bearer ' + self.fixed_token
         if scope:
             cached = self._cached_token(scope)
             if cached:
                 return 'Bearer ' + cached
             # The realm is known and so are the credentials: fetch the token
             # now instead of waiting for the registry's 401.
-            if st.challenge and st.creds is not None:
-                return 'Bearer ' + self._fetch_token(scope)
-        return 'Bearer ' + st.token if st.token else None
+            if self.challenge and self.creds is not None:
+                return 'Bearer ' + self.fetch_token(scope)
+        return 'Bearer ' + self.token if self.token else None
 
-    def _fetch_token(self, scope):
-        st = self._auth_state
-        realm, service = st.challenge
+    def _cached_token(self, scope):
+        """A fresh cached token for ``scope``, or for a wider scope."""
+        now = time.time()
+        with self.lock:
+            cached = self.tokens.get(scope)
+            if cached and cached[1] > now:
+                return cached[0]
+            kind, _, rest = scope.rpartition(':')
+            wanted = set(rest.split(','))
+            for other, (token, renew_at) in self.tokens.items():
+                okind, _, orest = other.rpartition(':')
+                if (okind == kind and renew_at > now
+                        and wanted <= set(orest.split(','))):
+                    return token
+        return None
+
+    def fetch_token(self, scope):
+        """Ask the token service for a token for ``scope``."""
+        realm, service = self.challenge
         parts = urllib.parse.urlsplit(realm)
-        if self._auth_host:
-            parts = parts._replace(netloc=self._auth_host)
+        if self.auth_host:
+            parts = parts._replace(netloc=self.auth_host)
         query = urllib.parse.parse_qsl(parts.query)
         if service:
             query.append(('service', service))
@@ -1366,32 +1436,37 @@ class _AuthMixin:
         url = urllib.parse.urlunsplit(
             parts._replace(query=urllib.parse.urlencode(query)))
         resp = None
-        if st.refresh_token:
+        if self.refresh_token:
             # An identity token (docker login's "identitytoken") is an OAuth2
-            # refresh token: POST it; token servers without the OAuth2 flow
-            # answer 404/405, then the GET flow takes it as a password.
+            # refresh token: POST it, never following a redirect with it;
+            # token servers without the OAuth2 flow answer 404/405, then the
+            # GET flow takes it as a password.
             post_url = urllib.parse.urlunsplit(parts)
-            self._check_secure(post_url, 'token service')
+            self.check_secure(post_url, 'token service')
             form = [('grant_type', 'refresh_token'),
-                    ('refresh_token', st.refresh_token),
+                    ('refresh_token', self.refresh_token),
                     ('client_id', 'dxf.py'), ('scope', scope or '')]
             if service:
                 form.append(('service', service))
-            resp = self._transport.request(
+            resp = self.transport.request(
                 'POST', post_url,
                 {'Content-Type': 'application/x-www-form-urlencoded'},
-                urllib.parse.urlencode(form).encode('ascii'))
+                urllib.parse.urlencode(form).encode('ascii'),
+                read=_MAX_SMALL_BODY, what='token answer', redirects=False)
+            if resp.status in _REDIRECTS:
+                raise DXFAuthError('token service %s redirected the identity '
+                                   'token request; not following it'
+                                   % _printable(parts.netloc))
             if resp.status in (404, 405):
-                resp.read(what='token answer')
                 resp = None
         if resp is None:
             headers = {}
-            if st.creds:
-                self._check_secure(url, 'token service')
-                headers['Authorization'] = st.creds
-            resp = self._transport.request('GET', url, headers,
-                                           read=_MAX_SMALL_BODY,
-                                           what='token answer')
+            if self.creds:
+                self.check_secure(url, 'token service')
+                headers['Authorization'] = self.creds
+            resp = self.transport.request('GET', url, headers,
+                                          read=_MAX_SMALL_BODY,
+                                          what='token answer')
         body = resp.read()
         if resp.status in (401, 403):
             raise DXFUnauthorizedError(resp.method, url, resp.status,
@@ -1399,106 +1474,67 @@ class _AuthMixin:
                                        'token service refused the credentials')
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
-                parts.netloc, resp.status, _printable(resp.reason)))
+                _printable(parts.netloc), resp.status, _printable(resp.reason)))
         try:
             doc = json.loads(body.decode('utf-8'))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             doc = None
         if not isinstance(doc, dict):
             raise DXFAuthError('token service %s answered something that is '
-                               'not a JSON object' % parts.netloc)
+                               'not a JSON object' % _printable(parts.netloc))
         # ACR sends only access_token; Harbor sends an empty access_token
         # beside a good token (python-dxf #22, #27).
         token = doc.get('access_token') or doc.get('token')
         if not isinstance(token, str) or not token:
             raise DXFAuthError('token service %s answered without a token'
-                               % parts.netloc)
+                               % _printable(parts.netloc))
+        if not _TOKEN_RE.match(token):
+            raise DXFAuthError('token service %s sent a token that cannot go '
+                               'in a header' % _printable(parts.netloc))
         expires_in = doc.get('expires_in')
-        if not isinstance(expires_in, (int, float)) or expires_in < 60:
+        if (isinstance(expires_in, bool) or not isinstance(
+                expires_in, (int, float)) or not expires_in >= 60):
             expires_in = 60       # the token spec's default and minimum
-        with st.lock:
-            st.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
-            st.token = token
+        expires_in = min(expires_in, _MAX_TOKEN_LIFE)
+        with self.lock:
+            self.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
+            self.token = token
         return token
 
-    def _handle_401(self, response, scope):
-        """Let the auth callback (or the stored credentials) answer a 401."""
-        st = self._auth_state
-        st.local.scope = scope
-        try:
-            if self._auth is not None:
-                self._auth(self, response)
-            elif not st.fixed_token:
-                self._authenticate(st.creds or None, None, response)
-        finally:
-            st.local.scope = None
-
-    def authenticate(self, username=None, password=None, actions=None,
-                     response=None, authorization=None, identity_token=None):
-        """Authenticate to the registry; return the bearer token, if any.
-
-        With no ``response``, first asks ``/v2/`` whether authentication is
-        needed (None when it is not).  A Bearer challenge fetches a token from
-        the token service (anonymously when no credentials are given); a
-        Basic challenge stores the credentials for every later request.
-
-        :param actions: e.g. ``['pull', 'push']``; defaults to what the
-            challenge (or the operation in progress) asks for
-        :param authorization: a raw ``Authorization`` value instead of
-            username and password
-        :param identity_token: an OAuth2 refresh token (``docker login``'s
-            identity token) instead of username and password
-        :raises DXFAuthInsecureError: credentials would go over plain http
-        :raises DXFUnauthorizedError: the credentials were refused
-        """
-        creds = authorization
-        if creds is None and username is not None:
-            creds = _basic(username, password)
-        elif creds is None and identity_token:
-            creds = _basic('<token>', identity_token)
-        if creds:
-            self._check_secure(self._base, 'registry')
-        self._auth_state.refresh_token = identity_token
-        return self._authenticate(creds, actions, response)
-
-    def _authenticate(self, creds, actions, response):
-        st = self._auth_state
-        probed = response is None
-        if probed:
-            response = self._transport.request('GET', self._base)
-            body = response.read()
-            if response.status == 200:
-                return None
-            if response.status != 401:
-                raise _http_error(response, body, expected=401)
+    def login(self, creds, response, scope, fallback=None):
+        """Answer the registry's 401 ``response`` with ``creds`` (an
+        Authorization value, '' or None for anonymous) for ``scope`` (else
+        the challenge's, else ``fallback``).  Returns ``(token, None)`` for
+        a Bearer challenge, ``(None, 'basic')`` for Basic."""
+        if not self.own(response.url):
+            raise DXFAuthError('%s answered 401 but is not the registry: '
+                               'dxf sends credentials only to %s' % (
+                                   _printable(urllib.parse.urlsplit(
+                                       response.url).netloc), self.origin[1]))
         challenges = _parse_www_authenticate(response.header('WWW-Authenticate'))
         bearer = [p for s, p in challenges if s == 'bearer']
         if bearer:
             params = bearer[0]
-            realm = params.get('realm')
-            if not realm or urllib.parse.urlsplit(realm).scheme not in (
-                    'http', 'https'):
+            realm = params.get('realm') or ''
+            try:
+                usable = urllib.parse.urlsplit(realm).scheme in ('http', 'https')
+                usable = usable and bool(urllib.parse.urlsplit(realm).hostname)
+                _port(realm)
+            except (ValueError, DXFProtocolError):
+                usable = False
+            if not usable:
                 raise DXFAuthError('registry sent a Bearer challenge without '
                                    'a usable realm')
-            if actions:
-                scope = self._scope(actions)
-            else:
-                # What the operation in progress needs, else what the
-                # registry asked for; gcr.io sends no scope for _catalog.
-                scope = (getattr(st.local, 'scope', None) or params.get('scope')
-                         or ('registry:catalog:*' if self._repo is None
-                             else self._scope(['pull'])))
-            with st.lock:
-                st.challenge = (realm, params.get('service'))
-                st.creds = creds or ''
-            return self._fetch_token(scope)
+            with self.lock:
+                self.challenge = (realm, params.get('service'))
+                self.creds = creds or ''
+            return self.fetch_token(scope or params.get('scope')
+                                    or fallback), None
         if any(s == 'basic' for s, _ in challenges):
             if creds:
-                self._check_secure(self._base, 'registry')
-                st.basic = creds
-                if probed:     # say now whether the credentials are good
-                    self._request('GET', '')
-            return None
+                self.check_secure(self.base, 'registry')
+                self.basic = creds
+            return None, 'basic'
         if not challenges:
             raise DXFAuthError('registry answered 401 without a usable '
                                'WWW-Authenticate challenge')
@@ -1591,17 +1627,23 @@ def _credential_helper(name, server, environ):
 
 
 class _Needing:
-    """Sets the extra actions the operation in progress (this thread) needs."""
+    """One public operation in this thread: the extra token actions it
+    needs, and its retry budget (``transport.operation()``)."""
 
-    def __init__(self, local, actions):
+    def __init__(self, local, actions, transport=None):
         self.local = local
         self.actions = set(actions)
+        self.operation = transport.operation() if transport else None
 
     def __enter__(self):
         self.saved = getattr(self.local, 'extra', set())
         self.local.extra = self.saved | self.actions
+        if self.operation:
+            self.operation.__enter__()
 
     def __exit__(self, *exc):
+        if self.operation:
+            self.operation.__exit__(*exc)
         self.local.extra = self.saved
 
 
@@ -1695,7 +1737,7 @@ class BlobReader:
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
-                 expected_size=None, reopen=None, retries=0):
+                 expected_size=None, reopen=None, budget=None):
         self.digest = digest
         self.size = response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
@@ -1714,7 +1756,7 @@ class BlobReader:
         self._ahead = None        # look-ahead piece when the size is unknown
         self._finished = False
         self._reopen = reopen     # reopen(offset) -> response from offset
-        self._resumes = retries
+        self._budget = budget     # a _Budget for resumes, or None
         if progress:
             progress(digest, b'', self.size)
 
@@ -1741,12 +1783,16 @@ class BlobReader:
     def _raw(self, n):
         """Up to n bytes from the body, b'' only at its end."""
         try:
-            return self._resp.raw.read(n)
-        except _TRANSPORT_ERRORS as exc:
-            self._resp.close()
+            return self._resp.chunk(n)
+        except DXFConnectionError as exc:
             raise DXFConnectionError('blob %s: connection broke after %d '
                                      'bytes (%s)' % (self.digest, self._done,
-                                                     _exc_text(exc))) from exc
+                                                     exc), exc.method,
+                                     exc.url) from exc
+
+    def _may_resume(self):
+        return (self._reopen is not None and self._budget is not None
+                and self._budget.spend())
 
     def read(self, n=-1):
         """Return up to ``n`` bytes (all that remain if ``n`` < 0)."""
@@ -1778,23 +1824,19 @@ class BlobReader:
                 if into is None:
                     data = self._raw(want)
                 else:
-                    data = self._resp.raw.readinto(into)
-            except _TRANSPORT_ERRORS + (DXFConnectionError,) as exc:
+                    data = self._resp.chunk(want, into)
+            except DXFConnectionError:
                 self._resp.close()
-                if not self._reopen or self._resumes <= 0:
-                    if isinstance(exc, DXFConnectionError):
-                        raise
-                    raise DXFConnectionError(
-                        'blob %s: connection broke after %d bytes (%s)' % (
-                            self.digest, self._done, _exc_text(exc))) from exc
-                data = b''
+                if not self._may_resume():
+                    raise
+                data = None
             if data:
                 return data
-            if not self._reopen or self._resumes <= 0:
+            if data is not None and not self._may_resume():
+                # The body ended before the size the registry gave.
                 self.close()
                 raise DXFSizeMismatchError(self._done, self.size,
                                            'blob %s' % self.digest)
-            self._resumes -= 1
             if before_resume:
                 before_resume()
             self._resume()
@@ -2009,7 +2051,7 @@ def _choose_platform(m, platform):
 # =============================================================================
 
 
-class DXFBase(_AuthMixin):
+class DXFBase:
     """A Docker / OCI registry.
 
     :param host: registry host, optionally with ``:port``
@@ -2038,11 +2080,20 @@ class DXFBase(_AuthMixin):
         self._host = host
         self._insecure = insecure
         self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)
-        self._auth = auth
-        self._auth_host = auth_host
-        self._allow_insecure_auth = allow_insecure_auth
+        self._auth_fn = auth
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
-        self._auth_state = _AuthState()
+        self._auth = _Auth(self._transport, self._base, auth_host,
+                           allow_insecure_auth)
+        self._repo = None
+
+    def _share(self, base):
+        """Use ``base``'s registry, connections, credentials and tokens."""
+        self._host = base._host
+        self._insecure = base._insecure
+        self._base = base._base
+        self._auth_fn = base._auth_fn
+        self._transport = base._transport
+        self._auth = base._auth
         self._repo = None
 
     def __enter__(self):
@@ -2058,11 +2109,98 @@ class DXFBase(_AuthMixin):
     @property
     def token(self):
         """The bearer token in use; set it to use a token obtained elsewhere."""
-        return self._auth_state.fixed_token or self._auth_state.token
+        return self._auth.fixed_token or self._auth.token
 
     @token.setter
     def token(self, value):
-        self._auth_state.fixed_token = value
+        self._auth.fixed_token = value
+
+    # -- authentication ------------------------------------------------------
+
+    def _scope(self, actions):
+        """The token scope a request to this repository needs.
+
+        Inside ``with self._needing(...)`` it also asks for what the rest of
+        the operation will need, so one token serves the whole operation.
+        """
+        if actions is None:
+            return None
+        wanted = set(actions) | getattr(self._auth.local, 'extra', set())
+        return 'repository:%s:%s' % (self._repo, ','.join(
+            a for a in _ACTIONS if a in wanted))
+
+    def _needing(self, *actions):
+        """A context in which requests ask for ``actions`` too, and share one
+        retry budget."""
+        return _Needing(self._auth.local, actions, self._transport)
+
+    def _handle_401(self, response, scope):
+        """Let the auth callback (or the stored credentials) answer a 401."""
+        auth = self._auth
+        if not auth.own(response.url):
+            raise DXFAuthError('%s answered 401 but is not the registry: '
+                               'dxf sends credentials only to %s' % (
+                                   _printable(urllib.parse.urlsplit(
+                                       response.url).netloc), auth.origin[1]))
+        auth.local.scope = scope
+        try:
+            if self._auth_fn is not None:
+                self._auth_fn(self, response)
+            elif not auth.fixed_token:
+                self._login(auth.creds or None, None, response)
+        finally:
+            auth.local.scope = None
+
+    def authenticate(self, username=None, password=None, actions=None,
+                     response=None, authorization=None, identity_token=None):
+        """Authenticate to the registry; return the bearer token, if any.
+
+        With no ``response``, first asks ``/v2/`` whether authentication is
+        needed (None when it is not).  A Bearer challenge fetches a token from
+        the token service (anonymously when no credentials are given); a
+        Basic challenge stores the credentials for every later request.
+
+        :param actions: e.g. ``['pull', 'push']``; defaults to what the
+            challenge (or the operation in progress) asks for
+        :param authorization: a raw ``Authorization`` value instead of
+            username and password
+        :param identity_token: an OAuth2 refresh token (``docker login``'s
+            identity token) instead of username and password
+        :raises DXFAuthInsecureError: credentials would go over plain http
+        :raises DXFUnauthorizedError: the credentials were refused
+        """
+        creds = authorization
+        if creds is None and username is not None:
+            creds = _basic(username, password)
+        elif creds is None and identity_token:
+            creds = _basic('<token>', identity_token)
+        if creds:
+            self._auth.check_secure(self._base, 'registry')
+        self._auth.refresh_token = identity_token
+        return self._login(creds, actions, response)
+
+    def _login(self, creds, actions, response):
+        probed = response is None
+        if probed:
+            response = self._transport.request('GET', self._base)
+            body = response.read()
+            if response.status == 200:
+                return None
+            if response.status != 401:
+                raise _http_error(response, body, expected=401)
+        # What the caller asked for, else what the operation in progress
+        # needs, else what the registry asked for; gcr.io sends no scope
+        # for _catalog.
+        scope = self._scope(actions) if actions else getattr(
+            self._auth.local, 'scope', None)
+        fallback = ('registry:catalog:*' if self._repo is None
+                    else self._scope(['pull']))
+        token, kind = self._auth.login(creds, response, scope, fallback)
+        if kind == 'basic' and creds and probed:
+            self._request('GET', '')     # say now whether they are good
+        return token
+
+    # -- requests --------------------------------------------------------------
 
     def _request(self, method, url, scope=None, headers=None, body=None,
                  ok=(200,), stream=False, limit=_MAX_SMALL_BODY):
@@ -2071,23 +2209,25 @@ class DXFBase(_AuthMixin):
         Returns the _Response (its body read into ``.body`` unless
         ``stream``); a status outside ``ok`` raises the matching DXFHTTPError.
         """
-        url = urllib.parse.urljoin(self._base, url)
-        replayable = not isinstance(body, _ChunkedBody)
+        url = _join(self._base, url)
+        if body is not None and not isinstance(body, _Body):
+            body = _Body(bytes(body))
         for attempt in (0, 1):
             headers = dict(headers or {})
-            authz = self._authorization(scope)
+            authz = self._auth.header(url, scope)
             if authz:
                 headers['Authorization'] = authz
             resp = self._transport.request(
                 method, url, headers, body, read=None if stream else limit,
                 what='manifest' if limit == _MAX_MANIFEST else 'answer')
-            if resp.status != 401 or attempt or not replayable:
+            if resp.status != 401 or attempt or (body is not None
+                                                 and not body.replayable):
                 break
             resp.read()
             self._handle_401(resp, scope)
-            if self._authorization(scope) == authz:
+            if self._auth.header(url, scope) == authz:
                 break
-            if isinstance(body, _FileBody):
+            if body is not None:
                 body.rewind()
         if resp.status not in ok:
             raise _http_error(resp, resp.read(), expected=ok[0])
@@ -2118,10 +2258,10 @@ class DXFBase(_AuthMixin):
                 return
             nxt = urllib.parse.urljoin(url, nxt)
             if _origin(nxt) != _origin(url):
-                raise DXFConnectionError('registry sent a next-page link to '
-                                         'another host')
+                raise DXFProtocolError('registry sent a next-page link to '
+                                       'another host')
             if nxt in seen or len(seen) >= _MAX_PAGES:
-                raise DXFConnectionError('registry pagination does not end')
+                raise DXFProtocolError('registry pagination does not end')
             url = nxt
 
     def list_repos(self, batch_size=None, iterate=False):
@@ -2316,7 +2456,7 @@ class DXF(DXFBase, _AliasMethods):
     def from_base(cls, base, repo):
         """A DXF for ``repo`` sharing ``base``'s connections, settings and tokens."""
         obj = cls.__new__(cls)
-        obj.__dict__.update(base.__dict__)   # the same transport and auth state
+        obj._share(base)
         obj._set_repo(repo)
         return obj
 
@@ -2523,7 +2663,7 @@ class DXF(DXFBase, _AliasMethods):
             state['pos'] = pos + len(view)
             if progress:
                 progress(digest, bytes(view), size)
-        offset, failures = 0, 0
+        offset, budget = 0, self._transport.budget()
         try:
             while offset < size:
                 n = min(chunk_size, size - offset)
@@ -2538,10 +2678,8 @@ class DXF(DXFBase, _AliasMethods):
                         ok=(202,))
                     offset += n
                 except (DXFConnectionError, DXFHTTPError) as exc:
-                    failures += 1
-                    if (failures > self._transport.retries or isinstance(
-                            exc, DXFHTTPError) and exc.status not in
-                            (416,) + _RETRY_STATUSES):
+                    if (isinstance(exc, DXFHTTPError) and exc.status not in
+                            (416,) + _RETRY_STATUSES) or not budget.spend(0):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
@@ -2568,15 +2706,17 @@ class DXF(DXFBase, _AliasMethods):
         A registry forgets an upload session whose connection broke (the
         next request on it gets 404), so a retry starts from the POST.
         """
-        for attempt in range(self._transport.retries + 1):
+        budget = self._transport.budget()
+        attempt = 0
+        while True:
             try:
                 return upload()
             except (DXFConnectionError, DXFHTTPError) as exc:
                 again = (exc.retryable if isinstance(exc, DXFConnectionError)
                          else exc.status in (404,) + _RETRY_STATUSES)
-                if not again or attempt >= self._transport.retries:
+                if not again or not budget.spend(attempt=attempt):
                     raise
-            time.sleep(min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt))
+            attempt += 1
 
     def _push_stream(self, chunks, progress, digest, total=None):
         """Upload in one pass: a chunked PATCH hashed as it goes, then PUT.
@@ -2636,7 +2776,7 @@ class DXF(DXFBase, _AliasMethods):
         reader = BlobReader(self._request('GET', url, scope, stream=True),
                             digest, chunk_size, progress,
                             self._sizes.get(digest), reopen,
-                            self._transport.retries)
+                            self._transport.budget())
         return (reader, reader.size) if size else reader
 
     def del_blob(self, digest):
@@ -2772,6 +2912,9 @@ class _FileSource:
     def __init__(self, f, size):
         self.raw = f
         self.length = size
+
+    def chunk(self, n, into=None):
+        return self.raw.read(n) if into is None else self.raw.readinto(into)
 
     def release(self):
         self.raw.close()

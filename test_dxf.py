@@ -6117,16 +6117,28 @@ class TestChunkedPush:
 
     def test_failed_chunk_resumes_where_the_session_stands(
             self, proxy, faults, upstream, tmp_path):
-        # The second chunk fails twice (more than the transport's one retry):
-        # dxf asks the session where it stands and sends the rest from there,
-        # in the same session.
+        # The second chunk fails twice: within the operation's budget of
+        # two retries it is sent again in the same session, and the rest
+        # follows from there; no new session, no chunk sent twice after.
         faults.add('PATCH', UPLOAD, 'status', nth=2, status=502)
         faults.add('PATCH', UPLOAD, 'status', nth=2, status=502)   # its own count
-        self._push(proxy, upstream, tmp_path, 3 * MIB)
+        self._push(proxy, upstream, tmp_path, 3 * MIB, retries=2)
         assert len(proxy.seen('POST', UPLOAD)) == 1
-        assert len(proxy.seen('GET', UPLOAD)) == 1          # the status query
         ranges = [r.headers.get('Content-Range') for r in proxy.seen('PATCH', UPLOAD)]
         assert ranges == ['0-1048575'] + ['1048576-2097151'] * 3 + ['2097152-3145727']
+
+    def test_failed_chunk_past_the_budget_fails_and_cancels(
+            self, proxy, faults, upstream, tmp_path):
+        # Three failures, two retries: the whole push gives up (one budget,
+        # not one per layer) and cancels its session.
+        for _ in range(3):
+            faults.add('PATCH', UPLOAD, 'status', nth=2, status=502)
+        with pytest.raises(dxf.DXFHTTPError) as info:
+            self._push(proxy, upstream, tmp_path, 3 * MIB, retries=2)
+        assert info.value.status == 502
+        assert len(proxy.seen('POST', UPLOAD)) == 1
+        assert len(proxy.seen('PATCH', UPLOAD)) == 4
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1
 
     def test_416_is_answered_by_asking_the_session(self, proxy, faults, upstream, tmp_path):
         faults.add('PATCH', UPLOAD, 'status', nth=2, status=416)
