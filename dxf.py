@@ -2691,11 +2691,15 @@ class DXF(DXFBase, _AliasMethods):
                 if got != claimed:
                     raise DXFDigestMismatchError(got, claimed)
                 digest = digest or claimed
+        if method != 'GET':         # no body to hash: None if not echoed
+            return data, content_type, digest or echoed
         return data, content_type, digest or echoed or hash_bytes(data)
 
     def get_manifest_digest(self, alias):
-        """Return the digest of an alias's manifest (a HEAD request)."""
-        return self._get_manifest(alias, method='HEAD')[2]
+        """Return the digest of an alias's manifest (a HEAD request; a GET,
+        hashed, where the answer has no Docker-Content-Digest, as on ECR)."""
+        return (self._get_manifest(alias, method='HEAD')[2]
+                or self._get_manifest(alias)[2])
 
     def set_manifest(self, alias, manifest):
         """Store a manifest (str or bytes) under an alias; return its digest."""
