@@ -1531,8 +1531,13 @@ def _docker_config_credentials(host, environ):
     if not isinstance(config, dict):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
+    server = host
     if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
         names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
 
     def lookup(table):
         if isinstance(table, dict):
@@ -1545,7 +1550,7 @@ def _docker_config_credentials(host, environ):
     if not helper:
         helper = config.get('credsStore')
     if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or host, environ)
+        found = _credential_helper(helper, key or server, environ)
         if found:
             return found
     _, entry = lookup(config.get('auths'))

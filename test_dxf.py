@@ -8208,3 +8208,70 @@ def _http_raw(proxy, method, path):
         return resp.status, resp.getheaders(), resp.read()
     finally:
         conn.close()
+
+
+# ---- Docker Hub credentials in a credential store ------------------------------------
+
+class _RenamingTunnelHandler(_ForwardProxyHandler):
+    """CONNECT to a name in the owner's ``names`` reaches the address it maps to."""
+
+    def do_CONNECT(self):
+        self.path = self.server.owner.names.get(self.path, self.path)
+        _ForwardProxyHandler.do_CONNECT(self)
+
+
+class RenamingTunnel(ForwardProxy):
+    """A ForwardProxy whose CONNECT targets ``names`` ({'host:443': '127.0.0.1:port'})
+    lead to local servers: a registry answering as ``registry-1.docker.io``."""
+
+    def __init__(self, names):
+        ForwardProxy.__init__(self)
+        self.names = names
+        self._thread.server.RequestHandlerClass = _RenamingTunnelHandler
+
+
+@pytest.fixture
+def hub_tunnel(registries):
+    """A RenamingTunnel from registry-1.docker.io:443 to the basic registry."""
+    tunnel = RenamingTunnel({'registry-1.docker.io:443': registries['basic'].host})
+    yield tunnel
+    tunnel.stop()
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestDockerHubCredentials:
+
+    def test_creds_store_is_asked_for_the_key_docker_login_used(
+            self, hub_tunnel, run_cli, docker_config, repo, tmp_path):
+        # docker login stores Hub credentials under https://index.docker.io/v1/
+        # and docker asks helpers for that key: ResolveAuthConfig in
+        # https://github.com/docker/cli/blob/master/cli/command/registry.go
+        # (configKey = registry.IndexServer for the official index); see also
+        # https://github.com/containerd/nerdctl/issues/1263.  This helper,
+        # like docker-credential-pass, knows no other name for it.
+        log = docker_config.helper_log('hubstore')
+        script = '\n'.join([
+            '#!/bin/sh', 'server=$(cat)',
+            'printf "%%s %%s\\n" "$1" "$server" >> %s' % _sh_quote(log),
+            'if [ "$server" = "https://index.docker.io/v1/" ]; then',
+            '  printf \'{"ServerURL":"%%s","Username":"%s","Secret":"%s"}\' "$server"'
+            % (TEST_USERNAME, TEST_PASSWORD),
+            '  exit 0', 'fi',
+            'echo "credentials not found in native keychain"', 'exit 1', ''])
+        path = os.path.join(docker_config.bin, 'docker-credential-hubstore')
+        with open(path, 'w') as f:
+            f.write(script)
+        os.chmod(path, 0o755)
+        docker_config.write({'auths': {'https://index.docker.io/v1/': {}},
+                             'credsStore': 'hubstore'})
+        home = tmp_path / 'hub-home'
+        home.mkdir()
+        env = docker_config.env({'DXF_HOST': 'registry-1.docker.io',
+                                 'DXF_SKIPTLSVERIFY': '1', 'https_proxy': hub_tunnel.url,
+                                 'PATH': os.environ.get('PATH', ''), 'HOME': str(home)})
+        data = _blob(2500, 'hub-creds')
+        digest = _cli_push(run_cli, env, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+        assert set(docker_config.asked('hubstore')) == {'get https://index.docker.io/v1/'}
+        assert ('CONNECT', 'registry-1.docker.io:443') in hub_tunnel.targets()
