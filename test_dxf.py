@@ -8199,6 +8199,17 @@ class TestVendorProfiles:
                 d.blob_size(_sha256(data))
 
 
+@pytest.mark.registry
+def test_del_alias_costs_the_requests_the_readme_says(proxy, fault_env, run_cli, repo,
+                                                      tmp_path):
+    env = fault_env()
+    _two_aliases(run_cli, env, repo, tmp_path, 'count')
+    del proxy.requests[:]
+    _ok(run_cli(['del-alias', repo, 'doomed'], env))
+    assert [(r.method, r.path.split('/')[-1][:7]) for r in proxy.requests] == [
+        ('GET', 'doomed'), ('DELETE', 'sha256:'), ('PUT', 'doomed'), ('DELETE', 'sha256:')]
+
+
 def _http_raw(proxy, method, path):
     """(status, headers, body) of one plain request to a proxy."""
     conn = http.client.HTTPConnection(proxy.host, timeout=10)
