@@ -1567,8 +1567,13 @@ def _docker_config_credentials(host, environ):
     if not isinstance(config, dict):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
+    server = host
     if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
         names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
 
     def lookup(table):
         if isinstance(table, dict):
@@ -1581,7 +1586,7 @@ def _docker_config_credentials(host, environ):
     if not helper:
         helper = config.get('credsStore')
     if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or host, environ)
+        found = _credential_helper(helper, key or server, environ)
         if found:
             return found
     _, entry = lookup(config.get('auths'))
@@ -2379,9 +2384,12 @@ class _AliasMethods:
         """Return the digest of an alias's config blob (``docker inspect`` Id)."""
         return _manifest_config(self._image_manifest(alias, manifest, platform))
 
-    def _named_by(self, alias):
-        """What del_alias returns: an alias's blobs (an index: its manifests)."""
-        data, content_type, _ = self._get_manifest(alias)
+    def _named_by(self, alias, got=None):
+        """What del_alias returns: an alias's blobs (an index: its manifests).
+
+        ``got`` is what ``_get_manifest(alias)`` returned, if already asked.
+        """
+        data, content_type, _ = got or self._get_manifest(alias)
         m, media = _parse_manifest(data, content_type)
         if media in _INDEX_TYPES:
             return sorted(set(_index_platforms(m).values()))
@@ -2831,11 +2839,15 @@ class DXF(DXFBase, _AliasMethods):
                 if got != claimed:
                     raise DXFDigestMismatchError(got, claimed)
                 digest = digest or claimed
+        if method != 'GET':         # no body to hash: None if not echoed
+            return data, content_type, digest or echoed
         return data, content_type, digest or echoed or hash_bytes(data)
 
     def get_manifest_digest(self, alias):
-        """Return the digest of an alias's manifest (a HEAD request)."""
-        return self._get_manifest(alias, method='HEAD')[2]
+        """Return the digest of an alias's manifest (a HEAD request; a GET,
+        hashed, where the answer has no Docker-Content-Digest, as on ECR)."""
+        return (self._get_manifest(alias, method='HEAD')[2]
+                or self._get_manifest(alias)[2])
 
     def set_manifest(self, alias, manifest):
         """Store a manifest (str or bytes) under an alias; return its digest."""
@@ -2878,21 +2890,77 @@ class DXF(DXFBase, _AliasMethods):
         The blobs stay.  Other aliases are never touched, even those sharing
         the same manifest: the alias is first moved to a manifest of its own,
         which is then deleted (registries delete manifests by digest, taking
-        every tag on them along).
+        every tag on them along), or, where the registry refuses that while a
+        tag points at it (Google Artifact Registry), the tag is deleted.
+
+        A registry that refuses deletes (Docker Hub, GHCR: 405) is found out
+        before the alias is touched; if the delete fails after the move, the
+        alias is put back as it was.  Either way the error says so.
         """
         _check_alias(alias)
         with self._needing('push', 'delete'):
             return self._del_alias(alias)
 
     def _del_alias(self, alias):
-        named = self._named_by(alias)
+        got = self._get_manifest(alias)
+        named = self._named_by(alias, got)
         placeholder = _alias_manifest([], {
             'vnd.dxf.deleting': alias,
             'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
-        digest = self._set_alias_manifest(alias, placeholder)
-        self._request('DELETE', self._url('manifests', digest),
-                      self._scope(['delete']), ok=(202,))
+        digest = hash_bytes(placeholder)
+        scope = self._scope(['delete'])
+        # Ask first: deleting the placeholder before it exists is 404 where
+        # manifests can be deleted, 405 where they cannot (Docker Hub, GHCR)
+        # and 401/403 without the right; then the alias is left alone.
+        try:
+            self._request('DELETE', self._url('manifests', digest), scope,
+                          ok=(202, 404))
+        except DXFHTTPError as exc:
+            if exc.status in (401, 403, 405) or exc.status >= 500 or any(
+                    isinstance(e, dict) and e.get('code') == 'UNSUPPORTED'
+                    for e in exc.errors):
+                raise _refusal(exc, 'did not delete alias %s, which is left '
+                               'as it was' % alias) from None
+        self._set_alias_manifest(alias, placeholder)
+        try:
+            try:
+                self._request('DELETE', self._url('manifests', digest), scope,
+                              ok=(202,))
+            except DXFHTTPError as exc:
+                if exc.status not in (400, 405, 409):
+                    raise
+                # Google Artifact Registry: 400 GOOGLE_MANIFEST_DANGLING_TAG
+                # while a tag points at the manifest; it deletes tags by name
+                # (the OCI spec's tag delete), and so do Quay and GitLab.
+                try:
+                    self._request('DELETE', self._url('manifests', alias),
+                                  scope, ok=(202,))
+                except DXFHTTPError:
+                    raise exc from None
+                try:        # the placeholder, untagged now
+                    self._request('DELETE', self._url('manifests', digest),
+                                  scope, ok=(202, 404))
+                except DXFError:
+                    pass
+        except DXFError as exc:
+            self._put_back(alias, got, exc)
         return named
+
+    def _put_back(self, alias, got, exc):
+        """Store an alias's manifest again after a failed delete; raise."""
+        data, content_type, digest = got
+        try:
+            self._request('PUT', self._url('manifests', alias),
+                          self._scope(['pull', 'push']),
+                          headers={'Content-Type': content_type or
+                                   _parse_manifest(data)[1]},
+                          body=data, ok=(201,))
+        except DXFError as again:
+            raise _refusal(exc, 'did not delete alias %s, and putting it back '
+                           'failed (%s): it was manifest %s' % (
+                               alias, again, digest)) from None
+        raise _refusal(exc, 'did not delete alias %s; it was put back as it '
+                       'was' % alias) from None
 
     def list_aliases(self, batch_size=None, iterate=False):
         """The aliases (tags) in the repository.
@@ -2904,6 +2972,17 @@ class DXF(DXFBase, _AliasMethods):
                                self._scope(['pull']), batch_size)
         return items if iterate else list(items)
 
+
+
+def _refusal(exc, what):
+    """``exc`` (a DXFError) with ``what`` happened because of it in front."""
+    message = 'registry %s (%s)' % (what, exc)
+    if isinstance(exc, DXFHTTPError):
+        return type(exc)(exc.method, exc.url, exc.status, exc.errors,
+                         exc.reason, exc.expected, message=message)
+    new = DXFError(message)
+    new.exit_code = exc.exit_code
+    return new
 
 
 class _FileSource:
