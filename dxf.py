@@ -40,6 +40,7 @@ Licence: MIT.
 
 import base64
 import errno
+import io
 import json
 import os
 import re
@@ -463,7 +464,7 @@ def _registry_errors(body):
     """The ``errors`` list of a registry error body, or []."""
     try:
         doc = json.loads(body.decode('utf-8'))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):     # RecursionError: [[[[...
         return []
     errors = doc.get('errors') if isinstance(doc, dict) else None
     return [e for e in errors if isinstance(e, dict)] if isinstance(
@@ -473,7 +474,7 @@ def _registry_errors(body):
 def _load_json(body, what):
     try:
         return json.loads(body.decode('utf-8'))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):     # RecursionError: [[[[...
         raise DXFManifestError('%s is not valid JSON' % what) from None
 
 
@@ -646,60 +647,74 @@ class _Operation:
 
 
 class _Clock:
-    """The socket reads of one connection, each limited to the time left
-    before ``deadline`` (a monotonic time, or None for the plain timeout).
+    """The socket reads of one answer, each limited to the time left before
+    ``deadline`` (a monotonic time).
 
     http.client's own timeout is per read, so a server that trickles a byte
-    at a time could hold an answer open for ever; this bounds it.
+    at a time could hold an answer open for ever; this bounds it.  It also
+    counts what was read, so that bytes the server sent beyond the answer
+    (``leftover``) keep the connection out of the pool.
     """
 
     def __init__(self, sock, timeout):
         self.sock = sock
         self.timeout = timeout
         self.deadline = None
+        self.received = 0
+        self.leftover = 0
 
     def makefile(self, mode):
-        import io
-        return io.BufferedReader(_ClockedReader(self.sock.makefile(
-            'rb', buffering=0), self))
+        return _ClockedFile(_ClockedReader(self), _CHUNK_SIZE)
 
-    def allow(self, seconds=None):
-        """The next reads must be done within ``seconds`` (default timeout)."""
-        self.deadline = time.monotonic() + (
-            self.timeout if seconds is None else seconds)
+    def allow(self):
+        """The next reads must be done within the timeout from now."""
+        self.deadline = time.monotonic() + self.timeout
 
-
-def _clocked_reader_type():
-    import io
-
-    class _ClockedReader(io.RawIOBase):
-        def __init__(self, raw, clock):
-            self.raw = raw
-            self.clock = clock
-
-        def readable(self):
-            return True
-
-        def readinto(self, b):
-            clock = self.clock
-            if clock.deadline is not None:
-                left = clock.deadline - time.monotonic()
-                if left <= 0:
-                    import socket
-                    raise socket.timeout('timed out')
-                clock.sock.settimeout(min(left, clock.timeout))
-            return self.raw.readinto(b)
-
-        def close(self):
-            self.raw.close()
-            super().close()
-    return _ClockedReader
+    def expired(self):
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
-def _ClockedReader(raw, clock):
-    global _ClockedReader
-    _ClockedReader = _clocked_reader_type()
-    return _ClockedReader(raw, clock)
+class _ClockedReader(io.RawIOBase):
+
+    def __init__(self, clock):
+        # SocketIO (not recv_into) so the socket counts this user, as with
+        # socket.makefile: http.client closes the connection first when
+        # the answer says so, and the body is read after.
+        self._io = clock.sock.makefile('rb', buffering=0)
+        self.clock = clock
+
+    def readable(self):
+        return True
+
+    def tell(self):
+        return self.clock.received
+
+    def readinto(self, b):
+        clock = self.clock
+        if clock.deadline is not None:
+            left = clock.deadline - time.monotonic()
+            if left <= 0:
+                import socket
+                raise socket.timeout('timed out')
+            clock.sock.settimeout(min(left, clock.timeout))
+        n = self._io.readinto(b)
+        clock.received += n or 0
+        return n
+
+    def close(self):
+        self._io.close()
+        super().close()
+
+
+class _ClockedFile(io.BufferedReader):
+
+    def close(self):
+        if not self.closed:
+            try:
+                self.raw.clock.leftover = self.raw.clock.received - self.tell()
+            except (OSError, ValueError):
+                self.raw.clock.leftover = -1
+        super().close()
 
 
 def _answer_type():
@@ -766,7 +781,7 @@ def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
 
     def respond(sock, *args, **kwargs):
         conn.clock = _Clock(sock, timeout)
-        conn.clock.allow()
+        conn.clock.allow()      # the status line and headers, in time
         return answer(conn.clock, *args, **kwargs)
     conn.response_class = respond
     return conn
@@ -839,8 +854,8 @@ class _Response:
 
     def _fail(self, exc, what):
         self.close()
-        error = _connection_error(self.method, self.url, exc, what)
-        raise error from exc
+        late = self._clock is not None and self._clock.expired()
+        raise _connection_error(self.method, self.url, exc, what, late) from exc
 
     def chunk(self, n, into=None):
         """Up to ``n`` body bytes (or into the buffer ``into``, returning the
@@ -907,6 +922,7 @@ class _Response:
         if conn is None:
             return
         if (self.raw.isclosed() and not self.raw.will_close
+                and not (self._clock and self._clock.leftover)
                 and not _closed_by_server(conn)):
             self._transport._put(self._key, conn)
         else:
@@ -937,14 +953,16 @@ def _exc_text(exc):
     return _printable(text)
 
 
-def _connection_error(method, url, exc, what=None):
-    """The DXFConnectionError (or DXFProtocolError) for a low-level failure."""
+def _connection_error(method, url, exc, what=None, late=False):
+    """The DXFConnectionError (or DXFProtocolError) for a low-level failure;
+    ``late``: the answer's time ran out (whatever the parser made of the
+    part that came)."""
     import http.client
-    text = _exc_text(exc)
+    text = 'timed out' if late else _exc_text(exc)
     if what:
         text = '%s (%s)' % (what, text)
-    protocol = isinstance(exc, http.client.HTTPException) and not isinstance(
-        exc, (http.client.RemoteDisconnected, http.client.IncompleteRead))
+    protocol = not late and isinstance(exc, http.client.HTTPException) and not (
+        isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)))
     cls = DXFProtocolError if protocol else DXFConnectionError
     error = cls('%s %s: %s' % (method, _printable(url, 200), text),
                 method=method, url=url)
@@ -1014,16 +1032,16 @@ class _Transport:
             self._ssl_context = ctx
         return self._ssl_context
 
-    def _get(self, key, check=False):
-        """A pooled connection (checked, with ``check``, that the server has
-        not closed it) or a new one, and whether it was pooled."""
+    def _get(self, key):
+        """A pooled connection (checked that the server has neither closed
+        it nor sent anything since) or a new one, and whether it was pooled."""
         while True:
             with self._lock:
                 idle = self._pool.get(key)
                 conn = idle.pop() if idle else None
             if conn is None:
                 break
-            if not (check and _closed_by_server(conn)):
+            if not _closed_by_server(conn):
                 return conn, True
             conn.close()
         scheme, host, port = key
@@ -1127,7 +1145,7 @@ class _Transport:
         for attempt in (0, 1):
             # A body that cannot be sent again needs a connection that will
             # not turn out to be stale half-way.
-            conn, reused = self._get(key, body is not None and not body.replayable)
+            conn, reused = self._get(key)
             started = time.time()
             try:
                 self._write(conn, method, target, headers, body)
@@ -1147,13 +1165,16 @@ class _Transport:
                     if body is not None:
                         body.rewind()
                     continue
-                raise _connection_error(method, url, exc) from exc
+                late = conn.clock is not None and conn.clock.expired()
+                raise _connection_error(method, url, exc, None, late) from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
     def _write(conn, method, target, headers, body):
         if conn.sock is None:
             conn.connect()
+        conn.sock.settimeout(conn.timeout)   # the last answer's clock set it
+        conn.clock = None
         fields = {'Host': conn.host_header}
         fields.update(conn.extra)
         names = {k.lower() for k in headers}
@@ -1295,7 +1316,12 @@ def _proxy_for(proxies, scheme, host, port):
                            urllib.parse.unquote(parts.password or ''))
         headers['Proxy-Authorization'] = 'Basic ' + base64.b64encode(
             creds.encode('utf-8')).decode('ascii')
-    return parts.hostname, parts.port or 3128, headers
+    try:
+        port = parts.port or 3128
+    except ValueError:
+        raise DXFInputError('proxy %s has a bad port' % _printable(
+            parts.netloc.rpartition('@')[2])) from None
+    return parts.hostname, port, headers
 
 
 def _netloc(host, port):
@@ -1477,7 +1503,7 @@ class _Auth:
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
         try:
             doc = json.loads(body.decode('utf-8'))
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             doc = None
         if not isinstance(doc, dict):
             raise DXFAuthError('token service %s answered something that is '
@@ -1501,16 +1527,21 @@ class _Auth:
             self.token = token
         return token
 
-    def login(self, creds, response, scope, fallback=None):
-        """Answer the registry's 401 ``response`` with ``creds`` (an
-        Authorization value, '' or None for anonymous) for ``scope`` (else
-        the challenge's, else ``fallback``).  Returns ``(token, None)`` for
-        a Bearer challenge, ``(None, 'basic')`` for Basic."""
+    def check_challenger(self, response):
+        """A 401 from another origin (where a redirect or a Location led)
+        is an error naming it: its challenge is never answered."""
         if not self.own(response.url):
             raise DXFAuthError('%s answered 401 but is not the registry: '
                                'dxf sends credentials only to %s' % (
                                    _printable(urllib.parse.urlsplit(
                                        response.url).netloc), self.origin[1]))
+
+    def login(self, creds, response, scope, fallback=None):
+        """Answer the registry's 401 ``response`` with ``creds`` (an
+        Authorization value, '' or None for anonymous) for ``scope`` (else
+        the challenge's, else ``fallback``).  Returns ``(token, None)`` for
+        a Bearer challenge, ``(None, 'basic')`` for Basic."""
+        self.check_challenger(response)
         challenges = _parse_www_authenticate(response.header('WWW-Authenticate'))
         bearer = [p for s, p in challenges if s == 'bearer']
         if bearer:
@@ -1562,7 +1593,7 @@ def _docker_config_credentials(host, environ):
             config = json.loads(f.read().decode('utf-8'))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
     if not isinstance(config, dict):
         raise DXFInputError('%s is not a JSON object' % path)
@@ -1626,7 +1657,7 @@ def _credential_helper(name, server, environ):
     try:
         doc = json.loads(done.stdout.decode('utf-8'))
         return doc['Username'], doc['Secret']
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         raise DXFAuthError('credential helper %s answered something that is '
                            'not its JSON' % program) from None
 
@@ -2142,11 +2173,6 @@ class DXFBase:
     def _handle_401(self, response, scope):
         """Let the auth callback (or the stored credentials) answer a 401."""
         auth = self._auth
-        if not auth.own(response.url):
-            raise DXFAuthError('%s answered 401 but is not the registry: '
-                               'dxf sends credentials only to %s' % (
-                                   _printable(urllib.parse.urlsplit(
-                                       response.url).netloc), auth.origin[1]))
         auth.local.scope = scope
         try:
             if self._auth_fn is not None:
@@ -2225,6 +2251,9 @@ class DXFBase:
             resp = self._transport.request(
                 method, url, headers, body, read=None if stream else limit,
                 what='manifest' if limit == _MAX_MANIFEST else 'answer')
+            if resp.status == 401 and not self._auth.own(resp.url):
+                resp.close()
+                self._auth.check_challenger(resp)
             if resp.status != 401 or attempt or (body is not None
                                                  and not body.replayable):
                 break

@@ -8297,3 +8297,291 @@ class TestDockerHubCredentials:
         assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
         assert set(docker_config.asked('hubstore')) == {'get https://index.docker.io/v1/'}
         assert ('CONNECT', 'registry-1.docker.io:443') in hub_tunnel.targets()
+
+
+# =============================================================================
+# 21. Trust boundary and hostile answers
+#     Where credentials go (only to the registry's origin, and the token
+#     realm's for the token request; never over plain http to a host that
+#     is not the loopback), and what any value a server controls can do to
+#     a command: one 'dxf: error:' line, a documented exit status, no hang.
+#     Scripted servers (WireServer, section 17) play the registry and the
+#     hosts it points at.
+# =============================================================================
+
+def _authz_seen(server):
+    """The Authorization values ``server`` received, one per request."""
+    return [r.headers.get('Authorization') for r in server.requests]
+
+
+@pytest.fixture
+def other_wire():
+    """A second WireServer: another origin (same host, another port)."""
+    server = WireServer()
+    yield server
+    server.stop()
+
+
+def _token_answers(wire, token=b'{"token": "T"}', realm=None):
+    """``wire`` asks for a Bearer token from its own /token."""
+    challenge = 'WWW-Authenticate: Bearer realm="%s",service="s"' % (
+        realm or 'http://%s/token' % wire.host)
+
+    def answer(req):
+        if req.path.startswith('/token'):
+            return _wire_reply(200, token)
+        if req.headers.get('Authorization') != 'Bearer T':
+            return _wire_reply(401, b'{}', challenge)
+        return wire.script.get('%s %s' % (req.method, req.path.split('?')[0]),
+                               _wire_reply(404))
+    wire.script = {}
+    wire.answer = answer
+
+
+class TestTrustBoundary:
+
+    def test_upload_location_on_another_origin_gets_no_credentials(self, wire, other_wire):
+        # Issue 9, item 1: the registry (or a proxy in front of it) sends the
+        # upload to another host; the PUT goes there without Authorization.
+        data = b'upload-elsewhere'
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(
+            202, b'', 'Location: http://%s/elsewhere/1' % other_wire.host)}
+        other_wire.answer = {'PUT /elsewhere/1': _wire_reply(
+            201, b'', 'Docker-Content-Digest: ' + _sha256(data))}
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
+            d.token = 'secret-token'
+            assert d.push_blob(data=data, check_exists=False) == _sha256(data)
+        assert _authz_seen(wire) == ['Bearer secret-token']
+        assert [r.method for r in other_wire.requests] == ['PUT']
+        assert _authz_seen(other_wire) == [None]
+        assert other_wire.requests[0].body == data
+
+    def test_upload_location_downgrading_the_registry_to_http_is_refused(self, wire):
+        # An https registry whose Location says http://same-host: refused,
+        # nothing sent there.  Checked on the component that decides.
+        auth = dxf._Auth(None, 'https://registry.example/v2/')
+        auth.fixed_token = 'T'
+        assert auth.header('https://registry.example/v2/r/blobs/uploads/1', None) == 'Bearer T'
+        assert auth.header('https://storage.example/upload/1', None) is None
+        assert auth.header('https://registry.example:444/upload/1', None) is None
+        with pytest.raises(dxf.DXFProtocolError) as info:
+            auth.header('http://registry.example/v2/r/blobs/uploads/1', None)
+        assert 'downgrade' in str(info.value)
+
+    def test_redirect_target_401_is_an_error_naming_it_and_gets_nothing(
+            self, wire, other_wire, wire_env, run_cli):
+        # Issue 9, item 2: a blob GET redirected to a host that answers 401
+        # with its own Bearer realm: no credentials go there, no token is
+        # asked for there, and the error names that host.
+        _token_answers(wire)
+        wire.script['GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]] = _wire_reply(
+            307, b'', 'Location: http://%s/bucket/1' % other_wire.host)
+        other_wire.answer = {'GET /bucket/1': _wire_reply(
+            401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"' % other_wire.host)}
+        result = run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]],
+                         wire_env(DXF_USERNAME='fred', DXF_PASSWORD='pw'))
+        out, line = _one_error(result, errno.EACCES, other_wire.host)
+        assert out == b''
+        assert other_wire.seen() == [(0, 'GET /bucket/1')]
+        assert _authz_seen(other_wire) == [None]
+        # The registry's own token request carried the password; nothing else did.
+        token_auth = [r.headers.get('Authorization') for r in wire.requests
+                      if r.path.startswith('/token')]
+        assert token_auth and all(a.startswith('Basic ') for a in token_auth)
+
+    def test_identity_token_post_is_not_redirected(self, wire, other_wire):
+        # Issue 9, item 3: the OAuth2 POST carrying the refresh token is
+        # never sent on to where a redirect points.
+        def answer(req):
+            if req.path.startswith('/token'):
+                return _wire_reply(307, b'', 'Location: http://%s/steal' % other_wire.host)
+            return _wire_reply(401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"'
+                               % wire.host)
+        wire.answer = answer
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
+            with pytest.raises(dxf.DXFAuthError) as info:
+                d.authenticate(identity_token='refresh-secret', actions=['pull'])
+        assert 'redirect' in str(info.value)
+        assert other_wire.requests == []
+        posts = [r for r in wire.requests if r.method == 'POST']
+        assert len(posts) == 1 and b'refresh-secret' in posts[0].body
+
+    @pytest.mark.parametrize('setting', [
+        {'DXF_TOKEN': 'tok'}, {'DXF_USERNAME': 'fred', 'DXF_PASSWORD': 'pw'},
+        {'DXF_AUTHORIZATION': 'Basic Zm9vOmJhcg=='}])
+    @pytest.mark.parametrize('host', ['registry.example', '127.evil.example'])
+    def test_no_credential_goes_over_plain_http_to_a_remote_host(
+            self, wire, wire_env, run_cli, setting, host):
+        # Issue 9, items 4 and 5: every kind of credential is refused over
+        # plain http to a host that is not the loopback; a name that starts
+        # with 127. is not the loopback.  The host is reached through
+        # http_proxy (the WireServer), so nothing leaves 127.0.0.1.
+        wire.answer = lambda req: _wire_reply(
+            401, b'', 'WWW-Authenticate: Basic realm="r"') if not req.headers.get(
+            'Authorization') else _wire_reply(200, b'{"tags": ["a"]}')
+        env = wire_env(DXF_HOST=host, http_proxy='http://' + wire.host, **setting)
+        result = run_cli(['list-aliases', WIRE_REPO], env)
+        _one_error(result, errno.EACCES, 'plain http', host)
+        assert not any(_authz_seen(wire))
+        # With the documented opt-in it goes.
+        env['DXF_ALLOW_INSECURE_AUTH'] = '1'
+        assert _ok(run_cli(['list-aliases', WIRE_REPO], env)) == b'a\n'
+        assert any(_authz_seen(wire))
+
+    def test_loopback_means_localhost_or_a_loopback_address(self):
+        for host in ('localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]'):
+            assert dxf._is_loopback(host), host
+        for host in ('127.evil.example', 'localhost.evil.example', '127.0.0.1.nip.io',
+                     'example.com', '10.0.0.1', '', 'x.localhost'):
+            assert not dxf._is_loopback(host), host
+
+    @pytest.mark.parametrize('token', ['abc\r\nX-Evil: 1', 't\u00f6ken', 'two words'])
+    def test_token_a_header_cannot_carry_is_the_servers_fault(self, wire, wire_env,
+                                                               run_cli, token):
+        # Issue 9, item 7: exit 13 and one line blaming the token service,
+        # not 22 (the user's error).
+        _token_answers(wire, token=json.dumps({'token': token}).encode('utf-8'))
+        result = run_cli(['list-aliases', WIRE_REPO], wire_env())
+        _one_error(result, errno.EACCES, 'token service')
+
+    def test_retries_draw_on_one_budget_per_operation(self, wire):
+        # Issue 9, "Retries multiply": a POST that always answers 503 with
+        # retries=2 is sent 3 times for the whole push, not 9.
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(503, b'{}')}
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=2) as d:
+            with pytest.raises(dxf.DXFHTTPError) as info:
+                d.push_blob(data=b'budget', check_exists=False)
+        assert info.value.status == 503
+        assert [s for _, s in wire.seen()] == ['POST ' + WIRE_UPLOADS] * 3
+
+
+class _Trickle(object):
+    """A server on 127.0.0.1 that answers one request by sending ``answer``
+    one byte every ``every`` seconds; ``sent`` counts the bytes it got out
+    before the client hung up."""
+
+    def __init__(self, answer, every=0.4):
+        self.answer = answer
+        self.every = every
+        self.sent = 0
+        self._sock = socket.socket()
+        self._sock.bind(('127.0.0.1', 0))
+        self._sock.listen(1)
+        self.host = '127.0.0.1:%d' % self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _serve(self):
+        conn, _ = self._sock.accept()
+        with conn:
+            conn.recv(65536)
+            for i in range(len(self.answer)):
+                try:
+                    conn.sendall(self.answer[i:i + 1])
+                except OSError:
+                    return
+                self.sent += 1
+                time.sleep(self.every)
+                if select.select([conn], [], [], 0)[0] and conn.recv(1, socket.MSG_PEEK) == b'':
+                    return                      # the client hung up
+
+    def stop(self):
+        self._sock.close()
+        self._thread.join(30)
+
+
+class TestHostileAnswers:
+
+    def test_trickled_answer_ends_at_the_timeout(self, wire_env, run_cli):
+        # Issue 9: a byte every 0.4 s keeps every read within a 2 s timeout;
+        # the answer as a whole is still held to it.
+        answer = _wire_reply(200, b'{"tags": []}', 'X-Pad: ' + 'x' * 60)
+        server = _Trickle(answer)
+        try:
+            result = run_cli(['list-aliases', WIRE_REPO],
+                             wire_env(DXF_HOST=server.host, DXF_TIMEOUT='2'))
+        finally:
+            server.stop()
+        _one_error(result, 1, 'timed out')
+        assert server.sent < len(answer) // 2, server.sent
+
+    HOSTILE = {
+        'status-line-digits': (b'HTTP/1.1 2\xc2\xb23 OK\r\nContent-Length: 0\r\n\r\n', 1),
+        'status-line-long': (b'HTTP/1.1 200 ' + b'x' * 70000 + b'\r\n\r\n', 1),
+        'header-line-long': (b'HTTP/1.1 200 OK\r\nX: ' + b'x' * 70000 + b'\r\n\r\n', 1),
+        'too-many-headers': (b'HTTP/1.1 200 OK\r\n' + b'X: y\r\n' * 200 + b'\r\n', 1),
+        'chunk-size-long': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
+                            + b'1' * 70000 + b'\r\n', 1),
+        'chunk-size-junk': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 1),
+        'conflicting-lengths': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'
+                                b'Content-Length: 12\r\n\r\n{"tags": []}', 1),
+        'xchunked': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n'
+                     b'c\r\n{"tags": []}\r\n0\r\n\r\n', 1),
+        'switching-protocols': (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 1),
+        'endless-interim': (b'HTTP/1.1 102 Processing\r\n\r\n' * 150, 1),
+        'retry-after-superscript': (b'HTTP/1.1 503 No\r\nRetry-After: \xc2\xb2\r\n'
+                                    b'Content-Length: 0\r\n\r\n', 1),
+        'retry-after-huge': (b'HTTP/1.1 503 No\r\nRetry-After: ' + b'9' * 5000
+                             + b'\r\nContent-Length: 0\r\n\r\n', 1),
+        'redirect-bad-port': (b'HTTP/1.1 307 R\r\nLocation: http://h:99999/\r\n'
+                              b'Content-Length: 0\r\n\r\n', 1),
+        'redirect-bad-ipv6': (b'HTTP/1.1 307 R\r\nLocation: http://[::1/\r\n'
+                              b'Content-Length: 0\r\n\r\n', 1),
+        'redirect-bad-idna': ('HTTP/1.1 307 R\r\nLocation: http://\u00fc%s.example/\r\n'
+                              'Content-Length: 0\r\n\r\n' % ('a' * 70)).encode('utf-8'),
+        'redirect-control-chars': (b'HTTP/1.1 307 R\r\nLocation: /v2/a b\x01c\r\n'
+                                   b'Content-Length: 0\r\n\r\n', 1),
+        'link-bad-port': (b'HTTP/1.1 200 OK\r\nLink: <http://127.0.0.1:99999/v2/x?n=1>; '
+                          b'rel="next"\r\nContent-Length: 12\r\n\r\n{"tags": []}', 1),
+        'realm-bad-ipv6': (b'HTTP/1.1 401 U\r\nWWW-Authenticate: Bearer '
+                           b'realm="http://[::1/token"\r\nContent-Length: 0\r\n\r\n',
+                           errno.EACCES),
+        'json-deep': (b'HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n'
+                      + b'[' * 100000 + b']' * 100000, 1),
+        'json-not-utf8': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe', 1),
+    }
+
+    @pytest.mark.parametrize('what', sorted(HOSTILE))
+    def test_hostile_answer_gives_one_line_and_a_documented_status(
+            self, wire, wire_env, run_cli, what):
+        answer = self.HOSTILE[what]
+        answer, status = answer if isinstance(answer, tuple) else (answer, 1)
+        wire.answer = lambda req: [answer, WIRE_CLOSE]
+        result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_RETRIES='1'))
+        out, _ = _one_error(result, status)
+        assert out == b''
+
+    def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
+        _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
+        wire.script['GET /v2/wire/test/tags/list'] = _wire_reply(200, b'{"tags": ["a"]}')
+        assert _ok(run_cli(['list-aliases', WIRE_REPO], wire_env())) == b'a\n'
+
+    def test_proxy_url_with_a_bad_port_is_one_line(self, wire_env, run_cli):
+        result = run_cli(['list-aliases', WIRE_REPO],
+                         wire_env(DXF_HOST='registry.example', http_proxy='http://p:99999'))
+        _one_error(result, errno.EINVAL, 'proxy')
+
+    def test_bytes_after_an_answer_are_not_read_as_the_next(self, wire, wire_env, run_cli):
+        # The registry sends a stray answer after the real one: that
+        # connection is not reused, so the next request gets its own answer.
+        wire.answer = {
+            'GET ' + WIRE_MANIFESTS + 'a': [_wire_reply(200, WIRE_MANIFEST, 'Content-Type: '
+                                                        + OCI_MANIFEST)
+                                            + _wire_reply(200, b'stray')],
+        }
+        wire.answer.update(_blob_answers())
+        out = _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env()))
+        assert out == b''.join(WIRE_DATA)
+        assert wire.connections >= 2
+
+    def test_switching_protocols_connection_is_never_reused(self, wire, wire_env, run_cli):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(101, b'', length=False)}
+        wire.answer.update(_blob_answers())
+        result = run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())
+        _one_error(result, 1)
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=0) as d:
+            with pytest.raises(dxf.DXFProtocolError):
+                d.get_alias('a')
+            assert b''.join(d.pull_blob(WIRE_DIGESTS[0])) == WIRE_DATA[0]
+        assert wire.connections == 3
