@@ -15,6 +15,9 @@ What the tests need
     * ``openssl`` (the command line tool): the test CA, the server
       certificate and the token-signing certificate are made with it, and
       the test token server signs its RS256 JWTs with ``openssl dgst``.
+    * ``go`` and oras-go (Debian ``golang-go`` and ``golang-oras-oras-go-dev``)
+      for the round trip through oras-go's file store (section 19): a small
+      helper is built offline in GOPATH mode from /usr/share/gocode.
     * pytest; nothing else outside the standard library.
 
 Registries (fixture ``registries``, one per mode, started on first use)
