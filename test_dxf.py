@@ -7960,9 +7960,9 @@ class TestManyFiles:
         order = [blobs[0], blobs[1], blobs[4], blobs[2], blobs[3]]
         assert out == _lines(*[_sha256(b) for b in order])
         layers = _layers(run_cli, env, repo, 'all')
-        assert [l['digest'] for l in layers] == [_sha256(b) for b in order]
-        assert [l['size'] for l in layers] == [len(b) for b in order]
-        assert [l.get('annotations') for l in layers] == [
+        assert [layer['digest'] for layer in layers] == [_sha256(b) for b in order]
+        assert [layer['size'] for layer in layers] == [len(b) for b in order]
+        assert [layer.get('annotations') for layer in layers] == [
             {_TITLE: 'f0.dat'}, {_TITLE: 'f1.dat'}, None, {_TITLE: 'f2.dat'},
             {_TITLE: 'f3.dat'}]
         assert _ok(run_cli(['pull-blob', repo, '@all'], env)) == b''.join(order)
@@ -8419,7 +8419,7 @@ class TestOras:
               cwd=str(src))
         env = cli_env('open')
         layers = _layers(run_cli, env, repo, 'v1')
-        [tree_layer] = [l for l in layers if l['annotations'][_TITLE] == 'bundle']
+        [tree_layer] = [layer for layer in layers if layer['annotations'][_TITLE] == 'bundle']
         assert tree_layer['mediaType'] == _TAR_GZIP
         assert tree_layer['annotations'][_ORAS_UNPACK] == 'true'
         out = tmp_path / 'out'
