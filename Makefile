@@ -29,7 +29,9 @@ quick: registry $(VENV)/bin/pytest
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # What the tests and the demo run: the registry (Debian package docker-registry),
-# skopeo (the interop tests) and openssl (test certificates and tokens).
+# skopeo (the interop tests), openssl (test certificates and tokens), and Go
+# with oras-go (the directory round trip through oras-go's file store, built
+# offline in GOPATH mode from /usr/share/gocode).
 # apt-get update only when the plain install fails: the lists may be stale or absent.
 registry:
 	@missing=; \
@@ -37,6 +39,8 @@ registry:
 	    missing=" docker-registry"; fi; \
 	command -v skopeo >/dev/null 2>&1 || missing="$$missing skopeo"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
+	[ -d /usr/share/gocode/src/oras.land/oras-go ] || missing="$$missing golang-oras-oras-go-dev"; \
 	if [ -n "$$missing" ]; then \
 	    sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	    export DEBIAN_FRONTEND=noninteractive; \

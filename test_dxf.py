@@ -15,6 +15,9 @@ What the tests need
     * ``openssl`` (the command line tool): the test CA, the server
       certificate and the token-signing certificate are made with it, and
       the test token server signs its RS256 JWTs with ``openssl dgst``.
+    * ``go`` and oras-go (Debian ``golang-go`` and ``golang-oras-oras-go-dev``)
+      for the round trip through oras-go's file store (section 19): a small
+      helper is built offline in GOPATH mode from /usr/share/gocode.
     * pytest; nothing else outside the standard library.
 
 Registries (fixture ``registries``, one per mode, started on first use)
@@ -3055,8 +3058,12 @@ class TestCLIErrors:
         _fails(run_cli(['push-blob', 'a/b', missing], _offline_env()), errno.EINVAL,
                'missing.dat')
 
-    def test_cli_push_blob_directory_exits_einval(self, run_cli, tmp_path):
-        _fails(run_cli(['push-blob', 'a/b', str(tmp_path)], _offline_env()), errno.EINVAL)
+    def test_cli_push_blob_directory_with_a_fifo_exits_einval(self, run_cli, tmp_path):
+        # a directory is one tar layer now (section 19); what it cannot hold
+        # is refused before any request
+        os.mkfifo(str(tmp_path / 'pipe'))
+        _fails(run_cli(['push-blob', 'a/b', str(tmp_path)], _offline_env()), errno.EINVAL,
+               'pipe')
 
     @pytest.mark.parametrize('argv', [['list-aliases', 'a/b'], ['list-repos'],
                                       ['auth', 'a/b']])
@@ -8585,3 +8592,585 @@ class TestHostileAnswers:
                 d.get_alias('a')
             assert b''.join(d.pull_blob(WIRE_DIGESTS[0])) == WIRE_DATA[0]
         assert wire.connections == 3
+
+
+# 19. Many files and directories
+#     push-blob of several files and of directories (one gzip tar layer each,
+#     as oras-go's file store makes them), pull-blob -o DIR unpacking them
+#     safely, blobs moving several at a time, and a round trip through
+#     oras-go itself (Debian's golang-go and golang-oras-oras-go-dev).
+# =============================================================================
+
+_TAR_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
+_ORAS_UNPACK = 'io.deis.oras.content.unpack'
+_ORAS_TAR_DIGEST = 'io.deis.oras.content.digest'
+
+
+def _make_tree(root):
+    """A small directory: nested files, an empty directory, an executable,
+    a relative symbolic link; returns its _snapshot."""
+    os.makedirs(os.path.join(root, 'sub', 'deeper'))
+    os.makedirs(os.path.join(root, 'empty'))
+    files = {'a.txt': _blob(3000, 'tree-a'), 'sub/b.bin': _blob(70000, 'tree-b'),
+             'sub/deeper/c': b'', 'run.sh': b'#!/bin/sh\necho hi\n',
+             'z \u00e9t\u00e9.txt': b'unicode name'}
+    for name, data in files.items():
+        with open(os.path.join(root, *name.split('/')), 'wb') as f:
+            f.write(data)
+    os.chmod(os.path.join(root, 'run.sh'), 0o755)
+    os.symlink('sub/b.bin', os.path.join(root, 'link-to-b'))
+    return _snapshot(root)
+
+
+def _snapshot(root):
+    """{relative path: ('dir',) | ('file', bytes, executable) | ('link', target)}."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[rel] = ('link', os.readlink(path))
+            elif os.path.isdir(path):
+                found[rel] = ('dir',)
+            else:
+                with open(path, 'rb') as f:
+                    found[rel] = ('file', f.read(), bool(os.stat(path).st_mode & 0o100))
+    return found
+
+
+def _layers(run_cli, env, repo, alias):
+    return json.loads(_ok(run_cli(['get-manifest', repo, alias], env)).decode())['layers']
+
+
+def _gunzip_blob(api, digest):
+    import gzip
+    return gzip.decompress(b''.join(api.pull_blob(digest)))
+
+
+def _hostile_tar(entries):
+    """gzip tar bytes of ``entries``: (TarInfo fields dict, data or None)."""
+    import gzip
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        for fields, data in entries:
+            info = tarfile.TarInfo(fields.pop('name'))
+            for key, value in fields.items():
+                setattr(info, key, value)
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return gzip.compress(buf.getvalue())
+
+
+def _set_layer_alias(api, alias, layers):
+    api.push_blob(data=b'{}')
+    api.set_manifest(alias, _canonical({
+        'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
+        'artifactType': 'application/vnd.dxf.alias.v1',
+        'config': {'mediaType': 'application/vnd.oci.empty.v1+json',
+                   'digest': _EMPTY_CONFIG_DIGEST, 'size': 2},
+        'layers': layers}))
+
+
+@pytest.mark.registry
+class TestManyFiles:
+
+    def test_push_blob_several_files_and_stdin_prints_digests_in_order_and_titles_them(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        blobs = [_blob(1000 + i, 'many-%d' % i) for i in range(5)]
+        paths = [_write(tmp_path, 'f%d.dat' % i, b) for i, b in enumerate(blobs[:4])]
+        argv = ['push-blob', repo, paths[0], paths[1], '-', paths[2], paths[3], '@all']
+        out = _ok(run_cli(argv, dict(env, DXF_CONCURRENCY='3'), stdin=blobs[4]))
+        order = [blobs[0], blobs[1], blobs[4], blobs[2], blobs[3]]
+        assert out == _lines(*[_sha256(b) for b in order])
+        layers = _layers(run_cli, env, repo, 'all')
+        assert [layer['digest'] for layer in layers] == [_sha256(b) for b in order]
+        assert [layer['size'] for layer in layers] == [len(b) for b in order]
+        assert [layer.get('annotations') for layer in layers] == [
+            {_TITLE: 'f0.dat'}, {_TITLE: 'f1.dat'}, None, {_TITLE: 'f2.dat'},
+            {_TITLE: 'f3.dat'}]
+        assert _ok(run_cli(['pull-blob', repo, '@all'], env)) == b''.join(order)
+
+    def test_push_blob_several_files_without_alias_prints_digests(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        blobs = [_blob(500, 'noalias-%d' % i) for i in range(3)]
+        paths = [_write(tmp_path, 'n%d' % i, b) for i, b in enumerate(blobs)]
+        assert _ok(run_cli(['push-blob', repo] + paths, env)) == _lines(
+            *[_sha256(b) for b in blobs])
+        for b in blobs:
+            assert _ok(run_cli(['pull-blob', repo, _sha256(b)], env)) == b
+
+    def test_push_blob_stdin_twice_is_usage_error(self, cli_env, run_cli, repo, tmp_path):
+        _fails(run_cli(['push-blob', repo, '-', '-'], cli_env('open')), errno.EINVAL, 'once')
+
+    def test_push_blob_missing_one_of_several_files_uploads_nothing(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(100, 'missing-one')
+        path = _write(tmp_path, 'here', data)
+        _fails(run_cli(['push-blob', repo, path, str(tmp_path / 'absent'), '@x'], env),
+               errno.EINVAL, 'absent')
+        _fails(run_cli(['blob-size', repo, _sha256(data)], env), errno.ENOENT)
+
+    def test_module_push_blobs_returns_digests_and_sets_alias(self, registries, repo, tmp_path):
+        reg = registries['open']
+        blobs = [_blob(2000 + i, 'api-%d' % i) for i in range(6)]
+        paths = [_write(tmp_path, 'api%d' % i, b) for i, b in enumerate(blobs)]
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            got = api.push_blobs(paths + [io.BytesIO(b'from a file object')],
+                                 alias='api', concurrency=3)
+            assert got == [_sha256(b) for b in blobs] + [_sha256(b'from a file object')]
+            assert api.get_alias('api') == got
+            assert [d.get('annotations', {}).get(_TITLE) for d in
+                    api.get_descriptors('api')] == ['api%d' % i for i in range(6)] + [None]
+
+    def test_pull_output_dir_of_many_blobs_writes_each_with_one_progress_line_each(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        blobs = [_blob(300000 + i, 'pullmany-%d' % i) for i in range(8)]
+        paths = [_write(tmp_path, 'p%d.bin' % i, b) for i, b in enumerate(blobs)]
+        _ok(run_cli(['push-blob', repo] + paths + ['@many'], env))
+        out = tmp_path / 'out'
+        out.mkdir()
+        status, stdout, err = run_cli(['pull-blob', repo, '-o', str(out), '@many'],
+                                      dict(env, DXF_PROGRESS='1', DXF_CONCURRENCY='4'))
+        assert (status, stdout) == (0, b''), err
+        lines = _progress_lines(err)
+        assert len(lines) == len(blobs)
+        finals = sorted(states[-1].split()[0] for states in lines)
+        assert finals == sorted(_sha256(b)[:19] for b in blobs)
+        assert all('100%' in states[-1] for states in lines)
+        assert sorted(os.listdir(str(out))) == ['p%d.bin' % i for i in range(8)]
+        for i, b in enumerate(blobs):
+            assert (out / ('p%d.bin' % i)).read_bytes() == b
+
+    def test_push_many_with_progress_draws_one_line_per_blob(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        blobs = [_blob(200000 + i, 'pushprog-%d' % i) for i in range(6)]
+        paths = [_write(tmp_path, 'q%d' % i, b) for i, b in enumerate(blobs)]
+        status, out, err = run_cli(['push-blob', repo] + paths,
+                                   dict(env, DXF_PROGRESS='1'))
+        assert status == 0, err
+        assert out == _lines(*[_sha256(b) for b in blobs])
+        lines = _progress_lines(err)
+        assert len(lines) == len(blobs)
+        assert all('100%' in states[-1] for states in lines)
+
+
+@pytest.mark.registry
+class TestParallelTransfers:
+
+    def _wait_for(self, proxy, method, pattern, count):
+        _wait_until(lambda: len(proxy.seen(method, pattern)) >= count, timeout=20,
+                    what='%d %s requests in flight at once' % (count, method))
+
+    def test_push_blobs_has_four_uploads_in_flight_at_once(self, proxy, faults, repo,
+                                                           tmp_path):
+        faults.add('POST', '/blobs/uploads/', 'stall', seconds=60, every=True)
+        paths = [_write(tmp_path, 'par%d' % i, _blob(1000, 'par-%d' % i)) for i in range(6)]
+        result = {}
+
+        def push():
+            with dxf.DXF(proxy.host, repo, insecure=True) as api:
+                result['digests'] = api.push_blobs(paths, concurrency=4)
+        thread = threading.Thread(target=push)
+        thread.start()
+        try:
+            self._wait_for(proxy, 'POST', '/blobs/uploads/', 4)
+            assert len(proxy.seen('POST', '/blobs/uploads/')) == 4   # no fifth yet
+        finally:
+            proxy.reset()       # releases the stalled requests
+            thread.join()
+        assert result['digests'] == [_sha256(_blob(1000, 'par-%d' % i)) for i in range(6)]
+
+    def test_pull_output_dir_has_blobs_in_flight_at_once(self, proxy, faults, upstream,
+                                                         cli_env, run_cli, repo, tmp_path):
+        blobs = [_blob(5000, 'pullpar-%d' % i) for i in range(5)]
+        paths = [_write(tmp_path, 'r%d' % i, b) for i, b in enumerate(blobs)]
+        upstream.push_blobs(paths, alias='par')
+        faults.add('GET', '/blobs/sha256:', 'stall', seconds=60, every=True)
+        env = {'DXF_HOST': proxy.host, 'DXF_INSECURE': '1', 'DXF_CONCURRENCY': '3'}
+        out = tmp_path / 'out'
+        out.mkdir()
+        done = {}
+        thread = threading.Thread(target=lambda: done.update(result=run_cli(
+            ['pull-blob', repo, '-o', str(out), '@par'], env)))
+        thread.start()
+        try:
+            self._wait_for(proxy, 'GET', '/blobs/sha256:', 3)
+            assert len(proxy.seen('GET', '/blobs/sha256:')) == 3
+        finally:
+            proxy.reset()
+            thread.join()
+        _ok(done['result'])
+        for i, b in enumerate(blobs):
+            assert (out / ('r%d' % i)).read_bytes() == b
+
+    def test_push_many_to_token_registry_asks_for_one_token(
+            self, cli_env, run_cli, token_server, repo, tmp_path):
+        env = cli_env('token')
+        blobs = [_blob(3000 + i, 'tok-%d' % i) for i in range(8)]
+        paths = [_write(tmp_path, 't%d' % i, b) for i, b in enumerate(blobs)]
+        out = _ok(run_cli(['push-blob', repo] + paths + ['@tok'], env))
+        assert out == _lines(*[_sha256(b) for b in blobs])
+        assert len(token_server.requests) == 1, token_server.requests
+        del token_server.requests[:]
+        pulled = tmp_path / 'pulled'
+        pulled.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(pulled), '@tok'], env))
+        assert len(token_server.requests) == 1, token_server.requests
+        for i, b in enumerate(blobs):
+            assert (pulled / ('t%d' % i)).read_bytes() == b
+
+    def test_copy_alias_of_many_blobs_to_another_registry_and_layout(
+            self, cli_env, run_cli, proxy, faults, repo, tmp_path):
+        env = cli_env('open')
+        blobs = [_blob(40000 + i, 'copy-%d' % i) for i in range(7)]
+        paths = [_write(tmp_path, 'c%d' % i, b) for i, b in enumerate(blobs)]
+        _ok(run_cli(['push-blob', repo] + paths + ['@src'], env))
+        # the fault proxy is "another registry" (another host:port); stalled
+        # uploads show three blobs going up at once (after the config blob,
+        # copied first and alone to fetch the tokens the others use)
+        faults.add('PUT', '/blobs/uploads/', 'stall', seconds=60, nth=2, every=True)
+        dest = '%s/%s-copy' % (proxy.host, repo)
+        done = {}
+        thread = threading.Thread(target=lambda: done.update(result=run_cli(
+            ['copy-alias', repo, 'src', dest, 'dst'], dict(env, DXF_CONCURRENCY='3'))))
+        thread.start()
+        try:
+            _wait_until(lambda: len(proxy.seen('PUT', '/blobs/uploads/')) >= 4, timeout=20,
+                        what='3 blob uploads at once')
+            assert len(proxy.seen('PUT', '/blobs/uploads/')) == 4
+        finally:
+            proxy.reset()
+            thread.join()
+        _ok(done['result'])
+        assert _ok(run_cli(['pull-blob', repo + '-copy', '@dst'], env)) == b''.join(blobs)
+        layout = tmp_path / 'layout'
+        _ok(run_cli(['copy-alias', repo, 'src', 'oci:' + str(layout)], env))
+        lenv = {'DXF_HOST': 'oci:' + str(tmp_path)}
+        assert _ok(run_cli(['pull-blob', 'layout', '@src'], lenv)) == b''.join(blobs)
+
+
+@pytest.mark.registry
+class TestDirectories:
+
+    def test_push_directory_stores_one_oras_style_gzip_tar_layer(
+            self, cli_env, run_cli, registries, repo, tmp_path):
+        import tarfile
+        env = cli_env('open')
+        src = tmp_path / 'mydata'
+        _make_tree(str(src))
+        out = _ok(run_cli(['push-blob', repo, str(src), '@dir'], env))
+        [layer] = _layers(run_cli, env, repo, 'dir')
+        assert out == _lines(layer['digest'])
+        assert layer['mediaType'] == _TAR_GZIP
+        with dxf.DXF(registries['open'].host, repo, insecure=True) as api:
+            raw = b''.join(api.pull_blob(layer['digest']))
+        assert raw[:4] == b'\x1f\x8b\x08\x00'          # gzip, no file name
+        assert raw[4:8] == b'\0\0\0\0'                  # and no time
+        tar_bytes = _gunzip_blob_bytes(raw)
+        assert layer['annotations'] == {_TITLE: 'mydata', _ORAS_UNPACK: 'true',
+                                        _ORAS_TAR_DIGEST: _sha256(tar_bytes)}
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            members = tar.getmembers()
+            end = tar.offset
+        # no padding after the two zero blocks that end the archive
+        assert len(tar_bytes) == end + 1024 and tar_bytes[end:] == b'\0' * 1024
+        names = [m.name for m in members]
+        assert names[0] == 'mydata'
+        assert all(n == 'mydata' or n.startswith('mydata/') for n in names)
+        assert names == ['mydata', 'mydata/a.txt', 'mydata/empty', 'mydata/link-to-b',
+                         'mydata/run.sh', 'mydata/sub', 'mydata/sub/b.bin',
+                         'mydata/sub/deeper', 'mydata/sub/deeper/c',
+                         'mydata/z \u00e9t\u00e9.txt']
+        for m in members:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, '', '')
+        modes = {m.name: m.mode for m in members}
+        assert modes['mydata/run.sh'] == 0o755 and modes['mydata/a.txt'] == 0o644
+        assert modes['mydata/sub'] == 0o755
+
+    def test_same_directory_content_gives_same_digest_and_is_not_uploaded_again(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        src = tmp_path / 'again'
+        _make_tree(str(src))
+        first = _ok(run_cli(['push-blob', repo, str(src)], env))
+        # other times, other permissions on a file that is not executable
+        for path in (src / 'a.txt', src / 'sub'):
+            os.utime(str(path), (1234567, 1234567))
+        os.chmod(str(src / 'a.txt'), 0o600)
+        out, trace = _debug_ok(run_cli(['push-blob', repo, str(src)],
+                                       dict(env, DXF_DEBUG='1')))
+        assert out == first
+        assert [t[0] for t in trace] == ['HEAD']     # it is there: nothing sent
+
+    def test_pull_output_dir_unpacks_directory_under_its_title(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        src = tmp_path / 'src' / 'tree'
+        expected = _make_tree(str(src))
+        plain = _write(tmp_path, 'plain.txt', b'next to the tree')
+        _ok(run_cli(['push-blob', repo, str(src), plain, '@mixed'], env))
+        out = tmp_path / 'out'
+        out.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@mixed'], env))
+        assert sorted(os.listdir(str(out))) == ['plain.txt', 'tree']
+        assert _snapshot(str(out / 'tree')) == expected
+        assert (out / 'plain.txt').read_bytes() == b'next to the tree'
+        # again over the existing tree: replaced, nothing left behind
+        (out / 'tree' / 'stale').write_bytes(b'old')
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@mixed'], env))
+        assert sorted(os.listdir(str(out))) == ['plain.txt', 'tree']
+        assert _snapshot(str(out / 'tree')) == expected
+
+    def test_directory_in_oci_layout_round_trips(self, run_cli, tmp_path):
+        env = {'DXF_HOST': 'oci:' + str(tmp_path / 'layouts')}
+        src = tmp_path / 'tree'
+        expected = _make_tree(str(src))
+        files = [_write(tmp_path, 'l%d' % i, _blob(999, 'layout-%d' % i)) for i in range(3)]
+        out = _ok(run_cli(['push-blob', 'fred/data', str(src)] + files + ['@d'], env))
+        assert len(out.splitlines()) == 4
+        pulled = tmp_path / 'pulled'
+        pulled.mkdir()
+        _ok(run_cli(['pull-blob', 'fred/data', '-o', str(pulled), '@d'], env))
+        assert _snapshot(str(pulled / 'tree')) == expected
+        for i in range(3):
+            assert (pulled / ('l%d' % i)).read_bytes() == _blob(999, 'layout-%d' % i)
+
+    def test_corrupt_tar_digest_annotation_fails_and_publishes_nothing(
+            self, cli_env, run_cli, registries, repo, tmp_path):
+        reg = registries['open']
+        data = _hostile_tar([({'name': 'ok', 'type': b'5'}, None),
+                             ({'name': 'ok/f'}, b'fine')])
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            digest = api.push_blob(data=data)
+            _set_layer_alias(api, 'bad', [{
+                'mediaType': _TAR_GZIP, 'digest': digest, 'size': len(data),
+                'annotations': {_TITLE: 'ok', _ORAS_UNPACK: 'true',
+                                _ORAS_TAR_DIGEST: _sha256(b'something else')}}])
+        out = tmp_path / 'out'
+        out.mkdir()
+        _fails(run_cli(['pull-blob', repo, '-o', str(out), '@bad'], cli_env('open')),
+               errno.EIO, 'digest')
+        assert os.listdir(str(out)) == []
+
+
+def _gunzip_blob_bytes(raw):
+    import gzip
+    return gzip.decompress(raw)
+
+
+_HOSTILE = {
+    'absolute-path': [({'name': 'evil', 'type': b'5'}, None),
+                      ({'name': '{outside}/abs.txt'}, b'absolute')],
+    'dot-dot': [({'name': 'evil', 'type': b'5'}, None),
+                ({'name': 'evil/../../escaped.txt'}, b'dotdot')],
+    'other-prefix': [({'name': 'elsewhere/x.txt'}, b'not under the title')],
+    'symlink-then-file-through-it': [
+        ({'name': 'evil', 'type': b'5'}, None),
+        ({'name': 'evil/ln', 'type': b'2', 'linkname': '../..'}, None),
+        ({'name': 'evil/ln/through.txt'}, b'through')],
+    'absolute-symlink-then-file': [
+        ({'name': 'evil', 'type': b'5'}, None),
+        ({'name': 'evil/ln', 'type': b'2', 'linkname': '{outside}'}, None),
+        ({'name': 'evil/ln/through.txt'}, b'through')],
+    'symlink-chain-escape': [
+        ({'name': 'evil', 'type': b'5'}, None),
+        ({'name': 'evil/x/y', 'type': b'5'}, None),
+        ({'name': 'evil/d', 'type': b'5'}, None),
+        ({'name': 'evil/x/y/s', 'type': b'2', 'linkname': '../../d'}, None),
+        ({'name': 'evil/x/y/b', 'type': b'2', 'linkname': 's/../../..'}, None)],
+    'hardlink-outside': [
+        ({'name': 'evil', 'type': b'5'}, None),
+        ({'name': 'evil/hard', 'type': b'1', 'linkname': '{outside}/secret.txt'}, None)],
+    'hardlink-dotdot': [
+        ({'name': 'evil', 'type': b'5'}, None),
+        ({'name': 'evil/hard', 'type': b'1', 'linkname': 'evil/../../secret.txt'}, None)],
+    'device': [({'name': 'evil', 'type': b'5'}, None),
+               ({'name': 'evil/null', 'type': b'3', 'devmajor': 1, 'devminor': 3}, None)],
+    'fifo': [({'name': 'evil', 'type': b'5'}, None),
+             ({'name': 'evil/fifo', 'type': b'6'}, None)],
+}
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize('case', sorted(_HOSTILE))
+def test_hostile_directory_layer_never_escapes_output(cli_env, run_cli, registries, repo,
+                                                      tmp_path, case):
+    reg = registries['open']
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'secret.txt').write_bytes(b'secret')
+    entries = []
+    for fields, data in _HOSTILE[case]:
+        fields = dict(fields)
+        for key in ('name', 'linkname'):
+            if key in fields:
+                fields[key] = fields[key].replace('{outside}', str(outside))
+        entries.append((fields, data))
+    data = _hostile_tar(entries)
+    with dxf.DXF(reg.host, repo, insecure=True) as api:
+        digest = api.push_blob(data=data)
+        _set_layer_alias(api, 'evil', [{
+            'mediaType': _TAR_GZIP, 'digest': digest, 'size': len(data),
+            'annotations': {_TITLE: 'evil', _ORAS_UNPACK: 'true'}}])
+    box = tmp_path / 'box'
+    out = box / 'out'
+    out.mkdir(parents=True)
+    before = _tree(str(tmp_path))
+    _fails(run_cli(['pull-blob', repo, '-o', str(out), '@evil'], cli_env('open')),
+           errno.EIO, 'evil')
+    assert _tree(str(tmp_path)) == before
+    assert (outside / 'secret.txt').read_bytes() == b'secret'
+    assert os.listdir(str(out)) == []
+
+
+# ---- oras-go itself --------------------------------------------------------------
+
+_ORAS_HELPER_GO = r'''
+package main
+
+// push REF PATH...  (files and directories, as "oras push" does)
+// pull REF OUTDIR   (unpacks directory layers, as "oras pull" does)
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/pkg/content"
+	"oras.land/oras-go/pkg/oras"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "oras-helper:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	ctx := context.Background()
+	reg, err := content.NewRegistry(content.RegistryOptions{PlainHTTP: true})
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "push":
+		fs := content.NewFile("")
+		defer fs.Close()
+		layers := []ocispec.Descriptor{}
+		for _, p := range args[2:] {
+			abs, err := filepath.Abs(p)
+			if err != nil {
+				return err
+			}
+			d, err := fs.Add(filepath.Base(abs), "", abs)
+			if err != nil {
+				return err
+			}
+			layers = append(layers, d)
+		}
+		manifest, manifestDesc, config, configDesc, err := content.GenerateManifestAndConfig(
+			nil, nil, layers...)
+		if err != nil {
+			return err
+		}
+		if err := fs.Load(configDesc, config); err != nil {
+			return err
+		}
+		if err := fs.StoreManifest(args[1], manifestDesc, manifest); err != nil {
+			return err
+		}
+		_, err = oras.Copy(ctx, fs, args[1], reg, "")
+		return err
+	case "pull":
+		fs := content.NewFile(args[2])
+		defer fs.Close()
+		_, err := oras.Copy(ctx, reg, args[1], fs, "")
+		return err
+	}
+	return fmt.Errorf("unknown command %s", args[0])
+}
+'''
+
+_GOCODE = '/usr/share/gocode'
+
+
+@pytest.fixture(scope='session')
+def oras_helper(tmp_path_factory):
+    """A small Go program pushing and pulling with oras-go's file store, built
+    offline from Debian's golang-go and golang-oras-oras-go-dev (GOPATH mode)."""
+    go = shutil.which('go')
+    if not go or not os.path.isdir(os.path.join(_GOCODE, 'src', 'oras.land', 'oras-go')):
+        _unavailable('go and oras-go are needed (apt-get install golang-go '
+                     'golang-oras-oras-go-dev; make registry does)')
+    work = tmp_path_factory.mktemp('oras-helper')
+    with open(str(work / 'main.go'), 'w') as f:
+        f.write(_ORAS_HELPER_GO)
+    env = dict(os.environ, GO111MODULE='off', GOPATH=_GOCODE, GOFLAGS='',
+               GOPROXY='off', CGO_ENABLED='0')
+    env.setdefault('GOCACHE', os.path.join(os.path.expanduser('~'), '.cache', 'go-build'))
+    proc = subprocess.run([go, 'build', '-o', str(work / 'oras-helper'), '.'], cwd=str(work),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        pytest.fail('building the oras-go helper failed:\n' + proc.stdout.decode(), pytrace=False)
+    return str(work / 'oras-helper')
+
+
+def _oras(helper, *args, cwd=None):
+    proc = subprocess.run([helper] + list(args), cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+@pytest.mark.registry
+class TestOras:
+
+    def test_oras_pushed_directory_and_file_are_unpacked_by_pull_output(
+            self, oras_helper, cli_env, run_cli, registries, repo, tmp_path):
+        reg = registries['open']
+        src = tmp_path / 'src'
+        src.mkdir()
+        expected = _make_tree(str(src / 'bundle'))
+        _write(src, 'notes.txt', b'oras file')
+        _oras(oras_helper, 'push', '%s/%s:v1' % (reg.host, repo), 'bundle', 'notes.txt',
+              cwd=str(src))
+        env = cli_env('open')
+        layers = _layers(run_cli, env, repo, 'v1')
+        [tree_layer] = [layer for layer in layers if layer['annotations'][_TITLE] == 'bundle']
+        assert tree_layer['mediaType'] == _TAR_GZIP
+        assert tree_layer['annotations'][_ORAS_UNPACK] == 'true'
+        out = tmp_path / 'out'
+        out.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@v1'], env))
+        assert sorted(os.listdir(str(out))) == ['bundle', 'notes.txt']
+        assert (out / 'notes.txt').read_bytes() == b'oras file'
+        got = _snapshot(str(out / 'bundle'))
+        # oras keeps the file modes it found; dxf normalises them
+        assert got == expected
+
+    def test_dxf_pushed_directory_is_unpacked_by_oras_pull(
+            self, oras_helper, cli_env, run_cli, registries, repo, tmp_path):
+        reg = registries['open']
+        env = cli_env('open')
+        src = tmp_path / 'src'
+        expected = _make_tree(str(src / 'bundle'))
+        plain = _write(tmp_path, 'readme.md', b'# dxf file')
+        _ok(run_cli(['push-blob', repo, str(src / 'bundle'), plain, '@v1'], env))
+        out = tmp_path / 'orasout'
+        out.mkdir()
+        _oras(oras_helper, 'pull', '%s/%s:v1' % (reg.host, repo), str(out))
+        assert sorted(os.listdir(str(out))) == ['bundle', 'readme.md']
+        assert (out / 'readme.md').read_bytes() == b'# dxf file'
+        assert _snapshot(str(out / 'bundle')) == expected

@@ -40,6 +40,12 @@ Cases (--cases, comma-separated; default all):
     small-pull      pull-blob 1 MiB > FILE vs curl > FILE        target <= 3
     small-get-alias get-alias vs GET of the manifest             target <= 3
     startup         dxf.py version vs python3 -c pass            target <= 3
+    wan             issue 11's tasks through ShapingProxy (RTT --wan-rtt ms,
+                    --wan-mbit per connection) against their floor: store
+                    16 x 1 MiB under an alias (<= 1.5), fetch them (<= 1.3),
+                    64 MiB each way (<= 1.10), get-alias (<= 1.4); storing
+                    the 16 one command per file (as 1.0.0 had to) is shown
+                    beside
 Peak RSS of dxf's big push and pulls: target <= 25 MiB.
 
 Options: --runs N, --size-mib N, --cases LIST, --json PATH, --python EXE
@@ -72,7 +78,7 @@ MIB = 1 << 20
 TIME_BIN = '/usr/bin/time'
 
 CASES = ['push-new', 'push-existing', 'push-stdin', 'pull-file', 'pull-null',
-         'small-push', 'small-pull', 'small-get-alias', 'startup']
+         'small-push', 'small-pull', 'small-get-alias', 'startup', 'wan']
 MEMORY_TARGET_MIB = 25.0
 OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 
@@ -683,6 +689,97 @@ class Bench:
         self.add_row('startup', 'dxf.py version', res, 3.0,
                      curl_label='python3 -c pass', curl='base')
 
+    def case_wan(self):
+        """The tasks of issue 11 through a ShapingProxy (plain http, no auth),
+        with the installed form: store 16 x 1 MiB under one alias (one
+        command, and as 1.0.0 had to: 16 push-blob and a set-alias), fetch
+        them as 16 files, one 64 MiB file each way, and get-alias.
+
+        Floor: the round trips a perfect client cannot avoid, times the RTT,
+        plus the bytes of the busiest connection over its bandwidth, with
+        independent blobs in parallel (plain http: no TLS, no token):
+          store 16   connect, HEAD, POST, PUT with the body, manifest PUT: 5
+          fetch 16   connect, manifest GET, blob GETs in parallel: 3
+          push 64    connect, HEAD, POST, PUT with the body: 4
+          pull 64    connect, GET: 2
+          get-alias  connect, GET: 2
+        """
+        rtt, mbit = self.args.wan_rtt / 1000.0, self.args.wan_mbit
+        proxy = ShapingProxy(self.registry.host, rtt, mbit)
+        env = dict(self.env, DXF_HOST=proxy.host)
+        bw = mbit * 1e6 / 8
+        files = []
+        for i in range(16):
+            path = os.path.join(self.tmp, 'wan-%02d.bin' % i)
+            make_blob(path, MIB)
+            files.append(path)
+        big = os.path.join(self.tmp, 'wan-64.bin')
+        big_digest = make_blob(big, 64 * MIB)
+        runner = Runner(self.tmp, env)
+
+        def timed(make_argvs):
+            times = []
+            for i in range(self.args.runs):
+                total = 0.0
+                for argv in make_argvs():
+                    total += runner.run(argv, 'pipe')[0]
+                times.append(total)
+            return statistics.median(times)
+        fetch_repo = self.fresh_repo('wan-fetch')
+        subprocess.run(self.inst_cmd('push-blob', fetch_repo, *files) + ['@a'],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        big_repo = self.fresh_repo('wan-big')
+        subprocess.run(self.inst_cmd('push-blob', big_repo, big, '@a'),
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+
+        def store_one():
+            return [self.inst_cmd('push-blob', self.fresh_repo('wan'), *files)
+                    + ['@a']]
+
+        def store_old():
+            repo = self.fresh_repo('wan-old')
+            return ([self.inst_cmd('push-blob', repo, f) for f in files]
+                    + [self.inst_cmd('set-alias', repo, 'a', *files)])
+
+        def fetch():
+            out = tempfile.mkdtemp(dir=self.tmp)
+            return [self.inst_cmd('pull-blob', fetch_repo, '-o', out, '@a')]
+
+        rows = [
+            ('store 16 x 1 MiB under one alias', 5 * rtt + MIB / bw,
+             timed(store_one), timed(store_old), 1.5),
+            ('fetch them as 16 files', 3 * rtt + MIB / bw, timed(fetch),
+             None, 1.3),
+            ('store one 64 MiB file', 4 * rtt + 64 * MIB / bw, timed(
+                lambda: [self.inst_cmd('push-blob', self.fresh_repo('wan64'),
+                                       big)]), None, 1.10),
+            ('fetch it to a file', 2 * rtt + 64 * MIB / bw, timed(
+                lambda: [self.inst_cmd('pull-blob', big_repo, '-o',
+                                       os.path.join(self.tmp, 'wan-out'),
+                                       big_digest)]), None, 1.10),
+            ('list an alias\'s digests', 2 * rtt, timed(
+                lambda: [self.inst_cmd('get-alias', big_repo, 'a')]), None,
+             1.4),
+        ]
+        proxy.close()
+        self.wan = dict(rtt_ms=self.args.wan_rtt, mbit=mbit, rows=[
+            dict(task=t, floor=f, dxf=d, one_by_one=o, target=g)
+            for t, f, d, o, g in rows])
+
+    def report_wan(self):
+        w = sys.stdout.write
+        wan = self.wan
+        w('\nwide area (ShapingProxy: RTT %d ms, %d Mbit/s per connection, '
+          'plain http), installed form, DXF_CONCURRENCY default, medians:\n'
+          % (wan['rtt_ms'], wan['mbit']))
+        w('%-34s %8s %8s %8s %8s %s\n' % ('task', 'floor s', 'dxf s', 'ratio',
+                                          'target', 'one file per command s'))
+        for r in wan['rows']:
+            ratio = r['dxf'] / r['floor']
+            w('%-34s %8.2f %8.2f %8.2f %8.2f %s\n' % (
+                r['task'], r['floor'], r['dxf'], ratio, r['target'],
+                '-' if r['one_by_one'] is None else '%.2f' % r['one_by_one']))
+
     def context_rss(self):
         """RSS of bare interpreters, for reading the memory figures."""
         out = {}
@@ -826,6 +923,8 @@ class Bench:
             w('\nfor context, peak RSS of:\n')
             for label, kib in context.items():
                 w('  %-58s %6.1f MiB\n' % (label, kib / 1024.0))
+        if getattr(self, 'wan', None):
+            self.report_wan()
         w('\nload average at end: %s\n' % first_line('/proc/loadavg'))
         w('total time: %.0f s\n' % elapsed)
         sys.stdout.flush()
@@ -856,6 +955,85 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# -- wide area: a shaping proxy on loopback -----------------------------------
+
+class ShapingProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``upstream`` (host:port) that
+    makes loopback look like a wide-area link: every chunk is delivered
+    ``rtt / 2`` after it was sent, and each connection carries at most
+    ``mbit`` Mbit/s each way (a chunk leaves only once the previous ones
+    have had their time on the wire).  At most 4 MiB wait in each
+    direction, as a TCP window would allow.  ``connections`` counts the
+    connections accepted."""
+
+    CHUNK = 64 << 10
+
+    def __init__(self, upstream, rtt, mbit):
+        import queue
+        self.queue_module = queue
+        self.upstream = upstream
+        self.delay = rtt / 2.0
+        self.rate = mbit * 1e6 / 8.0
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(128)
+        self.host = '127.0.0.1:%d' % self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.accept, daemon=True)
+        self.thread.start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            host, port = self.upstream.rsplit(':', 1)
+            server = socket.create_connection((host, int(port)))
+            for a, b in ((client, server), (server, client)):
+                self.pipe(a, b)
+
+    def pipe(self, src, dst):
+        q = self.queue_module.Queue(maxsize=(4 << 20) // self.CHUNK)
+        wire = [0.0]      # when the link is free again
+
+        def read():
+            time.sleep(self.delay)     # the SYN's (or first byte's) way
+            while True:
+                try:
+                    data = src.recv(self.CHUNK)
+                except OSError:
+                    data = b''
+                now = time.perf_counter()
+                wire[0] = max(now, wire[0]) + len(data) / self.rate
+                q.put((wire[0] + self.delay, data))
+                if not data:
+                    return
+
+        def write():
+            while True:
+                at, data = q.get()
+                wait = at - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                if not data:
+                    try:
+                        dst.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    return
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=write, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description='Benchmark dxf.py against curl on a local registry.',
@@ -875,6 +1053,10 @@ def parse_args(argv):
     p.add_argument('--registry', default=shutil.which('docker-registry')
                    or '/usr/bin/docker-registry',
                    help='registry binary (default: %(default)s)')
+    p.add_argument('--wan-rtt', type=float, default=50.0,
+                   help='wan case: round-trip time in ms (default 50)')
+    p.add_argument('--wan-mbit', type=float, default=200.0,
+                   help='wan case: Mbit/s per connection (default 200)')
     p.add_argument('--tmpdir', default=None,
                    help='where to put blobs and registry storage')
     args = p.parse_args(argv)
