@@ -65,6 +65,8 @@ __all__ = [
     'DXFMountFailed',
     # python-dxf compatibility names
     'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+    'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
+    'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
 ]
 
 # =============================================================================
@@ -173,7 +175,10 @@ class DXFHTTPError(DXFError):
     """The registry answered with a status the operation did not expect.
 
     ``status`` is the HTTP status, ``errors`` the registry's error list
-    (``[{'code': ..., 'message': ...}]``, possibly empty).
+    (``[{'code': ..., 'message': ...}]``, possibly empty).  ``response``
+    has what python-dxf code reads from requests' ``HTTPError.response``:
+    ``status_code``, ``headers``, ``text`` (and ``content``, ``reason``,
+    ``url``); headers and body are empty when dxf made the error up.
     """
 
     def __init__(self, method, url, status, errors=None, reason='',
@@ -185,6 +190,7 @@ class DXFHTTPError(DXFError):
         self.reason = reason
         self.got = status
         self.expected = expected
+        self.response = _ErrorResponse(status, reason, url)
         super().__init__(message or self._describe())
 
     def _describe(self):
@@ -194,6 +200,24 @@ class DXFHTTPError(DXFError):
             for e in self.errors if isinstance(e, dict))
         return '%s %s -> %s %s' % (self.method, path, self.status,
                                    _printable(what or self.reason))
+
+
+class _ErrorResponse:
+    """The answer behind a DXFHTTPError, shaped like a requests.Response."""
+
+    def __init__(self, status, reason='', url='', headers=None, content=b''):
+        self.status_code = status
+        self.reason = reason
+        self.url = url
+        self.headers = headers if headers is not None else {}
+        self.content = content
+
+    @property
+    def text(self):
+        return self.content.decode('utf-8', 'replace')
+
+    def json(self):
+        return json.loads(self.text)
 
 
 class DXFUnauthorizedError(DXFHTTPError):
@@ -275,6 +299,40 @@ class DXFMountFailed(DXFError):
 # python-dxf's names for the same concepts.
 DXFUnexpectedError = DXFError
 DXFUnexpectedStatusCodeError = DXFHTTPError
+
+
+# python-dxf's errors for things dxf.py does not do (schema 1 manifests and
+# their signatures); nothing raises them, but code that catches them runs.
+class DXFUnexpectedKeyTypeError(DXFError):
+    """python-dxf: a schema 1 signature's key type is not supported."""
+
+    def __init__(self, got, expected):
+        super().__init__('expected key type %s, got %s' % (expected, got))
+        self.got = got
+        self.expected = expected
+
+
+class DXFDisallowedSignatureAlgorithmError(DXFError):
+    """python-dxf: a schema 1 signature algorithm is forbidden."""
+
+    def __init__(self, alg):
+        super().__init__('disallowed signature algorithm: %s' % alg)
+        self.alg = alg
+
+
+class DXFSignatureChainNotImplementedError(DXFError):
+    """python-dxf: schema 1 signatures with a certificate chain."""
+
+    def __init__(self, message='verification with a cert chain is not '
+                 'implemented'):
+        super().__init__(message)
+
+
+class DXFDigestNotAvailableForSchema1(DXFManifestError):
+    """python-dxf: a schema 1 manifest has no config blob to take a digest of."""
+
+    def __init__(self, message='Schema 1 manifest has no configuration blob'):
+        super().__init__(message)
 
 # =============================================================================
 # 4. Digests, names and small helpers
@@ -2090,7 +2148,11 @@ class DXFBase(_AuthMixin):
             if isinstance(body, _FileBody):
                 body.rewind()
         if resp.status not in ok:
-            raise _http_error(resp, resp.read(), expected=ok[0])
+            content = resp.read()
+            error = _http_error(resp, content, expected=ok[0])
+            error.response.headers = resp.headers
+            error.response.content = content
+            raise error
         resp.body = b'' if stream else resp.read()
         return resp
 
@@ -3689,6 +3751,45 @@ def _fail(stderr, message, status, debug):
 # =============================================================================
 # 11. Entry point
 # =============================================================================
+
+# python-dxf compatibility: python-dxf is a package, and its users import
+# dxf.exceptions and dxf.main.  This file provides both as module objects
+# registered under its own name, so "import dxf.exceptions" and
+# "from dxf.exceptions import DXFUnauthorizedError" work (the import system
+# looks in sys.modules before asking whether dxf is a package).  "dxf.main"
+# stays our main(); "import dxf.main" then "dxf.main.doit(args, environ)"
+# reaches doit through the attribute, "from dxf.main import doit" through
+# the module.
+
+
+def _compat_doit(args, environ):
+    """python-dxf's dxf.main.doit: run the command line; return the status."""
+    return main(list(args), environ)
+
+
+def _compat_main():
+    """python-dxf's dxf.main.main: run the command line and exit."""
+    sys.exit(main(sys.argv[1:], os.environ))
+
+
+def _compat_modules():
+    import types
+    exceptions = types.ModuleType(__name__ + '.exceptions',
+                                  'python-dxf compatibility: dxf\'s errors.')
+    for name in __all__:
+        if name.startswith('DXF'):
+            setattr(exceptions, name, globals()[name])
+    main_module = types.ModuleType(__name__ + '.main',
+                                   'python-dxf compatibility: the command line.')
+    main_module.doit = _compat_doit
+    main_module.main = _compat_main
+    main.doit = _compat_doit
+    sys.modules[exceptions.__name__] = exceptions
+    sys.modules[main_module.__name__] = main_module
+    return exceptions
+
+
+exceptions = _compat_modules()
 
 if __name__ == '__main__':
     sys.exit(main())

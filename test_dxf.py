@@ -7855,3 +7855,98 @@ class TestWireFormat:
         assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
         token = [r for r in wire.requests if r.path.startswith('/token')]
         assert len(token) == 1 and 'service=s' in token[0].path
+
+
+# =============================================================================
+# 18. python-dxf drop-in
+#    What code written for python-dxf (davedoesdev/dxf 12) meets when dxf.py
+#    replaces it: its submodules, exception names and attributes, its CA
+#    bundle variables and its progress callbacks.
+# =============================================================================
+
+def _python(code, env=None):
+    """Run ``code`` in a fresh interpreter that imports dxf from this tree;
+    return (status, stdout text, stderr text)."""
+    full = {'PATH': os.environ.get('PATH', ''), 'PYTHONPATH': _HERE}
+    full.update(env or {})
+    proc = subprocess.Popen([sys.executable, '-c', code], cwd=_HERE, env=full,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out.decode('utf-8'), err.decode('utf-8')
+
+
+class TestPythonDxfImports:
+
+    def test_submodules_import_as_from_the_package(self):
+        status, out, err = _python(
+            'import dxf.exceptions\n'
+            'from dxf.exceptions import DXFUnauthorizedError, DXFDigestMismatchError\n'
+            'import dxf.main\n'
+            'from dxf.main import doit\n'
+            'import dxf\n'
+            'assert dxf.exceptions.DXFUnauthorizedError is dxf.DXFUnauthorizedError\n'
+            'assert doit is dxf.main.doit\n'
+            'print(dxf.main.doit(["version"], {}))\n')
+        assert (status, err) == (0, ''), err
+        assert out == 'dxf.py %s\n0\n' % dxf.__version__
+
+    def test_main_stays_our_entry_point(self, run_cli):
+        import dxf.main
+        assert dxf.main.__name__ == 'main'     # the function, with doit on it
+        status, out, err = run_cli(['version'], {})
+        assert (status, out) == (0, ('dxf.py %s\n' % dxf.__version__).encode())
+
+    def test_doit_runs_a_command_against_the_registry(self, cli_env, repo, tmp_path,
+                                                      capfdbinary):
+        import dxf.main
+        data = _blob(1000, repo)
+        env = cli_env('open')
+        assert dxf.main.doit(['push-blob', repo, _write(tmp_path, 'f', data)], env) == 0
+        assert dxf.main.doit(['blob-size', repo, '@nope'], env) == errno.ENOENT
+        out, _ = capfdbinary.readouterr()
+        assert out == _sha256(data).encode() + b'\n'
+
+    @pytest.mark.parametrize('name, args, text', [
+        ('DXFUnexpectedKeyTypeError', ('EC', 'RSA'), 'expected key type RSA, got EC'),
+        ('DXFDisallowedSignatureAlgorithmError', ('none',),
+         'disallowed signature algorithm: none'),
+        ('DXFSignatureChainNotImplementedError', (), 'cert chain'),
+        ('DXFDigestNotAvailableForSchema1', (), 'Schema 1'),
+    ])
+    def test_python_dxf_exception_names_exist(self, name, args, text):
+        import dxf.exceptions
+        cls = getattr(dxf.exceptions, name)
+        assert cls is getattr(dxf, name)
+        assert issubclass(cls, dxf.DXFError)
+        assert text in str(cls(*args))
+
+    def test_every_python_dxf_exception_name_is_there(self):
+        import dxf.exceptions
+        names = ['DXFError', 'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+                 'DXFDigestMismatchError', 'DXFUnexpectedKeyTypeError',
+                 'DXFUnexpectedDigestMethodError', 'DXFDisallowedSignatureAlgorithmError',
+                 'DXFSignatureChainNotImplementedError', 'DXFUnauthorizedError',
+                 'DXFAuthInsecureError', 'DXFDigestNotAvailableForSchema1',
+                 'DXFMountFailed', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound']
+        assert [n for n in names if not hasattr(dxf.exceptions, n)] == []
+
+
+@pytest.mark.registry
+class TestHTTPErrorResponse:
+
+    def test_not_found_has_response_status_code_headers_text(self, dxf_obj, repo):
+        missing = _sha256(repo.encode())
+        with pytest.raises(dxf.DXFHTTPError) as ex:
+            dxf_obj.del_blob(missing)
+        response = ex.value.response
+        assert response.status_code == 404
+        assert 'application/json' in response.headers.get('Content-Type')
+        assert 'BLOB_UNKNOWN' in response.text
+        assert response.json()['errors'][0]['code'] == 'BLOB_UNKNOWN'
+
+    def test_head_404_has_response_without_body(self, dxf_obj, repo):
+        with pytest.raises(dxf.DXFHTTPError) as ex:
+            dxf_obj.blob_size(_sha256(repo.encode()))
+        assert ex.value.response.status_code == 404
+        assert ex.value.response.text == ''
