@@ -2067,6 +2067,15 @@ def _choose_platform(m, platform):
 # =============================================================================
 
 
+def _ca_bundle_variable(environ):
+    """python-dxf (requests) users' private CA: REQUESTS_CA_BUNDLE, then
+    CURL_CA_BUNDLE, as requests reads them; (name, path) or None."""
+    for name in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'):
+        if environ.get(name):
+            return name, environ[name]
+    return None
+
+
 class DXFBase(_AuthMixin):
     """A Docker / OCI registry.
 
@@ -2077,7 +2086,10 @@ class DXFBase(_AuthMixin):
         ``authenticate`` call)
     :param insecure: use plain http instead of https
     :param auth_host: host to use instead of the token realm's
-    :param tlsverify: False to skip certificate checks, or a CA bundle path
+    :param tlsverify: False to skip certificate checks, or a CA bundle path;
+        True (the default) takes ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
+        from ``os.environ`` (as python-dxf, through requests, does), read
+        here once, else the system's store
     :param timeout: seconds of silence before a request fails (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
@@ -2099,6 +2111,8 @@ class DXFBase(_AuthMixin):
         self._auth = auth
         self._auth_host = auth_host
         self._allow_insecure_auth = allow_insecure_auth
+        if tlsverify is True and _ca_bundle_variable(os.environ):
+            tlsverify = _ca_bundle_variable(os.environ)[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
         self._auth_state = _AuthState()
         self._repo = None
@@ -3184,7 +3198,9 @@ def _add_query(url, **params):
 #     DXF_AUTHORIZATION   a raw Authorization header value instead
 #     DXF_TOKEN           a bearer token (e.g. from "dxf auth") instead
 #     DXF_AUTH_HOST       host to use instead of the token realm's
-#     DXF_TLSVERIFY       CA bundle to verify the registry with
+#     DXF_TLSVERIFY       CA bundle to verify the registry with (else
+#                         REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, else the
+#                         system's store)
 #     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
 #     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
 #     DXF_TIMEOUT         seconds of silence before a request fails (60)
@@ -3265,6 +3281,10 @@ class _Settings:
             if not os.path.isfile(s.tlsverify):
                 raise _UsageError('DXF_TLSVERIFY: no such file: %s'
                                   % s.tlsverify)
+        elif _ca_bundle_variable(environ):
+            name, s.tlsverify = _ca_bundle_variable(environ)
+            if not os.path.isfile(s.tlsverify):
+                raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,

@@ -950,7 +950,8 @@ class _Registries(Mapping):
 
 _REPO_COUNTER = itertools.count(1)
 _ENV_NAMES = frozenset(['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'ALL_PROXY',
-                        'SSL_CERT_FILE', 'SSL_CERT_DIR', 'DOCKER_CONFIG'])
+                        'SSL_CERT_FILE', 'SSL_CERT_DIR', 'DOCKER_CONFIG',
+                        'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
 
 
 @pytest.fixture(scope='session')
@@ -7950,3 +7951,61 @@ class TestHTTPErrorResponse:
             dxf_obj.blob_size(_sha256(repo.encode()))
         assert ex.value.response.status_code == 404
         assert ex.value.response.text == ''
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestCABundleVariables:
+    """REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE: after DXF_TLSVERIFY, before the
+    system's store, for the command line and the module."""
+
+    @staticmethod
+    def _env(cli_env, **extra):
+        env = cli_env('tls')
+        del env['DXF_TLSVERIFY']
+        env.update(extra)
+        return env
+
+    @pytest.mark.parametrize('name', ['REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
+    def test_cli_trusts_the_bundle_variable(self, cli_env, run_cli, repo, tls_files, name):
+        env = self._env(cli_env, **{name: tls_files.ca_cert})
+        data = _blob(1000, repo)
+        digest = _cli_push(run_cli, env, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+
+    def test_cli_requests_bundle_comes_before_curl_bundle(self, cli_env, run_cli, repo,
+                                                          tls_files):
+        env = self._env(cli_env, REQUESTS_CA_BUNDLE=tls_files.signing_cert,
+                        CURL_CA_BUNDLE=tls_files.ca_cert)
+        _fails(run_cli(['list-aliases', repo], env), 1, 'certificate')
+        env['REQUESTS_CA_BUNDLE'] = ''           # empty is unset, as for requests
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+
+    def test_cli_dxf_tlsverify_and_skiptlsverify_come_first(self, cli_env, run_cli, repo,
+                                                            tls_files):
+        env = self._env(cli_env, REQUESTS_CA_BUNDLE=tls_files.signing_cert,
+                        DXF_TLSVERIFY=tls_files.ca_cert)
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+        del env['DXF_TLSVERIFY']
+        env['DXF_SKIPTLSVERIFY'] = '1'
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+
+    def test_cli_missing_bundle_file_names_the_variable(self, cli_env, run_cli, repo,
+                                                         tmp_path):
+        env = self._env(cli_env, CURL_CA_BUNDLE=str(tmp_path / 'nope.pem'))
+        _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'CURL_CA_BUNDLE',
+               'nope.pem')
+
+    def test_module_reads_requests_ca_bundle_from_os_environ(self, registries, repo,
+                                                            closing, tls_files,
+                                                            monkeypatch):
+        reg = registries['tls']
+        monkeypatch.setenv('REQUESTS_CA_BUNDLE', tls_files.ca_cert)
+        d = closing(DXF(reg.host, repo, timeout=10))
+        digest, data = _push(d, 1000, repo)
+        assert _pull(d, digest) == data
+        monkeypatch.delenv('REQUESTS_CA_BUNDLE')
+        d = closing(DXF(reg.host, repo, timeout=10, retries=0))
+        with pytest.raises(dxf.DXFConnectionError) as ex:
+            d.blob_size(digest)
+        assert 'certificate' in str(ex.value).lower()
