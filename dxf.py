@@ -2076,6 +2076,19 @@ def _ca_bundle_variable(environ):
     return None
 
 
+def _data_progress(progress):
+    """python-dxf's callback for ``push_blob(data=...)``: ``progress(digest,
+    chunk)`` for each non-empty chunk, no start call and no total (files get
+    ``progress(digest, b'', total)`` first, then ``(digest, chunk, total)``)."""
+    if progress is None:
+        return None
+
+    def report(digest, chunk, total=None):
+        if chunk:
+            progress(digest, chunk)
+    return report
+
+
 class DXFBase(_AuthMixin):
     """A Docker / OCI registry.
 
@@ -2459,10 +2472,13 @@ class DXF(DXFBase, _AliasMethods):
         """Upload a blob from a file or from ``data``; return its digest.
 
         :param filename: file to upload
-        :param progress: ``progress(digest, chunk, total)`` after each piece
-            sent (first with ``b''``); ``total`` is None for ``data``, and
-            ``digest`` is None while it is being computed in the same pass
-            (``data`` without ``digest``, or ``check_exists=False``)
+        :param progress: called as pieces are sent, as python-dxf does: for
+            a file ``progress(digest, b'', total)`` first, then
+            ``progress(digest, chunk, total)`` after each piece (``total`` is
+            None for a pipe); for ``data`` ``progress(digest, chunk)`` with
+            each non-empty chunk.  ``digest`` is None while it is being
+            computed in the same pass (``data`` without ``digest``; a file
+            pushed with ``check_exists=False``, or of 64 MiB and more)
         :param data: bytes, or an iterable of bytes, instead of a file
         :param digest: the digest if known (checked against the content)
         :param check_exists: skip the upload if the registry has the blob
@@ -2470,6 +2486,8 @@ class DXF(DXFBase, _AliasMethods):
             resumable after a failure (default: 256 MiB chunks for files
             of 512 MiB and more, else one request)
         """
+        if data is not None:
+            progress = _data_progress(progress)
         with self._needing('push'):     # one token for HEAD and upload
             return self._push_blob(filename, progress, data, digest,
                                    check_exists, chunk_size)
@@ -2926,6 +2944,13 @@ class OCILayout(_AliasMethods):
             data = [bytes(data)]
         algorithm = split_digest(digest)[0] if digest else 'sha256'
         source = _open_input(filename) if filename is not None else None
+        total = None
+        if source is not None:
+            import stat
+            st = os.fstat(source.fileno())
+            total = st.st_size if stat.S_ISREG(st.st_mode) else None
+        else:
+            progress = _data_progress(progress)
         self._init()
         directory = os.path.join(self.path, 'blobs', algorithm)
         os.makedirs(directory, exist_ok=True)
@@ -2936,12 +2961,12 @@ class OCILayout(_AliasMethods):
         try:
             with tmp as f:
                 if progress:
-                    progress(digest, b'', None)
+                    progress(digest, b'', total)
                 for chunk in chunks:
                     h.update(chunk)
                     f.write(chunk)
                     if progress:
-                        progress(digest, bytes(chunk), None)
+                        progress(digest, bytes(chunk), total)
                 got = algorithm + ':' + h.hexdigest()
                 if digest is not None and got != digest:
                     raise DXFDigestMismatchError(got, digest)
@@ -3353,8 +3378,8 @@ class _Progress:
 
     def __init__(self, stream):
         self.stream = stream
-        self.label = None
-        self.done = self.start = self.drawn = 0
+        self.label = self.total = None
+        self.done = self.start = self.drawn = self.shown = 0
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns
         except (AttributeError, ValueError, OSError):
@@ -3362,15 +3387,22 @@ class _Progress:
 
     def __call__(self, digest, chunk, total=None):
         now = time.time()
-        if not chunk:          # a new blob starts
+        # A new blob starts: b'' says so for files and pulls; a data push
+        # (python-dxf's two-argument calls) starts with its first chunk.
+        if not chunk or not self.start:
             self.finish()
             self.label, self.done, self.start, self.drawn = digest, 0, now, 0
         self.done += len(chunk)
+        self.total = total
         if now - self.drawn < 0.2 and (total is None or self.done < total):
             return
-        self.drawn = now
+        self._draw(now)
+
+    def _draw(self, now):
+        total = self.total
+        self.drawn, self.shown = now, self.done
         rate = self.done / max(now - self.start, 1e-6)
-        text = '%s %s' % ((digest or 'upload')[:19], _human(self.done))
+        text = '%s %s' % ((self.label or 'upload')[:19], _human(self.done))
         if total:
             text += ' / %s %3d%%' % (_human(total), 100 * self.done // max(total, 1))
         text += ' %s/s' % _human(rate)
@@ -3382,9 +3414,12 @@ class _Progress:
 
     def finish(self):
         if self.done:
+            if self.shown != self.done:     # the last bytes, not yet shown
+                self._draw(time.time())
             self.stream.write('\n')
             self.stream.flush()
             self.done = 0
+        self.start = 0
 
 
 def _human(n):

@@ -1708,9 +1708,8 @@ class TestBlobs:
         calls = []
         digest = dxf_obj.push_blob(data=iter([data[:1], data[1:]]), digest=_sha256(data),
                                    progress=lambda *args: calls.append(args))
-        assert calls[0] == (digest, b'', None)
-        assert {call[2] for call in calls} == {None}
-        assert b''.join(call[1] for call in calls) == data
+        # python-dxf's form for data: (digest, chunk), no start call, no total
+        assert calls == [(digest, data[:1]), (digest, data[1:])]
 
     def test_pull_blob_progress_reports_every_byte_and_total(self, dxf_obj, repo):
         digest, data = _push(dxf_obj, 3 * CHUNK + 7, repo)
@@ -8009,3 +8008,55 @@ class TestCABundleVariables:
         with pytest.raises(dxf.DXFConnectionError) as ex:
             d.blob_size(digest)
         assert 'certificate' in str(ex.value).lower()
+
+
+class TestPushProgressAsPythonDxf:
+    """push_blob's progress callbacks are python-dxf's: a file gets
+    ``(digest, b'', total)`` once, then ``(digest, chunk, total)``; data gets
+    ``(digest, chunk)`` with each non-empty chunk.  Callbacks written for
+    python-dxf take exactly those arguments."""
+
+    @pytest.fixture(params=['registry', 'oci'])
+    def store(self, request, repo, tmp_path):
+        if request.param == 'oci':
+            return dxf.OCILayout(str(tmp_path / 'layout'))
+        return request.getfixturevalue('dxf_obj')
+
+    def test_data_iterable_gets_two_arguments_and_no_empty_chunks(self, store, repo):
+        data = _blob(70000, repo)
+        seen = []
+
+        def progress(dgst, chunk):          # python-dxf's two-argument form
+            seen.append((dgst, chunk))
+        digest = _sha256(data)
+        assert store.push_blob(data=iter([b'', data[:5], b'', data[5:], b'']), digest=digest,
+                               progress=progress, check_exists=False) == digest
+        assert seen == [(digest, data[:5]), (digest, data[5:])]
+
+    def test_data_bytes_gets_one_two_argument_call(self, store, repo):
+        data = _blob(5000, repo)
+        seen = []
+        digest = store.push_blob(data=data, digest=_sha256(data),
+                                 progress=lambda d, c: seen.append((d, c)))
+        assert seen == [(digest, data)]
+
+    def test_file_gets_total_after_one_empty_start_call(self, store, repo, tmp_path):
+        data = _blob(300000, repo)
+        path = _write(tmp_path, 'f', data)
+        seen = []
+
+        def progress(dgst, chunk, total):   # python-dxf's three-argument form
+            seen.append((dgst, chunk, total))
+        digest = _sha256(data)
+        assert store.push_blob(path, progress=progress, digest=digest) == digest
+        assert seen[0] == (digest, b'', len(data))
+        assert all(c and (d, t) == (digest, len(data)) for d, c, t in seen[1:]), seen[1:3]
+        assert b''.join(c for _, c, _ in seen) == data
+
+    def test_cli_progress_for_a_pipe_push_is_one_line(self, cli_env, run_cli, repo):
+        env = dict(cli_env('open'), DXF_PROGRESS='1')
+        data = _blob(3 << 20, repo)
+        status, out, err = run_cli(['push-blob', repo, '-'], env, stdin=data)
+        assert (status, out) == (0, _lines(_sha256(data)))
+        assert err.count('\n') == 1 and err.endswith('\n'), err
+        assert '3.0 MiB' in err.split('\r')[-1], err
