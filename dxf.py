@@ -2325,8 +2325,18 @@ class _AliasMethods:
         return layers if sizes else [d for d, _ in layers]
 
     def get_digest(self, alias=None, manifest=None, platform=None):
-        """Return the digest of an alias's config blob (``docker inspect`` Id)."""
-        return _manifest_config(self._image_manifest(alias, manifest, platform))
+        """Return the digest of an alias's config blob (``docker inspect`` Id).
+
+        For a dxf alias, as python-dxf documents it, the first blob's digest:
+        python-dxf's aliases have the first blob as their config, and ours
+        (the empty config, the same for every alias) follow suit.
+        """
+        m = self._image_manifest(alias, manifest, platform)
+        if m.get('artifactType') == _ALIAS_ARTIFACT_TYPE:
+            layers = _manifest_layers(m)
+            if layers:
+                return layers[0][0]
+        return _manifest_config(m)
 
     def _named_by(self, alias):
         """What del_alias returns: an alias's blobs (an index: its manifests)."""
@@ -3598,7 +3608,8 @@ def _cmd_del_alias(dxf, args, settings, out, stdin):
 
 
 def _cmd_get_digest(dxf, args, settings, out, stdin):
-    """dxf get-digest REPO [ALIAS...]: print each alias's config digest."""
+    """dxf get-digest REPO [ALIAS...]: print each alias's config digest
+    (a dxf alias's first blob, as python-dxf)."""
     if not args.aliases:
         manifest = stdin.read(_MAX_MANIFEST + 1)
         _write_line(out, dxf.get_digest(manifest=manifest,
@@ -3681,7 +3692,8 @@ _COMMANDS = [
      [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
     ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
      [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
-    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest',
+    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
+     '(a dxf alias: its first blob)',
      [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
     ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
      [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),

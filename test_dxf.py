@@ -1900,10 +1900,15 @@ class TestAliases:
         assert dxf_obj.get_alias('readings') == [second, first]
         assert dxf_obj.get_alias('readings', sizes=True) == [(second, 20), (first, 500)]
 
-    def test_get_digest_of_dxf_alias_returns_empty_config_digest(self, dxf_obj, repo):
+    def test_get_digest_of_dxf_alias_returns_first_blob_as_python_dxf(self, dxf_obj, repo):
         digest, _ = _push(dxf_obj, 10, repo)
+        other, _ = _push(dxf_obj, 20, repo + 'other')
         dxf_obj.set_alias('readings', digest)
-        assert dxf_obj.get_digest('readings') == EMPTY_CONFIG['digest']
+        dxf_obj.set_alias('pair', other, digest)
+        assert dxf_obj.get_digest('readings') == digest
+        assert dxf_obj.get_digest('pair') == other
+        # the config itself is still the empty one
+        assert json.loads(dxf_obj.get_manifest('pair'))['config'] == EMPTY_CONFIG
 
     def test_get_manifest_returns_exactly_what_set_alias_stored(self, dxf_obj, repo):
         digest, _ = _push(dxf_obj, 10, repo)
@@ -2791,15 +2796,14 @@ class TestCLICommands:
 
     # get-digest, get-manifest
 
-    def test_cli_get_digest_prints_config_digest(self, cli_env, run_cli, repo):
+    def test_cli_get_digest_prints_first_blob_of_dxf_alias(self, cli_env, run_cli, repo):
         env = cli_env('open')
         digest = _cli_push(run_cli, env, repo, _blob(100, 'gd'))
+        other = _cli_push(run_cli, env, repo, _blob(100, 'gd-other'))
         manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
-        _ok(run_cli(['set-alias', repo, 'b', digest], env))
-        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
-            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
-        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
-            _EMPTY_CONFIG_DIGEST)
+        _ok(run_cli(['set-alias', repo, 'b', other, digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(digest, other)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(digest)
 
     def test_cli_get_manifest_bytes_hash_to_registry_manifest_digest(
             self, cli_env, registries, run_cli, repo):
@@ -6496,15 +6500,14 @@ class TestLayoutCLI:
     def test_layout_list_repos_with_repo_argument_exits_einval(self, oci_env, run_cli):
         _fails(run_cli(['list-repos', 'x'], oci_env()), errno.EINVAL)
 
-    def test_layout_get_digest_prints_config_digest(self, oci_env, run_cli, repo):
+    def test_layout_get_digest_prints_first_blob_of_dxf_alias(self, oci_env, run_cli, repo):
         env = oci_env()
         digest = _cli_push(run_cli, env, repo, _blob(100, 'oci-gd'))
+        other = _cli_push(run_cli, env, repo, _blob(100, 'oci-gd-other'))
         manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
-        _ok(run_cli(['set-alias', repo, 'b', digest], env))
-        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
-            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
-        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
-            _EMPTY_CONFIG_DIGEST)
+        _ok(run_cli(['set-alias', repo, 'b', other, digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(digest, other)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(digest)
 
     def test_layout_get_manifest_bytes_hash_to_index_digest(self, oci_env, store, run_cli,
                                                            repo):
@@ -6826,7 +6829,7 @@ class TestOCILayoutModule:
             assert layout.get_alias('pair') == [da, db]
             assert layout.get_alias('pair', sizes=True) == [(da, 100), (db, 200)]
             assert layout.get_alias(manifest=manifest) == [da, db]
-            assert layout.get_digest('pair') == _EMPTY_CONFIG_DIGEST
+            assert layout.get_digest('pair') == da      # the first blob, as python-dxf
             descs = layout.get_descriptors('pair')
             assert [d['digest'] for d in descs] == [da, db]
             assert descs[0]['annotations'] == {_TITLE: 'a.bin'}
