@@ -8063,3 +8063,40 @@ class TestPushProgressAsPythonDxf:
         assert (status, out) == (0, _lines(_sha256(data)))
         assert err.count('\n') == 1 and err.endswith('\n'), err
         assert '3.0 MiB' in err.split('\r')[-1], err
+
+
+class TestPackaging:
+    """The distribution has a name of its own on PyPI ('dxf' there is an
+    unrelated CAD library); the module and the command stay dxf."""
+
+    def _setup_keywords(self):
+        """setup()'s keywords, read from setup.py without setuptools."""
+        import ast
+        with open(os.path.join(_HERE, 'setup.py')) as f:
+            tree = ast.parse(f.read())
+        call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and getattr(node.func, 'id', None) == 'setup')
+        return {k.arg: ast.literal_eval(k.value) for k in call.keywords
+                if isinstance(k.value, (ast.Constant, ast.List, ast.Dict, ast.Str)
+                              if sys.version_info < (3, 8) else
+                              (ast.Constant, ast.List, ast.Dict))}
+
+    def test_distribution_is_not_named_dxf_but_module_and_command_are(self):
+        kw = self._setup_keywords()
+        assert kw['name'] == 'dxf-registry'
+        assert kw['py_modules'] == ['dxf']
+        assert kw['entry_points'] == {'console_scripts': ['dxf = dxf:main']}
+
+    def test_pyproject_has_only_the_legacy_setuptools_build_system(self):
+        with open(os.path.join(_HERE, 'pyproject.toml')) as f:
+            lines = [line.strip() for line in f if line.strip()
+                     and not line.startswith('#')]
+        assert lines == ['[build-system]',
+                         'requires = ["setuptools>=40.8.0", "wheel"]',
+                         'build-backend = "setuptools.build_meta:__legacy__"']
+
+    def test_sdist_manifest_includes_tests_tox_readme_and_licence(self):
+        with open(os.path.join(_HERE, 'MANIFEST.in')) as f:
+            included = set(f.read().split()) - {'include'}
+        assert {'test_dxf.py', 'tox.ini', 'README.md', 'LICENSE'} <= included
+        assert all(os.path.isfile(os.path.join(_HERE, name)) for name in included)
