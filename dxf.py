@@ -2076,6 +2076,18 @@ def _ca_bundle_variable(environ):
     return None
 
 
+def _name_unresolved(exc, url, proxies):
+    """Say which host a DNS failure is about ("Name or service not known"
+    names none): the registry's, unless a proxy stands in front of it."""
+    import socket
+    if not isinstance(exc.__cause__, socket.gaierror):
+        return
+    parts = urllib.parse.urlsplit(url)
+    if _proxy_for(proxies, parts.scheme, parts.hostname or '', parts.port):
+        return
+    exc.args = ('cannot resolve %s (%s)' % (parts.hostname, exc),)
+
+
 def _data_progress(progress):
     """python-dxf's callback for ``push_blob(data=...)``: ``progress(digest,
     chunk)`` for each non-empty chunk, no start call and no total (files get
@@ -2163,9 +2175,13 @@ class DXFBase(_AuthMixin):
             authz = self._authorization(scope)
             if authz:
                 headers['Authorization'] = authz
-            resp = self._transport.request(
-                method, url, headers, body, read=None if stream else limit,
-                what='manifest' if limit == _MAX_MANIFEST else 'answer')
+            try:
+                resp = self._transport.request(
+                    method, url, headers, body, read=None if stream else limit,
+                    what='manifest' if limit == _MAX_MANIFEST else 'answer')
+            except DXFConnectionError as exc:
+                _name_unresolved(exc, url, self._transport.proxies)
+                raise
             if resp.status != 401 or attempt or not replayable:
                 break
             resp.read()
@@ -2448,7 +2464,7 @@ class DXF(DXFBase, _AliasMethods):
         if size is None:
             raise DXFNotFoundError('HEAD', urllib.parse.urljoin(
                 self._base, self._url('blobs', digest)), 404,
-                reason='blob unknown')
+                message='blob %s not found in %s' % (digest, self._repo))
         return size
 
     def _start_upload(self, query=''):
@@ -2782,9 +2798,15 @@ class DXF(DXFBase, _AliasMethods):
     def _get_manifest(self, ref, method='GET'):
         """``(bytes, media type, digest)`` of a manifest, verified."""
         _check_ref(ref)
-        resp = self._request(method, self._url('manifests', ref),
-                             self._scope(['pull']), headers={'Accept': _ACCEPT},
-                             limit=_MAX_MANIFEST)
+        try:
+            resp = self._request(method, self._url('manifests', ref),
+                                 self._scope(['pull']),
+                                 headers={'Accept': _ACCEPT},
+                                 limit=_MAX_MANIFEST)
+        except DXFNotFoundError as exc:      # as OCILayout words it
+            exc.args = ('%s %s not found in %s' % (
+                'manifest' if ':' in ref else 'alias', ref, self._repo),)
+            raise
         data = resp.body
         content_type = resp.header('Content-Type', '')
         echoed = resp.header('Docker-Content-Digest')
@@ -3346,7 +3368,7 @@ class _Settings:
             root = host[len('oci:'):] or '.'
             if repo is None:
                 return _LayoutRoot(root)
-            return OCILayout(os.path.join(root, *_check_repo(repo).split('/')))
+            return _oci_layout(root, repo, flat=False)
         explicit = (self.username, self.password, self.authorization)
         environ = self.environ
 
@@ -3530,6 +3552,8 @@ def _copy_blob(dxf, digest, out, settings):
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
+    if args.output:
+        _check_output(args.output)
     if args.output and os.path.isdir(args.output):
         # One file per blob, named by its title annotation when that is a
         # plain file name (never a path: no "../"), else by its digest.
@@ -3548,6 +3572,23 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
         for digest, _, _ in blobs:
             _copy_blob(dxf, digest, out, settings)
     out.flush()
+
+
+def _check_output(path):
+    """-o PATH: a PATH ending in a separator is a directory, made if need be;
+    otherwise PATH's directory must exist.  Errors name the path."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        bare = path.rstrip('/' + os.sep) or path
+        if os.path.exists(bare) and not os.path.isdir(bare):
+            raise DXFInputError('-o %s: %s is not a directory' % (path, bare))
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise DXFInputError('-o %s: cannot create the directory: %s'
+                                % (path, _exc_text(exc))) from exc
+    elif not os.path.isdir(os.path.dirname(path) or '.'):
+        raise DXFInputError('-o %s: directory %s does not exist'
+                            % (path, os.path.dirname(path)))
 
 
 def _cmd_blob_size(dxf, args, settings, out, stdin):
@@ -3586,7 +3627,16 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             split_digest(ref)
             digests.append(ref)
             names.append(None)
-    out.write(dxf.set_alias(alias, *digests, names=names).encode('utf-8'))
+    try:
+        manifest = dxf.set_alias(alias, *digests, names=names)
+    except DXFNotFoundError as exc:
+        for ref, digest, name in zip(args.refs, digests, names):
+            if name is not None and digest in str(exc):
+                exc.args = ('%s (%s) is not in %s: push it first'
+                            % (ref, digest, args.repo),)
+                break
+        raise
+    out.write(manifest.encode('utf-8'))
 
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
@@ -3639,7 +3689,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         raise _UsageError('DEST %r is not a repository; for a directory say '
                           'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
-        target = OCILayout(dest[len('oci:'):])
+        target = _oci_layout(dest[len('oci:'):] or '.', args.repo, flat=True)
     else:
         first, _, rest = dest.partition('/')
         # docker's rule: a first component with a dot or a port is a host
@@ -3651,6 +3701,19 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         _write_line(out, dxf.copy_alias(_check_alias(args.alias), target,
                                         args.dest_alias and _check_alias(
                                             args.dest_alias)))
+
+
+def _oci_layout(root, repo, flat):
+    """The OCILayout ``oci:ROOT`` means for ``repo``, the same for DXF_HOST
+    and copy-alias: ROOT itself when it is a layout (as skopeo, oras and
+    copy-alias write it), else ROOT/REPO when that is one; a new layout is
+    ROOT itself with ``flat`` (copy-alias, as skopeo), else ROOT/REPO."""
+    nested = os.path.join(root, *_check_repo(repo).split('/'))
+    if os.path.exists(os.path.join(root, 'oci-layout')):
+        return OCILayout(root)
+    if os.path.exists(os.path.join(nested, 'oci-layout')):
+        return OCILayout(nested)
+    return OCILayout(root if flat else nested)
 
 
 def _cmd_list_repos(dxf, args, settings, out, stdin):
@@ -3670,40 +3733,59 @@ _COMMANDS = [
      [('repo', {}), ('actions', dict(nargs='*', metavar='ACTION',
                                      help='pull, push, delete or *'))]),
     ('push-blob', _cmd_push_blob, 'upload FILE (- for stdin), print its digest',
-     [('repo', {}), ('file', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
+     [('repo', {}), ('file', dict(metavar='FILE', help=(
+         'the file to upload; - reads stdin'))),
+      ('alias', dict(nargs='?', metavar='@ALIAS', help=(
+          'also point this alias at the blob')))]),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS')),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or all of an alias\'s blobs'))),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
-          'write to PATH (a directory: one file per blob), which appears '
-          'only once every byte is verified')))]),
+          'write to PATH (a directory, or a PATH ending in /: one file per '
+          'blob), which appears only once every byte is verified')))]),
     ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
     ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO')),
-      ('digest', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
+     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO', help=(
+         'the repository of the same registry that has the blob'))),
+      ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
+      ('alias', dict(nargs='?', metavar='@ALIAS', help=(
+          'also point this alias at the blob')))]),
     ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
+         'stdin)')))]),
     ('set-alias', _cmd_set_alias,
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [('repo', {}), ('alias', {}), ('refs', dict(nargs='+',
-                                                 metavar='DIGEST|FILE'))]),
+     [('repo', {}), ('alias', dict(metavar='ALIAS', help=(
+         'the alias to set (without @)'))),
+      ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
+          'blobs in order: digests, or files already pushed (./NAME)')))]),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+         'aliases (no ALIAS: a manifest on stdin)')))]),
     ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+         'aliases to delete (their blobs stay)')))]),
     ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
      '(a dxf alias: its first blob)',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+         'aliases (no ALIAS: a manifest on stdin)')))]),
     ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+         'aliases whose manifests to print')))]),
     ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO',
      [('repo', {})]),
     ('copy-alias', _cmd_copy_alias,
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS')), ('dest', dict(
-         metavar='DEST')), ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS'))]),
+     [('repo', {}), ('alias', dict(metavar='ALIAS', help='the alias to copy')),
+      ('dest', dict(metavar='DEST', help=(
+          'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
+      ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
+          'the alias\'s name there (default: ALIAS)')))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
     ('version', _cmd_version, 'print the version', []),
 ]

@@ -2350,6 +2350,11 @@ _SECRET_PASSWORD = 'not-the-password-Q7xZ'
 _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 
 
+CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
+                'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
+                'list-aliases', 'copy-alias', 'list-repos', 'version')
+
+
 def _error_line(stderr, *words):
     """Assert stderr is one 'dxf: error: ' line naming ``words``; return it."""
     assert 'Traceback' not in stderr, stderr
@@ -2836,7 +2841,9 @@ class TestCLICommands:
     def test_cli_help_lists_every_command(self, run_cli):
         out = _ok(run_cli(['--help'], {})).decode('utf-8')
         assert 'usage' in out.lower()
-        for name, _, _, _ in dxf._COMMANDS:
+        # A literal list: looping over dxf._COMMANDS could not notice a
+        # command that went missing.
+        for name in CLI_COMMANDS:
             assert name in out, name
         for name in ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD', 'DXF_TOKEN'):
             assert name in out, name
@@ -3342,8 +3349,8 @@ class TestCLIVariables:
             assert _ok(run_cli(['blob-size', repo, '@multi'], penv)) == (
                 '%d\n' % len(blob)).encode()
             assert _ok(run_cli(['get-manifest', repo, 'multi'], penv)) == manifest
-            assert _ok(run_cli(['get-digest', repo, 'multi'], penv)) == _lines(
-                _EMPTY_CONFIG_DIGEST)
+            # each platform's manifest is a dxf alias: its first blob
+            assert _ok(run_cli(['get-digest', repo, 'multi'], penv)) == _lines(digest)
             assert _ok(run_cli(['pull-blob', repo], penv, stdin=index)) == blob
         # without DXF_PLATFORM get-manifest prints the index itself
         assert _ok(run_cli(['get-manifest', repo, 'multi'], env)) == index
@@ -8100,3 +8107,104 @@ class TestPackaging:
             included = set(f.read().split()) - {'include'}
         assert {'test_dxf.py', 'tox.ini', 'README.md', 'LICENSE'} <= included
         assert all(os.path.isfile(os.path.join(_HERE, name)) for name in included)
+
+
+@pytest.mark.registry
+class TestFirstHour:
+    """What a new user meets in the first hour, next to skopeo and oras:
+    errors that name the object, -o DIR/, help for every argument, and
+    oci:DIR meaning the same to copy-alias and to DXF_HOST."""
+
+    def test_pull_blob_output_with_trailing_slash_creates_the_directory(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(1000, repo)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'logger.dat', data), '@a'], env))
+        out = tmp_path / 'out'
+        assert _ok(run_cli(['pull-blob', repo, '-o', str(out) + os.sep, '@a'], env)) == b''
+        assert (out / 'logger.dat').read_bytes() == data
+
+    def test_pull_blob_output_slash_on_a_file_names_the_path(self, cli_env, run_cli, repo,
+                                                              tmp_path):
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, _blob(10, repo))
+        path = _write(tmp_path, 'out', b'x')
+        _fails(run_cli(['pull-blob', repo, '-o', path + os.sep, digest], env), errno.EINVAL,
+               path, 'not a directory')
+
+    def test_pull_blob_output_in_missing_directory_names_it(self, cli_env, run_cli, repo,
+                                                             tmp_path):
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, _blob(10, repo))
+        missing = str(tmp_path / 'nodir')
+        _fails(run_cli(['pull-blob', repo, '-o', os.path.join(missing, 'f'), digest], env),
+               errno.EINVAL, missing, 'does not exist')
+        assert not os.path.exists(missing)
+
+    @pytest.mark.parametrize('argv', [['get-alias', '{repo}', 'no-such'],
+                                      ['pull-blob', '{repo}', '@no-such'],
+                                      ['get-manifest', '{repo}', 'no-such'],
+                                      ['del-alias', '{repo}', 'no-such']])
+    def test_missing_alias_names_alias_and_repository(self, cli_env, run_cli, repo, argv):
+        env = cli_env('open')
+        _cli_push(run_cli, env, repo, _blob(10, repo))      # the repository exists
+        line = _fails(run_cli([a.format(repo=repo) for a in argv], env), errno.ENOENT)
+        assert line == 'dxf: error: alias no-such not found in %s' % repo
+
+    def test_missing_blob_names_blob_and_repository(self, cli_env, run_cli, repo):
+        digest = _sha256(repo.encode())
+        line = _fails(run_cli(['blob-size', repo, digest], cli_env('open')), errno.ENOENT)
+        assert line == 'dxf: error: blob %s not found in %s' % (digest, repo)
+
+    def test_set_alias_with_file_never_pushed_says_push_it_first(
+            self, cli_env, run_cli, repo, tmp_path, monkeypatch):
+        env = cli_env('open')
+        data = _blob(100, repo)
+        _write(tmp_path, 'logger.dat', data)
+        monkeypatch.chdir(str(tmp_path))
+        line = _fails(run_cli(['set-alias', repo, 'a', './logger.dat'], env), errno.ENOENT)
+        assert line == 'dxf: error: ./logger.dat (%s) is not in %s: push it first' % (
+            _sha256(data), repo)
+
+    def test_unknown_host_names_the_host(self, run_cli):
+        env = {'DXF_HOST': 'registry.invalid', 'DXF_INSECURE': '1', 'DXF_RETRIES': '0',
+               'PATH': os.environ.get('PATH', '')}
+        line = _fails(run_cli(['list-aliases', 'foo/bar'], env), 1)
+        assert line.startswith('dxf: error: cannot resolve registry.invalid'), line
+
+    @pytest.mark.parametrize('command', [c for c in CLI_COMMANDS if c != 'version'])
+    def test_every_argument_has_a_help_line(self, run_cli, command):
+        out = _ok(run_cli([command, '--help'], {})).decode('utf-8')
+        lines = out.split('\n\n', 1)[1].splitlines()    # after the usage
+        entries = [i for i, line in enumerate(lines)
+                   if re.match(r'  \S', line) and not line.startswith('  -h, --help')]
+        assert entries or command == 'list-repos', out
+        for i in entries:
+            name, _, text = lines[i].strip().partition('  ')
+            following = lines[i + 1] if i + 1 < len(lines) else ''
+            assert text.strip() or re.match(r' {6,}\S', following), (command, name, out)
+
+    def test_copy_alias_to_oci_dir_reads_back_with_dxf_host_oci_dir(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(2000, repo)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'logger.dat', data), '@may15'], env))
+        usb = str(tmp_path / 'usb')
+        digest = _ok(run_cli(['copy-alias', repo, 'may15', 'oci:' + usb], env))
+        assert os.path.isfile(os.path.join(usb, 'oci-layout'))   # DIR is the layout (skopeo)
+        oenv = {'DXF_HOST': 'oci:' + usb, 'PATH': os.environ.get('PATH', '')}
+        assert _ok(run_cli(['pull-blob', repo, '@may15'], oenv)) == data
+        manifest = _ok(run_cli(['get-manifest', repo, 'may15'], oenv))
+        assert _lines(_sha256(manifest)) == digest
+
+    def test_copy_alias_into_dxf_host_tree_lands_where_dxf_host_reads(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        root = str(tmp_path / 'root')
+        oenv = {'DXF_HOST': 'oci:' + root, 'PATH': os.environ.get('PATH', '')}
+        first, second = _blob(100, repo + '1'), _blob(200, repo + '2')
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'one', first), '@one'], oenv))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'two', second), '@two'], env))
+        _ok(run_cli(['copy-alias', repo, 'two', 'oci:' + root], env))
+        assert not os.path.exists(os.path.join(root, 'oci-layout'))
+        assert _ok(run_cli(['pull-blob', repo, '@one', '@two'], oenv)) == first + second
