@@ -426,7 +426,10 @@ def _hash(algorithm, data=b''):
     if algorithm not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(algorithm)
     import hashlib
-    return getattr(hashlib, algorithm)(data)
+    h = getattr(hashlib, algorithm)()     # no argument: code that swaps
+    if data:                              # hashlib.sha256 for a class of its
+        h.update(data)                    # own (python-dxf's tests) still runs
+    return h
 
 
 def _new_hash(digest):
@@ -2136,6 +2139,7 @@ class DXFBase(_AuthMixin):
         self._auth = auth
         self._auth_host = auth_host
         self._allow_insecure_auth = allow_insecure_auth
+        self._tlsverify = tlsverify    # as given (python-dxf code reads it)
         if tlsverify is True and _ca_bundle_variable(os.environ):
             tlsverify = _ca_bundle_variable(os.environ)[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
@@ -3912,8 +3916,38 @@ def _fail(stderr, message, status, debug):
 
 
 def _compat_doit(args, environ):
-    """python-dxf's dxf.main.doit: run the command line; return the status."""
-    return main(list(args), environ)
+    """python-dxf's dxf.main.doit: run the command line; return the status.
+
+    It uses sys.stdin and sys.stdout as they are at the call, text-only
+    stand-ins (without ``.buffer``) included, as python-dxf's doit does.
+    """
+    def binary(stream):
+        return getattr(stream, 'buffer', None) or _TextAsBinary(stream)
+    return main(list(args), environ, stdout=binary(sys.stdout),
+                stdin=binary(sys.stdin))
+
+
+class _TextAsBinary:
+    """A text stream with no binary ``buffer``, seen as a binary one."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.pending = None
+
+    def write(self, data):
+        self.stream.write(bytes(data).decode('utf-8', 'replace'))
+        return len(data)
+
+    def flush(self):
+        if hasattr(self.stream, 'flush'):
+            self.stream.flush()
+
+    def read(self, n=-1):
+        if self.pending is None:
+            self.pending = self.stream.read().encode('utf-8')
+        data = self.pending if n is None or n < 0 else self.pending[:n]
+        self.pending = self.pending[len(data):]
+        return data
 
 
 def _compat_main():

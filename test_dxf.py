@@ -7917,6 +7917,32 @@ class TestPythonDxfImports:
         out, _ = capfdbinary.readouterr()
         assert out == _sha256(data).encode() + b'\n'
 
+    def test_doit_reads_and_writes_text_only_stand_ins_for_stdin_stdout(
+            self, cli_env, connect, repo, monkeypatch):
+        import dxf.main
+        env = cli_env('open')
+        d = connect('open')
+        digest, _ = _push(d, 100, repo)
+        manifest = d.make_manifest(digest)
+
+        class TextOnly(object):          # what python-dxf's own tests patch in
+            def __init__(self):
+                self.written = []
+
+            def read(self):
+                return manifest
+
+            def write(self, text):
+                self.written.append(text)
+
+            def flush(self):
+                pass
+        fake = TextOnly()
+        monkeypatch.setattr(sys, 'stdin', fake)
+        monkeypatch.setattr(sys, 'stdout', fake)
+        assert dxf.main.doit(['get-alias', repo], env) == 0
+        assert ''.join(fake.written) == digest + '\n'
+
     @pytest.mark.parametrize('name, args, text', [
         ('DXFUnexpectedKeyTypeError', ('EC', 'RSA'), 'expected key type RSA, got EC'),
         ('DXFDisallowedSignatureAlgorithmError', ('none',),
