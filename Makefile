@@ -4,6 +4,7 @@
 #                   CPython 3.6..3.13, each in its own .venv-3.X
 #                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600)
 #   make quick      the suite on .venv only
+#   make pydxf-test python-dxf's own tests against dxf.py (part of make test)
 #   make tox        the same matrix through tox
 #   make lint       ../shared/tools/check_module.py and ruff
 #   make coverage   coverage of dxf.py by the suite, on .venv
@@ -20,10 +21,14 @@ export PYTEST_ARGS
 PYENV_ROOT_DIR := $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(PYENV_ROOT_DIR)/versions/3.*/bin))
 
-.PHONY: test quick tox lint coverage demo bench clean distclean registry
+.PHONY: test quick pydxf-test tox lint coverage demo bench clean distclean registry
 
 test: registry
 	@.ci/test-matrix
+	@.ci/pydxf-test
+
+pydxf-test: registry
+	@.ci/pydxf-test
 
 quick: registry $(VENV)/bin/pytest
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -80,4 +85,4 @@ clean:
 	rm -rf build dist *.egg-info .coverage htmlcov .pytest_cache __pycache__ bench/__pycache__
 
 distclean: clean
-	rm -rf .venv .venv-3.* .tox
+	rm -rf .venv .venv-3.* .venv-pydxf .tox

@@ -68,6 +68,8 @@ __all__ = [
     'DXFMountFailed',
     # python-dxf compatibility names
     'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+    'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
+    'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
 ]
 
 # =============================================================================
@@ -202,7 +204,10 @@ class DXFHTTPError(DXFError):
     """The registry answered with a status the operation did not expect.
 
     ``status`` is the HTTP status, ``errors`` the registry's error list
-    (``[{'code': ..., 'message': ...}]``, possibly empty).
+    (``[{'code': ..., 'message': ...}]``, possibly empty).  ``response``
+    has what python-dxf code reads from requests' ``HTTPError.response``:
+    ``status_code``, ``headers``, ``text`` (and ``content``, ``reason``,
+    ``url``); headers and body are empty when dxf made the error up.
     """
 
     def __init__(self, method, url, status, errors=None, reason='',
@@ -214,6 +219,7 @@ class DXFHTTPError(DXFError):
         self.reason = reason
         self.got = status
         self.expected = expected
+        self.response = _ErrorResponse(status, reason, url)
         super().__init__(message or self._describe())
 
     def _describe(self):
@@ -223,6 +229,24 @@ class DXFHTTPError(DXFError):
             for e in self.errors if isinstance(e, dict))
         return '%s %s -> %s %s' % (self.method, path, self.status,
                                    _printable(what or self.reason))
+
+
+class _ErrorResponse:
+    """The answer behind a DXFHTTPError, shaped like a requests.Response."""
+
+    def __init__(self, status, reason='', url='', headers=None, content=b''):
+        self.status_code = status
+        self.reason = reason
+        self.url = url
+        self.headers = headers if headers is not None else {}
+        self.content = content
+
+    @property
+    def text(self):
+        return self.content.decode('utf-8', 'replace')
+
+    def json(self):
+        return json.loads(self.text)
 
 
 class DXFUnauthorizedError(DXFHTTPError):
@@ -309,6 +333,40 @@ class DXFMountFailed(DXFError):
 # python-dxf's names for the same concepts.
 DXFUnexpectedError = DXFError
 DXFUnexpectedStatusCodeError = DXFHTTPError
+
+
+# python-dxf's errors for things dxf.py does not do (schema 1 manifests and
+# their signatures); nothing raises them, but code that catches them runs.
+class DXFUnexpectedKeyTypeError(DXFError):
+    """python-dxf: a schema 1 signature's key type is not supported."""
+
+    def __init__(self, got, expected):
+        super().__init__('expected key type %s, got %s' % (expected, got))
+        self.got = got
+        self.expected = expected
+
+
+class DXFDisallowedSignatureAlgorithmError(DXFError):
+    """python-dxf: a schema 1 signature algorithm is forbidden."""
+
+    def __init__(self, alg):
+        super().__init__('disallowed signature algorithm: %s' % alg)
+        self.alg = alg
+
+
+class DXFSignatureChainNotImplementedError(DXFError):
+    """python-dxf: schema 1 signatures with a certificate chain."""
+
+    def __init__(self, message='verification with a cert chain is not '
+                 'implemented'):
+        super().__init__(message)
+
+
+class DXFDigestNotAvailableForSchema1(DXFManifestError):
+    """python-dxf: a schema 1 manifest has no config blob to take a digest of."""
+
+    def __init__(self, message='Schema 1 manifest has no configuration blob'):
+        super().__init__(message)
 
 # =============================================================================
 # 4. Digests, names and small helpers
@@ -402,7 +460,10 @@ def _hash(algorithm, data=b''):
     if algorithm not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(algorithm)
     import hashlib
-    return getattr(hashlib, algorithm)(data)
+    h = getattr(hashlib, algorithm)()     # no argument: code that swaps
+    if data:                              # hashlib.sha256 for a class of its
+        h.update(data)                    # own (python-dxf's tests) still runs
+    return h
 
 
 def _new_hash(digest):
@@ -2104,6 +2165,40 @@ def _choose_platform(m, platform):
 # =============================================================================
 
 
+def _ca_bundle_variable(environ):
+    """python-dxf (requests) users' private CA: REQUESTS_CA_BUNDLE, then
+    CURL_CA_BUNDLE, as requests reads them; (name, path) or None."""
+    for name in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'):
+        if environ.get(name):
+            return name, environ[name]
+    return None
+
+
+def _name_unresolved(exc, url, proxies):
+    """Say which host a DNS failure is about ("Name or service not known"
+    names none): the registry's, unless a proxy stands in front of it."""
+    import socket
+    if not isinstance(exc.__cause__, socket.gaierror):
+        return
+    parts = urllib.parse.urlsplit(url)
+    if _proxy_for(proxies, parts.scheme, parts.hostname or '', parts.port):
+        return
+    exc.args = ('cannot resolve %s (%s)' % (parts.hostname, exc),)
+
+
+def _data_progress(progress):
+    """python-dxf's callback for ``push_blob(data=...)``: ``progress(digest,
+    chunk)`` for each non-empty chunk, no start call and no total (files get
+    ``progress(digest, b'', total)`` first, then ``(digest, chunk, total)``)."""
+    if progress is None:
+        return None
+
+    def report(digest, chunk, total=None):
+        if chunk:
+            progress(digest, chunk)
+    return report
+
+
 class DXFBase:
     """A Docker / OCI registry.
 
@@ -2114,7 +2209,10 @@ class DXFBase:
         ``authenticate`` call)
     :param insecure: use plain http instead of https
     :param auth_host: host to use instead of the token realm's
-    :param tlsverify: False to skip certificate checks, or a CA bundle path
+    :param tlsverify: False to skip certificate checks, or a CA bundle path;
+        True (the default) takes ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
+        from ``os.environ`` (as python-dxf, through requests, does), read
+        here once, else the system's store
     :param timeout: seconds of silence before a request fails (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
@@ -2134,6 +2232,9 @@ class DXFBase:
         self._insecure = insecure
         self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)
         self._auth_fn = auth
+        self._tlsverify = tlsverify    # as given (python-dxf code reads it)
+        if tlsverify is True and _ca_bundle_variable(os.environ):
+            tlsverify = _ca_bundle_variable(os.environ)[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
         self._auth = _Auth(self._transport, self._base, auth_host,
                            allow_insecure_auth)
@@ -2145,6 +2246,7 @@ class DXFBase:
         self._insecure = base._insecure
         self._base = base._base
         self._auth_fn = base._auth_fn
+        self._tlsverify = base._tlsverify
         self._transport = base._transport
         self._auth = base._auth
         self._repo = None
@@ -2265,9 +2367,13 @@ class DXFBase:
             authz = self._auth.header(url, scope)
             if authz:
                 headers['Authorization'] = authz
-            resp = self._transport.request(
-                method, url, headers, body, read=None if stream else limit,
-                what='manifest' if limit == _MAX_MANIFEST else 'answer')
+            try:
+                resp = self._transport.request(
+                    method, url, headers, body, read=None if stream else limit,
+                    what='manifest' if limit == _MAX_MANIFEST else 'answer')
+            except DXFConnectionError as exc:
+                _name_unresolved(exc, url, self._transport.proxies)
+                raise
             if resp.status == 401 and not self._auth.own(resp.url):
                 resp.close()
                 self._auth.check_challenger(resp)
@@ -2281,7 +2387,11 @@ class DXFBase:
             if body is not None:
                 body.rewind()
         if resp.status not in ok:
-            raise _http_error(resp, resp.read(), expected=ok[0])
+            content = resp.read()
+            error = _http_error(resp, content, expected=ok[0])
+            error.response.headers = resp.headers
+            error.response.content = content
+            raise error
         resp.body = b'' if stream else resp.read()
         return resp
 
@@ -2494,8 +2604,18 @@ class _AliasMethods:
         return layers if sizes else [d for d, _ in layers]
 
     def get_digest(self, alias=None, manifest=None, platform=None):
-        """Return the digest of an alias's config blob (``docker inspect`` Id)."""
-        return _manifest_config(self._image_manifest(alias, manifest, platform))
+        """Return the digest of an alias's config blob (``docker inspect`` Id).
+
+        For a dxf alias, as python-dxf documents it, the first blob's digest:
+        python-dxf's aliases have the first blob as their config, and ours
+        (the empty config, the same for every alias) follow suit.
+        """
+        m = self._image_manifest(alias, manifest, platform)
+        if m.get('artifactType') == _ALIAS_ARTIFACT_TYPE:
+            layers = _manifest_layers(m)
+            if layers:
+                return layers[0][0]
+        return _manifest_config(m)
 
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
@@ -2621,7 +2741,7 @@ class DXF(DXFBase, _AliasMethods):
         if size is None:
             raise DXFNotFoundError('HEAD', urllib.parse.urljoin(
                 self._base, self._url('blobs', digest)), 404,
-                reason='blob unknown')
+                message='blob %s not found in %s' % (digest, self._repo))
         return size
 
     def _start_upload(self, query=''):
@@ -2655,10 +2775,13 @@ class DXF(DXFBase, _AliasMethods):
         """Upload a blob from a file or from ``data``; return its digest.
 
         :param filename: file to upload
-        :param progress: ``progress(digest, chunk, total)`` after each piece
-            sent (first with ``b''``); ``total`` is None for ``data``, and
-            ``digest`` is None while it is being computed in the same pass
-            (``data`` without ``digest``, or ``check_exists=False``)
+        :param progress: called as pieces are sent, as python-dxf does: for
+            a file ``progress(digest, b'', total)`` first, then
+            ``progress(digest, chunk, total)`` after each piece (``total`` is
+            None for a pipe); for ``data`` ``progress(digest, chunk)`` with
+            each non-empty chunk.  ``digest`` is None while it is being
+            computed in the same pass (``data`` without ``digest``; a file
+            pushed with ``check_exists=False``, or of 64 MiB and more)
         :param data: bytes, or an iterable of bytes, instead of a file
         :param digest: the digest if known (checked against the content)
         :param check_exists: skip the upload if the registry has the blob
@@ -2666,6 +2789,8 @@ class DXF(DXFBase, _AliasMethods):
             resumable after a failure (default: 256 MiB chunks for files
             of 512 MiB and more, else one request)
         """
+        if data is not None:
+            progress = _data_progress(progress)
         with self._needing('push'):     # one token for HEAD and upload
             return self._push_blob(filename, progress, data, digest,
                                    check_exists, chunk_size)
@@ -2950,9 +3075,15 @@ class DXF(DXFBase, _AliasMethods):
     def _get_manifest(self, ref, method='GET'):
         """``(bytes, media type, digest)`` of a manifest, verified."""
         _check_ref(ref)
-        resp = self._request(method, self._url('manifests', ref),
-                             self._scope(['pull']), headers={'Accept': _ACCEPT},
-                             limit=_MAX_MANIFEST)
+        try:
+            resp = self._request(method, self._url('manifests', ref),
+                                 self._scope(['pull']),
+                                 headers={'Accept': _ACCEPT},
+                                 limit=_MAX_MANIFEST)
+        except DXFNotFoundError as exc:      # as OCILayout words it
+            exc.args = ('%s %s not found in %s' % (
+                'manifest' if ':' in ref else 'alias', ref, self._repo),)
+            raise
         data = resp.body
         content_type = resp.header('Content-Type', '')
         echoed = resp.header('Docker-Content-Digest')
@@ -3196,6 +3327,13 @@ class OCILayout(_AliasMethods):
             data = [bytes(data)]
         algorithm = split_digest(digest)[0] if digest else 'sha256'
         source = _open_input(filename) if filename is not None else None
+        total = None
+        if source is not None:
+            import stat
+            st = os.fstat(source.fileno())
+            total = st.st_size if stat.S_ISREG(st.st_mode) else None
+        else:
+            progress = _data_progress(progress)
         self._init()
         directory = os.path.join(self.path, 'blobs', algorithm)
         os.makedirs(directory, exist_ok=True)
@@ -3206,12 +3344,12 @@ class OCILayout(_AliasMethods):
         try:
             with tmp as f:
                 if progress:
-                    progress(digest, b'', None)
+                    progress(digest, b'', total)
                 for chunk in chunks:
                     h.update(chunk)
                     f.write(chunk)
                     if progress:
-                        progress(digest, bytes(chunk), None)
+                        progress(digest, bytes(chunk), total)
                 got = algorithm + ':' + h.hexdigest()
                 if digest is not None and got != digest:
                     raise DXFDigestMismatchError(got, digest)
@@ -3740,7 +3878,9 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #     DXF_AUTHORIZATION   a raw Authorization header value instead
 #     DXF_TOKEN           a bearer token (e.g. from "dxf auth") instead
 #     DXF_AUTH_HOST       host to use instead of the token realm's
-#     DXF_TLSVERIFY       CA bundle to verify the registry with
+#     DXF_TLSVERIFY       CA bundle to verify the registry with (else
+#                         REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, else the
+#                         system's store)
 #     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
 #     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
 #     DXF_TIMEOUT         seconds of silence before a request fails (60)
@@ -3822,6 +3962,10 @@ class _Settings:
             if not os.path.isfile(s.tlsverify):
                 raise _UsageError('DXF_TLSVERIFY: no such file: %s'
                                   % s.tlsverify)
+        elif _ca_bundle_variable(environ):
+            name, s.tlsverify = _ca_bundle_variable(environ)
+            if not os.path.isfile(s.tlsverify):
+                raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -3850,7 +3994,7 @@ class _Settings:
             root = host[len('oci:'):] or '.'
             if repo is None:
                 return _LayoutRoot(root)
-            return OCILayout(os.path.join(root, *_check_repo(repo).split('/')))
+            return _oci_layout(root, repo, flat=False)
         explicit = (self.username, self.password, self.authorization)
         environ = self.environ
 
@@ -3891,7 +4035,7 @@ class _Line:
     """One blob's progress."""
 
     def __init__(self, now):
-        self.done = self.drawn = 0
+        self.done = self.drawn = self.shown = 0
         self.start = now
         self.digest = self.total = None
 
@@ -3929,7 +4073,7 @@ class _Progress:
             self._draw(line, now)
 
     def _draw(self, line, now):
-        line.drawn = now
+        line.drawn, line.shown = now, line.done
         self._last = line
         rate = line.done / max(now - line.start, 1e-6)
         text = '%s %s' % ((line.digest or 'upload')[:19], _human(line.done))
@@ -3945,8 +4089,10 @@ class _Progress:
 
     def _end(self, line):
         if line.done:
-            if self._last is not line:       # another blob drew meanwhile
-                self._draw(line, line.drawn)
+            # Another blob drew meanwhile, or the last bytes are not shown.
+            if self._last is not line or line.shown != line.done:
+                self._draw(line, time.time() if line.shown != line.done
+                           else line.drawn)
             self.stream.write('\n')
             self.stream.flush()
             self._last = None
@@ -4091,6 +4237,8 @@ def _copy_blob(dxf, digest, out, settings):
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
+    if args.output:
+        _check_output(args.output)
     if args.output and os.path.isdir(args.output):
         return _pull_to_directory(dxf, args, settings, stdin)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
@@ -4167,6 +4315,23 @@ def _pull_directory(dxf, desc, path, settings):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _check_output(path):
+    """-o PATH: a PATH ending in a separator is a directory, made if need be;
+    otherwise PATH's directory must exist.  Errors name the path."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        bare = path.rstrip('/' + os.sep) or path
+        if os.path.exists(bare) and not os.path.isdir(bare):
+            raise DXFInputError('-o %s: %s is not a directory' % (path, bare))
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise DXFInputError('-o %s: cannot create the directory: %s'
+                                % (path, _exc_text(exc))) from exc
+    elif not os.path.isdir(os.path.dirname(path) or '.'):
+        raise DXFInputError('-o %s: directory %s does not exist'
+                            % (path, os.path.dirname(path)))
+
+
 def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
@@ -4203,7 +4368,16 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             split_digest(ref)
             digests.append(ref)
             names.append(None)
-    out.write(dxf.set_alias(alias, *digests, names=names).encode('utf-8'))
+    try:
+        manifest = dxf.set_alias(alias, *digests, names=names)
+    except DXFNotFoundError as exc:
+        for ref, digest, name in zip(args.refs, digests, names):
+            if name is not None and digest in str(exc):
+                exc.args = ('%s (%s) is not in %s: push it first'
+                            % (ref, digest, args.repo),)
+                break
+        raise
+    out.write(manifest.encode('utf-8'))
 
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
@@ -4225,7 +4399,8 @@ def _cmd_del_alias(dxf, args, settings, out, stdin):
 
 
 def _cmd_get_digest(dxf, args, settings, out, stdin):
-    """dxf get-digest REPO [ALIAS...]: print each alias's config digest."""
+    """dxf get-digest REPO [ALIAS...]: print each alias's config digest
+    (a dxf alias's first blob, as python-dxf)."""
     if not args.aliases:
         manifest = stdin.read(_MAX_MANIFEST + 1)
         _write_line(out, dxf.get_digest(manifest=manifest,
@@ -4255,7 +4430,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         raise _UsageError('DEST %r is not a repository; for a directory say '
                           'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
-        target = OCILayout(dest[len('oci:'):])
+        target = _oci_layout(dest[len('oci:'):] or '.', args.repo, flat=True)
     else:
         first, _, rest = dest.partition('/')
         # docker's rule: a first component with a dot or a port is a host
@@ -4268,6 +4443,19 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
                                         args.dest_alias and _check_alias(
                                             args.dest_alias),
                                         concurrency=settings.concurrency))
+
+
+def _oci_layout(root, repo, flat):
+    """The OCILayout ``oci:ROOT`` means for ``repo``, the same for DXF_HOST
+    and copy-alias: ROOT itself when it is a layout (as skopeo, oras and
+    copy-alias write it), else ROOT/REPO when that is one; a new layout is
+    ROOT itself with ``flat`` (copy-alias, as skopeo), else ROOT/REPO."""
+    nested = os.path.join(root, *_check_repo(repo).split('/'))
+    if os.path.exists(os.path.join(root, 'oci-layout')):
+        return OCILayout(root)
+    if os.path.exists(os.path.join(nested, 'oci-layout')):
+        return OCILayout(nested)
+    return OCILayout(root if flat else nested)
 
 
 def _cmd_list_repos(dxf, args, settings, out, stdin):
@@ -4289,40 +4477,59 @@ _COMMANDS = [
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [('repo', {}), ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]'))]),
+     [('repo', {}), ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+         'files to upload (- reads stdin), directories to store as one '
+         'layer each; a last @ALIAS points that alias at them all')))]),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS')),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or all of an alias\'s blobs'))),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
-          'write to PATH (a directory: one file per blob, a directory '
-          'layer unpacked), which appears only once every byte is '
-          'verified')))]),
+          'write to PATH (a directory, or a PATH ending in /: one file '
+          'per blob, a directory layer unpacked), which appears only once '
+          'every byte is verified')))]),
     ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
     ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO')),
-      ('digest', {}), ('alias', dict(nargs='?', metavar='@ALIAS'))]),
+     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO', help=(
+         'the repository of the same registry that has the blob'))),
+      ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
+      ('alias', dict(nargs='?', metavar='@ALIAS', help=(
+          'also point this alias at the blob')))]),
     ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS'))]),
+     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+         'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
+         'stdin)')))]),
     ('set-alias', _cmd_set_alias,
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [('repo', {}), ('alias', {}), ('refs', dict(nargs='+',
-                                                 metavar='DIGEST|FILE'))]),
+     [('repo', {}), ('alias', dict(metavar='ALIAS', help=(
+         'the alias to set (without @)'))),
+      ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
+          'blobs in order: digests, or files already pushed (./NAME)')))]),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+         'aliases (no ALIAS: a manifest on stdin)')))]),
     ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
-    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+         'aliases to delete (their blobs stay)')))]),
+    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
+     '(a dxf alias: its first blob)',
+     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+         'aliases (no ALIAS: a manifest on stdin)')))]),
     ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS'))]),
+     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+         'aliases whose manifests to print')))]),
     ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO',
      [('repo', {})]),
     ('copy-alias', _cmd_copy_alias,
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS')), ('dest', dict(
-         metavar='DEST')), ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS'))]),
+     [('repo', {}), ('alias', dict(metavar='ALIAS', help='the alias to copy')),
+      ('dest', dict(metavar='DEST', help=(
+          'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
+      ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
+          'the alias\'s name there (default: ALIAS)')))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
     ('version', _cmd_version, 'print the version', []),
 ]
@@ -4437,6 +4644,75 @@ def _fail(stderr, message, status, debug):
 # =============================================================================
 # 11. Entry point
 # =============================================================================
+
+# python-dxf compatibility: python-dxf is a package, and its users import
+# dxf.exceptions and dxf.main.  This file provides both as module objects
+# registered under its own name, so "import dxf.exceptions" and
+# "from dxf.exceptions import DXFUnauthorizedError" work (the import system
+# looks in sys.modules before asking whether dxf is a package).  "dxf.main"
+# stays our main(); "import dxf.main" then "dxf.main.doit(args, environ)"
+# reaches doit through the attribute, "from dxf.main import doit" through
+# the module.
+
+
+def _compat_doit(args, environ):
+    """python-dxf's dxf.main.doit: run the command line; return the status.
+
+    It uses sys.stdin and sys.stdout as they are at the call, text-only
+    stand-ins (without ``.buffer``) included, as python-dxf's doit does.
+    """
+    def binary(stream):
+        return getattr(stream, 'buffer', None) or _TextAsBinary(stream)
+    return main(list(args), environ, stdout=binary(sys.stdout),
+                stdin=binary(sys.stdin))
+
+
+class _TextAsBinary:
+    """A text stream with no binary ``buffer``, seen as a binary one."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.pending = None
+
+    def write(self, data):
+        self.stream.write(bytes(data).decode('utf-8', 'replace'))
+        return len(data)
+
+    def flush(self):
+        if hasattr(self.stream, 'flush'):
+            self.stream.flush()
+
+    def read(self, n=-1):
+        if self.pending is None:
+            self.pending = self.stream.read().encode('utf-8')
+        data = self.pending if n is None or n < 0 else self.pending[:n]
+        self.pending = self.pending[len(data):]
+        return data
+
+
+def _compat_main():
+    """python-dxf's dxf.main.main: run the command line and exit."""
+    sys.exit(main(sys.argv[1:], os.environ))
+
+
+def _compat_modules():
+    import types
+    exceptions = types.ModuleType(__name__ + '.exceptions',
+                                  'python-dxf compatibility: dxf\'s errors.')
+    for name in __all__:
+        if name.startswith('DXF'):
+            setattr(exceptions, name, globals()[name])
+    main_module = types.ModuleType(__name__ + '.main',
+                                   'python-dxf compatibility: the command line.')
+    main_module.doit = _compat_doit
+    main_module.main = _compat_main
+    main.doit = _compat_doit
+    sys.modules[exceptions.__name__] = exceptions
+    sys.modules[main_module.__name__] = main_module
+    return exceptions
+
+
+exceptions = _compat_modules()
 
 if __name__ == '__main__':
     sys.exit(main())

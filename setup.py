@@ -17,7 +17,7 @@ def read(name):
 VERSION = re.search(r"^__version__ = '([^']+)'", read('dxf.py'), re.M).group(1)
 
 setup(
-    name='dxf',
+    name='dxf-registry',   # 'dxf' on PyPI is an unrelated CAD library
     version=VERSION,
     description='Store blobs in a Docker/OCI registry: a module and a command-line tool',
     long_description=read('README.md'),
@@ -27,7 +27,6 @@ setup(
     entry_points={'console_scripts': ['dxf = dxf:main']},
     python_requires='>=3.6',
     classifiers=[
-        'License :: OSI Approved :: MIT License',
         'Operating System :: OS Independent',
         'Programming Language :: Python :: 3',
         'Programming Language :: Python :: 3 :: Only',

@@ -953,7 +953,8 @@ class _Registries(Mapping):
 
 _REPO_COUNTER = itertools.count(1)
 _ENV_NAMES = frozenset(['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'ALL_PROXY',
-                        'SSL_CERT_FILE', 'SSL_CERT_DIR', 'DOCKER_CONFIG'])
+                        'SSL_CERT_FILE', 'SSL_CERT_DIR', 'DOCKER_CONFIG',
+                        'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
 
 
 @pytest.fixture(scope='session')
@@ -1710,9 +1711,8 @@ class TestBlobs:
         calls = []
         digest = dxf_obj.push_blob(data=iter([data[:1], data[1:]]), digest=_sha256(data),
                                    progress=lambda *args: calls.append(args))
-        assert calls[0] == (digest, b'', None)
-        assert {call[2] for call in calls} == {None}
-        assert b''.join(call[1] for call in calls) == data
+        # python-dxf's form for data: (digest, chunk), no start call, no total
+        assert calls == [(digest, data[:1]), (digest, data[1:])]
 
     def test_pull_blob_progress_reports_every_byte_and_total(self, dxf_obj, repo):
         digest, data = _push(dxf_obj, 3 * CHUNK + 7, repo)
@@ -1903,10 +1903,15 @@ class TestAliases:
         assert dxf_obj.get_alias('readings') == [second, first]
         assert dxf_obj.get_alias('readings', sizes=True) == [(second, 20), (first, 500)]
 
-    def test_get_digest_of_dxf_alias_returns_empty_config_digest(self, dxf_obj, repo):
+    def test_get_digest_of_dxf_alias_returns_first_blob_as_python_dxf(self, dxf_obj, repo):
         digest, _ = _push(dxf_obj, 10, repo)
+        other, _ = _push(dxf_obj, 20, repo + 'other')
         dxf_obj.set_alias('readings', digest)
-        assert dxf_obj.get_digest('readings') == EMPTY_CONFIG['digest']
+        dxf_obj.set_alias('pair', other, digest)
+        assert dxf_obj.get_digest('readings') == digest
+        assert dxf_obj.get_digest('pair') == other
+        # the config itself is still the empty one
+        assert json.loads(dxf_obj.get_manifest('pair'))['config'] == EMPTY_CONFIG
 
     def test_get_manifest_returns_exactly_what_set_alias_stored(self, dxf_obj, repo):
         digest, _ = _push(dxf_obj, 10, repo)
@@ -2346,6 +2351,11 @@ _OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
 _EMPTY_CONFIG_DIGEST = _sha256(b'{}')
 _SECRET_PASSWORD = 'not-the-password-Q7xZ'
 _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
+
+
+CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
+                'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
+                'list-aliases', 'copy-alias', 'list-repos', 'version')
 
 
 def _error_line(stderr, *words):
@@ -2794,15 +2804,14 @@ class TestCLICommands:
 
     # get-digest, get-manifest
 
-    def test_cli_get_digest_prints_config_digest(self, cli_env, run_cli, repo):
+    def test_cli_get_digest_prints_first_blob_of_dxf_alias(self, cli_env, run_cli, repo):
         env = cli_env('open')
         digest = _cli_push(run_cli, env, repo, _blob(100, 'gd'))
+        other = _cli_push(run_cli, env, repo, _blob(100, 'gd-other'))
         manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
-        _ok(run_cli(['set-alias', repo, 'b', digest], env))
-        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
-            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
-        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
-            _EMPTY_CONFIG_DIGEST)
+        _ok(run_cli(['set-alias', repo, 'b', other, digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(digest, other)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(digest)
 
     def test_cli_get_manifest_bytes_hash_to_registry_manifest_digest(
             self, cli_env, registries, run_cli, repo):
@@ -2835,7 +2844,9 @@ class TestCLICommands:
     def test_cli_help_lists_every_command(self, run_cli):
         out = _ok(run_cli(['--help'], {})).decode('utf-8')
         assert 'usage' in out.lower()
-        for name, _, _, _ in dxf._COMMANDS:
+        # A literal list: looping over dxf._COMMANDS could not notice a
+        # command that went missing.
+        for name in CLI_COMMANDS:
             assert name in out, name
         for name in ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD', 'DXF_TOKEN'):
             assert name in out, name
@@ -3345,8 +3356,8 @@ class TestCLIVariables:
             assert _ok(run_cli(['blob-size', repo, '@multi'], penv)) == (
                 '%d\n' % len(blob)).encode()
             assert _ok(run_cli(['get-manifest', repo, 'multi'], penv)) == manifest
-            assert _ok(run_cli(['get-digest', repo, 'multi'], penv)) == _lines(
-                _EMPTY_CONFIG_DIGEST)
+            # each platform's manifest is a dxf alias: its first blob
+            assert _ok(run_cli(['get-digest', repo, 'multi'], penv)) == _lines(digest)
             assert _ok(run_cli(['pull-blob', repo], penv, stdin=index)) == blob
         # without DXF_PLATFORM get-manifest prints the index itself
         assert _ok(run_cli(['get-manifest', repo, 'multi'], env)) == index
@@ -6515,15 +6526,14 @@ class TestLayoutCLI:
     def test_layout_list_repos_with_repo_argument_exits_einval(self, oci_env, run_cli):
         _fails(run_cli(['list-repos', 'x'], oci_env()), errno.EINVAL)
 
-    def test_layout_get_digest_prints_config_digest(self, oci_env, run_cli, repo):
+    def test_layout_get_digest_prints_first_blob_of_dxf_alias(self, oci_env, run_cli, repo):
         env = oci_env()
         digest = _cli_push(run_cli, env, repo, _blob(100, 'oci-gd'))
+        other = _cli_push(run_cli, env, repo, _blob(100, 'oci-gd-other'))
         manifest = _ok(run_cli(['set-alias', repo, 'a', digest], env))
-        _ok(run_cli(['set-alias', repo, 'b', digest], env))
-        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(
-            _EMPTY_CONFIG_DIGEST, _EMPTY_CONFIG_DIGEST)
-        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(
-            _EMPTY_CONFIG_DIGEST)
+        _ok(run_cli(['set-alias', repo, 'b', other, digest], env))
+        assert _ok(run_cli(['get-digest', repo, 'a', 'b'], env)) == _lines(digest, other)
+        assert _ok(run_cli(['get-digest', repo], env, stdin=manifest)) == _lines(digest)
 
     def test_layout_get_manifest_bytes_hash_to_index_digest(self, oci_env, store, run_cli,
                                                            repo):
@@ -6845,7 +6855,7 @@ class TestOCILayoutModule:
             assert layout.get_alias('pair') == [da, db]
             assert layout.get_alias('pair', sizes=True) == [(da, 100), (db, 200)]
             assert layout.get_alias(manifest=manifest) == [da, db]
-            assert layout.get_digest('pair') == _EMPTY_CONFIG_DIGEST
+            assert layout.get_digest('pair') == da      # the first blob, as python-dxf
             descs = layout.get_descriptors('pair')
             assert [d['digest'] for d in descs] == [da, db]
             assert descs[0]['annotations'] == {_TITLE: 'a.bin'}
@@ -9174,3 +9184,372 @@ class TestOras:
         assert sorted(os.listdir(str(out))) == ['bundle', 'readme.md']
         assert (out / 'readme.md').read_bytes() == b'# dxf file'
         assert _snapshot(str(out / 'bundle')) == expected
+
+
+# =============================================================================
+# 18. python-dxf drop-in
+#    What code written for python-dxf (davedoesdev/dxf 12) meets when dxf.py
+#    replaces it: its submodules, exception names and attributes, its CA
+#    bundle variables and its progress callbacks.
+# =============================================================================
+
+def _python(code, env=None):
+    """Run ``code`` in a fresh interpreter that imports dxf from this tree;
+    return (status, stdout text, stderr text)."""
+    full = {'PATH': os.environ.get('PATH', ''), 'PYTHONPATH': _HERE}
+    full.update(env or {})
+    proc = subprocess.Popen([sys.executable, '-c', code], cwd=_HERE, env=full,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out.decode('utf-8'), err.decode('utf-8')
+
+
+class TestPythonDxfImports:
+
+    def test_submodules_import_as_from_the_package(self):
+        status, out, err = _python(
+            'import dxf.exceptions\n'
+            'from dxf.exceptions import DXFUnauthorizedError, DXFDigestMismatchError\n'
+            'import dxf.main\n'
+            'from dxf.main import doit\n'
+            'import dxf\n'
+            'assert dxf.exceptions.DXFUnauthorizedError is dxf.DXFUnauthorizedError\n'
+            'assert doit is dxf.main.doit\n'
+            'print(dxf.main.doit(["version"], {}))\n')
+        assert (status, err) == (0, ''), err
+        assert out == 'dxf.py %s\n0\n' % dxf.__version__
+
+    def test_main_stays_our_entry_point(self, run_cli):
+        import dxf.main
+        assert dxf.main.__name__ == 'main'     # the function, with doit on it
+        status, out, err = run_cli(['version'], {})
+        assert (status, out) == (0, ('dxf.py %s\n' % dxf.__version__).encode())
+
+    def test_doit_runs_a_command_against_the_registry(self, cli_env, repo, tmp_path,
+                                                      capfdbinary):
+        import dxf.main
+        data = _blob(1000, repo)
+        env = cli_env('open')
+        assert dxf.main.doit(['push-blob', repo, _write(tmp_path, 'f', data)], env) == 0
+        assert dxf.main.doit(['blob-size', repo, '@nope'], env) == errno.ENOENT
+        out, _ = capfdbinary.readouterr()
+        assert out == _sha256(data).encode() + b'\n'
+
+    def test_doit_reads_and_writes_text_only_stand_ins_for_stdin_stdout(
+            self, cli_env, connect, repo, monkeypatch):
+        import dxf.main
+        env = cli_env('open')
+        d = connect('open')
+        digest, _ = _push(d, 100, repo)
+        manifest = d.make_manifest(digest)
+
+        class TextOnly(object):          # what python-dxf's own tests patch in
+            def __init__(self):
+                self.written = []
+
+            def read(self):
+                return manifest
+
+            def write(self, text):
+                self.written.append(text)
+
+            def flush(self):
+                pass
+        fake = TextOnly()
+        monkeypatch.setattr(sys, 'stdin', fake)
+        monkeypatch.setattr(sys, 'stdout', fake)
+        assert dxf.main.doit(['get-alias', repo], env) == 0
+        assert ''.join(fake.written) == digest + '\n'
+
+    @pytest.mark.parametrize('name, args, text', [
+        ('DXFUnexpectedKeyTypeError', ('EC', 'RSA'), 'expected key type RSA, got EC'),
+        ('DXFDisallowedSignatureAlgorithmError', ('none',),
+         'disallowed signature algorithm: none'),
+        ('DXFSignatureChainNotImplementedError', (), 'cert chain'),
+        ('DXFDigestNotAvailableForSchema1', (), 'Schema 1'),
+    ])
+    def test_python_dxf_exception_names_exist(self, name, args, text):
+        import dxf.exceptions
+        cls = getattr(dxf.exceptions, name)
+        assert cls is getattr(dxf, name)
+        assert issubclass(cls, dxf.DXFError)
+        assert text in str(cls(*args))
+
+    def test_every_python_dxf_exception_name_is_there(self):
+        import dxf.exceptions
+        names = ['DXFError', 'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+                 'DXFDigestMismatchError', 'DXFUnexpectedKeyTypeError',
+                 'DXFUnexpectedDigestMethodError', 'DXFDisallowedSignatureAlgorithmError',
+                 'DXFSignatureChainNotImplementedError', 'DXFUnauthorizedError',
+                 'DXFAuthInsecureError', 'DXFDigestNotAvailableForSchema1',
+                 'DXFMountFailed', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound']
+        assert [n for n in names if not hasattr(dxf.exceptions, n)] == []
+
+
+@pytest.mark.registry
+class TestHTTPErrorResponse:
+
+    def test_not_found_has_response_status_code_headers_text(self, dxf_obj, repo):
+        missing = _sha256(repo.encode())
+        with pytest.raises(dxf.DXFHTTPError) as ex:
+            dxf_obj.del_blob(missing)
+        response = ex.value.response
+        assert response.status_code == 404
+        assert 'application/json' in response.headers.get('Content-Type')
+        assert 'BLOB_UNKNOWN' in response.text
+        assert response.json()['errors'][0]['code'] == 'BLOB_UNKNOWN'
+
+    def test_head_404_has_response_without_body(self, dxf_obj, repo):
+        with pytest.raises(dxf.DXFHTTPError) as ex:
+            dxf_obj.blob_size(_sha256(repo.encode()))
+        assert ex.value.response.status_code == 404
+        assert ex.value.response.text == ''
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestCABundleVariables:
+    """REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE: after DXF_TLSVERIFY, before the
+    system's store, for the command line and the module."""
+
+    @staticmethod
+    def _env(cli_env, **extra):
+        env = cli_env('tls')
+        del env['DXF_TLSVERIFY']
+        env.update(extra)
+        return env
+
+    @pytest.mark.parametrize('name', ['REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
+    def test_cli_trusts_the_bundle_variable(self, cli_env, run_cli, repo, tls_files, name):
+        env = self._env(cli_env, **{name: tls_files.ca_cert})
+        data = _blob(1000, repo)
+        digest = _cli_push(run_cli, env, repo, data)
+        assert _ok(run_cli(['pull-blob', repo, digest], env)) == data
+
+    def test_cli_requests_bundle_comes_before_curl_bundle(self, cli_env, run_cli, repo,
+                                                          tls_files):
+        env = self._env(cli_env, REQUESTS_CA_BUNDLE=tls_files.signing_cert,
+                        CURL_CA_BUNDLE=tls_files.ca_cert)
+        _fails(run_cli(['list-aliases', repo], env), 1, 'certificate')
+        env['REQUESTS_CA_BUNDLE'] = ''           # empty is unset, as for requests
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+
+    def test_cli_dxf_tlsverify_and_skiptlsverify_come_first(self, cli_env, run_cli, repo,
+                                                            tls_files):
+        env = self._env(cli_env, REQUESTS_CA_BUNDLE=tls_files.signing_cert,
+                        DXF_TLSVERIFY=tls_files.ca_cert)
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+        del env['DXF_TLSVERIFY']
+        env['DXF_SKIPTLSVERIFY'] = '1'
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT, repo)
+
+    def test_cli_missing_bundle_file_names_the_variable(self, cli_env, run_cli, repo,
+                                                         tmp_path):
+        env = self._env(cli_env, CURL_CA_BUNDLE=str(tmp_path / 'nope.pem'))
+        _fails(run_cli(['list-aliases', repo], env), errno.EINVAL, 'CURL_CA_BUNDLE',
+               'nope.pem')
+
+    def test_module_reads_requests_ca_bundle_from_os_environ(self, registries, repo,
+                                                            closing, tls_files,
+                                                            monkeypatch):
+        reg = registries['tls']
+        monkeypatch.setenv('REQUESTS_CA_BUNDLE', tls_files.ca_cert)
+        d = closing(DXF(reg.host, repo, timeout=10))
+        digest, data = _push(d, 1000, repo)
+        assert _pull(d, digest) == data
+        monkeypatch.delenv('REQUESTS_CA_BUNDLE')
+        d = closing(DXF(reg.host, repo, timeout=10, retries=0))
+        with pytest.raises(dxf.DXFConnectionError) as ex:
+            d.blob_size(digest)
+        assert 'certificate' in str(ex.value).lower()
+
+
+class TestPushProgressAsPythonDxf:
+    """push_blob's progress callbacks are python-dxf's: a file gets
+    ``(digest, b'', total)`` once, then ``(digest, chunk, total)``; data gets
+    ``(digest, chunk)`` with each non-empty chunk.  Callbacks written for
+    python-dxf take exactly those arguments."""
+
+    @pytest.fixture(params=['registry', 'oci'])
+    def store(self, request, repo, tmp_path):
+        if request.param == 'oci':
+            return dxf.OCILayout(str(tmp_path / 'layout'))
+        return request.getfixturevalue('dxf_obj')
+
+    def test_data_iterable_gets_two_arguments_and_no_empty_chunks(self, store, repo):
+        data = _blob(70000, repo)
+        seen = []
+
+        def progress(dgst, chunk):          # python-dxf's two-argument form
+            seen.append((dgst, chunk))
+        digest = _sha256(data)
+        assert store.push_blob(data=iter([b'', data[:5], b'', data[5:], b'']), digest=digest,
+                               progress=progress, check_exists=False) == digest
+        assert seen == [(digest, data[:5]), (digest, data[5:])]
+
+    def test_data_bytes_gets_one_two_argument_call(self, store, repo):
+        data = _blob(5000, repo)
+        seen = []
+        digest = store.push_blob(data=data, digest=_sha256(data),
+                                 progress=lambda d, c: seen.append((d, c)))
+        assert seen == [(digest, data)]
+
+    def test_file_gets_total_after_one_empty_start_call(self, store, repo, tmp_path):
+        data = _blob(300000, repo)
+        path = _write(tmp_path, 'f', data)
+        seen = []
+
+        def progress(dgst, chunk, total):   # python-dxf's three-argument form
+            seen.append((dgst, chunk, total))
+        digest = _sha256(data)
+        assert store.push_blob(path, progress=progress, digest=digest) == digest
+        assert seen[0] == (digest, b'', len(data))
+        assert all(c and (d, t) == (digest, len(data)) for d, c, t in seen[1:]), seen[1:3]
+        assert b''.join(c for _, c, _ in seen) == data
+
+    def test_cli_progress_for_a_pipe_push_is_one_line(self, cli_env, run_cli, repo):
+        env = dict(cli_env('open'), DXF_PROGRESS='1')
+        data = _blob(3 << 20, repo)
+        status, out, err = run_cli(['push-blob', repo, '-'], env, stdin=data)
+        assert (status, out) == (0, _lines(_sha256(data)))
+        assert err.count('\n') == 1 and err.endswith('\n'), err
+        assert '3.0 MiB' in err.split('\r')[-1], err
+
+
+class TestPackaging:
+    """The distribution has a name of its own on PyPI ('dxf' there is an
+    unrelated CAD library); the module and the command stay dxf."""
+
+    def _setup_keywords(self):
+        """setup()'s keywords, read from setup.py without setuptools."""
+        import ast
+        with open(os.path.join(_HERE, 'setup.py')) as f:
+            tree = ast.parse(f.read())
+        call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and getattr(node.func, 'id', None) == 'setup')
+        return {k.arg: ast.literal_eval(k.value) for k in call.keywords
+                if isinstance(k.value, (ast.Constant, ast.List, ast.Dict, ast.Str)
+                              if sys.version_info < (3, 8) else
+                              (ast.Constant, ast.List, ast.Dict))}
+
+    def test_distribution_is_not_named_dxf_but_module_and_command_are(self):
+        kw = self._setup_keywords()
+        assert kw['name'] == 'dxf-registry'
+        assert kw['py_modules'] == ['dxf']
+        assert kw['entry_points'] == {'console_scripts': ['dxf = dxf:main']}
+
+    def test_pyproject_has_only_the_legacy_setuptools_build_system(self):
+        with open(os.path.join(_HERE, 'pyproject.toml')) as f:
+            lines = [line.strip() for line in f if line.strip()
+                     and not line.startswith('#')]
+        assert lines == ['[build-system]',
+                         'requires = ["setuptools>=40.8.0", "wheel"]',
+                         'build-backend = "setuptools.build_meta:__legacy__"']
+
+    def test_sdist_manifest_includes_tests_tox_readme_and_licence(self):
+        with open(os.path.join(_HERE, 'MANIFEST.in')) as f:
+            included = set(f.read().split()) - {'include'}
+        assert {'test_dxf.py', 'tox.ini', 'README.md', 'LICENSE'} <= included
+        assert all(os.path.isfile(os.path.join(_HERE, name)) for name in included)
+
+
+@pytest.mark.registry
+class TestFirstHour:
+    """What a new user meets in the first hour, next to skopeo and oras:
+    errors that name the object, -o DIR/, help for every argument, and
+    oci:DIR meaning the same to copy-alias and to DXF_HOST."""
+
+    def test_pull_blob_output_with_trailing_slash_creates_the_directory(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(1000, repo)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'logger.dat', data), '@a'], env))
+        out = tmp_path / 'out'
+        assert _ok(run_cli(['pull-blob', repo, '-o', str(out) + os.sep, '@a'], env)) == b''
+        assert (out / 'logger.dat').read_bytes() == data
+
+    def test_pull_blob_output_slash_on_a_file_names_the_path(self, cli_env, run_cli, repo,
+                                                              tmp_path):
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, _blob(10, repo))
+        path = _write(tmp_path, 'out', b'x')
+        _fails(run_cli(['pull-blob', repo, '-o', path + os.sep, digest], env), errno.EINVAL,
+               path, 'not a directory')
+
+    def test_pull_blob_output_in_missing_directory_names_it(self, cli_env, run_cli, repo,
+                                                             tmp_path):
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, _blob(10, repo))
+        missing = str(tmp_path / 'nodir')
+        _fails(run_cli(['pull-blob', repo, '-o', os.path.join(missing, 'f'), digest], env),
+               errno.EINVAL, missing, 'does not exist')
+        assert not os.path.exists(missing)
+
+    @pytest.mark.parametrize('argv', [['get-alias', '{repo}', 'no-such'],
+                                      ['pull-blob', '{repo}', '@no-such'],
+                                      ['get-manifest', '{repo}', 'no-such'],
+                                      ['del-alias', '{repo}', 'no-such']])
+    def test_missing_alias_names_alias_and_repository(self, cli_env, run_cli, repo, argv):
+        env = cli_env('open')
+        _cli_push(run_cli, env, repo, _blob(10, repo))      # the repository exists
+        line = _fails(run_cli([a.format(repo=repo) for a in argv], env), errno.ENOENT)
+        assert line == 'dxf: error: alias no-such not found in %s' % repo
+
+    def test_missing_blob_names_blob_and_repository(self, cli_env, run_cli, repo):
+        digest = _sha256(repo.encode())
+        line = _fails(run_cli(['blob-size', repo, digest], cli_env('open')), errno.ENOENT)
+        assert line == 'dxf: error: blob %s not found in %s' % (digest, repo)
+
+    def test_set_alias_with_file_never_pushed_says_push_it_first(
+            self, cli_env, run_cli, repo, tmp_path, monkeypatch):
+        env = cli_env('open')
+        data = _blob(100, repo)
+        _write(tmp_path, 'logger.dat', data)
+        monkeypatch.chdir(str(tmp_path))
+        line = _fails(run_cli(['set-alias', repo, 'a', './logger.dat'], env), errno.ENOENT)
+        assert line == 'dxf: error: ./logger.dat (%s) is not in %s: push it first' % (
+            _sha256(data), repo)
+
+    def test_unknown_host_names_the_host(self, run_cli):
+        env = {'DXF_HOST': 'registry.invalid', 'DXF_INSECURE': '1', 'DXF_RETRIES': '0',
+               'PATH': os.environ.get('PATH', '')}
+        line = _fails(run_cli(['list-aliases', 'foo/bar'], env), 1)
+        assert line.startswith('dxf: error: cannot resolve registry.invalid'), line
+
+    @pytest.mark.parametrize('command', [c for c in CLI_COMMANDS if c != 'version'])
+    def test_every_argument_has_a_help_line(self, run_cli, command):
+        out = _ok(run_cli([command, '--help'], {})).decode('utf-8')
+        lines = out.split('\n\n', 1)[1].splitlines()    # after the usage
+        entries = [i for i, line in enumerate(lines)
+                   if re.match(r'  \S', line) and not line.startswith('  -h, --help')]
+        assert entries or command == 'list-repos', out
+        for i in entries:
+            name, _, text = lines[i].strip().partition('  ')
+            following = lines[i + 1] if i + 1 < len(lines) else ''
+            assert text.strip() or re.match(r' {6,}\S', following), (command, name, out)
+
+    def test_copy_alias_to_oci_dir_reads_back_with_dxf_host_oci_dir(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        data = _blob(2000, repo)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'logger.dat', data), '@may15'], env))
+        usb = str(tmp_path / 'usb')
+        digest = _ok(run_cli(['copy-alias', repo, 'may15', 'oci:' + usb], env))
+        assert os.path.isfile(os.path.join(usb, 'oci-layout'))   # DIR is the layout (skopeo)
+        oenv = {'DXF_HOST': 'oci:' + usb, 'PATH': os.environ.get('PATH', '')}
+        assert _ok(run_cli(['pull-blob', repo, '@may15'], oenv)) == data
+        manifest = _ok(run_cli(['get-manifest', repo, 'may15'], oenv))
+        assert _lines(_sha256(manifest)) == digest
+
+    def test_copy_alias_into_dxf_host_tree_lands_where_dxf_host_reads(
+            self, cli_env, run_cli, repo, tmp_path):
+        env = cli_env('open')
+        root = str(tmp_path / 'root')
+        oenv = {'DXF_HOST': 'oci:' + root, 'PATH': os.environ.get('PATH', '')}
+        first, second = _blob(100, repo + '1'), _blob(200, repo + '2')
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'one', first), '@one'], oenv))
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'two', second), '@two'], env))
+        _ok(run_cli(['copy-alias', repo, 'two', 'oci:' + root], env))
+        assert not os.path.exists(os.path.join(root, 'oci-layout'))
+        assert _ok(run_cli(['pull-blob', repo, '@one', '@two'], oenv)) == first + second
