@@ -60,7 +60,7 @@ __all__ = [
     # errors
     'DXFError', 'DXFInputError', 'DXFConnectionError', 'DXFProtocolError',
     'DXFHTTPError',
-    'DXFUnauthorizedError', 'DXFNotFoundError', 'DXFAuthError',
+    'DXFUnauthorizedError', 'DXFNotFoundError', 'DXFHTTPNotFoundError', 'DXFAuthError',
     'DXFAuthInsecureError', 'DXFIntegrityError', 'DXFDigestMismatchError',
     'DXFSizeMismatchError', 'DXFUnexpectedDigestMethodError',
     'DXFUnsafeArchiveError',
@@ -254,8 +254,18 @@ class DXFUnauthorizedError(DXFHTTPError):
     exit_code = errno.EACCES
 
 
-class DXFNotFoundError(DXFHTTPError):
-    """No such blob, manifest, alias or repository (404)."""
+class DXFNotFoundError(DXFError):
+    """No such blob, manifest, alias or repository, in a registry or in an
+    OCI layout.  ``what`` names it ('alias may15 in fred/logs')."""
+    exit_code = errno.ENOENT
+
+    def __init__(self, message, what=None):
+        super().__init__(message)
+        self.what = what
+
+
+class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
+    """A registry's 404: a DXFNotFoundError that carries the HTTP answer."""
     exit_code = errno.ENOENT
 
 
@@ -327,7 +337,13 @@ class DXFPlatformDataNotFound(DXFManifestError):
 
 
 class DXFMountFailed(DXFError):
-    """A cross-repository mount was not honoured by the registry."""
+    """A cross-repository mount was not honoured: ``repo`` is where the blob
+    was to come from, ``digest`` the blob."""
+
+    def __init__(self, message, repo=None, digest=None):
+        super().__init__(message)
+        self.repo = repo
+        self.digest = digest
 
 
 # python-dxf's names for the same concepts.
@@ -1764,7 +1780,7 @@ class _Needing:
 def _http_error(response, body=b'', expected=None):
     """The DXFHTTPError subclass for a response with an unexpected status."""
     cls = {401: DXFUnauthorizedError, 403: DXFUnauthorizedError,
-           404: DXFNotFoundError}.get(response.status, DXFHTTPError)
+           404: DXFHTTPNotFoundError}.get(response.status, DXFHTTPError)
     return cls(response.method, response.url, response.status,
                _registry_errors(body), response.reason, expected)
 
@@ -2731,7 +2747,8 @@ class DXF(DXFBase, _AliasMethods):
             return None
         size = resp.length
         if size is None:
-            raise DXFHTTPError('HEAD', resp.url, 200, reason='no Content-Length')
+            raise DXFProtocolError('HEAD %s: the answer has no Content-Length'
+                                   % _path(resp.url), method='HEAD', url=resp.url)
         self._sizes[digest] = size
         return size
 
@@ -2739,7 +2756,7 @@ class DXF(DXFBase, _AliasMethods):
         """Return the size in bytes of a blob."""
         size = self._blob_head(digest)
         if size is None:
-            raise DXFNotFoundError('HEAD', urllib.parse.urljoin(
+            raise DXFHTTPNotFoundError('HEAD', urllib.parse.urljoin(
                 self._base, self._url('blobs', digest)), 404,
                 message='blob %s not found in %s' % (digest, self._repo))
         return size
@@ -2750,8 +2767,8 @@ class DXF(DXFBase, _AliasMethods):
                              scope, ok=(201, 202))
         location = resp.header('Location')
         if resp.status == 202 and not location:
-            raise DXFHTTPError('POST', resp.url, 202,
-                               reason='upload session without a Location')
+            raise DXFProtocolError('POST %s: upload session without a Location'
+                                   % _path(resp.url), method='POST', url=resp.url)
         return resp, urllib.parse.urljoin(resp.url, location or '')
 
     def _cancel_upload(self, location):
@@ -2941,8 +2958,9 @@ class DXF(DXFBase, _AliasMethods):
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
                     if offset > state['hashed'] and h is not None:
-                        raise DXFHTTPError('GET', location, 204, reason=(
-                            'upload session claims bytes never sent'))
+                        raise DXFProtocolError(
+                            'GET %s: upload session claims bytes never sent'
+                            % _path(location), method='GET', url=location)
                 location = urllib.parse.urljoin(
                     location, resp.header('Location') or location)
             if h is not None:
@@ -3064,7 +3082,7 @@ class DXF(DXFBase, _AliasMethods):
             if location:
                 self._cancel_upload(urllib.parse.urljoin(resp.url, location))
             raise DXFMountFailed('registry did not mount %s from %s'
-                                 % (digest, repo))
+                                 % (digest, repo), repo, digest)
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
@@ -3286,8 +3304,7 @@ class OCILayout(_AliasMethods):
         return os.path.join(self.path, 'blobs', method, encoded)
 
     def _not_found(self, what):
-        return DXFNotFoundError('GET', 'oci:' + self.path, 404,
-                                message='%s not found in %s' % (what, self.path))
+        return DXFNotFoundError('%s not found in %s' % (what, self.path), what)
 
     def _init(self):
         """Create the layout if it does not exist yet."""
@@ -3380,7 +3397,7 @@ class OCILayout(_AliasMethods):
 
     def mount_blob(self, repo, digest):
         """Layouts cannot mount: always DXFMountFailed."""
-        raise DXFMountFailed('an OCI layout cannot mount blobs')
+        raise DXFMountFailed('an OCI layout cannot mount blobs', repo, digest)
 
     # -- manifests -----------------------------------------------------------
 
@@ -3577,8 +3594,7 @@ def _range_end(value):
     """The last byte of an upload's ``Range: 0-<end>`` (-1 when empty)."""
     m = re.match(r'\s*(?:bytes=)?0-(\d+)\s*\Z', value or '')
     if not m:
-        raise DXFHTTPError('GET', '', 204, reason='upload status without a '
-                           'usable Range header')
+        raise DXFProtocolError('upload status without a usable Range header')
     return int(m.group(1))
 
 
