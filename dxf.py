@@ -2818,96 +2818,106 @@ class DXF(DXFBase, _AliasMethods):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None:
             split_digest(digest)
-        if filename is not None:
-            with _open_input(filename) as f:
-                return self._push_file(f, progress, digest, check_exists,
-                                       chunk_size)
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return self._push_bytes(bytes(data), progress, digest, check_exists)
-        if digest is not None and check_exists and self._blob_head(digest) is not None:
-            return digest
-        return self._push_stream(iter(data), progress, digest)
+        if filename is None:
+            return self._upload(None, data, progress, digest, check_exists,
+                                chunk_size)
+        with _open_input(filename) as f:
+            return self._upload(f, None, progress, digest, check_exists,
+                                chunk_size)
 
-    def _push_bytes(self, data, progress, digest, check_exists):
-        got = hash_bytes(data) if digest is None else _hash_as(digest, data)
-        if digest is not None and got != digest:
-            raise DXFDigestMismatchError(got, digest)
-        if check_exists and self._blob_head(got) is not None:
-            return got
+    def _upload(self, f, data, progress, digest, check_exists, chunk_size):
+        """The one upload engine: pick how the bytes go up once, then send
+        them in a session (POST), started again within the retry budget
+        while the source can be read again.
 
-        def upload():
-            if progress:
-                progress(got, b'', len(data))
-            _, location = self._start_upload()
-            self._finish_upload(location, got, data)
-            if progress:
-                progress(got, data, len(data))
-        self._retry_upload(upload)
-        self._sizes[got] = len(data)
-        return got
-
-    def _push_file(self, f, progress, digest, check_exists, chunk_size=None):
+        - ``whole``: the digest is known first (bytes, a file hashed ahead):
+          the body goes in the finishing PUT.
+        - ``ranges``: a file in PATCHes with Content-Range (large files, a
+          chunk_size, or a file hashed and HEADed in a second thread while
+          it goes up: _ExistenceCheck), each resumable.
+        - ``stream``: a pipe, an iterable, or a file pushed without asking
+          first: one chunked PATCH hashed as it goes, then PUT.
+        """
         import stat
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):     # a pipe or a device: stream it
-            if digest is not None and check_exists and self._blob_head(digest) is not None:
-                return digest
-            return self._push_stream(iter(lambda: f.read(_CHUNK_SIZE), b''),
-                                     progress, digest)
-        size = st.st_size
-        checker = None
-        if digest is None and check_exists:
-            if size >= _OVERLAP_MIN and isinstance(f.name, str):
-                # Hash (and HEAD) in a second thread while the upload starts
-                # in this one, rather than reading the whole file first; the
-                # upload stops as soon as the registry turns out to have it.
-                checker = _ExistenceCheck(self, f.name)
-            else:
-                digest = _hash_stream(f)
+        size = checker = chunks = None
+        if data is not None and isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data)
+            size = len(data)
+            got = hash_bytes(data) if digest is None else _hash_as(digest, data)
+            if digest is not None and got != digest:
+                raise DXFDigestMismatchError(got, digest)
+            digest, mode = got, 'whole'
+        elif f is not None and stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            size = os.fstat(f.fileno()).st_size
+            if digest is None and check_exists:
+                if size >= _OVERLAP_MIN and isinstance(f.name, str):
+                    # Hash (and HEAD) in a second thread while the upload
+                    # starts in this one, rather than reading the whole file
+                    # first; the upload stops once the registry has it.
+                    checker = _ExistenceCheck(self, f.name)
+                else:
+                    digest = _hash_stream(f)
+            if chunk_size is None and size >= _CHUNKED_PUSH_MIN:
+                chunk_size = _CHUNKED_PUSH_SIZE
+            if checker and not chunk_size:
+                chunk_size = size or 1
+            mode = 'ranges' if chunk_size else 'whole' if digest else 'stream'
+
+            def chunks():
+                f.seek(0)
+                return iter(lambda: f.read(_CHUNK_SIZE), b'')
+        else:
+            mode = 'stream'      # a pipe, a device or an iterable: read once
+            source = iter(lambda: f.read(_CHUNK_SIZE), b'') if f else iter(data)
         if check_exists and digest and self._blob_head(digest) is not None:
             return digest
 
-        if chunk_size is None and size >= _CHUNKED_PUSH_MIN:
-            chunk_size = _CHUNKED_PUSH_SIZE
-        if checker and not chunk_size:
-            chunk_size = size or 1
-        if digest is None and not chunk_size:
-            def rewound():
-                f.seek(0)
-                return iter(lambda: f.read(_CHUNK_SIZE), b'')
-            return self._push_stream(rewound, progress, None, size)
-
-        def upload():
+        def once():
             if progress:
                 progress(digest, b'', size)
             resp, location = self._start_upload()
-            if chunk_size:
-                return self._push_chunks(f, size, digest, progress,
+            # ranges and stream cancel the session themselves, at the
+            # Location it has moved to by then.
+            if mode == 'ranges':
+                return self._send_ranges(f, size, digest, progress,
                                          chunk_size, resp, location, checker)
-            f.seek(0)
-            self._finish_upload(location, digest, _FileBody(
-                f, size, progress and (lambda view: progress(
-                    digest, bytes(view), size))))
-            return digest
-        # The registry checks the content against the digest, so the upload
-        # needs no second hash; if it refuses because the file changed since
-        # it was hashed, say so rather than "bad request".
+            if mode == 'stream':
+                return self._send_stream(chunks() if chunks else source,
+                                         progress, digest, size, location)
+            try:
+                if data is not None:
+                    self._finish_upload(location, digest, data)
+                    if progress:
+                        progress(digest, data, size)
+                    return digest
+                f.seek(0)
+                self._finish_upload(location, digest, _FileBody(
+                    f, size, progress and (lambda view: progress(
+                        digest, bytes(view), size))))
+                return digest
+            except BaseException:
+                self._cancel_upload(location)
+                raise
         try:
-            digest = self._retry_upload(upload)
+            got = self._retry_upload(once) if mode != 'stream' or chunks else once()
         except _AlreadyThere:
             return checker.digest
         except DXFHTTPError:
-            if digest is None:
+            # The registry checks the content against the digest: if it
+            # refuses because the file changed since it was hashed, say so
+            # rather than "bad request".
+            if mode != 'whole' or data is not None:
                 raise
             f.seek(0)
-            got = _hash_stream(f, split_digest(digest)[0])
-            if got != digest:
-                raise DXFDigestMismatchError(got, digest) from None
+            now = _hash_stream(f, split_digest(digest)[0])
+            if now != digest:
+                raise DXFDigestMismatchError(now, digest) from None
             raise
-        self._sizes[digest] = size
-        return digest
+        if size is not None:
+            self._sizes[got] = size
+        return got
 
-    def _push_chunks(self, f, size, digest, progress, chunk_size, resp,
+    def _send_ranges(self, f, size, digest, progress, chunk_size, resp,
                      location, checker=None):
         """Send a file in PATCH requests with Content-Range, then PUT.
 
@@ -2993,44 +3003,33 @@ class DXF(DXFBase, _AliasMethods):
                     raise
             attempt += 1
 
-    def _push_stream(self, chunks, progress, digest, total=None):
-        """Upload in one pass: a chunked PATCH hashed as it goes, then PUT.
-
-        ``chunks`` is an iterator of bytes, or a function returning a fresh
-        one (then a failed upload is tried again).
-        """
+    def _send_stream(self, source, progress, digest, total, location):
+        """One chunked PATCH of ``source`` (an iterator of bytes) hashed as
+        it goes, then the PUT; returns the digest."""
         algorithm = split_digest(digest)[0] if digest else 'sha256'
+        h = _hash(algorithm)
+        count = [0]
 
-        def upload():
-            h = _hash(algorithm)
-            count = [0]
-
-            def on_data(chunk):
-                h.update(chunk)
-                count[0] += len(chunk)
-                if progress:
-                    progress(digest, bytes(chunk), total)
+        def on_data(chunk):
+            h.update(chunk)
+            count[0] += len(chunk)
             if progress:
-                progress(digest, b'', total)
-            source = chunks() if callable(chunks) else chunks
-            _, location = self._start_upload()
-            try:
-                resp = self._request(
-                    'PATCH', location, self._scope(['pull', 'push']),
-                    headers={'Content-Type': 'application/octet-stream'},
-                    body=_ChunkedBody(source, on_data), ok=(202,))
-                location = urllib.parse.urljoin(
-                    location, resp.header('Location') or location)
-                got = algorithm + ':' + h.hexdigest()
-                if digest is not None and got != digest:
-                    raise DXFDigestMismatchError(got, digest)
-                self._finish_upload(location, got)
-            except BaseException:
-                self._cancel_upload(location)
-                raise
-            self._sizes[got] = count[0]
-            return got
-        return self._retry_upload(upload) if callable(chunks) else upload()
+                progress(digest, bytes(chunk), total)
+        try:
+            resp = self._request(
+                'PATCH', location, self._scope(['pull', 'push']),
+                headers={'Content-Type': 'application/octet-stream'},
+                body=_ChunkedBody(source, on_data), ok=(202,))
+            location = _join(location, resp.header('Location') or location)
+            got = algorithm + ':' + h.hexdigest()
+            if digest is not None and got != digest:
+                raise DXFDigestMismatchError(got, digest)
+            self._finish_upload(location, got)
+        except BaseException:
+            self._cancel_upload(location)
+            raise
+        self._sizes[got] = count[0]
+        return got
 
     def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
         """Download a blob: return a BlobReader over its verified bytes.
@@ -3153,7 +3152,8 @@ class DXF(DXFBase, _AliasMethods):
             # missing for a moment.  Push the config if it really is missing.
             with self._transport.lock:
                 if self._blob_head(_EMPTY_DIGEST) is None:
-                    self._push_bytes(_EMPTY_BLOB, None, _EMPTY_DIGEST, False)
+                    self._upload(None, _EMPTY_BLOB, None, _EMPTY_DIGEST,
+                                 False, None)
                     continue      # the usual case: the first alias of a repo
             time.sleep(_RETRY_BASE * (attempt + 1))
 
