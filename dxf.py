@@ -26,7 +26,7 @@ Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
   4 Digests, names and small helpers        5 HTTP transport
   6 Authentication         7 Blob streams   8 Manifests
   9 Public API (DXFBase, DXF, OCILayout)    10 Command line
-  11 Entry point
+  11 python-dxf compatibility                12 Entry point
 The command line's environment variables are documented in section 10.
 
 Licence: MIT.
@@ -346,44 +346,6 @@ class DXFMountFailed(DXFError):
         self.digest = digest
 
 
-# python-dxf's names for the same concepts.
-DXFUnexpectedError = DXFError
-DXFUnexpectedStatusCodeError = DXFHTTPError
-
-
-# python-dxf's errors for things dxf.py does not do (schema 1 manifests and
-# their signatures); nothing raises them, but code that catches them runs.
-class DXFUnexpectedKeyTypeError(DXFError):
-    """python-dxf: a schema 1 signature's key type is not supported."""
-
-    def __init__(self, got, expected):
-        super().__init__('expected key type %s, got %s' % (expected, got))
-        self.got = got
-        self.expected = expected
-
-
-class DXFDisallowedSignatureAlgorithmError(DXFError):
-    """python-dxf: a schema 1 signature algorithm is forbidden."""
-
-    def __init__(self, alg):
-        super().__init__('disallowed signature algorithm: %s' % alg)
-        self.alg = alg
-
-
-class DXFSignatureChainNotImplementedError(DXFError):
-    """python-dxf: schema 1 signatures with a certificate chain."""
-
-    def __init__(self, message='verification with a cert chain is not '
-                 'implemented'):
-        super().__init__(message)
-
-
-class DXFDigestNotAvailableForSchema1(DXFManifestError):
-    """python-dxf: a schema 1 manifest has no config blob to take a digest of."""
-
-    def __init__(self, message='Schema 1 manifest has no configuration blob'):
-        super().__init__(message)
-
 # =============================================================================
 # 4. Digests, names and small helpers
 #    Pure functions only.
@@ -572,44 +534,27 @@ def _load_json(body, what):
         raise DXFManifestError('%s is not valid JSON' % what) from None
 
 
-class _AtomicFile:
-    """A file that appears under its name only once complete and on disk.
+def _one_digest(digest):
+    if isinstance(digest, (list, tuple)):
+        if len(digest) != 1:
+            raise DXFInputError('pull_blob takes one digest, not %d'
+                                % len(digest))
+        digest = digest[0]
+    split_digest(digest)
+    return digest
 
-    Bytes go to a temporary file beside the target; it is fsynced and
-    renamed over the target on success, removed on any failure.
-    """
 
-    def __init__(self, path):
-        self.path = path
+def _range_end(value):
+    """The last byte of an upload's ``Range: 0-<end>`` (-1 when empty)."""
+    m = re.match(r'\s*(?:bytes=)?0-(\d+)\s*\Z', value or '')
+    if not m:
+        raise DXFProtocolError('upload status without a usable Range header')
+    return int(m.group(1))
 
-    def __enter__(self):
-        import tempfile
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            fd, self.tmp = tempfile.mkstemp(
-                dir=directory, suffix='.dxf-partial',
-                prefix='.%s.' % os.path.basename(self.path))
-        except OSError as exc:
-            raise DXFInputError('cannot write %s: %s'
-                                % (self.path, exc.strerror or exc)) from exc
-        self.file = os.fdopen(fd, 'wb')
-        return self.file
 
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-        finally:
-            self.file.close()
-            if exc_type is not None:
-                os.unlink(self.tmp)
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
-            os.replace(self.tmp, self.path)
-        return False
+def _hash_as(digest, data):
+    """The digest of ``data`` with the algorithm ``digest`` uses."""
+    return hash_bytes(data, split_digest(digest)[0])
 
 
 # =============================================================================
@@ -1319,6 +1264,14 @@ def _join(base, location):
                                % (_printable(location, 100), _path(base))) from None
 
 
+def _add_query(url, **params):
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query += sorted(params.items())
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query)))
+
+
 def _random_fraction():
     """A float in [0, 1) for backoff jitter (the random module costs ms)."""
     return int.from_bytes(os.urandom(4), 'big') / 2.0 ** 32
@@ -1670,90 +1623,6 @@ class _Auth:
 def _basic(username, password):
     return 'Basic ' + base64.b64encode(('%s:%s' % (
         username, password or '')).encode('utf-8')).decode('ascii')
-
-
-def _docker_config_credentials(host, environ):
-    """Credentials for ``host`` from docker's config.json, or None.
-
-    Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
-    """
-    directory = environ.get('DOCKER_CONFIG') or os.path.join(
-        environ.get('HOME') or os.path.expanduser('~'), '.docker')
-    path = os.path.join(directory, 'config.json')
-    try:
-        with open(path, 'rb') as f:
-            config = json.loads(f.read().decode('utf-8'))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, dict):
-        raise DXFInputError('%s is not a JSON object' % path)
-    names = [host.lower()]
-    server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
-        names.append('index.docker.io/v1')
-        # docker login stores Hub credentials under this key, and docker
-        # asks helpers for it (ResolveAuthConfig in docker/cli's
-        # cli/command/registry.go: registry.IndexServer).
-        server = 'https://index.docker.io/v1/'
-
-    def lookup(table):
-        if isinstance(table, dict):
-            for key, value in table.items():
-                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
-                if bare in names or bare.split('/')[0] == names[0]:
-                    return key, value
-        return None, None
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
-        if found:
-            return found
-    _, entry = lookup(config.get('auths'))
-    if not isinstance(entry, dict):
-        return None
-    if entry.get('identitytoken'):
-        return '<token>', entry['identitytoken']
-    if entry.get('auth'):
-        try:
-            user, _, password = base64.b64decode(entry['auth']).decode(
-                'utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
-            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
-        return user, password
-    if entry.get('username'):
-        return entry['username'], entry.get('password', '')
-    return None
-
-
-def _credential_helper(name, server, environ):
-    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
-    import subprocess
-    program = 'docker-credential-' + name
-    try:
-        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(environ), timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DXFAuthError('credential helper %s failed: %s'
-                           % (program, _exc_text(exc))) from exc
-    if done.returncode != 0:
-        if b'credentials not found' in done.stdout + done.stderr:
-            return None      # the helper's "no entry", not an error
-        raise DXFAuthError('credential helper %s failed: %s' % (
-            program, _printable((done.stderr or done.stdout).decode(
-                'utf-8', 'replace').strip().split('\n')[0])))
-    try:
-        doc = json.loads(done.stdout.decode('utf-8'))
-        return doc['Username'], doc['Secret']
-    except (ValueError, RecursionError, KeyError, TypeError):
-        raise DXFAuthError('credential helper %s answered something that is '
-                           'not its JSON' % program) from None
 
 
 class _Needing:
@@ -2698,6 +2567,45 @@ class _AliasMethods:
         return False
 
 
+class _AlreadyThere(Exception):
+    """Stops an upload the registry turned out not to need."""
+
+
+class _ExistenceCheck:
+    """Hashes a file and asks whether the registry has that blob, in a
+    second thread (hashlib and file reads release the GIL)."""
+
+    def __init__(self, dxf, path):
+        self.digest = None
+        self._exists = False
+        self._error = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(dxf, path),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, dxf, path):
+        try:
+            with dxf._needing('push'):
+                self.digest = hash_file(path)
+                self._exists = dxf._blob_head(self.digest) is not None
+        except BaseException as exc:     # handed to the uploading thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def found(self):
+        """True once the blob is known to be there already (no waiting)."""
+        return self._done.is_set() and self._exists
+
+    def wait(self):
+        """Wait for the answer: True if the registry has the blob."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._exists
+
+
 class DXF(DXFBase, _AliasMethods):
     """One repository in a Docker / OCI registry.
 
@@ -3246,6 +3154,64 @@ class DXF(DXFBase, _AliasMethods):
         return items if iterate else list(items)
 
 
+class _AtomicFile:
+    """A file that appears under its name only once complete and on disk.
+
+    Bytes go to a temporary file beside the target; it is fsynced and
+    renamed over the target on success, removed on any failure.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import tempfile
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(
+                dir=directory, suffix='.dxf-partial',
+                prefix='.%s.' % os.path.basename(self.path))
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s'
+                                % (self.path, exc.strerror or exc)) from exc
+        self.file = os.fdopen(fd, 'wb')
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+            if exc_type is not None:
+                os.unlink(self.tmp)
+        if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
+            os.replace(self.tmp, self.path)
+        return False
+
+
+class _FileLock:
+    """An exclusive lock on a file (flock; a no-op where there is none)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.file = open(self.path, 'a+b')
+        try:
+            import fcntl
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()    # closing releases the lock
+
 
 def _refusal(exc, what):
     """``exc`` (a DXFError) with ``what`` happened because of it in front."""
@@ -3516,99 +3482,6 @@ class _LayoutRoot:
 
     def close(self):
         """Nothing to close."""
-
-
-class _FileLock:
-    """An exclusive lock on a file (flock; a no-op where there is none)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.file = open(self.path, 'a+b')
-        try:
-            import fcntl
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()    # closing releases the lock
-
-
-# python-dxf compatibility: the 2015 README calls authenticate this.
-DXFBase.auth_by_password = DXFBase.authenticate
-
-
-class _AlreadyThere(Exception):
-    """Stops an upload the registry turned out not to need."""
-
-
-class _ExistenceCheck:
-    """Hashes a file and asks whether the registry has that blob, in a
-    second thread (hashlib and file reads release the GIL)."""
-
-    def __init__(self, dxf, path):
-        self.digest = None
-        self._exists = False
-        self._error = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(dxf, path),
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, dxf, path):
-        try:
-            with dxf._needing('push'):
-                self.digest = hash_file(path)
-                self._exists = dxf._blob_head(self.digest) is not None
-        except BaseException as exc:     # handed to the uploading thread
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def found(self):
-        """True once the blob is known to be there already (no waiting)."""
-        return self._done.is_set() and self._exists
-
-    def wait(self):
-        """Wait for the answer: True if the registry has the blob."""
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._exists
-
-
-def _one_digest(digest):
-    if isinstance(digest, (list, tuple)):
-        if len(digest) != 1:
-            raise DXFInputError('pull_blob takes one digest, not %d'
-                                % len(digest))
-        digest = digest[0]
-    split_digest(digest)
-    return digest
-
-
-def _range_end(value):
-    """The last byte of an upload's ``Range: 0-<end>`` (-1 when empty)."""
-    m = re.match(r'\s*(?:bytes=)?0-(\d+)\s*\Z', value or '')
-    if not m:
-        raise DXFProtocolError('upload status without a usable Range header')
-    return int(m.group(1))
-
-
-def _hash_as(digest, data):
-    """The digest of ``data`` with the algorithm ``digest`` uses."""
-    return hash_bytes(data, split_digest(digest)[0])
-
-
-def _add_query(url, **params):
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query += sorted(params.items())
-    return urllib.parse.urlunsplit(
-        parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _in_parallel(func, items, concurrency):
@@ -3954,6 +3827,90 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         raise _UsageError('%s must be a number from %g to %d, not %r'
                           % (name, low, high, _printable(value)))
     return number
+
+
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.docker')
+    path = os.path.join(directory, 'config.json')
+    try:
+        with open(path, 'rb') as f:
+            config = json.loads(f.read().decode('utf-8'))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
+    if not isinstance(config, dict):
+        raise DXFInputError('%s is not a JSON object' % path)
+    names = [host.lower()]
+    server = host
+    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+        names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
+
+    def lookup(table):
+        if isinstance(table, dict):
+            for key, value in table.items():
+                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
+                if bare in names or bare.split('/')[0] == names[0]:
+                    return key, value
+        return None, None
+    key, helper = lookup(config.get('credHelpers'))
+    if not helper:
+        helper = config.get('credsStore')
+    if isinstance(helper, str) and helper:
+        found = _credential_helper(helper, key or server, environ)
+        if found:
+            return found
+    _, entry = lookup(config.get('auths'))
+    if not isinstance(entry, dict):
+        return None
+    if entry.get('identitytoken'):
+        return '<token>', entry['identitytoken']
+    if entry.get('auth'):
+        try:
+            user, _, password = base64.b64decode(entry['auth']).decode(
+                'utf-8').partition(':')
+        except (ValueError, UnicodeDecodeError):
+            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
+        return user, password
+    if entry.get('username'):
+        return entry['username'], entry.get('password', '')
+    return None
+
+
+def _credential_helper(name, server, environ):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
+    import subprocess
+    program = 'docker-credential-' + name
+    try:
+        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DXFAuthError('credential helper %s failed: %s'
+                           % (program, _exc_text(exc))) from exc
+    if done.returncode != 0:
+        if b'credentials not found' in done.stdout + done.stderr:
+            return None      # the helper's "no entry", not an error
+        raise DXFAuthError('credential helper %s failed: %s' % (
+            program, _printable((done.stderr or done.stdout).decode(
+                'utf-8', 'replace').strip().split('\n')[0])))
+    try:
+        doc = json.loads(done.stdout.decode('utf-8'))
+        return doc['Username'], doc['Secret']
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise DXFAuthError('credential helper %s answered something that is '
+                           'not its JSON' % program) from None
 
 
 class _Settings:
@@ -4658,8 +4615,53 @@ def _fail(stderr, message, status, debug):
 
 
 # =============================================================================
-# 11. Entry point
+# 11. python-dxf compatibility
+#     Every name and module kept for code written for python-dxf, in one
+#     place: its error names, auth_by_password, dxf.exceptions, dxf.main.
 # =============================================================================
+
+# python-dxf's names for the same concepts.
+DXFUnexpectedError = DXFError
+DXFUnexpectedStatusCodeError = DXFHTTPError
+
+
+# python-dxf's errors for things dxf.py does not do (schema 1 manifests and
+# their signatures); nothing raises them, but code that catches them runs.
+class DXFUnexpectedKeyTypeError(DXFError):
+    """python-dxf: a schema 1 signature's key type is not supported."""
+
+    def __init__(self, got, expected):
+        super().__init__('expected key type %s, got %s' % (expected, got))
+        self.got = got
+        self.expected = expected
+
+
+class DXFDisallowedSignatureAlgorithmError(DXFError):
+    """python-dxf: a schema 1 signature algorithm is forbidden."""
+
+    def __init__(self, alg):
+        super().__init__('disallowed signature algorithm: %s' % alg)
+        self.alg = alg
+
+
+class DXFSignatureChainNotImplementedError(DXFError):
+    """python-dxf: schema 1 signatures with a certificate chain."""
+
+    def __init__(self, message='verification with a cert chain is not '
+                 'implemented'):
+        super().__init__(message)
+
+
+class DXFDigestNotAvailableForSchema1(DXFManifestError):
+    """python-dxf: a schema 1 manifest has no config blob to take a digest of."""
+
+    def __init__(self, message='Schema 1 manifest has no configuration blob'):
+        super().__init__(message)
+
+
+# python-dxf compatibility: the 2015 README calls authenticate this.
+DXFBase.auth_by_password = DXFBase.authenticate
+
 
 # python-dxf compatibility: python-dxf is a package, and its users import
 # dxf.exceptions and dxf.main.  This file provides both as module objects
@@ -4729,6 +4731,10 @@ def _compat_modules():
 
 
 exceptions = _compat_modules()
+
+# =============================================================================
+# 12. Entry point
+# =============================================================================
 
 if __name__ == '__main__':
     sys.exit(main())
