@@ -4265,12 +4265,10 @@ class TestProxies:
         proxy = make_proxy(require_auth=_basic_header('u', 'right'))
         name = 'http_proxy' if mode == 'open' else 'https_proxy'
         env = _proxied(cli_env(mode), **{name: proxy.url_with('u', 'wrong-Px9')})
-        started = time.time()
         line = _fails(run_cli(['list-aliases', repo], env), 1, '407')
         _no_secret(line, 'wrong-Px9', _auth_field('u', 'wrong-Px9'))
-        # A proxy's 407 is an answer, not a network failure: one CONNECT.
+        # A proxy's 407 is an answer, not a network failure: one request, no retry.
         assert len(proxy.requests) == 1, proxy.requests
-        assert time.time() - started < 5
 
     @pytest.mark.parametrize('no_proxy', ['127.0.0.1', 'localhost, 127.0.0.1', '{host}',
                                           '*', '.example.com,127.0.0.1'])
@@ -5376,13 +5374,6 @@ def _one_error(result, statuses, *words):
     return out, lines[0]
 
 
-def _timed(function, *args, **kwargs):
-    """(function's result, seconds it took)."""
-    started = time.monotonic()
-    result = function(*args, **kwargs)
-    return result, time.monotonic() - started
-
-
 BLOB_GET = r'/blobs/sha256:'
 UPLOAD = r'/blobs/uploads/'
 MANIFEST = r'/manifests/'
@@ -5498,12 +5489,10 @@ class TestFaults:
                                                        upstream):
         digest = upstream.push_blob(data=b'always 503')
         faults.add('GET', BLOB_GET, 'status', every=True, status=503)
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_RETRIES='2'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_RETRIES='2'))
         out, line = _one_error(result, 1, '503')
         assert out == b''
         assert len(proxy.seen('GET', BLOB_GET)) == 3        # 1 + DXF_RETRIES
-        assert elapsed < 10
 
     def test_503_every_time_raises_http_error_after_retries_module(self, proxy, faults,
                                                                    upstream):
@@ -5592,14 +5581,14 @@ class TestFaults:
         data = _blob(2 * 1024 * 1024, 'upload-cut')
         digest = _sha256(data)
         fault = faults.add('PUT', UPLOAD, 'cut_request', after=300000)
-        result, elapsed = _timed(run_cli, ['push-blob', upstream.repo,
-                                           _write(tmp_path, 'd', data)], fault_env())
+        # The proxy hangs up on the client: nothing to wait for, no timeout.
+        result = run_cli(['push-blob', upstream.repo, _write(tmp_path, 'd', data)],
+                         fault_env())
         assert _ok(result) == digest.encode() + b'\n'
         assert fault.fired == 1
         assert len(proxy.seen('POST', UPLOAD)) == 2          # a new session
         with upstream.pull_blob(digest) as reader:
             assert b''.join(reader) == data
-        assert elapsed < 10
 
     def test_stdin_patch_cut_midway_fails_with_one_line(self, proxy, faults, fault_env,
                                                         run_cli, repo):
@@ -5661,21 +5650,21 @@ class TestFaults:
         data = _blob(50000, 'stall-once')
         digest = upstream.push_blob(data=data)
         faults.add('GET', BLOB_GET, 'stall', seconds=5)
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_TIMEOUT='1'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_TIMEOUT='1'))
         assert _ok(result) == data
+        # Two GETs: a client that waited out the stall would have had its
+        # answer on the first.
         assert len(proxy.seen('GET', BLOB_GET)) == 2
-        assert 1 <= elapsed < 5
 
     def test_stall_every_time_without_retries_fails_fast(self, proxy, faults, fault_env,
                                                          run_cli, upstream):
         upstream.push_blob(data=b'x')
         upstream.set_alias('a', _sha256(b'x'))
         faults.add('GET', MANIFEST, 'stall', every=True, seconds=30)
-        result, elapsed = _timed(run_cli, ['get-alias', upstream.repo, 'a'],
-                                 fault_env(DXF_TIMEOUT='1', DXF_RETRIES='0'))
+        result = run_cli(['get-alias', upstream.repo, 'a'],
+                         fault_env(DXF_TIMEOUT='1', DXF_RETRIES='0'))
         _one_error(result, 1, 'timed out')
-        assert elapsed < 10
+        assert len(proxy.seen('GET', MANIFEST)) == 1
 
     def test_stall_mid_body_times_out_and_resumes(self, proxy, faults, fault_env, run_cli,
                                                   upstream):
@@ -5684,10 +5673,12 @@ class TestFaults:
         digest = upstream.push_blob(data=data)
         faults.add('GET', BLOB_GET, 'cut_response', after=200000)
         faults.add('GET', BLOB_GET, 'stall', seconds=5)   # the resume stalls once
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_TIMEOUT='1'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_TIMEOUT='1'))
         assert _ok(result) == data
-        assert elapsed < 8
+        # The stalled resume timed out and was asked for again: a client that
+        # waited out the stall would have made two GETs.
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert ranges == [None, 'bytes=200000-', 'bytes=200000-']
 
     # ---- 8. redirects leave credentials behind --------------------------------------
 
@@ -5817,20 +5808,19 @@ class TestFaults:
             'tags': ('GET', TAGS, ['list-aliases', upstream.repo]),
         }[target]
         faults.add(method, pattern, 'length', length=10 ** 12)
-        result, elapsed = _timed(run_cli, argv, fault_env())
-        out, line = _one_error(result, (1, errno.EIO), 'limit')
+        # The proxy sends the short real body, so a client that read on
+        # would fail at its end, not at the limit.
+        out, line = _one_error(run_cli(argv, fault_env()), (1, errno.EIO), 'limit')
         assert out == b''
         assert 'limit is %d' % 10 ** 12 not in line
-        assert elapsed < 5
         assert len(proxy.seen(method, pattern)) == 1       # not retried
 
     def test_endless_tags_list_stops_at_size_limit(self, proxy, faults, fault_env, run_cli,
                                                    upstream):
         faults.add('GET', TAGS, 'endless', every=True)
-        result, elapsed = _timed(run_cli, ['list-aliases', upstream.repo], fault_env())
+        result = run_cli(['list-aliases', upstream.repo], fault_env())
         out, _ = _one_error(result, (1, errno.EIO), 'limit')
         assert out == b''
-        assert elapsed < 10
         proxy._wake.set()       # let the sender notice
         assert proxy.endless_sent < 64 << 20
 
@@ -5844,26 +5834,23 @@ class TestFaults:
         _one_error((status, b'', err), 1, 'host')
         assert out in (b'', b'a\n')
 
-    def test_tags_link_to_itself_fails(self, faults, fault_env, run_cli, upstream):
+    def test_tags_link_to_itself_fails(self, proxy, faults, fault_env, run_cli, upstream):
         upstream.push_blob(data=b'l2')
         upstream.set_alias('a', _sha256(b'l2'))
         link = '</v2/%s/tags/list>; rel="next"' % upstream.repo
         faults.add('GET', TAGS, 'headers', every=True, headers={'Link': link})
-        result, elapsed = _timed(run_cli, ['list-aliases', upstream.repo], fault_env())
-        status, out, err = result
+        status, out, err = run_cli(['list-aliases', upstream.repo], fault_env())
         _one_error((status, b'', err), 1)
-        assert elapsed < 10
+        assert len(proxy.seen('GET', TAGS)) <= 2      # the loop is seen, not followed
 
     def test_redirect_loop_fails_after_at_most_ten_redirects(self, proxy, faults, fault_env,
                                                              run_cli, upstream):
         digest = upstream.push_blob(data=b'loop')
         faults.add('GET', BLOB_GET, 'redirect', every=True)    # Location: itself
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_RETRIES='2'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_RETRIES='2'))
         out, _ = _one_error(result, 1, 'redirect')
         assert out == b''
         assert len(proxy.seen('GET', BLOB_GET)) <= 11      # the request + 10 redirects
-        assert elapsed < 10
 
     def test_redirect_loop_without_retries_fails_after_ten_redirects(
             self, proxy, faults, fault_env, run_cli, upstream):
@@ -5898,10 +5885,8 @@ class TestRegistryRestart:
         env = self._env(reg, tmp_path)
         _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@r'], env))
         reg.stop()
-        result, elapsed = _timed(run_cli, ['pull-blob', repo, '@r'],
-                                 self._env(reg, tmp_path, DXF_RETRIES='0'))
+        result = run_cli(['pull-blob', repo, '@r'], self._env(reg, tmp_path, DXF_RETRIES='0'))
         _, line = _one_error(result, 1, 'refused')
-        assert elapsed < 5
         reg.restart()
         assert _ok(run_cli(['pull-blob', repo, '@r'], env)) == data
 
@@ -7791,8 +7776,10 @@ class TestWireFormat:
         # What a HEAD answer says its body would be; a client waiting for it hangs.
         wire.answer = {'HEAD ' + WIRE_BLOBS + _sha256(d): _wire_reply(200, d, send_body=False)
                        for d in WIRE_DATA}
-        (result, took) = _timed(run_cli, ['blob-size', WIRE_REPO] + WIRE_DIGESTS, wire_env())
-        assert _ok(result) == b'3000\n5\n' and took < 2
+        # A client that waited for the body would time out (no retries):
+        # the exit status and the reused connection below show it did not.
+        result = run_cli(['blob-size', WIRE_REPO] + WIRE_DIGESTS, wire_env())
+        assert _ok(result) == b'3000\n5\n'
         path = _write(tmp_path, 'f', WIRE_DATA[0])
         assert _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env())) == _lines(WIRE_DIGESTS[0])
         assert wire.seen() == [(0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]),
@@ -7845,10 +7832,11 @@ class TestWireFormat:
         ref = 'a' if command == 'get-alias' else WIRE_DIGESTS[0]
         path = WIRE_MANIFESTS + ref if command == 'get-alias' else WIRE_BLOBS + ref
         wire.answer = {'GET ' + path: self.BAD_ANSWERS[what]}
-        result, took = _timed(run_cli, [command, WIRE_REPO, ref], wire_env())
+        result = run_cli([command, WIRE_REPO, ref], wire_env())
         statuses = (1, errno.EIO) if (what, command) == ('cut-short', 'pull-blob') else 1
-        out, _ = _one_error(result, statuses, ref)
-        assert took < 2.5, took
+        out, line = _one_error(result, statuses, ref)
+        # Quickly: the answer itself was refused, not waited on until the timeout.
+        assert 'timed out' not in line, line
         assert out == b'' or (command == 'pull-blob' and WIRE_DATA[0].startswith(out)
                               and len(out) < len(WIRE_DATA[0])), out
         assert wire.connections == 1
