@@ -16,7 +16,7 @@ What the tests need
       certificate and the token-signing certificate are made with it, and
       the test token server signs its RS256 JWTs with ``openssl dgst``.
     * ``go`` and oras-go (Debian ``golang-go`` and ``golang-oras-oras-go-dev``)
-      for the round trip through oras-go's file store (section 19): a small
+      for the round trip through oras-go's file store (section 15): a small
       helper is built offline in GOPATH mode from /usr/share/gocode.
     * pytest; nothing else outside the standard library.
 
@@ -42,6 +42,18 @@ Fixtures
     clean_env       autouse   strips DXF_*, *_PROXY, SSL_CERT_*, DOCKER_CONFIG
     cli_env         function  mode -> environ dict for the CLI
     run_cli         function  (argv, env, stdin=b'') -> (status, stdout bytes, stderr text)
+    dxf_obj         function  a DXF on the open registry for ``repo`` (``connect`` for others)
+    proxy, faults   function  a FaultProxy in front of the open registry, and its rules
+    wire, wire_env  function  a WireServer answering scripted bytes, and a CLI environ for it
+    vendor, forward_proxy, oauth_realm, docker_config, skopeo, oras_helper: see section 2
+
+Sections (numbered as in dxf.py from 4 on)
+    1 Infrastructure     2 Fixtures and shared helpers     3 Infrastructure self-checks
+    4 Digests, names and small helpers     5 HTTP transport     6 Authentication
+    7 Blob streams     8 Manifests     9 Public API     10 Command line
+    then across dxf.py's sections: 11 Ecosystem     12 Reliability
+    13 Copying and OCI layouts     14 Vendor profiles     15 Many files and directories
+    16 python-dxf drop-in
 
 Environment
     DXF_TEST_REGISTRY   the registry binary (default: docker-registry on PATH)
@@ -89,7 +101,12 @@ from dxf import DXF, DXFBase
 
 # =============================================================================
 # 1. Infrastructure
-#    Certificates, the token server, the registry processes, the paging proxy.
+#    The registry processes (RegistryProcess), certificates, the token
+#    server, and the servers that stand between dxf
+#    and a registry: the paging proxy, the fault proxy and a second origin,
+#    vendor proxies, the forward proxy and its tunnels, an OAuth2 token realm,
+#    the scripted wire server, the trickle server; docker config directories,
+#    skopeo and the oras-go helper.
 # =============================================================================
 
 # Read once at import: the autouse ``clean_env`` fixture strips DXF_* from
@@ -859,9 +876,7 @@ HEX64 = 'a' * 64
 DIGEST = 'sha256:' + HEX64
 
 
-# =============================================================================
-# 14. Fault injection: the fault proxy and a second origin
-# =============================================================================
+# ---- the fault proxy, a second origin, a registry that restarts -----------------
 
 # One request as a FaultProxy or an OriginServer saw it.  ``headers`` is the
 # request's http.client.HTTPMessage (case-insensitive ``get``), ``time`` is
@@ -1287,12 +1302,7 @@ class _RestartableRegistry(RegistryProcess):
                                % (self.host, self.log_text()[-4000:]))
 
 
-# =============================================================================
-# 20. Vendor profiles and alias safety
-#    A VendorProxy is a FaultProxy (section 14: same relay) in front of a real
-#    registry that answers as one hosted registry does where that touches
-#    what dxf does.  Each emulated behaviour cites where it is documented.
-# =============================================================================
+# ---- the vendor proxy (a FaultProxy answering as a hosted registry) -------------
 
 _MANIFEST_PATH_RE = re.compile(r'^/v2/(.+)/manifests/([^/]+)$')
 _UPLOAD_PATH_RE = re.compile(r'^/v2/(.+)/blobs/uploads/([^/]+)$')
@@ -1469,13 +1479,6 @@ class VendorProxy(FaultProxy):
         return '<VendorProxy %s %s -> %s>' % (self.profile, self.host, self.upstream)
 
 
-# =============================================================================
-# 12. Ecosystem infrastructure
-#     A docker config directory with fake credential helpers, a forward
-#     proxy (CONNECT tunnels and absolute-form forwarding), an OAuth2 token
-#     realm for identity tokens, hand-made images and indexes, skopeo.
-# =============================================================================
-
 _DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
 _DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
 _DOCKER_IMAGE_CONFIG = 'application/vnd.docker.container.image.v1+json'
@@ -1631,7 +1634,7 @@ class ForwardProxy(object):
         self._thread.stop()
 
 
-# ---- Docker Hub credentials in a credential store ------------------------------------
+# ---- a tunnel that renames the host (for Docker Hub credentials) ----------------
 
 class _RenamingTunnelHandler(_ForwardProxyHandler):
     """CONNECT to a name in the owner's ``names`` reaches the address it maps to."""
@@ -1716,13 +1719,7 @@ class OAuthRealm(object):
         self._thread.stop()
 
 
-# =============================================================================
-# 17. HTTP wire format: dxf's own HTTP/1.1 client against scripted answers
-#     Each test scripts, byte for byte, what a small server on 127.0.0.1
-#     answers (WireServer) and checks what the user sees: output, exit status
-#     and stderr, or what the module API returns, and how many connections
-#     the server accepted.  No registry is needed.
-# =============================================================================
+# ---- the wire server: scripted raw answers --------------------------------------
 
 WIRE_CLOSE = object()     # in an answer: the server closes the connection there
 
@@ -1886,6 +1883,8 @@ def _blob_answers(answer=_wire_reply):
     return {'GET ' + WIRE_BLOBS + _sha256(d): answer(200, d) for d in WIRE_DATA}
 
 
+# ---- the trickle server ---------------------------------------------------------
+
 class _Trickle(object):
     """A server on 127.0.0.1 that answers one request by sending ``answer``
     one byte every ``every`` seconds; ``sent`` counts the bytes it got out
@@ -2046,7 +2045,7 @@ class Skopeo(object):
         return out
 
 
-# ---- oras-go itself --------------------------------------------------------------
+# ---- the oras-go helper ---------------------------------------------------------
 
 _ORAS_HELPER_GO = r'''
 package main
@@ -2233,7 +2232,7 @@ class _Registries(Mapping):
 
 
 # =============================================================================
-# Fixtures
+# 2. Fixtures and shared helpers
 # =============================================================================
 
 _REPO_COUNTER = itertools.count(1)
@@ -2383,7 +2382,7 @@ def skopeo(tmp_path):
     return Skopeo(_SKOPEO, str(tmp_path))
 
 
-# ---- fixtures -------------------------------------------------------------------
+# ---- the fault proxy's fixtures -------------------------------------------------
 
 @pytest.fixture(scope='session')
 def _fault_proxies(registries):
@@ -2656,13 +2655,6 @@ def _offline_env(**extra):
     return env
 
 
-# =============================================================================
-# 15. Reliability: faults between dxf and the registry
-#   What the user sees: the exact bytes, or a non-zero exit with one
-#   "dxf: error:" line and no traceback; never wrong bytes under the final
-#   name; never a hang past the timeout.
-# =============================================================================
-
 def _one_error(result, statuses, *words):
     """Assert a failed run: status in ``statuses``, one 'dxf: error:' line with ``words``.
 
@@ -2682,9 +2674,9 @@ def _one_error(result, statuses, *words):
 
 
 # =============================================================================
-# 2. Infrastructure self-checks
-#    Plain urllib/http.client against the fixtures, without dxf: if these
-#    fail, nothing below them means anything.
+# 3. Infrastructure self-checks
+#    Plain urllib/http.client against the fixtures, and the fault proxy
+#    itself: if these fail, nothing below them means anything.
 # =============================================================================
 
 def _http(url, method='GET', headers=None, data=None, cafile=None):
@@ -3164,6 +3156,19 @@ class TestAll:
         assert [name for name in public if name not in dxf.__all__] == []
 
 
+# =============================================================================
+# 5. HTTP transport
+#    dxf's HTTP client against scripted answers: each test scripts, byte for
+#    byte, what a small server on 127.0.0.1 answers (WireServer) and checks
+#    what the user sees: output, exit status and stderr, or what the module
+#    API returns, and how many connections the server accepted.  Then the
+#    trust boundary: where credentials go (only to the registry's origin, and
+#    the token realm's for the token request; never over plain http to a
+#    host that is not the loopback), and what any value a server controls can
+#    do to a command: one 'dxf: error:' line, a documented exit status, no
+#    hang.  No registry is needed.
+# =============================================================================
+
 class TestWireFormat:
 
     # ---- framing: chunked, read until close, HTTP/1.0 ---------------------------
@@ -3432,16 +3437,6 @@ class TestWireFormat:
         token = [r for r in wire.requests if r.path.startswith('/token')]
         assert len(token) == 1 and 'service=s' in token[0].path
 
-
-# =============================================================================
-# 21. Trust boundary and hostile answers
-#     Where credentials go (only to the registry's origin, and the token
-#     realm's for the token request; never over plain http to a host that
-#     is not the loopback), and what any value a server controls can do to
-#     a command: one 'dxf: error:' line, a documented exit status, no hang.
-#     Scripted servers (WireServer, section 17) play the registry and the
-#     hosts it points at.
-# =============================================================================
 
 def _authz_seen(server):
     """The Authorization values ``server`` received, one per request."""
@@ -3885,7 +3880,7 @@ class TestInsecureAuth:
 
 
 # =============================================================================
-# 7. Blobs (the open registry)
+# 7. Blob streams (the open registry), and a blob corrupted in its storage
 # =============================================================================
 
 ROUND_TRIP_SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, MIB - 1, MIB, MIB + 1,
@@ -4104,10 +4099,6 @@ class TestBlobs:
             target.blob_size(digest)
 
 
-# =============================================================================
-# 7. Integrity: a blob corrupted in the registry's storage
-# =============================================================================
-
 @pytest.mark.registry
 class TestIntegrity:
 
@@ -4158,7 +4149,8 @@ class TestIntegrity:
 
 
 # =============================================================================
-# 8. Aliases and manifests (the open registry)
+# 8. Manifests: aliases, and paging (the paging proxy in front of the open
+#    registry)
 # =============================================================================
 
 @pytest.fixture(params=['oci-index', 'docker-manifest-list'])
@@ -4357,10 +4349,6 @@ class TestNamesCheckedBeforeRequests:
                 operation()
 
 
-# =============================================================================
-# 9. Paging (the paging proxy in front of the open registry)
-# =============================================================================
-
 @pytest.mark.registry
 class TestPaging:
 
@@ -4406,7 +4394,8 @@ class TestPaging:
 
 
 # =============================================================================
-# The README's module example, its typos fixed (see the "was:" comments)
+# 9. Public API: the README's module example, its typos fixed (see the "was:"
+#    comments)
 # =============================================================================
 
 @pytest.mark.registry
@@ -5117,7 +5106,7 @@ class TestCLIErrors:
                'missing.dat')
 
     def test_cli_push_blob_directory_with_a_fifo_exits_einval(self, run_cli, tmp_path):
-        # a directory is one tar layer now (section 19); what it cannot hold
+        # a directory is one tar layer now (section 15); what it cannot hold
         # is refused before any request
         os.mkfifo(str(tmp_path / 'pipe'))
         _fails(run_cli(['push-blob', 'a/b', str(tmp_path)], _offline_env()), errno.EINVAL,
@@ -5461,6 +5450,13 @@ def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, 
     assert _ok(run_cli(['pull-blob', repo, _sha256(a)], env)) == a
 
 
+# =============================================================================
+# 11. Ecosystem: credentials, proxies, progress, interop
+#     Docker config directories and credential helpers, identity tokens,
+#     forward proxies, DXF_PROGRESS, multi-platform aliases, oras's title
+#     annotations and skopeo, on hand-made images and indexes.
+# =============================================================================
+
 # ---- images and indexes made by hand ----------------------------------------------
 
 def _canonical(doc):
@@ -5559,10 +5555,6 @@ def _gzip36(data):
         f.write(data)
     return out.getvalue()
 
-
-# =============================================================================
-# 13. Ecosystem: credentials, proxies, progress, interop
-# =============================================================================
 
 def _push_pull(run_cli, env, repo, seed, size=3000):
     """push-blob (stdin) then pull-blob with ``env``; return the digest."""
@@ -6503,6 +6495,13 @@ def test_pull_output_dir_duplicate_titles_lose_no_blob(cli_env, run_cli, repo, t
         assert os.listdir(out) == []
 
 
+# =============================================================================
+# 12. Reliability: faults between dxf and the registry
+#     What the user sees: the exact bytes, or a non-zero exit with one
+#     "dxf: error:" line and no traceback; never wrong bytes under the final
+#     name; never a hang past the timeout.
+# =============================================================================
+
 BLOB_GET = r'/blobs/sha256:'
 UPLOAD = r'/blobs/uploads/'
 MANIFEST = r'/manifests/'
@@ -7245,7 +7244,7 @@ class TestChunkedPush:
 
 
 # =============================================================================
-# 16. Copying and OCI layout directories
+# 13. Copying and OCI layout directories
 #     DXF_HOST=oci:DIR (every command on layout directories), the OCILayout
 #     class, copy-alias between repositories, registries and layouts, and
 #     skopeo reading and writing the same layouts.
@@ -8491,6 +8490,13 @@ class TestResumeAnsweredWith200:
         assert len(out) < len(data) and data.startswith(out)
 
 
+# =============================================================================
+# 14. Vendor profiles and alias safety
+#     A VendorProxy (section 1) is a FaultProxy in front of a real registry
+#     that answers as one hosted registry does where that touches what dxf
+#     does.  Each emulated behaviour cites where it is documented.
+# =============================================================================
+
 def _vendor_env(proxy, tmp_path):
     """CLI environ aimed at a VendorProxy (plain http on the loopback)."""
     home = tmp_path / 'vendor-home'
@@ -8653,6 +8659,8 @@ def _http_raw(proxy, method, path):
         conn.close()
 
 
+# ---- Docker Hub credentials in a credential store -------------------------------
+
 @pytest.mark.registry
 @pytest.mark.tls
 class TestDockerHubCredentials:
@@ -8692,7 +8700,8 @@ class TestDockerHubCredentials:
         assert ('CONNECT', 'registry-1.docker.io:443') in hub_tunnel.targets()
 
 
-# 19. Many files and directories
+# =============================================================================
+# 15. Many files and directories
 #     push-blob of several files and of directories (one gzip tar layer each,
 #     as oras-go's file store makes them), pull-blob -o DIR unpacking them
 #     safely, blobs moving several at a time, and a round trip through
@@ -9131,6 +9140,8 @@ def test_hostile_directory_layer_never_escapes_output(cli_env, run_cli, registri
     assert os.listdir(str(out)) == []
 
 
+# ---- oras-go itself -------------------------------------------------------------
+
 @pytest.mark.registry
 class TestOras:
 
@@ -9174,7 +9185,7 @@ class TestOras:
 
 
 # =============================================================================
-# 18. python-dxf drop-in
+# 16. python-dxf drop-in
 #    What code written for python-dxf (davedoesdev/dxf 12) meets when dxf.py
 #    replaces it: its submodules, exception names and attributes, its CA
 #    bundle variables and its progress callbacks.
