@@ -2231,6 +2231,44 @@ class _Registries(Mapping):
         return '<registries started=%s>' % sorted(self._infra.started)
 
 
+# ---- the launcher for bench/bench.py and `make demo` ----------------------------
+
+def serve(workdir, binary=None):
+    """Start the open registry (plain http, no auth) in ``workdir``; return it.
+
+    The one registry launcher: bench/bench.py calls this, and .ci/demo.sh
+    runs ``python3 test_dxf.py --serve DIR``.
+    """
+    binary = binary or REGISTRY_BINARY
+    if not binary:
+        raise RuntimeError('docker-registry is not installed (or set DXF_TEST_REGISTRY)')
+    return RegistryProcess('open', workdir, binary).start()
+
+
+def _serve_main(argv):
+    """``--serve DIR``: print the registry's host, then serve until SIGTERM or SIGINT."""
+    import signal
+    if len(argv) != 2 or argv[0] != '--serve':
+        sys.stderr.write('usage: python3 test_dxf.py --serve DIR\n')
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    reg = serve(argv[1])
+    try:
+        sys.stdout.write(reg.host + '\n')
+        sys.stdout.flush()
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reg.stop()
+    return 0
+
+
+if __name__ == '__main__':      # here, not at the end: the tests below are not needed
+    sys.exit(_serve_main(sys.argv[1:]))
+
+
 # =============================================================================
 # 2. Fixtures and shared helpers
 # =============================================================================
