@@ -16,7 +16,7 @@ What the tests need
       certificate and the token-signing certificate are made with it, and
       the test token server signs its RS256 JWTs with ``openssl dgst``.
     * ``go`` and oras-go (Debian ``golang-go`` and ``golang-oras-oras-go-dev``)
-      for the round trip through oras-go's file store (section 19): a small
+      for the round trip through oras-go's file store (section 15): a small
       helper is built offline in GOPATH mode from /usr/share/gocode.
     * pytest; nothing else outside the standard library.
 
@@ -42,6 +42,18 @@ Fixtures
     clean_env       autouse   strips DXF_*, *_PROXY, SSL_CERT_*, DOCKER_CONFIG
     cli_env         function  mode -> environ dict for the CLI
     run_cli         function  (argv, env, stdin=b'') -> (status, stdout bytes, stderr text)
+    dxf_obj         function  a DXF on the open registry for ``repo`` (``connect`` for others)
+    proxy, faults   function  a FaultProxy in front of the open registry, and its rules
+    wire, wire_env  function  a WireServer answering scripted bytes, and a CLI environ for it
+    vendor, forward_proxy, oauth_realm, docker_config, skopeo, oras_helper: see section 2
+
+Sections (numbered as in dxf.py from 4 on)
+    1 Infrastructure     2 Fixtures and shared helpers     3 Infrastructure self-checks
+    4 Digests, names and small helpers     5 HTTP transport     6 Authentication
+    7 Blob streams     8 Manifests     9 Public API     10 Command line
+    then across dxf.py's sections: 11 Ecosystem     12 Reliability
+    13 Copying and OCI layouts     14 Vendor profiles     15 Many files and directories
+    16 python-dxf drop-in
 
 Environment
     DXF_TEST_REGISTRY   the registry binary (default: docker-registry on PATH)
@@ -86,9 +98,15 @@ import pytest
 import dxf
 from dxf import DXF, DXFBase
 
+
 # =============================================================================
 # 1. Infrastructure
-#    Certificates, the token server, the registry processes, the paging proxy.
+#    The registry processes (RegistryProcess), certificates, the token
+#    server, and the servers that stand between dxf
+#    and a registry: the paging proxy, the fault proxy and a second origin,
+#    vendor proxies, the forward proxy and its tunnels, an OAuth2 token realm,
+#    the scripted wire server, the trickle server; docker config directories,
+#    skopeo and the oras-go helper.
 # =============================================================================
 
 # Read once at import: the autouse ``clean_env`` fixture strips DXF_* from
@@ -841,6 +859,1272 @@ class PagingProxy(object):
         self._thread.stop()
 
 
+# What the specs say, written out rather than read from dxf's private constants.
+OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
+ALIAS_ARTIFACT = 'application/vnd.dxf.alias.v1'
+EMPTY_CONFIG = {'mediaType': 'application/vnd.oci.empty.v1+json',
+                'digest': 'sha256:44136fa355b3678a1146ad16f7e8649e'
+                          '94fb4fc21fe77e8310c060f61caaff8a',
+                'size': 2}
+CHUNK = 8192           # pull_blob's default chunk size (python-dxf's)
+MIB = 1 << 20
+HEX64 = 'a' * 64
+DIGEST = 'sha256:' + HEX64
+
+
+# ---- the fault proxy, a second origin, a registry that restarts -----------------
+
+# One request as a FaultProxy or an OriginServer saw it.  ``headers`` is the
+# request's http.client.HTTPMessage (case-insensitive ``get``), ``time`` is
+# time.monotonic() on arrival, ``fault`` the Fault that fired on it or None.
+SeenRequest = collections.namedtuple('SeenRequest', 'method path headers time fault')
+
+
+class Fault(object):
+    """One rule of a FaultProxy.
+
+    It matches requests by ``method`` (None: any) and ``path``, a regular
+    expression searched in the request target (path and query), and, with
+    ``has_header``, only requests carrying that header.  It fires on the
+    ``nth`` match (1: the first), then never again, or, with ``every``, on
+    every later match too.  ``matched`` and ``fired`` count.
+
+    ``action`` and its parameters:
+
+    ``status``        answer ``status`` (503) with ``headers`` (dict) and
+                      ``body`` (bytes), after reading the request body; the
+                      registry never sees the request
+    ``redirect``      answer ``status`` (307) with ``Location: <to><path>``
+                      (``to`` is e.g. an OriginServer's url; '' redirects the
+                      request to itself: a redirect loop with ``every``)
+    ``stall``         wait ``seconds`` before doing anything (cut short when
+                      the proxy is reset), then forward the request
+    ``cut_request``   forward the request, but only ``after`` bytes of its
+                      body; drop the registry's connection, and ``linger``
+                      seconds later (0.5: time for the registry to forget an
+                      upload session) the client's, without an answer
+    ``cut_response``  forward; send the headers (with the full
+                      Content-Length) and ``after`` bytes of the body, then
+                      close the connection
+    ``flip``          forward; invert the byte at ``offset`` of the body
+    ``body``          forward; replace the body with ``body`` (Content-Length
+                      fixed), optionally the status with ``status``
+    ``headers``       forward; set ``headers`` (dict) on the answer
+    ``length``        forward; announce ``length`` as Content-Length, send
+                      the real (shorter) body, then close the connection
+    ``endless``       answer ``status`` (200) with ``prefix`` and then
+                      ``piece`` repeated, chunked, until the client goes away
+                      (or ``limit`` bytes, 256 MiB, have gone)
+
+    ``body`` and ``headers`` also take ``drop``: header names to remove.
+    """
+
+    ACTIONS = ('status', 'redirect', 'stall', 'cut_request', 'cut_response', 'flip',
+               'body', 'headers', 'length', 'endless')
+
+    def __init__(self, method, path, action, nth=1, every=False, has_header=None, **params):
+        if action not in self.ACTIONS:
+            raise ValueError('unknown fault action %r' % action)
+        self.method = method.upper() if method else None
+        self.path = re.compile(path)
+        self.action = action
+        self.nth = nth
+        self.every = every
+        self.has_header = has_header
+        self.params = params
+        self.matched = 0
+        self.fired = 0
+
+    def _claim(self, method, path, headers):
+        """Count a match; True when the fault fires on this request."""
+        if self.method is not None and self.method != method:
+            return False
+        if not self.path.search(path):
+            return False
+        if self.has_header and headers.get(self.has_header) is None:
+            return False
+        self.matched += 1
+        if self.matched == self.nth or (self.every and self.matched > self.nth):
+            self.fired += 1
+            return True
+        return False
+
+    def __repr__(self):
+        return '<Fault %s %s %s %r fired=%d>' % (self.method, self.path.pattern,
+                                                 self.action, self.params, self.fired)
+
+
+class _FaultList(list):
+    """A FaultProxy's rules, in order; the first that fires wins."""
+
+    def add(self, method, path, action, **options):
+        """Append ``Fault(method, path, action, **options)``; return it."""
+        fault = Fault(method, path, action, **options)
+        self.append(fault)
+        return fault
+
+
+class _FaultHandler(_ProxyHandler):
+
+    def _serve(self):
+        proxy = self.server.owner
+        generation = proxy.generation
+        fault = proxy._match(self.command, self.path, self.headers)
+        proxy.requests.append(SeenRequest(self.command, self.path, self.headers,
+                                          time.monotonic(), fault))
+        try:
+            self._dispatch(fault)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # The client went away (a timeout, a cut on purpose) or sent
+            # something unreadable: nothing more to say on this connection.
+            if generation == proxy.generation:    # not a test that has ended
+                proxy.errors.append(exc)
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def _request_body(self):
+        """(chunked, iterator over the pieces of the request body)."""
+        if 'chunked' in self.headers.get('Transfer-Encoding', '').lower():
+            return True, self._read_chunked()
+        length = self.headers.get('Content-Length')
+        if length and int(length) > 0:
+            return False, self._read_length(int(length))
+        return False, iter(())
+
+    def _dispatch(self, fault):
+        proxy = self.server.owner
+        action = fault.action if fault else None
+        params = fault.params if fault else {}
+        if action == 'stall':
+            proxy._sleep(params.get('seconds', 5))
+        chunked, body = self._request_body()
+        if action in ('status', 'redirect', 'endless'):
+            for _ in body:       # read the upload, so that the answer is heard
+                pass
+        if action == 'status':
+            return self._answer(params.get('status', 503), params.get('body', b''),
+                                params.get('headers', {}))
+        if action == 'redirect':
+            headers = {'Location': params.get('to', '') + self.path}
+            return self._answer(params.get('status', 307), b'', headers)
+        if action == 'endless':
+            return self._endless(params)
+        self._forward(chunked, body, action, params)
+
+    def _answer(self, status, body, headers):
+        self.send_response(status)
+        names = set()
+        for name, value in headers.items():
+            names.add(name.lower())
+            self.send_header(name, value)
+        if 'content-length' not in names:
+            self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        if self.command != 'HEAD' and body:
+            self.wfile.write(body)
+
+    def _endless(self, params):
+        proxy = self.server.owner
+        self.close_connection = True
+        self.send_response(params.get('status', 200))
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Transfer-Encoding', 'chunked')
+        self.end_headers()
+        piece = params.get('piece', b'"endless-tag",' * 4096)
+        pieces = [params.get('prefix', b'{"name": "x", "tags": [')]
+        limit = params.get('limit', 256 << 20)
+        sent = 0
+        stop = proxy._wake
+        while sent < limit and not stop.is_set():
+            data = pieces.pop() if pieces else piece
+            self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data))
+            sent += len(data)
+            proxy.endless_sent += len(data)
+
+    def _send_up(self, conn, data, chunked):
+        if not data:
+            return
+        if chunked:
+            conn.send(b'%x\r\n' % len(data) + data + b'\r\n')
+        else:
+            conn.send(data)
+
+    def _forward(self, chunked, body, action, params):
+        proxy = self.server.owner
+        conn = proxy._connect()
+        resp = None
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                low = name.lower()
+                if low in _HOP_BY_HOP or low == 'x-forwarded-proto' or (
+                        chunked and low == 'content-length'):
+                    continue
+                conn.putheader(name, value)
+            if chunked:
+                conn.putheader('Transfer-Encoding', 'chunked')
+            conn.putheader('X-Forwarded-Proto', 'http')
+            conn.endheaders()
+            cut = params.get('after') if action == 'cut_request' else None
+            sent = 0
+            for piece in body:
+                if cut is not None and sent + len(piece) >= cut:
+                    self._send_up(conn, piece[:cut - sent], chunked)
+                    # The registry sees its upload break off and, given a
+                    # moment, forgets the session; the client gets no answer.
+                    conn.close()
+                    proxy._sleep(params.get('linger', 0.5))
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self._send_up(conn, piece, chunked)
+                sent += len(piece)
+            if chunked:
+                conn.send(b'0\r\n\r\n')
+            resp = conn.getresponse()
+            self._relay(resp, action, params)
+        finally:
+            if resp is not None:
+                resp.close()
+            conn.close()
+
+    def _location(self, value):
+        """Upload Locations lead back through the proxy, over plain http."""
+        proxy = self.server.owner
+        parts = urllib.parse.urlsplit(value)
+        if parts.netloc in (proxy.upstream, proxy.host):
+            return urllib.parse.urlunsplit(('http', proxy.host) + tuple(parts[2:]))
+        return value
+
+    def _relay(self, resp, action, params):
+        status, reason = resp.status, resp.reason
+        headers = []
+        for name, value in resp.getheaders():
+            if name.lower() in _HOP_BY_HOP:
+                continue
+            if name.lower() == 'location':
+                value = self._location(value)
+            headers.append((name, value))
+        if action in ('body', 'headers'):
+            new = params.get('headers', {})
+            drop = set(n.lower() for n in params.get('drop', ())) | set(n.lower() for n in new)
+            headers = [(k, v) for k, v in headers if k.lower() not in drop] + list(new.items())
+        no_body = self.command == 'HEAD' or status in (204, 304) or status < 200
+        if action == 'body':
+            resp.read()
+            body = params['body']
+            headers = [(k, v) for k, v in headers if k.lower() != 'content-length']
+            headers.append(('Content-Length', str(len(body))))
+            self._head(params.get('status', status), reason, headers)
+            if self.command != 'HEAD':
+                self.wfile.write(body)
+            return
+        if action == 'length':
+            headers = [(k, v) for k, v in headers if k.lower() != 'content-length']
+            headers.append(('Content-Length', str(params['length'])))
+            self.close_connection = True
+            self._head(status, reason, headers)
+            self.wfile.write(resp.read())
+            return
+        length = resp.getheader('Content-Length')
+        if no_body:
+            return self._head(status, reason, headers)
+        if length is None:
+            headers.append(('Transfer-Encoding', 'chunked'))
+        self._head(status, reason, headers)
+        flip = params.get('offset') if action == 'flip' else None
+        cut = params.get('after') if action == 'cut_response' else None
+        pos = 0
+        while True:
+            data = resp.read(65536)
+            if not data:
+                break
+            if flip is not None and pos <= flip < pos + len(data):
+                data = bytearray(data)
+                data[flip - pos] ^= 0xff
+                data = bytes(data)
+            if cut is not None and pos + len(data) >= cut:
+                data = data[:cut - pos]
+                self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data) if length is None
+                                 else data)
+                self.close_connection = True
+                return
+            pos += len(data)
+            self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data) if length is None else data)
+        if length is None:
+            self.wfile.write(b'0\r\n\r\n')
+
+    def _head(self, status, reason, headers):
+        self.send_response_only(status, reason)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+
+
+class FaultProxy(object):
+    """A reverse proxy in front of a registry that injects faults on request.
+
+    The client talks to it as if it were the registry (plain http on
+    127.0.0.1; upstream plain http or, for the https registries, TLS checked
+    against the test CA).  Requests are forwarded with their ``Host``, and
+    absolute ``Location`` answers are rewritten to the proxy, so upload
+    sessions lead back through it.  Bodies stream both ways (chunked uploads
+    stay chunked; Content-Length is kept); connections are kept alive.
+
+    ``faults``    the rules (a list of Fault; ``faults.add(...)`` makes one)
+    ``requests``  every request seen, as SeenRequest, in order of arrival
+    ``seen(method, pattern)``  those of ``requests`` that match
+    ``reset()``   clears both and wakes stalled requests (the ``faults``
+                  fixture calls it around each test)
+    """
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.upstream = registry.host
+        self.cafile = registry.tlsverify if registry.https else None
+        self.faults = _FaultList()
+        self.requests = []
+        self.errors = []
+        self.endless_sent = 0
+        self.generation = 0       # bumped by reset()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = _ServerThread(_FaultHandler, self)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+        self.url = 'http://' + self.host
+
+    def _connect(self):
+        if self.cafile:
+            return http.client.HTTPSConnection(self.upstream, timeout=30,
+                                               context=_client_context(self.cafile))
+        return http.client.HTTPConnection(self.upstream, timeout=30)
+
+    def _match(self, method, path, headers):
+        with self._lock:
+            for fault in self.faults:
+                if fault._claim(method, path, headers):
+                    return fault
+        return None
+
+    def _sleep(self, seconds):
+        self._wake.wait(seconds)
+
+    def seen(self, method=None, pattern=''):
+        """The requests seen with ``method`` (None: any) whose target matches ``pattern``."""
+        return [r for r in self.requests
+                if (method is None or r.method == method) and re.search(pattern, r.path)]
+
+    def reset(self):
+        with self._lock:
+            del self.faults[:]
+        self.generation += 1
+        self._wake.set()
+        self._wake = threading.Event()
+        del self.requests[:]
+        del self.errors[:]
+        self.endless_sent = 0
+
+    def stop(self):
+        self._wake.set()
+        self._thread.stop()
+
+    def __repr__(self):
+        return '<FaultProxy %s -> %s>' % (self.host, self.upstream)
+
+
+class _OriginHandler(_Handler):
+
+    def do_GET(self):
+        origin = self.server.owner
+        origin.requests.append(SeenRequest(self.command, self.path, self.headers,
+                                           time.monotonic(), None))
+        path = urllib.parse.urlsplit(self.path).path
+        if path in origin.answers:
+            status, headers, body = origin.answers[path]
+            return self._reply(status, body, list(headers.items()))
+        digest = path.rsplit('/', 1)[-1]
+        data = origin.blobs.get(digest)
+        if data is None:
+            return self._reply(404, {'errors': [{'code': 'BLOB_UNKNOWN', 'message': path}]})
+        headers = [('Content-Type', 'application/octet-stream')]
+        match = re.match(r'bytes=(\d+)-$', self.headers.get('Range', ''))
+        if match and int(match.group(1)) < len(data):
+            start = int(match.group(1))
+            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, len(data) - 1,
+                                                                 len(data))))
+            return self._reply(206, data[start:], headers)
+        return self._reply(200, data, headers)
+
+    do_HEAD = do_GET
+
+
+class OriginServer(object):
+    """A second origin (plain http on its own port) that records what it gets.
+
+    ``blobs`` maps digest -> bytes: a GET of any path ending in that digest
+    gets them (ranges too).  ``answers`` maps an exact path to
+    ``(status, headers dict, body)``, e.g. a broken token service at
+    '/token'.  ``requests`` lists SeenRequest.
+    """
+
+    def __init__(self):
+        self.blobs = {}
+        self.answers = {}
+        self.requests = []
+        self._thread = _ServerThread(_OriginHandler, self)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+        self.url = 'http://' + self.host
+
+    def stop(self):
+        self._thread.stop()
+
+
+class _RestartableRegistry(RegistryProcess):
+    """A RegistryProcess of its own that can come back on the same port."""
+
+    def restart(self):
+        port = int(self.host.rsplit(':', 1)[1])
+        self._write_config(port)
+        self._logfile = open(self.log, 'ab')
+        self.proc = subprocess.Popen(
+            [self.binary, 'serve', self.config], stdin=subprocess.DEVNULL,
+            stdout=self._logfile, stderr=subprocess.STDOUT, cwd=self.workdir,
+            env={'PATH': os.environ.get('PATH', ''), 'HOME': self.workdir})
+        if _wait_until(self._answers, 15, 'the restarted registry on %s' % self.host) != 'up':
+            raise RuntimeError('the registry did not come back on %s:\n%s'
+                               % (self.host, self.log_text()[-4000:]))
+
+
+# ---- the vendor proxy (a FaultProxy answering as a hosted registry) -------------
+
+_MANIFEST_PATH_RE = re.compile(r'^/v2/(.+)/manifests/([^/]+)$')
+_UPLOAD_PATH_RE = re.compile(r'^/v2/(.+)/blobs/uploads/([^/]+)$')
+_ALL_MANIFEST_TYPES = ', '.join([
+    'application/vnd.oci.image.manifest.v1+json',
+    'application/vnd.oci.image.index.v1+json',
+    'application/vnd.docker.distribution.manifest.v2+json',
+    'application/vnd.docker.distribution.manifest.list.v2+json'])
+
+# What each profile changes.  ``manifest_delete``: 'refused' answers every
+# manifest DELETE 405 UNSUPPORTED.  ``tag_delete``: 'yes' deletes the tag
+# alone (the OCI spec's "Deleting tags"), 'unsupported' answers 400
+# UNSUPPORTED; None leaves it to distribution 2.8 (400 DIGEST_INVALID).
+# ``dangling_tag``: a manifest a tag points at cannot be deleted by digest.
+# ``no_digest_header``: manifest answers carry no Docker-Content-Digest.
+# ``min_part``: a chunk smaller than this may only be the last one.
+# ``token``: the TokenServer knob the vendor's token answers match.
+VENDOR_PROFILES = {
+    # Docker Hub answers manifest DELETE with 405 UNSUPPORTED:
+    # https://github.com/docker/hub-feedback/issues/2360 and
+    # https://github.com/goharbor/harbor/issues/7369 (the body).
+    'dockerhub': {'manifest_delete': 'refused'},
+    # GHCR likewise: https://github.com/containers/skopeo/issues/1880
+    'ghcr': {'manifest_delete': 'refused'},
+    # ECR omits Docker-Content-Digest on manifest answers:
+    # https://github.com/aws/containers-roadmap/issues/1931,
+    # https://github.com/distribution/distribution/issues/3792,
+    # https://github.com/google/containerregistry/pull/10.
+    # Layer parts must be at least 5 MiB, except the last:
+    # https://docs.aws.amazon.com/botocore/latest/reference/services/ecr-public/client/exceptions/LayerPartTooSmallException.html
+    # (the status and error code over the registry API are not documented:
+    # 400 BLOB_UPLOAD_INVALID is this emulation's choice).
+    'ecr': {'no_digest_header': True, 'min_part': 5 << 20},
+    # ACR's token endpoint answers only access_token:
+    # https://github.com/davedoesdev/dxf/issues/22,
+    # https://github.com/Azure/acr/blob/master/docs/AAD-OAuth.md
+    'acr': {'token': 'answer_access_token_only'},
+    # GAR/GCR: 400 GOOGLE_MANIFEST_DANGLING_TAG for a digest a tag points
+    # at; DELETE .../manifests/<tag> deletes the tag (202):
+    # https://github.com/genuinetools/reg/issues/136
+    'gar': {'dangling_tag': True, 'tag_delete': 'yes'},
+    # Quay deletes a tag alone on DELETE .../manifests/<tag>:
+    # https://github.com/quay/quay/pull/3128
+    'quay': {'tag_delete': 'yes'},
+    # Harbor answers "access_token": "" beside "token":
+    # https://github.com/eclipse-jkube/jkube/issues/3709; and UNSUPPORTED
+    # for a manifest DELETE by tag: https://github.com/goharbor/harbor/pull/11971
+    'harbor': {'token': 'empty_access_token', 'tag_delete': 'unsupported'},
+    # GitLab's registry deletes tags by DELETE .../manifests/<tag> (OCI 1.1):
+    # https://gitlab.com/gitlab-org/container-registry/-/blob/5b30b79079ba2e1d88b06da7a4cbfe30d4f8ee38/docs/spec/api.md
+    # (commit a72ecc08, "add support for DELETE /v2/<name>/manifests/<tag>").
+    'gitlab': {'tag_delete': 'yes'},
+}
+
+
+def _registry_error(code, message):
+    return json.dumps({'errors': [{'code': code, 'message': message}]}).encode('utf-8')
+
+
+class _VendorHandler(_FaultHandler):
+    """A _FaultHandler whose vendor's answers come first (faults still win)."""
+
+    def _dispatch(self, fault):
+        if fault is None and self._vendor():
+            return
+        _FaultHandler._dispatch(self, fault)
+
+    def _say(self, status, code=None, message=''):
+        for _ in self._request_body()[1]:
+            pass
+        body = _registry_error(code, message) if code else b''
+        headers = {'Content-Type': 'application/json'} if code else {}
+        self._answer(status, body, headers)
+        return True
+
+    def _upstream_get(self, method, path, accept=None):
+        proxy = self.server.owner
+        conn = proxy._connect()
+        headers = {'Host': proxy.upstream}
+        if self.headers.get('Authorization'):
+            headers['Authorization'] = self.headers['Authorization']
+        if accept:
+            headers['Accept'] = accept
+        try:
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader('Docker-Content-Digest'), resp.read()
+        finally:
+            conn.close()
+
+    def _visible_tags(self, repo):
+        proxy = self.server.owner
+        status, _, body = self._upstream_get('GET', '/v2/%s/tags/list' % repo)
+        if status != 200:
+            return []
+        tags = json.loads(body.decode('utf-8')).get('tags') or []
+        return [t for t in tags if (repo, t) not in proxy.hidden]
+
+    def _vendor(self):
+        proxy = self.server.owner
+        rules = proxy.rules
+        path = urllib.parse.urlsplit(self.path).path
+        manifest = _MANIFEST_PATH_RE.match(path)
+        if manifest:
+            repo, ref = manifest.groups()
+            by_digest = ':' in ref
+            if self.command == 'DELETE':
+                proxy.deletes.append(ref)
+                if rules.get('manifest_delete') == 'refused':
+                    return self._say(405, 'UNSUPPORTED', 'The operation is unsupported.')
+                if not by_digest and rules.get('tag_delete') == 'unsupported':
+                    return self._say(400, 'UNSUPPORTED', 'The operation is unsupported.')
+                if not by_digest and rules.get('tag_delete') == 'yes':
+                    if ref not in self._visible_tags(repo):
+                        return self._say(404, 'MANIFEST_UNKNOWN', 'manifest unknown')
+                    proxy.hidden.add((repo, ref))
+                    return self._say(202)
+                if by_digest and rules.get('dangling_tag'):
+                    for tag in self._visible_tags(repo):
+                        _, echoed, _ = self._upstream_get(
+                            'HEAD', '/v2/%s/manifests/%s' % (repo, tag), _ALL_MANIFEST_TYPES)
+                        if echoed == ref:
+                            return self._say(400, 'GOOGLE_MANIFEST_DANGLING_TAG',
+                                             'Manifest is still referenced by tag: ' + tag)
+            elif self.command in ('GET', 'HEAD') and (repo, ref) in proxy.hidden:
+                return self._say(404, 'MANIFEST_UNKNOWN', 'manifest unknown')
+            elif self.command == 'PUT':
+                proxy.hidden.discard((repo, ref))
+            if self.command in ('GET', 'HEAD') and rules.get('no_digest_header'):
+                _FaultHandler._dispatch(self, Fault(None, '', 'headers',
+                                                    drop=['Docker-Content-Digest']))
+                return True
+            return False
+        tags = _TAGS_RE.match(path)
+        if tags and self.command == 'GET' and proxy.hidden:
+            status, _, body = self._upstream_get('GET', self.path)
+            if status != 200:
+                return False
+            doc = json.loads(body.decode('utf-8'))
+            doc['tags'] = [t for t in doc.get('tags') or []
+                           if (tags.group(1), t) not in proxy.hidden]
+            self._answer(200, json.dumps(doc).encode('utf-8'),
+                         {'Content-Type': 'application/json'})
+            return True
+        upload = _UPLOAD_PATH_RE.match(path)
+        if upload and self.command == 'PATCH' and rules.get('min_part'):
+            if path in proxy.small_parts:
+                return self._say(400, 'BLOB_UPLOAD_INVALID',
+                                 'Layer parts must be at least 5 MiB in size')
+            if int(self.headers.get('Content-Length') or 0) < rules['min_part']:
+                proxy.small_parts.add(path)
+        return False
+
+
+class VendorProxy(FaultProxy):
+    """A FaultProxy in front of ``registry`` that answers as ``profile`` does.
+
+    ``rules`` is the VENDOR_PROFILES entry, ``hidden`` the (repo, tag)
+    pairs deleted by tag (distribution 2.8 cannot untag, so the proxy hides
+    them: 404 for the tag, left out of tags/list, back when PUT again),
+    ``deletes`` the reference of every manifest DELETE seen.
+    """
+
+    def __init__(self, registry, profile):
+        self.profile = profile
+        self.rules = VENDOR_PROFILES[profile]
+        self.hidden = set()
+        self.small_parts = set()
+        self.deletes = []
+        FaultProxy.__init__(self, registry)
+        self._thread.server.RequestHandlerClass = _VendorHandler
+
+    def __repr__(self):
+        return '<VendorProxy %s %s -> %s>' % (self.profile, self.host, self.upstream)
+
+
+_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+_DOCKER_IMAGE_CONFIG = 'application/vnd.docker.container.image.v1+json'
+_DOCKER_LAYER = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
+_OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json'
+_OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar'
+_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
+_TITLE = 'org.opencontainers.image.title'
+_WRONG_PASSWORD = 'wrong-password-K3vR'
+_IDENTITY_TOKEN = 'dxf-identity-token-7TqW'
+
+
+# ---- the forward proxy ------------------------------------------------------------
+
+class _ForwardProxyHandler(_ProxyHandler):
+    """CONNECT host:port -> a TCP tunnel; ``METHOD http://host:port/path`` -> forwarded.
+
+    Only 127.0.0.1 targets are served (403 otherwise).
+    """
+
+    def _admit(self):
+        proxy = self.server.owner
+        auth = self.headers.get('Proxy-Authorization')
+        with proxy.lock:
+            proxy.requests.append(self.requestline)
+            proxy.authorizations.append(auth)
+        if proxy.require_auth is not None and auth != proxy.require_auth:
+            self.close_connection = True
+            self._reply(407, b'proxy authentication required',
+                        [('Proxy-Authenticate', 'Basic realm="dxf-test-proxy"'),
+                         ('Connection', 'close')])
+            return False
+        return True
+
+    def _refuse(self, status, text):
+        self.close_connection = True
+        self._reply(status, text.encode('utf-8'), [('Connection', 'close')])
+
+    def do_CONNECT(self):
+        if not self._admit():
+            return
+        host, _, port = self.path.rpartition(':')
+        if host != '127.0.0.1' or not port.isdigit():
+            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except OSError as e:
+            return self._refuse(502, str(e))
+        self.close_connection = True
+        try:
+            self.send_response(200, 'Connection established')
+            self.end_headers()
+            self._pipe(self.connection, upstream)
+        finally:
+            upstream.close()
+
+    def _pipe(self, client, upstream):
+        client.settimeout(None)
+        upstream.settimeout(None)
+        peers = {client: upstream, upstream: client}
+        while True:
+            readable, _, _ = select.select(list(peers), [], [], 60)
+            if not readable:
+                return
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    peers[sock].sendall(data)
+                except OSError:
+                    return
+
+    def _forward(self):
+        if not self._admit():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if url.scheme != 'http' or not url.netloc:
+            return self._refuse(400, 'a forward proxy wants absolute-form request targets')
+        if url.hostname != '127.0.0.1':
+            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
+        target = (url.path or '/') + ('?' + url.query if url.query else '')
+        chunked = 'chunked' in self.headers.get('Transfer-Encoding', '').lower()
+        headers = {}
+        for name, value in self.headers.items():
+            lower = name.lower()
+            if (lower in _HOP_BY_HOP or lower == 'proxy-authorization'
+                    or (chunked and lower == 'content-length')):
+                continue
+            headers[name] = value
+        if chunked:
+            body = self._read_chunked()
+        elif self.headers.get('Content-Length'):
+            body = self._read_length(int(self.headers['Content-Length']))
+        else:
+            body = None
+        conn = http.client.HTTPConnection(url.netloc, timeout=30)
+        try:
+            try:
+                conn.putrequest(self.command, target, skip_host=True,
+                                skip_accept_encoding=True)
+                for name, value in headers.items():
+                    conn.putheader(name, value)
+                if chunked:
+                    conn.putheader('Transfer-Encoding', 'chunked')
+                conn.endheaders()
+                for data in body or ():
+                    conn.send(b'%x\r\n%s\r\n' % (len(data), data) if chunked else data)
+                if chunked:
+                    conn.send(b'0\r\n\r\n')
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                return self._refuse(502, str(e))
+            self._relay(resp)
+        finally:
+            conn.close()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+
+class ForwardProxy(object):
+    """An HTTP forward proxy on 127.0.0.1, as squid or tinyproxy would be.
+
+    ``requests`` lists every request line it was sent (``CONNECT
+    127.0.0.1:443 HTTP/1.1``, ``GET http://127.0.0.1:5000/v2/ HTTP/1.1``),
+    ``authorizations`` the Proxy-Authorization value of each (or None).
+    With ``require_auth`` (a header value) anything else gets 407.
+    """
+
+    def __init__(self, require_auth=None):
+        self.require_auth = require_auth
+        self.lock = threading.Lock()
+        self.requests = []
+        self.authorizations = []
+        self._thread = _ServerThread(_ForwardProxyHandler, self)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+        self.url = 'http://' + self.host
+
+    def url_with(self, username, password):
+        return 'http://%s:%s@%s' % (urllib.parse.quote(username, safe=''),
+                                    urllib.parse.quote(password, safe=''), self.host)
+
+    def targets(self):
+        """``{(method, target)}`` of the requests (http.client's CONNECT says
+        HTTP/1.0 before Python 3.12, HTTP/1.1 since)."""
+        return set(tuple(r.split(' ')[:2]) for r in self.requests)
+
+    def stop(self):
+        self._thread.stop()
+
+
+# ---- a tunnel that renames the host (for Docker Hub credentials) ----------------
+
+class _RenamingTunnelHandler(_ForwardProxyHandler):
+    """CONNECT to a name in the owner's ``names`` reaches the address it maps to."""
+
+    def do_CONNECT(self):
+        self.path = self.server.owner.names.get(self.path, self.path)
+        _ForwardProxyHandler.do_CONNECT(self)
+
+
+class RenamingTunnel(ForwardProxy):
+    """A ForwardProxy whose CONNECT targets ``names`` ({'host:443': '127.0.0.1:port'})
+    lead to local servers: a registry answering as ``registry-1.docker.io``."""
+
+    def __init__(self, names):
+        ForwardProxy.__init__(self)
+        self.names = names
+        self._thread.server.RequestHandlerClass = _RenamingTunnelHandler
+
+
+# ---- an OAuth2 token realm for identity tokens -----------------------------------
+
+class _OAuthRealmHandler(_Handler):
+
+    def do_POST(self):
+        realm = self.server.owner
+        length = int(self.headers.get('Content-Length') or 0)
+        raw = self.rfile.read(length).decode('utf-8', 'replace')
+        form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+        path = urllib.parse.urlsplit(self.path).path
+        realm.requests.append({'method': 'POST', 'path': path, 'form': form,
+                               'content_type': self.headers.get('Content-Type'),
+                               'authorization': self.headers.get('Authorization')})
+        if path != '/token':
+            return self._reply(404, {'error': 'not_found'})
+        if form.get('grant_type') != 'refresh_token':
+            return self._reply(400, {'error': 'unsupported_grant_type'})
+        if form.get('refresh_token') != realm.identity_token:
+            return self._reply(400, {'error': 'invalid_grant',
+                                     'error_description': 'unknown refresh token'})
+        access = []
+        for scope in form.get('scope', '').split():
+            rtype, _, rest = scope.partition(':')
+            name, _, actions = rest.rpartition(':')
+            access.append({'type': rtype, 'name': name,
+                           'actions': [a for a in actions.split(',') if a]})
+        token = realm.token_server.issue(TEST_USERNAME, access,
+                                         audience=form.get('service') or None)
+        return self._reply(200, {'access_token': token, 'expires_in': 300,
+                                 'scope': form.get('scope', ''),
+                                 'refresh_token': realm.identity_token})
+
+    def do_GET(self):
+        realm = self.server.owner
+        realm.requests.append({'method': 'GET', 'path': self.path, 'form': {},
+                               'content_type': None,
+                               'authorization': self.headers.get('Authorization')})
+        self._reply(404, {'error': 'this realm only speaks OAuth2 (POST)'})
+
+
+class OAuthRealm(object):
+    """An https token realm that implements only the OAuth2 refresh-token grant.
+
+    ``POST /token`` with ``grant_type=refresh_token`` and ``refresh_token``
+    equal to ``identity_token`` answers an access token minted by the test
+    TokenServer (so the token registry accepts it) for every scope asked.
+    GET is 404: a client must use the POST flow.  ``requests`` records
+    each request (method, path, form, content_type, authorization).
+    Point dxf at it with DXF_AUTH_HOST / auth_host=``host``.
+    """
+
+    def __init__(self, tls_files, token_server, identity_token=_IDENTITY_TOKEN):
+        self.token_server = token_server
+        self.identity_token = identity_token
+        self.requests = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+        self._thread = _ServerThread(_OAuthRealmHandler, self, ctx)
+        self.port = self._thread.port
+        self.host = '127.0.0.1:%d' % self.port
+
+    def stop(self):
+        self._thread.stop()
+
+
+# ---- the wire server: scripted raw answers --------------------------------------
+
+WIRE_CLOSE = object()     # in an answer: the server closes the connection there
+
+WireRequest = collections.namedtuple('WireRequest', 'conn method path headers body')
+
+
+class _WireHandler(socketserver.StreamRequestHandler):
+
+    def handle(self):
+        owner = self.server.owner
+        with owner._lock:
+            conn = owner.connections
+            owner.connections += 1
+            owner._socks.append(self.connection)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                line = self.rfile.readline(65537)
+                if not line.strip():
+                    return                      # the client closed it
+                method, target, _ = line.decode('latin-1').split(' ', 2)
+                headers = http.client.parse_headers(self.rfile)
+                if 'chunked' in headers.get('Transfer-Encoding', ''):
+                    body = b''
+                    while True:
+                        size = int(self.rfile.readline().split(b';')[0], 16)
+                        body += self.rfile.read(size + 2)[:size]
+                        if not size:
+                            break
+                else:
+                    body = self.rfile.read(int(headers.get('Content-Length', 0)))
+                req = WireRequest(conn, method, target, headers, body)
+                owner.requests.append(req)
+                answer = owner.answer(req) if callable(owner.answer) else owner.answer.get(
+                    '%s %s' % (method, target.split('?')[0]), _wire_reply(404))
+                if self._write([answer] if isinstance(answer, bytes) else answer):
+                    return
+        except (OSError, ValueError):
+            return
+
+    def _write(self, pieces):
+        """Send ``pieces``; True when they end with WIRE_CLOSE.
+
+        Before a WIRE_CLOSE the socket is corked (Linux), so the last bytes and
+        the FIN arrive together: by the time the client has read the answer
+        it can tell that the connection is closed.
+        """
+        cork = getattr(socket, 'TCP_CORK', None) if WIRE_CLOSE in pieces else None
+        if cork:
+            self.connection.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        for piece in pieces:
+            if piece is WIRE_CLOSE:
+                self.connection.shutdown(socket.SHUT_WR)
+                if cork:
+                    self.connection.setsockopt(socket.IPPROTO_TCP, cork, 0)
+                return True
+            self.wfile.write(piece)
+        return False
+
+
+class WireServer(object):
+    """A server on 127.0.0.1 that answers each request with scripted raw bytes.
+
+    ``answer`` maps 'METHOD /path' (no query) to an answer, or is a function
+    WireRequest -> answer.  An answer is bytes, or a list of bytes and WIRE_CLOSE:
+    the pieces are written in turn, and WIRE_CLOSE closes the connection at that
+    point; otherwise the connection waits for its next request.  A request
+    with no answer gets a 404.  ``requests`` lists every WireRequest (``conn``
+    is 0 for the first connection accepted, 1 for the next...);
+    ``connections`` counts the connections accepted.
+    """
+
+    def __init__(self):
+        self.answer = {}
+        self.requests = []
+        self.connections = 0
+        self._socks = []
+        self._lock = threading.Lock()
+        server = self._server = socketserver.ThreadingTCPServer(
+            ('127.0.0.1', 0), _WireHandler, bind_and_activate=False)
+        server.daemon_threads = True
+        server.owner = self
+        server.allow_reuse_address = True
+        server.server_bind()
+        server.server_activate()
+        self.port = server.server_address[1]
+        self.host = '127.0.0.1:%d' % self.port
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={'poll_interval': 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+
+    def seen(self):
+        """``[(conn, 'METHOD /path'), ...]`` of the requests so far."""
+        return [(r.conn, '%s %s' % (r.method, r.path.split('?')[0])) for r in self.requests]
+
+    def stop(self):
+        self._server.shutdown()
+        with self._lock:
+            for sock in self._socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def _wire_reply(status, body=b'', *headers, **options):
+    """A whole answer: status line, ``headers`` ('Name: value' strings), body.
+
+    Content-Length is added unless ``length=False`` (or a header gives the
+    framing); ``send_body=False`` leaves the body out (a HEAD answer);
+    ``version`` is 'HTTP/1.1' by default.
+    """
+    lines = ['%s %d %s' % (options.get('version', 'HTTP/1.1'), status,
+                           http.HTTPStatus(status).phrase)] + list(headers)
+    if options.get('length', True) and not any(
+            h.lower().startswith(('content-length:', 'transfer-encoding:')) for h in headers):
+        lines.append('Content-Length: %d' % len(body))
+    head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
+    return head + body if options.get('send_body', True) else head
+
+
+def _wire_chunked(*pieces):
+    """A chunked body: one chunk per piece (extensions on all but the first),
+    then the last chunk and two trailer fields."""
+    out = b''
+    for i, piece in enumerate(pieces):
+        out += b'%x%s\r\n%s\r\n' % (len(piece), b';foo=bar' if i else b'', piece)
+    return out + b'0\r\nX-Trailer: 1\r\nX-Other: two\r\n\r\n'
+
+
+def _wire_split(data, n=3):
+    """``data`` in ``n`` pieces (the last may be empty when data is short)."""
+    step = max(1, -(-len(data) // n))
+    return [data[i:i + step] for i in range(0, len(data), step)] or [b'']
+
+
+WIRE_REPO = 'wire/test'
+WIRE_MANIFESTS = '/v2/wire/test/manifests/'
+WIRE_BLOBS = '/v2/wire/test/blobs/'
+WIRE_UPLOADS = WIRE_BLOBS + 'uploads/'
+WIRE_DATA = [_blob(3000, 1), _blob(5, 2)]
+WIRE_DIGESTS = [_sha256(d) for d in WIRE_DATA]
+
+
+def _wire_manifest(*blobs):
+    """An OCI image manifest (bytes) naming ``blobs`` (bytes each) as layers."""
+    return json.dumps({
+        'schemaVersion': 2, 'mediaType': OCI_MANIFEST, 'config': EMPTY_CONFIG,
+        'layers': [{'mediaType': 'application/octet-stream', 'digest': _sha256(b),
+                    'size': len(b)} for b in blobs]}, sort_keys=True).encode('utf-8')
+
+
+WIRE_MANIFEST = _wire_manifest(*WIRE_DATA)
+
+
+def _blob_answers(answer=_wire_reply):
+    """'GET /v2/wire/test/blobs/DIGEST' -> answer(200, data) for each of WIRE_DATA."""
+    return {'GET ' + WIRE_BLOBS + _sha256(d): answer(200, d) for d in WIRE_DATA}
+
+
+# ---- the trickle server ---------------------------------------------------------
+
+class _Trickle(object):
+    """A server on 127.0.0.1 that answers one request by sending ``answer``
+    one byte every ``every`` seconds; ``sent`` counts the bytes it got out
+    before the client hung up."""
+
+    def __init__(self, answer, every=0.4):
+        self.answer = answer
+        self.every = every
+        self.sent = 0
+        self._sock = socket.socket()
+        self._sock.bind(('127.0.0.1', 0))
+        self._sock.listen(1)
+        self.host = '127.0.0.1:%d' % self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _serve(self):
+        conn, _ = self._sock.accept()
+        with conn:
+            conn.recv(65536)
+            for i in range(len(self.answer)):
+                try:
+                    conn.sendall(self.answer[i:i + 1])
+                except OSError:
+                    return
+                self.sent += 1
+                time.sleep(self.every)
+                if select.select([conn], [], [], 0)[0] and conn.recv(1, socket.MSG_PEEK) == b'':
+                    return                      # the client hung up
+
+    def stop(self):
+        self._sock.close()
+        self._thread.join(30)
+
+
+def _auth_field(username, password):
+    return base64.b64encode(('%s:%s' % (username, password)).encode('utf-8')).decode('ascii')
+
+
+def _basic_header(username, password):
+    return 'Basic ' + _auth_field(username, password)
+
+
+# ---- docker config.json and credential helpers --------------------------------
+
+class DockerConfig(object):
+    """A DOCKER_CONFIG directory and a bin directory for docker-credential-* fakes.
+
+    ``env(base)`` returns ``base`` without DXF_USERNAME/DXF_PASSWORD, with
+    DOCKER_CONFIG set and the bin directory first on PATH.  ``helper(name,
+    ...)`` writes ``docker-credential-<name>``, a sh script that logs
+    ``<argv1> <server>`` to ``helper_log(name)`` and answers as told.
+    """
+
+    def __init__(self, root):
+        self.dir = os.path.join(root, 'docker-config')
+        self.bin = os.path.join(root, 'helper-bin')
+        os.makedirs(self.dir)
+        os.makedirs(self.bin)
+        self.path = os.path.join(self.dir, 'config.json')
+
+    def write(self, config):
+        with open(self.path, 'w') as f:
+            f.write(config if isinstance(config, str) else json.dumps(config))
+
+    def env(self, base):
+        env = dict(base)
+        env.pop('DXF_USERNAME', None)
+        env.pop('DXF_PASSWORD', None)
+        env['DOCKER_CONFIG'] = self.dir
+        env['PATH'] = self.bin + os.pathsep + base.get('PATH', '')
+        return env
+
+    def helper_log(self, name):
+        return os.path.join(self.bin, name + '.log')
+
+    def asked(self, name):
+        """The ``<action> <server>`` lines the helper ``name`` was run with."""
+        try:
+            with open(self.helper_log(name)) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def helper(self, name, username=TEST_USERNAME, secret=TEST_PASSWORD, status=0,
+               stdout=None, stderr=''):
+        """Write docker-credential-``name``; by default it answers fred's password.
+
+        ``stdout`` replaces the JSON answer; with ``status`` != 0 and no
+        ``stdout`` it prints only ``stderr``.
+        """
+        lines = ['#!/bin/sh',
+                 'server=$(cat)',
+                 'printf "%%s %%s\\n" "$1" "$server" >> %s' % _sh_quote(self.helper_log(name))]
+        if stdout is None and status == 0:     # the JSON answer for the server read
+            lines.append('printf \'{"ServerURL":"%%s","Username":"%s","Secret":"%s"}\' '
+                         '"$server"' % (username, secret))
+        elif stdout:
+            lines.append('printf "%%s" %s' % _sh_quote(stdout))
+        if stderr:
+            lines.append('printf "%%s\\n" %s >&2' % _sh_quote(stderr))
+        lines.append('exit %d' % status)
+        path = os.path.join(self.bin, 'docker-credential-' + name)
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        os.chmod(path, 0o755)
+        return path
+
+
+def _sh_quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# ---- skopeo ---------------------------------------------------------------------------
+
+_SKOPEO = shutil.which('skopeo')
+_PERMISSIVE_POLICY = {'default': [{'type': 'insecureAcceptAnything'}]}
+
+
+class Skopeo(object):
+    """Runs skopeo with its own HOME, a permissive signature policy and a timeout.
+
+    ``run(*args)`` returns stdout bytes; a failure raises AssertionError
+    with skopeo's stderr.
+    """
+
+    def __init__(self, binary, workdir):
+        self.binary = binary
+        self.home = os.path.join(workdir, 'skopeo-home')
+        os.makedirs(self.home)
+        self.policy = os.path.join(workdir, 'policy.json')
+        with open(self.policy, 'w') as f:
+            json.dump(_PERMISSIVE_POLICY, f)
+        self.env = {'PATH': os.environ.get('PATH', ''), 'HOME': self.home,
+                    'XDG_RUNTIME_DIR': self.home, 'TMPDIR': workdir}
+
+    def copy(self, src, dest, *options):
+        """``skopeo [options] copy --preserve-digests SRC DEST``.
+
+        docker:// ends get --src-/--dest-tls-verify=false (the open registry
+        speaks plain http); --preserve-digests keeps skopeo from recompressing
+        layers or rewriting manifests, so bytes can be compared.
+        """
+        args = list(options) + ['copy', '--preserve-digests']
+        if src.startswith('docker://'):
+            args.append('--src-tls-verify=false')
+        if dest.startswith('docker://'):
+            args.append('--dest-tls-verify=false')
+        return self.run(*(args + [src, dest]))
+
+    def run(self, *args, **kwargs):
+        argv = [self.binary, '--policy', self.policy] + list(args)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=self.env)
+        out, err = proc.communicate(kwargs.get('input'), timeout=120)
+        assert proc.returncode == 0, (argv, proc.returncode, err.decode('utf-8', 'replace'))
+        return out
+
+
+# ---- the oras-go helper ---------------------------------------------------------
+
+_ORAS_HELPER_GO = r'''
+package main
+
+// push REF PATH...  (files and directories, as "oras push" does)
+// pull REF OUTDIR   (unpacks directory layers, as "oras pull" does)
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/pkg/content"
+	"oras.land/oras-go/pkg/oras"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "oras-helper:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	ctx := context.Background()
+	reg, err := content.NewRegistry(content.RegistryOptions{PlainHTTP: true})
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "push":
+		fs := content.NewFile("")
+		defer fs.Close()
+		layers := []ocispec.Descriptor{}
+		for _, p := range args[2:] {
+			abs, err := filepath.Abs(p)
+			if err != nil {
+				return err
+			}
+			d, err := fs.Add(filepath.Base(abs), "", abs)
+			if err != nil {
+				return err
+			}
+			layers = append(layers, d)
+		}
+		manifest, manifestDesc, config, configDesc, err := content.GenerateManifestAndConfig(
+			nil, nil, layers...)
+		if err != nil {
+			return err
+		}
+		if err := fs.Load(configDesc, config); err != nil {
+			return err
+		}
+		if err := fs.StoreManifest(args[1], manifestDesc, manifest); err != nil {
+			return err
+		}
+		_, err = oras.Copy(ctx, fs, args[1], reg, "")
+		return err
+	case "pull":
+		fs := content.NewFile(args[2])
+		defer fs.Close()
+		_, err := oras.Copy(ctx, reg, args[1], fs, "")
+		return err
+	}
+	return fmt.Errorf("unknown command %s", args[0])
+}
+'''
+
+_GOCODE = '/usr/share/gocode'
+
+
+def _oras(helper, *args, cwd=None):
+    proc = subprocess.run([helper] + list(args), cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
 # ---- the session's infrastructure, started lazily -----------------------------
 
 class _LogReporter(object):
@@ -947,8 +2231,46 @@ class _Registries(Mapping):
         return '<registries started=%s>' % sorted(self._infra.started)
 
 
+# ---- the launcher for bench/bench.py and `make demo` ----------------------------
+
+def serve(workdir, binary=None):
+    """Start the open registry (plain http, no auth) in ``workdir``; return it.
+
+    The one registry launcher: bench/bench.py calls this, and .ci/demo.sh
+    runs ``python3 test_dxf.py --serve DIR``.
+    """
+    binary = binary or REGISTRY_BINARY
+    if not binary:
+        raise RuntimeError('docker-registry is not installed (or set DXF_TEST_REGISTRY)')
+    return RegistryProcess('open', workdir, binary).start()
+
+
+def _serve_main(argv):
+    """``--serve DIR``: print the registry's host, then serve until SIGTERM or SIGINT."""
+    import signal
+    if len(argv) != 2 or argv[0] != '--serve':
+        sys.stderr.write('usage: python3 test_dxf.py --serve DIR\n')
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    reg = serve(argv[1])
+    try:
+        sys.stdout.write(reg.host + '\n')
+        sys.stdout.flush()
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reg.stop()
+    return 0
+
+
+if __name__ == '__main__':      # here, not at the end: the tests below are not needed
+    sys.exit(_serve_main(sys.argv[1:]))
+
+
 # =============================================================================
-# Fixtures
+# 2. Fixtures and shared helpers
 # =============================================================================
 
 _REPO_COUNTER = itertools.count(1)
@@ -1058,10 +2380,341 @@ def run_cli():
     return run
 
 
+@pytest.fixture
+def docker_config(tmp_path):
+    """A DockerConfig in this test's tmp_path (no config.json until written)."""
+    return DockerConfig(str(tmp_path))
+
+
+@pytest.fixture
+def make_proxy():
+    """A function (require_auth=None) -> a new ForwardProxy, stopped after the test."""
+    proxies = []
+
+    def make(require_auth=None):
+        proxy = ForwardProxy(require_auth)
+        proxies.append(proxy)
+        return proxy
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture
+def forward_proxy(make_proxy):
+    """A ForwardProxy for this test."""
+    return make_proxy()
+
+
+@pytest.fixture
+def oauth_realm(tls_files, token_server):
+    realm = OAuthRealm(tls_files, token_server)
+    yield realm
+    realm.stop()
+
+
+@pytest.fixture
+def skopeo(tmp_path):
+    if not _SKOPEO:
+        _unavailable('skopeo not found (install the Debian package skopeo)')
+    return Skopeo(_SKOPEO, str(tmp_path))
+
+
+# ---- the fault proxy's fixtures -------------------------------------------------
+
+@pytest.fixture(scope='session')
+def _fault_proxies(registries):
+    """mode -> the session's FaultProxy in front of that registry, made on first use."""
+    made = {}
+
+    def get(mode):
+        if mode not in made:
+            made[mode] = FaultProxy(registries[mode])
+        return made[mode]
+    yield get
+    for proxy in made.values():
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(_fault_proxies):
+    """The session's FaultProxy in front of the open registry, reset around each test."""
+    p = _fault_proxies('open')
+    p.reset()
+    yield p
+    p.reset()
+
+
+@pytest.fixture
+def faults(proxy):
+    """``proxy.faults``: this test's rules (``faults.add(method, path, action, ...)``)."""
+    return proxy.faults
+
+
+@pytest.fixture
+def token_proxy(_fault_proxies, token_server):
+    """A FaultProxy in front of the token registry (https upstream), reset around each test."""
+    p = _fault_proxies('token')
+    p.reset()
+    yield p
+    p.reset()
+
+
+@pytest.fixture
+def origin():
+    """A second origin server for this test (see OriginServer)."""
+    server = OriginServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(registries, repo):
+    """A DXF on ``repo`` straight to the open registry (no proxy): test set-up."""
+    reg = registries['open']
+    d = dxf.DXF(reg.host, repo, insecure=True, timeout=10)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def fault_env(proxy, tmp_path):
+    """A function (**overrides) -> CLI environ aimed at ``proxy``, 2 s timeout."""
+    home = tmp_path / 'fault-home'
+    home.mkdir(exist_ok=True)
+
+    def make(target=None, **overrides):
+        env = {'DXF_HOST': (target or proxy).host, 'DXF_INSECURE': '1',
+               'DXF_TIMEOUT': '2', 'DXF_RETRIES': '3',
+               'PATH': os.environ.get('PATH', ''), 'HOME': str(home)}
+        env.update(overrides)
+        return env
+    return make
+
+
+@pytest.fixture
+def vendor(registries, token_server):
+    """A function (profile) -> a VendorProxy for this test, with the token
+    server answering as that vendor's does; the proxy sits in front of the
+    token registry for profiles with token rules, else the open one."""
+    made = []
+
+    def make(profile):
+        rules = VENDOR_PROFILES[profile]
+        if rules.get('token'):
+            setattr(token_server, rules['token'], True)
+        proxy = VendorProxy(registries['token' if rules.get('token') else 'open'], profile)
+        made.append(proxy)
+        return proxy
+    yield make
+    for proxy in made:
+        proxy.stop()
+
+
+@pytest.fixture
+def hub_tunnel(registries):
+    """A RenamingTunnel from registry-1.docker.io:443 to the basic registry."""
+    tunnel = RenamingTunnel({'registry-1.docker.io:443': registries['basic'].host})
+    yield tunnel
+    tunnel.stop()
+
+
+@pytest.fixture
+def wire():
+    """A WireServer for this test."""
+    server = WireServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wire_env(wire, tmp_path):
+    """A function (**overrides) -> CLI environ aimed at ``wire``: no retries, 3 s timeout."""
+    def make(**overrides):
+        env = {'DXF_HOST': wire.host, 'DXF_INSECURE': '1', 'DXF_TIMEOUT': '3',
+               'DXF_RETRIES': '0', 'PATH': os.environ.get('PATH', ''), 'HOME': str(tmp_path)}
+        env.update(overrides)
+        return env
+    return make
+
+
+@pytest.fixture
+def other_wire():
+    """A second WireServer: another origin (same host, another port)."""
+    server = WireServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope='session')
+def oras_helper(tmp_path_factory):
+    """A small Go program pushing and pulling with oras-go's file store, built
+    offline from Debian's golang-go and golang-oras-oras-go-dev (GOPATH mode)."""
+    go = shutil.which('go')
+    if not go or not os.path.isdir(os.path.join(_GOCODE, 'src', 'oras.land', 'oras-go')):
+        _unavailable('go and oras-go are needed (apt-get install golang-go '
+                     'golang-oras-oras-go-dev; make registry does)')
+    work = tmp_path_factory.mktemp('oras-helper')
+    with open(str(work / 'main.go'), 'w') as f:
+        f.write(_ORAS_HELPER_GO)
+    env = dict(os.environ, GO111MODULE='off', GOPATH=_GOCODE, GOFLAGS='',
+               GOPROXY='off', CGO_ENABLED='0')
+    env.setdefault('GOCACHE', os.path.join(os.path.expanduser('~'), '.cache', 'go-build'))
+    proc = subprocess.run([go, 'build', '-o', str(work / 'oras-helper'), '.'], cwd=str(work),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        pytest.fail('building the oras-go helper failed:\n' + proc.stdout.decode(), pytrace=False)
+    return str(work / 'oras-helper')
+
+
+def _pull(dxf_obj, digest, **options):
+    with dxf_obj.pull_blob(digest, **options) as reader:
+        return b''.join(reader)
+
+
+def _push(dxf_obj, size, seed):
+    """Push ``_blob(size, seed)``; return (digest, bytes)."""
+    data = _blob(size, seed)
+    return dxf_obj.push_blob(data=data), data
+
+
+def _password_auth(username, password):
+    """An auth callback as in the README: ``auth(dxf, response)``."""
+    def auth(dxf_obj, response):
+        dxf_obj.authenticate(username, password, response=response)
+    return auth
+
+
+def _offline():
+    """A DXF aimed at a closed port: any request it made would fail to connect."""
+    return DXF('127.0.0.1:1', 'a/b', insecure=True, retries=0, timeout=2)
+
+
+def _corrupt(path, offset):
+    """Flip every bit of the byte at ``offset``; return the file's new bytes."""
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xff]))
+        f.seek(0)
+        return f.read()
+
+
+def _docker_manifest(*blobs):
+    """A python-dxf alias manifest over (digest, size) pairs (first blob = config)."""
+    return json.dumps({
+        'schemaVersion': 2, 'mediaType': DOCKER_MANIFEST,
+        'config': {'mediaType': DOCKER_CONFIG, 'digest': blobs[0][0], 'size': blobs[0][1]},
+        'layers': [{'mediaType': 'application/octet-stream', 'digest': digest, 'size': size}
+                   for digest, size in blobs]}, sort_keys=True)
+
+
+@pytest.fixture
+def closing():
+    """A function that keeps DXF objects to close once the test ends."""
+    kept = []
+
+    def keep(obj):
+        kept.append(obj)
+        return obj
+    yield keep
+    for obj in kept:
+        obj.close()
+
+
+@pytest.fixture
+def connect(registries, repo, closing):
+    """A function (mode='open', name=repo, **options) -> DXF on that registry."""
+    def make(mode='open', name=None, **options):
+        reg = registries[mode]
+        options.setdefault('insecure', reg.insecure)
+        options.setdefault('tlsverify', reg.tlsverify)
+        options.setdefault('timeout', 10)
+        return closing(DXF(reg.host, name or repo, **options))
+    return make
+
+
+@pytest.fixture
+def dxf_obj(connect):
+    """A DXF for this test's repository on the open registry."""
+    return connect('open')
+
+
+def _error_line(stderr, *words):
+    """Assert stderr is one 'dxf: error: ' line naming ``words``; return it."""
+    assert 'Traceback' not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert stderr.endswith('\n'), stderr
+    line = lines[0]
+    assert line.startswith('dxf: error: '), line
+    for word in words:
+        assert word.lower() in line.lower(), (word, line)
+    return line
+
+
+def _ok(result):
+    """Assert a run succeeded quietly; return its stdout."""
+    status, out, err = result
+    assert (status, err) == (0, ''), (status, err)
+    return out
+
+
+def _fails(result, status, *words):
+    """Assert a run failed with ``status``, nothing on stdout, one error line."""
+    got, out, err = result
+    assert got == status, (errno.errorcode.get(got, got), err)
+    assert out == b'', out
+    return _error_line(err, *words)
+
+
+def _cli_push(run, env, repo, data):
+    """push-blob from stdin; return the digest printed."""
+    out = _ok(run(['push-blob', repo, '-'], env, stdin=data))
+    assert out == _sha256(data).encode('ascii') + b'\n'
+    return _sha256(data)
+
+
+def _lines(*digests):
+    return b''.join(d.encode('ascii') + b'\n' for d in digests)
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def _offline_env(**extra):
+    """An environment whose registry is never reached (settings checks)."""
+    env = {'DXF_HOST': '127.0.0.1:1', 'DXF_INSECURE': '1', 'PATH': os.environ.get('PATH', '')}
+    env.update(extra)
+    return env
+
+
+def _one_error(result, statuses, *words):
+    """Assert a failed run: status in ``statuses``, one 'dxf: error:' line with ``words``.
+
+    Returns (stdout bytes, the error line).
+    """
+    status, out, err = result
+    if isinstance(statuses, int):
+        statuses = (statuses,)
+    assert status in statuses, (errno.errorcode.get(status, status), err)
+    assert 'Traceback' not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith('\n'), err
+    assert lines[0].startswith('dxf: error: '), lines[0]
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+    return out, lines[0]
+
+
 # =============================================================================
-# 2. Infrastructure self-checks
-#    Plain urllib/http.client against the fixtures, without dxf: if these
-#    fail, nothing below them means anything.
+# 3. Infrastructure self-checks
+#    Plain urllib/http.client against the fixtures, and the fault proxy
+#    itself: if these fail, nothing below them means anything.
 # =============================================================================
 
 def _http(url, method='GET', headers=None, data=None, cafile=None):
@@ -1348,95 +3001,58 @@ class TestInfrastructure:
         assert (status, body) == (200, data)
 
 
-# What the specs say, written out rather than read from dxf's private constants.
-OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
-OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
-DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
-DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
-DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
-ALIAS_ARTIFACT = 'application/vnd.dxf.alias.v1'
-EMPTY_CONFIG = {'mediaType': 'application/vnd.oci.empty.v1+json',
-                'digest': 'sha256:44136fa355b3678a1146ad16f7e8649e'
-                          '94fb4fc21fe77e8310c060f61caaff8a',
-                'size': 2}
-CHUNK = 8192           # pull_blob's default chunk size (python-dxf's)
-MIB = 1 << 20
-HEX64 = 'a' * 64
-DIGEST = 'sha256:' + HEX64
+@pytest.mark.registry
+class TestFaultProxy:
+    """The proxy itself: if these fail, nothing in TestFaults means anything."""
 
+    def test_fault_proxy_round_trip_goes_through_the_proxy(self, proxy, fault_env, run_cli,
+                                                           repo, tmp_path):
+        data = _blob(300000, 'proxy-round-trip')
+        path = _write(tmp_path, 'data', data)
+        env = fault_env()
+        assert _ok(run_cli(['push-blob', repo, path], env)) == (
+            _sha256(data).encode() + b'\n')
+        # The upload's Location led back through the proxy.
+        assert len(proxy.seen('POST', UPLOAD)) == 1
+        assert len(proxy.seen('PUT', UPLOAD)) == 1
+        _ok(run_cli(['set-alias', repo, 'a', _sha256(data)], env))
+        assert _ok(run_cli(['pull-blob', repo, '@a'], env)) == data
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'a\n'
+        assert proxy.errors == []
 
-def _pull(dxf_obj, digest, **options):
-    with dxf_obj.pull_blob(digest, **options) as reader:
-        return b''.join(reader)
+    def test_fault_proxy_forwards_chunked_upload(self, proxy, fault_env, run_cli, repo):
+        data = _blob(2 * 1024 * 1024 + 5, 'proxy-chunked')
+        env = fault_env()
+        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=data)) == (
+            _sha256(data).encode() + b'\n')
+        patch = proxy.seen('PATCH', UPLOAD)
+        assert len(patch) == 1 and 'chunked' in patch[0].headers.get('Transfer-Encoding', '')
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
 
+    def test_fault_fires_on_nth_match_once_or_every_time(self, proxy, faults, upstream):
+        digest = upstream.push_blob(data=b'nth')
+        once = faults.add('HEAD', BLOB_GET, 'status', nth=2, status=404)
+        with dxf.DXF(proxy.host, upstream.repo, insecure=True, retries=0) as d:
+            sizes = [d._blob_head(digest) for _ in range(3)]
+        assert sizes == [3, None, 3]
+        assert (once.matched, once.fired) == (3, 1)
+        every = faults.add('HEAD', BLOB_GET, 'status', nth=2, every=True, status=404)
+        del faults[0]
+        with dxf.DXF(proxy.host, upstream.repo, insecure=True, retries=0) as d:
+            sizes = [d._blob_head(digest) for _ in range(3)]
+        assert sizes == [3, None, None]
+        assert every.fired == 2
 
-def _push(dxf_obj, size, seed):
-    """Push ``_blob(size, seed)``; return (digest, bytes)."""
-    data = _blob(size, seed)
-    return dxf_obj.push_blob(data=data), data
-
-
-def _password_auth(username, password):
-    """An auth callback as in the README: ``auth(dxf, response)``."""
-    def auth(dxf_obj, response):
-        dxf_obj.authenticate(username, password, response=response)
-    return auth
-
-
-def _offline():
-    """A DXF aimed at a closed port: any request it made would fail to connect."""
-    return DXF('127.0.0.1:1', 'a/b', insecure=True, retries=0, timeout=2)
-
-
-def _corrupt(path, offset):
-    """Flip every bit of the byte at ``offset``; return the file's new bytes."""
-    with open(path, 'r+b') as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xff]))
-        f.seek(0)
-        return f.read()
-
-
-def _docker_manifest(*blobs):
-    """A python-dxf alias manifest over (digest, size) pairs (first blob = config)."""
-    return json.dumps({
-        'schemaVersion': 2, 'mediaType': DOCKER_MANIFEST,
-        'config': {'mediaType': DOCKER_CONFIG, 'digest': blobs[0][0], 'size': blobs[0][1]},
-        'layers': [{'mediaType': 'application/octet-stream', 'digest': digest, 'size': size}
-                   for digest, size in blobs]}, sort_keys=True)
-
-
-@pytest.fixture
-def closing():
-    """A function that keeps DXF objects to close once the test ends."""
-    kept = []
-
-    def keep(obj):
-        kept.append(obj)
-        return obj
-    yield keep
-    for obj in kept:
-        obj.close()
-
-
-@pytest.fixture
-def connect(registries, repo, closing):
-    """A function (mode='open', name=repo, **options) -> DXF on that registry."""
-    def make(mode='open', name=None, **options):
-        reg = registries[mode]
-        options.setdefault('insecure', reg.insecure)
-        options.setdefault('tlsverify', reg.tlsverify)
-        options.setdefault('timeout', 10)
-        return closing(DXF(reg.host, name or repo, **options))
-    return make
-
-
-@pytest.fixture
-def dxf_obj(connect):
-    """A DXF for this test's repository on the open registry."""
-    return connect('open')
+    @pytest.mark.tls
+    def test_fault_proxy_in_front_of_token_registry(self, token_proxy, fault_env, run_cli, repo,
+                                                    registries, tmp_path):
+        reg = registries['token']
+        data = _blob(100000, 'token-proxy')
+        env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
+                        DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
+        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@t'], env))
+        assert _ok(run_cli(['pull-blob', repo, '@t'], env)) == data
+        assert token_proxy.seen('PUT', UPLOAD)
 
 
 # =============================================================================
@@ -1579,7 +3195,730 @@ class TestAll:
 
 
 # =============================================================================
-# 7. Blobs (the open registry)
+# 5. HTTP transport
+#    dxf's HTTP client against scripted answers: each test scripts, byte for
+#    byte, what a small server on 127.0.0.1 answers (WireServer) and checks
+#    what the user sees: output, exit status and stderr, or what the module
+#    API returns, and how many connections the server accepted.  Then the
+#    trust boundary: where credentials go (only to the registry's origin, and
+#    the token realm's for the token request; never over plain http to a
+#    host that is not the loopback), and what any value a server controls can
+#    do to a command: one 'dxf: error:' line, a documented exit status, no
+#    hang.  No registry is needed.
+# =============================================================================
+
+class TestWireFormat:
+
+    # ---- framing: chunked, read until close, HTTP/1.0 ---------------------------
+
+    def test_chunked_manifest_with_extensions_and_trailers_reads_whole(
+            self, wire, wire_env, run_cli):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
+            200, _wire_chunked(*_wire_split(WIRE_MANIFEST, 4)), 'Content-Type: ' + OCI_MANIFEST,
+            'Transfer-Encoding: chunked')}
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+        assert _ok(run_cli(['get-manifest', WIRE_REPO, 'a'], wire_env())) == WIRE_MANIFEST
+
+    @pytest.mark.parametrize('ref', ['digest', '@alias'])
+    def test_chunked_blobs_with_extensions_and_trailers_pull_over_one_connection(
+            self, wire, wire_env, run_cli, ref):
+        def chunked(status, data):
+            return _wire_reply(status, _wire_chunked(*_wire_split(data)),
+                               'Transfer-Encoding: chunked')
+        wire.answer = _blob_answers(chunked)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = chunked(200, WIRE_MANIFEST)
+        refs = ['@a'] if ref == '@alias' else WIRE_DIGESTS
+        assert _ok(run_cli(['pull-blob', WIRE_REPO] + refs, wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('close_header', [True, False], ids=['connection-close', 'bare'])
+    def test_body_without_length_is_read_until_the_server_closes(
+            self, wire, wire_env, run_cli, close_header):
+        headers = ['Connection: close'] if close_header else []
+
+        def until_close(status, data):
+            return [_wire_reply(status, data, *headers, length=False), WIRE_CLOSE]
+        wire.answer = _blob_answers(until_close)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = until_close(200, WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]], wire_env())) == WIRE_DATA[0]
+        assert [c for c, _ in wire.seen()] == [0, 1, 2, 3]
+
+    @pytest.mark.parametrize('status_line, header, conns', [
+        ('HTTP/1.0', None, [0, 1, 2]),
+        ('HTTP/1.0', 'Connection: keep-alive', [0, 0, 0]),
+        ('HTTP/1.1', 'Connection: Close', [0, 1, 2]),
+        ('HTTP/1.1', None, [0, 0, 0]),
+    ], ids=['http10', 'http10-keep-alive', 'http11-close', 'http11'])
+    def test_connection_is_reused_only_when_the_answer_allows_it(
+            self, wire, wire_env, run_cli, status_line, header, conns):
+        # Every answer has a Content-Length and the server leaves every
+        # connection open: a client that reused one it should not have
+        # shows up in ``conns``.
+        extra = [header] if header else []
+
+        def answer(status, data):
+            return _wire_reply(status, data, *extra, version=status_line)
+        wire.answer = _blob_answers(answer)
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = answer(200, WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert [c for c, _ in wire.seen()] == conns
+
+    # ---- keep-alive ----------------------------------------------------------------
+
+    def test_keep_alive_module_get_alias_pull_blob_and_blob_size_share_one_connection(
+            self, wire):
+        wire.answer = _blob_answers()
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = _wire_reply(200, WIRE_MANIFEST)
+        wire.answer['HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]] = _wire_reply(
+            200, WIRE_DATA[1], send_body=False)
+        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
+            assert d.get_alias('a') == WIRE_DIGESTS
+            assert [b''.join(d.pull_blob(dg)) for dg in WIRE_DIGESTS] == WIRE_DATA
+            assert d.blob_size(WIRE_DIGESTS[1]) == len(WIRE_DATA[1])
+        assert [c for c, _ in wire.seen()] == [0] * 4
+
+    @pytest.mark.parametrize('command', [
+        'pull-blob @a', 'push-blob FILE',
+        'push-blob -'])
+    def test_keep_alive_connection_closed_silently_is_replaced_transparently(
+            self, wire, wire_env, run_cli, tmp_path, command):
+        # No "Connection: close", but the server closes each connection after
+        # one answer.  dxf must notice when it takes the connection from its
+        # pool, or send the request again on a new one; DXF_RETRIES=0, so no
+        # ordinary retry can hide a failure.  Upload bodies arrive whole.
+        answers = dict(_blob_answers(), **{
+            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(200, WIRE_MANIFEST),
+            'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(404),
+            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PATCH %sabc' % WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PUT %sabc' % WIRE_UPLOADS: _wire_reply(201)})
+        wire.answer = {k: [v, WIRE_CLOSE] for k, v in answers.items()}
+        argv = command.replace('FILE', _write(tmp_path, 'f', WIRE_DATA[0])).split()
+        out = _ok(run_cli([argv[0], WIRE_REPO] + argv[1:], wire_env(), stdin=WIRE_DATA[0]))
+        if command == 'pull-blob @a':
+            assert out == b''.join(WIRE_DATA)
+        else:
+            assert out == _lines(WIRE_DIGESTS[0])
+            assert b''.join(r.body for r in wire.requests) == WIRE_DATA[0]
+        assert [c for c, _ in wire.seen()] == list(range(len(wire.requests)))
+
+    # ---- interim answers, header syntax, answers without a body --------------------
+
+    @pytest.mark.parametrize('interim', [
+        b'HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n',
+        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n',
+        b'HTTP/1.1 102 Processing\r\n\r\n',
+        b'HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n',
+    ], ids=['100', '100-twice', '102', '103'])
+    def test_interim_1xx_answers_before_200_are_skipped(self, wire, wire_env, run_cli,
+                                                        interim):
+        wire.answer = _blob_answers()
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = [interim, _wire_reply(200, WIRE_MANIFEST)]
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    def test_100_continue_before_201_push_blob_succeeds(self, wire, wire_env, run_cli,
+                                                        tmp_path):
+        wire.answer = {
+            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
+            'PUT %sabc' % WIRE_UPLOADS: [b'HTTP/1.1 100 Continue\r\n\r\n',
+                                   _wire_reply(201, b'', 'Docker-Content-Digest: '
+                                               + WIRE_DIGESTS[0])]}
+        path = _write(tmp_path, 'f', WIRE_DATA[0])
+        out = _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env()))
+        assert out == _lines(WIRE_DIGESTS[0])
+        put = wire.requests[-1]
+        assert (put.method, put.body) == ('PUT', WIRE_DATA[0])
+        assert [c for c, _ in wire.seen()] == [0, 0, 0]
+
+    def test_header_names_and_framing_values_in_any_case(self, wire, wire_env, run_cli):
+        wire.answer = {
+            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
+                200, WIRE_MANIFEST, 'CONTENT-TYPE: ' + OCI_MANIFEST, 'content-LENGTH: %d'
+                % len(WIRE_MANIFEST), 'docker-content-digest: ' + _sha256(WIRE_MANIFEST)),
+            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(200, WIRE_DATA[0],
+                                                               'content-length: 3000'),
+            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
+                200, _wire_chunked(*_wire_split(WIRE_DATA[1])),
+                                                    'TRANSFER-ENCODING: Chunked')}
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('before, after', [
+        (b'   ', b''), (b'', b'  '), (b'\t', b'\t'), (b'', b'')],
+        ids=['leading', 'trailing', 'tabs', 'none'])
+    def test_whitespace_around_header_values_is_not_part_of_them(
+            self, wire, wire_env, run_cli, before, after):
+        # RFC 9110 section 5.5: a field value excludes leading and trailing
+        # whitespace.  The length and the digest are both used, so both must parse.
+
+        def field(name, value):
+            return b'%s:%s%s%s\r\n' % (name, before, str(value).encode(), after)
+        wire.answer = _blob_answers(lambda status, data: (
+            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Length', len(data)) + b'\r\n' + data))
+        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = (
+            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Type', OCI_MANIFEST)
+            + field(b'Content-Length', len(WIRE_MANIFEST))
+            + field(b'Docker-Content-Digest', _sha256(WIRE_MANIFEST)) + b'\r\n' + WIRE_MANIFEST)
+        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
+        assert wire.connections == 1
+
+    @pytest.mark.parametrize('status_line', [
+        b'HTTP/1.1 200 OK', b'HTTP/1.1 200 ', b'HTTP/1.1 200', b'HTTP/1.1 200 Fine, thanks'],
+        ids=['ok', 'empty', 'missing', 'several-words'])
+    def test_status_line_reason_phrase_may_be_empty_missing_or_several_words(
+            self, wire, wire_env, run_cli, status_line):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': (
+            status_line + b'\r\nContent-Length: %d\r\n\r\n' % len(WIRE_MANIFEST) + WIRE_MANIFEST)}
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+
+    def test_head_with_content_length_has_no_body_and_connection_is_reused(
+            self, wire, wire_env, run_cli, tmp_path):
+        # What a HEAD answer says its body would be; a client waiting for it hangs.
+        wire.answer = {'HEAD ' + WIRE_BLOBS + _sha256(d): _wire_reply(200, d, send_body=False)
+                       for d in WIRE_DATA}
+        # A client that waited for the body would time out (no retries):
+        # the exit status and the reused connection below show it did not.
+        result = run_cli(['blob-size', WIRE_REPO] + WIRE_DIGESTS, wire_env())
+        assert _ok(result) == b'3000\n5\n'
+        path = _write(tmp_path, 'f', WIRE_DATA[0])
+        assert _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env())) == _lines(WIRE_DIGESTS[0])
+        assert wire.seen() == [(0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]),
+                               (0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]),
+                               (1, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0])]
+
+    @pytest.mark.parametrize('status, framing', [
+        (204, ()), (304, ()), (204, ('Transfer-Encoding: chunked',))],
+        ids=['204', '304', '204-chunked'])
+    def test_answer_without_body_then_next_request_on_same_connection(self, wire, status,
+                                                                      framing):
+        # A failed mount cancels the session it got (DELETE, answered here
+        # with no body and no length, or a framing header a 204 cannot
+        # have a body for); blob_size then reuses the connection.
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc'
+                                                          % WIRE_UPLOADS),
+                       'DELETE %sabc' % WIRE_UPLOADS: _wire_reply(status, b'', *framing,
+                                                                  length=False),
+                       'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
+                           200, WIRE_DATA[1], send_body=False)}
+        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
+            with pytest.raises(dxf.DXFMountFailed):
+                d.mount_blob('other/repo', WIRE_DIGESTS[1])
+            assert d.blob_size(WIRE_DIGESTS[1]) == 5
+        assert [c for c, _ in wire.seen()] == [0, 0, 0]
+
+    # ---- answers that break HTTP: one error line, quickly --------------------------
+
+    BAD_ANSWERS = {
+        'garbage-status-line': [b'HELLO\r\n', WIRE_CLOSE],
+        'zero-bytes': [WIRE_CLOSE],
+        'header-line-over-64k': [b'HTTP/1.1 200 OK\r\nX-Long: ' + b'x' * 70000 + b'\r\n'
+                                 b'Content-Length: 5\r\n\r\nhello', WIRE_CLOSE],
+        'over-100-headers': [_wire_reply(200, WIRE_DATA[1],
+                                         *['X-H%d: v' % i for i in range(101)])],
+        'chunk-size-not-hex': [_wire_reply(200, b'zz\r\nhello\r\n0\r\n\r\n',
+                                      'Transfer-Encoding: chunked'), WIRE_CLOSE],
+        'cut-short': [_wire_reply(200, WIRE_DATA[0])[:-1000], WIRE_CLOSE],
+        # Left open: a client that takes every interim answer waits forever.
+        'interim-answers-without-end': [b'HTTP/1.1 100 Continue\r\n\r\n' * 150],
+    }
+
+    @pytest.mark.parametrize('what', sorted(BAD_ANSWERS))
+    @pytest.mark.parametrize('command', ['get-alias', 'pull-blob'])
+    def test_malformed_answer_fails_with_one_line_quickly(self, wire, wire_env, run_cli,
+                                                          command, what):
+        # The one line names the manifest or blob; the exit is 1 (EIO, an
+        # integrity error, only for a blob cut short).  pull-blob to stdout
+        # may have written a prefix of the blob before the failure.
+        ref = 'a' if command == 'get-alias' else WIRE_DIGESTS[0]
+        path = WIRE_MANIFESTS + ref if command == 'get-alias' else WIRE_BLOBS + ref
+        wire.answer = {'GET ' + path: self.BAD_ANSWERS[what]}
+        result = run_cli([command, WIRE_REPO, ref], wire_env())
+        statuses = (1, errno.EIO) if (what, command) == ('cut-short', 'pull-blob') else 1
+        out, line = _one_error(result, statuses, ref)
+        # Quickly: the answer itself was refused, not waited on until the timeout.
+        assert 'timed out' not in line, line
+        assert out == b'' or (command == 'pull-blob' and WIRE_DATA[0].startswith(out)
+                              and len(out) < len(WIRE_DATA[0])), out
+        assert wire.connections == 1
+
+    def test_blob_shorter_than_content_length_leaves_no_output_file(self, wire, wire_env,
+                                                                    run_cli, tmp_path):
+        wire.answer = {'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: [
+                           _wire_reply(200, WIRE_DATA[0])[:-1000],
+                                                         WIRE_CLOSE]}
+        outdir = tmp_path / 'pulled'
+        outdir.mkdir()
+        result = run_cli(['pull-blob', WIRE_REPO, '-o', str(outdir / 'blob'), WIRE_DIGESTS[0]],
+                         wire_env())
+        _one_error(result, (1, errno.EIO), WIRE_DIGESTS[0])
+        assert os.listdir(str(outdir)) == []        # no file, no temporary file
+
+    # ---- authentication ------------------------------------------------------------
+
+    def test_bearer_challenge_in_second_www_authenticate_line_is_used(
+            self, wire, wire_env, run_cli):
+        def answer(req):
+            path = req.path.split('?')[0]
+            if path == '/token':
+                return _wire_reply(200, b'{"token": "abc"}', 'Content-Type: application/json')
+            if req.headers.get('Authorization') != 'Bearer abc':
+                return _wire_reply(401, b'{}', 'WWW-Authenticate: Basic realm="x"',
+                              'WWW-Authenticate: Bearer realm="http://%s/token",'
+                              'service="s"' % wire.host)
+            if path == WIRE_MANIFESTS + 'a':
+                return _wire_reply(200, WIRE_MANIFEST)
+            return _wire_reply(404)
+        wire.answer = answer
+        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
+        token = [r for r in wire.requests if r.path.startswith('/token')]
+        assert len(token) == 1 and 'service=s' in token[0].path
+
+
+def _authz_seen(server):
+    """The Authorization values ``server`` received, one per request."""
+    return [r.headers.get('Authorization') for r in server.requests]
+
+
+def _token_answers(wire, token=b'{"token": "T"}', realm=None):
+    """``wire`` asks for a Bearer token from its own /token."""
+    challenge = 'WWW-Authenticate: Bearer realm="%s",service="s"' % (
+        realm or 'http://%s/token' % wire.host)
+
+    def answer(req):
+        if req.path.startswith('/token'):
+            return _wire_reply(200, token)
+        if req.headers.get('Authorization') != 'Bearer T':
+            return _wire_reply(401, b'{}', challenge)
+        return wire.script.get('%s %s' % (req.method, req.path.split('?')[0]),
+                               _wire_reply(404))
+    wire.script = {}
+    wire.answer = answer
+
+
+class TestTrustBoundary:
+
+    def test_upload_location_on_another_origin_gets_no_credentials(self, wire, other_wire):
+        # Issue 9, item 1: the registry (or a proxy in front of it) sends the
+        # upload to another host; the PUT goes there without Authorization.
+        data = b'upload-elsewhere'
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(
+            202, b'', 'Location: http://%s/elsewhere/1' % other_wire.host)}
+        other_wire.answer = {'PUT /elsewhere/1': _wire_reply(
+            201, b'', 'Docker-Content-Digest: ' + _sha256(data))}
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
+            d.token = 'secret-token'
+            assert d.push_blob(data=data, check_exists=False) == _sha256(data)
+        assert _authz_seen(wire) == ['Bearer secret-token']
+        assert [r.method for r in other_wire.requests] == ['PUT']
+        assert _authz_seen(other_wire) == [None]
+        assert other_wire.requests[0].body == data
+
+    def test_upload_location_downgrading_the_registry_to_http_is_refused(self, wire):
+        # An https registry whose Location says http://same-host: refused,
+        # nothing sent there.  Checked on the component that decides.
+        auth = dxf._Auth(None, 'https://registry.example/v2/')
+        auth.fixed_token = 'T'
+        assert auth.header('https://registry.example/v2/r/blobs/uploads/1', None) == 'Bearer T'
+        assert auth.header('https://storage.example/upload/1', None) is None
+        assert auth.header('https://registry.example:444/upload/1', None) is None
+        with pytest.raises(dxf.DXFProtocolError) as info:
+            auth.header('http://registry.example/v2/r/blobs/uploads/1', None)
+        assert 'downgrade' in str(info.value)
+
+    def test_redirect_target_401_is_an_error_naming_it_and_gets_nothing(
+            self, wire, other_wire, wire_env, run_cli):
+        # Issue 9, item 2: a blob GET redirected to a host that answers 401
+        # with its own Bearer realm: no credentials go there, no token is
+        # asked for there, and the error names that host.
+        _token_answers(wire)
+        wire.script['GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]] = _wire_reply(
+            307, b'', 'Location: http://%s/bucket/1' % other_wire.host)
+        other_wire.answer = {'GET /bucket/1': _wire_reply(
+            401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"' % other_wire.host)}
+        result = run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]],
+                         wire_env(DXF_USERNAME='fred', DXF_PASSWORD='pw'))
+        out, line = _one_error(result, errno.EACCES, other_wire.host)
+        assert out == b''
+        assert other_wire.seen() == [(0, 'GET /bucket/1')]
+        assert _authz_seen(other_wire) == [None]
+        # The registry's own token request carried the password; nothing else did.
+        token_auth = [r.headers.get('Authorization') for r in wire.requests
+                      if r.path.startswith('/token')]
+        assert token_auth and all(a.startswith('Basic ') for a in token_auth)
+
+    def test_identity_token_post_is_not_redirected(self, wire, other_wire):
+        # Issue 9, item 3: the OAuth2 POST carrying the refresh token is
+        # never sent on to where a redirect points.
+        def answer(req):
+            if req.path.startswith('/token'):
+                return _wire_reply(307, b'', 'Location: http://%s/steal' % other_wire.host)
+            return _wire_reply(401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"'
+                               % wire.host)
+        wire.answer = answer
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
+            with pytest.raises(dxf.DXFAuthError) as info:
+                d.authenticate(identity_token='refresh-secret', actions=['pull'])
+        assert 'redirect' in str(info.value)
+        assert other_wire.requests == []
+        posts = [r for r in wire.requests if r.method == 'POST']
+        assert len(posts) == 1 and b'refresh-secret' in posts[0].body
+
+    @pytest.mark.parametrize('setting', [
+        {'DXF_TOKEN': 'tok'}, {'DXF_USERNAME': 'fred', 'DXF_PASSWORD': 'pw'},
+        {'DXF_AUTHORIZATION': 'Basic Zm9vOmJhcg=='}])
+    @pytest.mark.parametrize('host', ['registry.example', '127.evil.example'])
+    def test_no_credential_goes_over_plain_http_to_a_remote_host(
+            self, wire, wire_env, run_cli, setting, host):
+        # Issue 9, items 4 and 5: every kind of credential is refused over
+        # plain http to a host that is not the loopback; a name that starts
+        # with 127. is not the loopback.  The host is reached through
+        # http_proxy (the WireServer), so nothing leaves 127.0.0.1.
+        wire.answer = lambda req: _wire_reply(
+            401, b'', 'WWW-Authenticate: Basic realm="r"') if not req.headers.get(
+            'Authorization') else _wire_reply(200, b'{"tags": ["a"]}')
+        env = wire_env(DXF_HOST=host, http_proxy='http://' + wire.host, **setting)
+        result = run_cli(['list-aliases', WIRE_REPO], env)
+        _one_error(result, errno.EACCES, 'plain http', host)
+        assert not any(_authz_seen(wire))
+        # With the documented opt-in it goes.
+        env['DXF_ALLOW_INSECURE_AUTH'] = '1'
+        assert _ok(run_cli(['list-aliases', WIRE_REPO], env)) == b'a\n'
+        assert any(_authz_seen(wire))
+
+    def test_loopback_means_localhost_or_a_loopback_address(self):
+        for host in ('localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]'):
+            assert dxf._is_loopback(host), host
+        for host in ('127.evil.example', 'localhost.evil.example', '127.0.0.1.nip.io',
+                     'example.com', '10.0.0.1', '', 'x.localhost'):
+            assert not dxf._is_loopback(host), host
+
+    @pytest.mark.parametrize('token', ['abc\r\nX-Evil: 1', 't\u00f6ken', 'two words'])
+    def test_token_a_header_cannot_carry_is_the_servers_fault(self, wire, wire_env,
+                                                               run_cli, token):
+        # Issue 9, item 7: exit 13 and one line blaming the token service,
+        # not 22 (the user's error).
+        _token_answers(wire, token=json.dumps({'token': token}).encode('utf-8'))
+        result = run_cli(['list-aliases', WIRE_REPO], wire_env())
+        _one_error(result, errno.EACCES, 'token service')
+
+    def test_retries_draw_on_one_budget_per_operation(self, wire):
+        # Issue 9, "Retries multiply": a POST that always answers 503 with
+        # retries=2 is sent 3 times for the whole push, not 9.
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(503, b'{}')}
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=2) as d:
+            with pytest.raises(dxf.DXFHTTPError) as info:
+                d.push_blob(data=b'budget', check_exists=False)
+        assert info.value.status == 503
+        assert [s for _, s in wire.seen()] == ['POST ' + WIRE_UPLOADS] * 3
+
+
+class TestHostileAnswers:
+
+    def test_trickled_answer_ends_at_the_timeout(self, wire_env, run_cli):
+        # Issue 9: a byte every 0.4 s keeps every read within a 2 s timeout;
+        # the answer as a whole is still held to it.
+        answer = _wire_reply(200, b'{"tags": []}', 'X-Pad: ' + 'x' * 60)
+        server = _Trickle(answer)
+        try:
+            result = run_cli(['list-aliases', WIRE_REPO],
+                             wire_env(DXF_HOST=server.host, DXF_TIMEOUT='2'))
+        finally:
+            server.stop()
+        _one_error(result, 1, 'timed out')
+        assert server.sent < len(answer) // 2, server.sent
+
+    HOSTILE = {
+        'status-line-digits': (b'HTTP/1.1 2\xc2\xb23 OK\r\nContent-Length: 0\r\n\r\n', 1),
+        'status-line-long': (b'HTTP/1.1 200 ' + b'x' * 70000 + b'\r\n\r\n', 1),
+        'header-line-long': (b'HTTP/1.1 200 OK\r\nX: ' + b'x' * 70000 + b'\r\n\r\n', 1),
+        'too-many-headers': (b'HTTP/1.1 200 OK\r\n' + b'X: y\r\n' * 200 + b'\r\n', 1),
+        'chunk-size-long': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
+                            + b'1' * 70000 + b'\r\n', 1),
+        'chunk-size-junk': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 1),
+        'conflicting-lengths': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'
+                                b'Content-Length: 12\r\n\r\n{"tags": []}', 1),
+        'xchunked': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n'
+                     b'c\r\n{"tags": []}\r\n0\r\n\r\n', 1),
+        'switching-protocols': (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 1),
+        'endless-interim': (b'HTTP/1.1 102 Processing\r\n\r\n' * 150, 1),
+        'retry-after-superscript': (b'HTTP/1.1 503 No\r\nRetry-After: \xc2\xb2\r\n'
+                                    b'Content-Length: 0\r\n\r\n', 1),
+        'retry-after-huge': (b'HTTP/1.1 503 No\r\nRetry-After: ' + b'9' * 5000
+                             + b'\r\nContent-Length: 0\r\n\r\n', 1),
+        'redirect-bad-port': (b'HTTP/1.1 307 R\r\nLocation: http://h:99999/\r\n'
+                              b'Content-Length: 0\r\n\r\n', 1),
+        'redirect-bad-ipv6': (b'HTTP/1.1 307 R\r\nLocation: http://[::1/\r\n'
+                              b'Content-Length: 0\r\n\r\n', 1),
+        'redirect-bad-idna': ('HTTP/1.1 307 R\r\nLocation: http://\u00fc%s.example/\r\n'
+                              'Content-Length: 0\r\n\r\n' % ('a' * 70)).encode('utf-8'),
+        'redirect-control-chars': (b'HTTP/1.1 307 R\r\nLocation: /v2/a b\x01c\r\n'
+                                   b'Content-Length: 0\r\n\r\n', 1),
+        'link-bad-port': (b'HTTP/1.1 200 OK\r\nLink: <http://127.0.0.1:99999/v2/x?n=1>; '
+                          b'rel="next"\r\nContent-Length: 12\r\n\r\n{"tags": []}', 1),
+        'realm-bad-ipv6': (b'HTTP/1.1 401 U\r\nWWW-Authenticate: Bearer '
+                           b'realm="http://[::1/token"\r\nContent-Length: 0\r\n\r\n',
+                           errno.EACCES),
+        'json-deep': (b'HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n'
+                      + b'[' * 100000 + b']' * 100000, 1),
+        'json-not-utf8': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe', 1),
+    }
+
+    @pytest.mark.parametrize('what', sorted(HOSTILE))
+    def test_hostile_answer_gives_one_line_and_a_documented_status(
+            self, wire, wire_env, run_cli, what):
+        answer = self.HOSTILE[what]
+        answer, status = answer if isinstance(answer, tuple) else (answer, 1)
+        wire.answer = lambda req: [answer, WIRE_CLOSE]
+        result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_RETRIES='1'))
+        out, _ = _one_error(result, status)
+        assert out == b''
+
+    def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
+        _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
+        wire.script['GET /v2/wire/test/tags/list'] = _wire_reply(200, b'{"tags": ["a"]}')
+        assert _ok(run_cli(['list-aliases', WIRE_REPO], wire_env())) == b'a\n'
+
+    def test_proxy_url_with_a_bad_port_is_one_line(self, wire_env, run_cli):
+        result = run_cli(['list-aliases', WIRE_REPO],
+                         wire_env(DXF_HOST='registry.example', http_proxy='http://p:99999'))
+        _one_error(result, errno.EINVAL, 'proxy')
+
+    def test_bytes_after_an_answer_are_not_read_as_the_next(self, wire, wire_env, run_cli):
+        # The registry sends a stray answer after the real one: that
+        # connection is not reused, so the next request gets its own answer.
+        wire.answer = {
+            'GET ' + WIRE_MANIFESTS + 'a': [_wire_reply(200, WIRE_MANIFEST, 'Content-Type: '
+                                                        + OCI_MANIFEST)
+                                            + _wire_reply(200, b'stray')],
+        }
+        wire.answer.update(_blob_answers())
+        out = _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env()))
+        assert out == b''.join(WIRE_DATA)
+        assert wire.connections >= 2
+
+    def test_switching_protocols_connection_is_never_reused(self, wire, wire_env, run_cli):
+        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(101, b'', length=False)}
+        wire.answer.update(_blob_answers())
+        result = run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())
+        _one_error(result, 1)
+        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=0) as d:
+            with pytest.raises(dxf.DXFProtocolError):
+                d.get_alias('a')
+            assert b''.join(d.pull_blob(WIRE_DIGESTS[0])) == WIRE_DATA[0]
+        assert wire.connections == 3
+
+
+# =============================================================================
+# 6. Authentication, in each mode
+# =============================================================================
+
+AUTH_MODES = [mode if mode == 'open' else pytest.param(mode, marks=pytest.mark.tls)
+              for mode in MODES]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize('mode', AUTH_MODES)
+class TestAuthModes:
+
+    @staticmethod
+    def _dxf(connect, registries, mode):
+        reg = registries[mode]
+        auth = _password_auth(reg.username, reg.password) if reg.username else None
+        return connect(mode, auth=auth)
+
+    def test_push_alias_pull_returns_same_bytes(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        data = _blob(100000, repo)
+        digest = d.push_blob(data=data)
+        d.set_alias('latest', digest)
+        assert d.get_alias('latest') == [digest]
+        assert _pull(d, digest) == data
+
+    def test_list_aliases_lists_the_alias(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        digest, _ = _push(d, 100, repo)
+        d.set_alias('latest', digest)
+        assert d.list_aliases() == ['latest']
+
+    def test_del_alias_and_del_blob_remove_both(self, connect, registries, repo, mode):
+        d = self._dxf(connect, registries, mode)
+        digest, _ = _push(d, 100, repo)
+        d.set_alias('latest', digest)
+        assert d.del_alias('latest') == [digest]
+        d.del_blob(digest)
+        with pytest.raises(dxf.DXFNotFoundError):
+            d.get_alias('latest')
+        with pytest.raises(dxf.DXFNotFoundError):
+            d.blob_size(digest)
+
+
+@pytest.mark.registry
+@pytest.mark.tls
+class TestAuth:
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_auth_by_password_callback_as_in_readme_works(self, connect, registries, repo,
+                                                          mode):
+        reg = registries[mode]
+
+        def auth(dxf_obj, response):
+            dxf_obj.auth_by_password(reg.username, reg.password, response=response)
+        d = connect(mode, auth=auth)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_wrong_password_raises_unauthorized_without_showing_it(
+            self, connect, registries, repo, mode):
+        password = 'Wrong-Secret-%s' % mode
+        d = connect(mode, auth=_password_auth(registries[mode].username, password))
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.push_blob(data=b'x')
+        assert info.value.exit_code == errno.EACCES
+        encoded = base64.b64encode(('fred:' + password).encode()).decode()
+        for text in (str(info.value), repr(info.value)):
+            assert password not in text and encoded not in text
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_authenticate_up_front_without_callback_works(self, connect, registries, repo,
+                                                          mode):
+        reg = registries[mode]
+        d = connect(mode)
+        d.authenticate(reg.username, reg.password)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_authenticate_up_front_wrong_password_raises_unauthorized(
+            self, connect, registries, mode):
+        d = connect(mode)
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.authenticate(registries[mode].username, 'Wrong-Secret')
+        assert 'Wrong-Secret' not in str(info.value)
+
+    def test_token_anonymous_can_pull_but_not_push(self, connect, registries, repo):
+        reg = registries['token']
+        owner = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(owner, 5000, repo)
+        anonymous = connect('token')
+        assert _pull(anonymous, digest) == data
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            anonymous.push_blob(data=_blob(10, repo + 'anon'))
+        assert info.value.exit_code == errno.EACCES
+
+    def test_token_one_request_for_push_alias_pull(
+            self, connect, registries, token_server, repo):
+        # push_blob asks for pull,push on its first request (its HEAD), and
+        # that token also serves the alias and the pulls that follow.
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(d, 5000, repo)
+        d.set_alias('latest', digest)
+        assert d.get_alias('latest') == [digest]
+        assert _pull(d, digest) == data
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert scopes == ['repository:%s:pull,push' % repo]
+
+    def test_token_del_alias_asks_once_for_every_action_it_needs(
+            self, connect, registries, token_server, repo):
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, _ = _push(d, 5000, repo)
+        d.set_alias('gone', digest)
+        token_server.reset()
+        assert d.del_alias('gone') == [digest]
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert scopes == ['repository:%s:pull,push,delete' % repo]
+
+    def test_from_base_reuses_base_token_and_challenge(
+            self, closing, registries, token_server, repo):
+        reg = registries['token']
+        calls = []
+
+        def auth(dxf_obj, response):
+            calls.append(response.status)
+            dxf_obj.authenticate(reg.username, reg.password, response=response)
+        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
+        assert base.authenticate(reg.username, reg.password)
+        pusher = DXF.from_base(base, repo)
+        puller = DXF.from_base(base, repo)
+        digest, data = _push(pusher, 5000, repo)
+        assert _pull(puller, digest) == data
+        assert calls == []           # no 401 needed: the challenge was known
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert len(scopes) == len(set(scopes)) == 2   # catalog, pull+push
+
+    def test_token_mount_blob_from_other_repo_then_pull_returns_bytes(
+            self, connect, registries, repo):
+        reg = registries['token']
+        auth = _password_auth(reg.username, reg.password)
+        source = connect('token', name=repo + '-src', auth=auth)
+        digest, data = _push(source, 5000, repo)
+        target = connect('token', auth=auth)
+        assert target.mount_blob(repo + '-src', digest) == digest
+        assert _pull(target, digest) == data
+
+    def test_token_list_repos_includes_repo(self, connect, closing, registries, repo):
+        reg = registries['token']
+        auth = _password_auth(reg.username, reg.password)
+        d = connect('token', auth=auth)
+        digest, _ = _push(d, 10, repo)
+        d.set_alias('latest', digest)
+        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
+        assert repo in base.list_repos()
+
+    @pytest.mark.parametrize('knob', ['empty_access_token', 'answer_access_token_only'])
+    def test_token_server_answer_variants_work(self, connect, registries, token_server, repo,
+                                               knob):
+        setattr(token_server, knob, True)
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+    def test_token_set_to_garbage_raises_unauthorized(self, connect, token_server, repo):
+        d = connect('token')
+        d.token = 'garbage'
+        with pytest.raises(dxf.DXFUnauthorizedError) as info:
+            d.blob_size(DIGEST)
+        assert info.value.exit_code == errno.EACCES
+        assert token_server.requests == []
+
+    def test_tls_default_verification_raises_connection_error(self, closing, registries, repo):
+        d = closing(DXF(registries['tls'].host, repo, timeout=10))
+        with pytest.raises(dxf.DXFConnectionError) as info:
+            d.blob_size(DIGEST)
+        assert 'certificate verify failed' in str(info.value).lower()
+
+    def test_tls_verification_off_round_trips(self, connect, repo):
+        d = connect('tls', tlsverify=False)
+        digest, data = _push(d, 5000, repo)
+        assert _pull(d, digest) == data
+
+
+class TestInsecureAuth:
+
+    def test_authenticate_plain_http_remote_host_raises_before_any_request(self):
+        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2)
+        with pytest.raises(dxf.DXFAuthInsecureError) as info:
+            d.authenticate('fred', 'x')
+        assert info.value.exit_code == errno.EACCES
+
+    def test_authenticate_plain_http_remote_host_opted_in_tries_to_connect(self):
+        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2,
+                allow_insecure_auth=True)
+        with pytest.raises(dxf.DXFConnectionError):
+            d.authenticate('fred', 'x')
+
+    @pytest.mark.registry
+    def test_authenticate_plain_http_loopback_is_allowed(self, dxf_obj):
+        assert dxf_obj.authenticate('fred', 'x') is None     # the open registry needs none
+
+
+# =============================================================================
+# 7. Blob streams (the open registry), and a blob corrupted in its storage
 # =============================================================================
 
 ROUND_TRIP_SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, MIB - 1, MIB, MIB + 1,
@@ -1798,10 +4137,6 @@ class TestBlobs:
             target.blob_size(digest)
 
 
-# =============================================================================
-# 7. Integrity: a blob corrupted in the registry's storage
-# =============================================================================
-
 @pytest.mark.registry
 class TestIntegrity:
 
@@ -1852,7 +4187,8 @@ class TestIntegrity:
 
 
 # =============================================================================
-# 8. Aliases and manifests (the open registry)
+# 8. Manifests: aliases, and paging (the paging proxy in front of the open
+#    registry)
 # =============================================================================
 
 @pytest.fixture(params=['oci-index', 'docker-manifest-list'])
@@ -2051,10 +4387,6 @@ class TestNamesCheckedBeforeRequests:
                 operation()
 
 
-# =============================================================================
-# 9. Paging (the paging proxy in front of the open registry)
-# =============================================================================
-
 @pytest.mark.registry
 class TestPaging:
 
@@ -2100,214 +4432,8 @@ class TestPaging:
 
 
 # =============================================================================
-# 6. Authentication, in each mode
-# =============================================================================
-
-AUTH_MODES = [mode if mode == 'open' else pytest.param(mode, marks=pytest.mark.tls)
-              for mode in MODES]
-
-
-@pytest.mark.registry
-@pytest.mark.parametrize('mode', AUTH_MODES)
-class TestAuthModes:
-
-    @staticmethod
-    def _dxf(connect, registries, mode):
-        reg = registries[mode]
-        auth = _password_auth(reg.username, reg.password) if reg.username else None
-        return connect(mode, auth=auth)
-
-    def test_push_alias_pull_returns_same_bytes(self, connect, registries, repo, mode):
-        d = self._dxf(connect, registries, mode)
-        data = _blob(100000, repo)
-        digest = d.push_blob(data=data)
-        d.set_alias('latest', digest)
-        assert d.get_alias('latest') == [digest]
-        assert _pull(d, digest) == data
-
-    def test_list_aliases_lists_the_alias(self, connect, registries, repo, mode):
-        d = self._dxf(connect, registries, mode)
-        digest, _ = _push(d, 100, repo)
-        d.set_alias('latest', digest)
-        assert d.list_aliases() == ['latest']
-
-    def test_del_alias_and_del_blob_remove_both(self, connect, registries, repo, mode):
-        d = self._dxf(connect, registries, mode)
-        digest, _ = _push(d, 100, repo)
-        d.set_alias('latest', digest)
-        assert d.del_alias('latest') == [digest]
-        d.del_blob(digest)
-        with pytest.raises(dxf.DXFNotFoundError):
-            d.get_alias('latest')
-        with pytest.raises(dxf.DXFNotFoundError):
-            d.blob_size(digest)
-
-
-@pytest.mark.registry
-@pytest.mark.tls
-class TestAuth:
-
-    @pytest.mark.parametrize('mode', ['basic', 'token'])
-    def test_auth_by_password_callback_as_in_readme_works(self, connect, registries, repo,
-                                                          mode):
-        reg = registries[mode]
-
-        def auth(dxf_obj, response):
-            dxf_obj.auth_by_password(reg.username, reg.password, response=response)
-        d = connect(mode, auth=auth)
-        digest, data = _push(d, 5000, repo)
-        assert _pull(d, digest) == data
-
-    @pytest.mark.parametrize('mode', ['basic', 'token'])
-    def test_wrong_password_raises_unauthorized_without_showing_it(
-            self, connect, registries, repo, mode):
-        password = 'Wrong-Secret-%s' % mode
-        d = connect(mode, auth=_password_auth(registries[mode].username, password))
-        with pytest.raises(dxf.DXFUnauthorizedError) as info:
-            d.push_blob(data=b'x')
-        assert info.value.exit_code == errno.EACCES
-        encoded = base64.b64encode(('fred:' + password).encode()).decode()
-        for text in (str(info.value), repr(info.value)):
-            assert password not in text and encoded not in text
-
-    @pytest.mark.parametrize('mode', ['basic', 'token'])
-    def test_authenticate_up_front_without_callback_works(self, connect, registries, repo,
-                                                          mode):
-        reg = registries[mode]
-        d = connect(mode)
-        d.authenticate(reg.username, reg.password)
-        digest, data = _push(d, 5000, repo)
-        assert _pull(d, digest) == data
-
-    @pytest.mark.parametrize('mode', ['basic', 'token'])
-    def test_authenticate_up_front_wrong_password_raises_unauthorized(
-            self, connect, registries, mode):
-        d = connect(mode)
-        with pytest.raises(dxf.DXFUnauthorizedError) as info:
-            d.authenticate(registries[mode].username, 'Wrong-Secret')
-        assert 'Wrong-Secret' not in str(info.value)
-
-    def test_token_anonymous_can_pull_but_not_push(self, connect, registries, repo):
-        reg = registries['token']
-        owner = connect('token', auth=_password_auth(reg.username, reg.password))
-        digest, data = _push(owner, 5000, repo)
-        anonymous = connect('token')
-        assert _pull(anonymous, digest) == data
-        with pytest.raises(dxf.DXFUnauthorizedError) as info:
-            anonymous.push_blob(data=_blob(10, repo + 'anon'))
-        assert info.value.exit_code == errno.EACCES
-
-    def test_token_one_request_for_push_alias_pull(
-            self, connect, registries, token_server, repo):
-        # push_blob asks for pull,push on its first request (its HEAD), and
-        # that token also serves the alias and the pulls that follow.
-        reg = registries['token']
-        d = connect('token', auth=_password_auth(reg.username, reg.password))
-        digest, data = _push(d, 5000, repo)
-        d.set_alias('latest', digest)
-        assert d.get_alias('latest') == [digest]
-        assert _pull(d, digest) == data
-        scopes = [' '.join(r['scopes']) for r in token_server.requests]
-        assert scopes == ['repository:%s:pull,push' % repo]
-
-    def test_token_del_alias_asks_once_for_every_action_it_needs(
-            self, connect, registries, token_server, repo):
-        reg = registries['token']
-        d = connect('token', auth=_password_auth(reg.username, reg.password))
-        digest, _ = _push(d, 5000, repo)
-        d.set_alias('gone', digest)
-        token_server.reset()
-        assert d.del_alias('gone') == [digest]
-        scopes = [' '.join(r['scopes']) for r in token_server.requests]
-        assert scopes == ['repository:%s:pull,push,delete' % repo]
-
-    def test_from_base_reuses_base_token_and_challenge(
-            self, closing, registries, token_server, repo):
-        reg = registries['token']
-        calls = []
-
-        def auth(dxf_obj, response):
-            calls.append(response.status)
-            dxf_obj.authenticate(reg.username, reg.password, response=response)
-        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
-        assert base.authenticate(reg.username, reg.password)
-        pusher = DXF.from_base(base, repo)
-        puller = DXF.from_base(base, repo)
-        digest, data = _push(pusher, 5000, repo)
-        assert _pull(puller, digest) == data
-        assert calls == []           # no 401 needed: the challenge was known
-        scopes = [' '.join(r['scopes']) for r in token_server.requests]
-        assert len(scopes) == len(set(scopes)) == 2   # catalog, pull+push
-
-    def test_token_mount_blob_from_other_repo_then_pull_returns_bytes(
-            self, connect, registries, repo):
-        reg = registries['token']
-        auth = _password_auth(reg.username, reg.password)
-        source = connect('token', name=repo + '-src', auth=auth)
-        digest, data = _push(source, 5000, repo)
-        target = connect('token', auth=auth)
-        assert target.mount_blob(repo + '-src', digest) == digest
-        assert _pull(target, digest) == data
-
-    def test_token_list_repos_includes_repo(self, connect, closing, registries, repo):
-        reg = registries['token']
-        auth = _password_auth(reg.username, reg.password)
-        d = connect('token', auth=auth)
-        digest, _ = _push(d, 10, repo)
-        d.set_alias('latest', digest)
-        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
-        assert repo in base.list_repos()
-
-    @pytest.mark.parametrize('knob', ['empty_access_token', 'answer_access_token_only'])
-    def test_token_server_answer_variants_work(self, connect, registries, token_server, repo,
-                                               knob):
-        setattr(token_server, knob, True)
-        reg = registries['token']
-        d = connect('token', auth=_password_auth(reg.username, reg.password))
-        digest, data = _push(d, 5000, repo)
-        assert _pull(d, digest) == data
-
-    def test_token_set_to_garbage_raises_unauthorized(self, connect, token_server, repo):
-        d = connect('token')
-        d.token = 'garbage'
-        with pytest.raises(dxf.DXFUnauthorizedError) as info:
-            d.blob_size(DIGEST)
-        assert info.value.exit_code == errno.EACCES
-        assert token_server.requests == []
-
-    def test_tls_default_verification_raises_connection_error(self, closing, registries, repo):
-        d = closing(DXF(registries['tls'].host, repo, timeout=10))
-        with pytest.raises(dxf.DXFConnectionError) as info:
-            d.blob_size(DIGEST)
-        assert 'certificate verify failed' in str(info.value).lower()
-
-    def test_tls_verification_off_round_trips(self, connect, repo):
-        d = connect('tls', tlsverify=False)
-        digest, data = _push(d, 5000, repo)
-        assert _pull(d, digest) == data
-
-
-class TestInsecureAuth:
-
-    def test_authenticate_plain_http_remote_host_raises_before_any_request(self):
-        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2)
-        with pytest.raises(dxf.DXFAuthInsecureError) as info:
-            d.authenticate('fred', 'x')
-        assert info.value.exit_code == errno.EACCES
-
-    def test_authenticate_plain_http_remote_host_opted_in_tries_to_connect(self):
-        d = DXF('registry.invalid', 'a/b', insecure=True, retries=0, timeout=2,
-                allow_insecure_auth=True)
-        with pytest.raises(dxf.DXFConnectionError):
-            d.authenticate('fred', 'x')
-
-    @pytest.mark.registry
-    def test_authenticate_plain_http_loopback_is_allowed(self, dxf_obj):
-        assert dxf_obj.authenticate('fred', 'x') is None     # the open registry needs none
-
-
-# =============================================================================
-# The README's module example, its typos fixed (see the "was:" comments)
+# 9. Public API: the README's module example, its typos fixed (see the "was:"
+#    comments)
 # =============================================================================
 
 @pytest.mark.registry
@@ -2356,58 +4482,6 @@ _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
                 'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
                 'list-aliases', 'copy-alias', 'list-repos', 'version')
-
-
-def _error_line(stderr, *words):
-    """Assert stderr is one 'dxf: error: ' line naming ``words``; return it."""
-    assert 'Traceback' not in stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert stderr.endswith('\n'), stderr
-    line = lines[0]
-    assert line.startswith('dxf: error: '), line
-    for word in words:
-        assert word.lower() in line.lower(), (word, line)
-    return line
-
-
-def _ok(result):
-    """Assert a run succeeded quietly; return its stdout."""
-    status, out, err = result
-    assert (status, err) == (0, ''), (status, err)
-    return out
-
-
-def _fails(result, status, *words):
-    """Assert a run failed with ``status``, nothing on stdout, one error line."""
-    got, out, err = result
-    assert got == status, (errno.errorcode.get(got, got), err)
-    assert out == b'', out
-    return _error_line(err, *words)
-
-
-def _cli_push(run, env, repo, data):
-    """push-blob from stdin; return the digest printed."""
-    out = _ok(run(['push-blob', repo, '-'], env, stdin=data))
-    assert out == _sha256(data).encode('ascii') + b'\n'
-    return _sha256(data)
-
-
-def _lines(*digests):
-    return b''.join(d.encode('ascii') + b'\n' for d in digests)
-
-
-def _write(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
-
-
-def _offline_env(**extra):
-    """An environment whose registry is never reached (settings checks)."""
-    env = {'DXF_HOST': '127.0.0.1:1', 'DXF_INSECURE': '1', 'PATH': os.environ.get('PATH', '')}
-    env.update(extra)
-    return env
 
 
 # ---- the seed README's example ------------------------------------------------
@@ -3070,7 +5144,7 @@ class TestCLIErrors:
                'missing.dat')
 
     def test_cli_push_blob_directory_with_a_fifo_exits_einval(self, run_cli, tmp_path):
-        # a directory is one tar layer now (section 19); what it cannot hold
+        # a directory is one tar layer now (section 15); what it cannot hold
         # is refused before any request
         os.mkfifo(str(tmp_path / 'pipe'))
         _fails(run_cli(['push-blob', 'a/b', str(tmp_path)], _offline_env()), errno.EINVAL,
@@ -3415,344 +5489,11 @@ def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, 
 
 
 # =============================================================================
-# 12. Ecosystem infrastructure
-#     A docker config directory with fake credential helpers, a forward
-#     proxy (CONNECT tunnels and absolute-form forwarding), an OAuth2 token
-#     realm for identity tokens, hand-made images and indexes, skopeo.
+# 11. Ecosystem: credentials, proxies, progress, interop
+#     Docker config directories and credential helpers, identity tokens,
+#     forward proxies, DXF_PROGRESS, multi-platform aliases, oras's title
+#     annotations and skopeo, on hand-made images and indexes.
 # =============================================================================
-
-_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
-_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
-_DOCKER_IMAGE_CONFIG = 'application/vnd.docker.container.image.v1+json'
-_DOCKER_LAYER = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
-_OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json'
-_OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar'
-_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
-_TITLE = 'org.opencontainers.image.title'
-_WRONG_PASSWORD = 'wrong-password-K3vR'
-_IDENTITY_TOKEN = 'dxf-identity-token-7TqW'
-
-
-
-
-def _auth_field(username, password):
-    return base64.b64encode(('%s:%s' % (username, password)).encode('utf-8')).decode('ascii')
-
-
-def _basic_header(username, password):
-    return 'Basic ' + _auth_field(username, password)
-
-
-# ---- docker config.json and credential helpers --------------------------------
-
-class DockerConfig(object):
-    """A DOCKER_CONFIG directory and a bin directory for docker-credential-* fakes.
-
-    ``env(base)`` returns ``base`` without DXF_USERNAME/DXF_PASSWORD, with
-    DOCKER_CONFIG set and the bin directory first on PATH.  ``helper(name,
-    ...)`` writes ``docker-credential-<name>``, a sh script that logs
-    ``<argv1> <server>`` to ``helper_log(name)`` and answers as told.
-    """
-
-    def __init__(self, root):
-        self.dir = os.path.join(root, 'docker-config')
-        self.bin = os.path.join(root, 'helper-bin')
-        os.makedirs(self.dir)
-        os.makedirs(self.bin)
-        self.path = os.path.join(self.dir, 'config.json')
-
-    def write(self, config):
-        with open(self.path, 'w') as f:
-            f.write(config if isinstance(config, str) else json.dumps(config))
-
-    def env(self, base):
-        env = dict(base)
-        env.pop('DXF_USERNAME', None)
-        env.pop('DXF_PASSWORD', None)
-        env['DOCKER_CONFIG'] = self.dir
-        env['PATH'] = self.bin + os.pathsep + base.get('PATH', '')
-        return env
-
-    def helper_log(self, name):
-        return os.path.join(self.bin, name + '.log')
-
-    def asked(self, name):
-        """The ``<action> <server>`` lines the helper ``name`` was run with."""
-        try:
-            with open(self.helper_log(name)) as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def helper(self, name, username=TEST_USERNAME, secret=TEST_PASSWORD, status=0,
-               stdout=None, stderr=''):
-        """Write docker-credential-``name``; by default it answers fred's password.
-
-        ``stdout`` replaces the JSON answer; with ``status`` != 0 and no
-        ``stdout`` it prints only ``stderr``.
-        """
-        lines = ['#!/bin/sh',
-                 'server=$(cat)',
-                 'printf "%%s %%s\\n" "$1" "$server" >> %s' % _sh_quote(self.helper_log(name))]
-        if stdout is None and status == 0:     # the JSON answer for the server read
-            lines.append('printf \'{"ServerURL":"%%s","Username":"%s","Secret":"%s"}\' '
-                         '"$server"' % (username, secret))
-        elif stdout:
-            lines.append('printf "%%s" %s' % _sh_quote(stdout))
-        if stderr:
-            lines.append('printf "%%s\\n" %s >&2' % _sh_quote(stderr))
-        lines.append('exit %d' % status)
-        path = os.path.join(self.bin, 'docker-credential-' + name)
-        with open(path, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        os.chmod(path, 0o755)
-        return path
-
-
-def _sh_quote(text):
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-@pytest.fixture
-def docker_config(tmp_path):
-    """A DockerConfig in this test's tmp_path (no config.json until written)."""
-    return DockerConfig(str(tmp_path))
-
-
-# ---- the forward proxy ------------------------------------------------------------
-
-class _ForwardProxyHandler(_ProxyHandler):
-    """CONNECT host:port -> a TCP tunnel; ``METHOD http://host:port/path`` -> forwarded.
-
-    Only 127.0.0.1 targets are served (403 otherwise).
-    """
-
-    def _admit(self):
-        proxy = self.server.owner
-        auth = self.headers.get('Proxy-Authorization')
-        with proxy.lock:
-            proxy.requests.append(self.requestline)
-            proxy.authorizations.append(auth)
-        if proxy.require_auth is not None and auth != proxy.require_auth:
-            self.close_connection = True
-            self._reply(407, b'proxy authentication required',
-                        [('Proxy-Authenticate', 'Basic realm="dxf-test-proxy"'),
-                         ('Connection', 'close')])
-            return False
-        return True
-
-    def _refuse(self, status, text):
-        self.close_connection = True
-        self._reply(status, text.encode('utf-8'), [('Connection', 'close')])
-
-    def do_CONNECT(self):
-        if not self._admit():
-            return
-        host, _, port = self.path.rpartition(':')
-        if host != '127.0.0.1' or not port.isdigit():
-            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
-        try:
-            upstream = socket.create_connection((host, int(port)), timeout=10)
-        except OSError as e:
-            return self._refuse(502, str(e))
-        self.close_connection = True
-        try:
-            self.send_response(200, 'Connection established')
-            self.end_headers()
-            self._pipe(self.connection, upstream)
-        finally:
-            upstream.close()
-
-    def _pipe(self, client, upstream):
-        client.settimeout(None)
-        upstream.settimeout(None)
-        peers = {client: upstream, upstream: client}
-        while True:
-            readable, _, _ = select.select(list(peers), [], [], 60)
-            if not readable:
-                return
-            for sock in readable:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                try:
-                    peers[sock].sendall(data)
-                except OSError:
-                    return
-
-    def _forward(self):
-        if not self._admit():
-            return
-        url = urllib.parse.urlsplit(self.path)
-        if url.scheme != 'http' or not url.netloc:
-            return self._refuse(400, 'a forward proxy wants absolute-form request targets')
-        if url.hostname != '127.0.0.1':
-            return self._refuse(403, 'this proxy only reaches 127.0.0.1')
-        target = (url.path or '/') + ('?' + url.query if url.query else '')
-        chunked = 'chunked' in self.headers.get('Transfer-Encoding', '').lower()
-        headers = {}
-        for name, value in self.headers.items():
-            lower = name.lower()
-            if (lower in _HOP_BY_HOP or lower == 'proxy-authorization'
-                    or (chunked and lower == 'content-length')):
-                continue
-            headers[name] = value
-        if chunked:
-            body = self._read_chunked()
-        elif self.headers.get('Content-Length'):
-            body = self._read_length(int(self.headers['Content-Length']))
-        else:
-            body = None
-        conn = http.client.HTTPConnection(url.netloc, timeout=30)
-        try:
-            try:
-                conn.putrequest(self.command, target, skip_host=True,
-                                skip_accept_encoding=True)
-                for name, value in headers.items():
-                    conn.putheader(name, value)
-                if chunked:
-                    conn.putheader('Transfer-Encoding', 'chunked')
-                conn.endheaders()
-                for data in body or ():
-                    conn.send(b'%x\r\n%s\r\n' % (len(data), data) if chunked else data)
-                if chunked:
-                    conn.send(b'0\r\n\r\n')
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
-                return self._refuse(502, str(e))
-            self._relay(resp)
-        finally:
-            conn.close()
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
-
-
-class ForwardProxy(object):
-    """An HTTP forward proxy on 127.0.0.1, as squid or tinyproxy would be.
-
-    ``requests`` lists every request line it was sent (``CONNECT
-    127.0.0.1:443 HTTP/1.1``, ``GET http://127.0.0.1:5000/v2/ HTTP/1.1``),
-    ``authorizations`` the Proxy-Authorization value of each (or None).
-    With ``require_auth`` (a header value) anything else gets 407.
-    """
-
-    def __init__(self, require_auth=None):
-        self.require_auth = require_auth
-        self.lock = threading.Lock()
-        self.requests = []
-        self.authorizations = []
-        self._thread = _ServerThread(_ForwardProxyHandler, self)
-        self.port = self._thread.port
-        self.host = '127.0.0.1:%d' % self.port
-        self.url = 'http://' + self.host
-
-    def url_with(self, username, password):
-        return 'http://%s:%s@%s' % (urllib.parse.quote(username, safe=''),
-                                    urllib.parse.quote(password, safe=''), self.host)
-
-    def targets(self):
-        """``{(method, target)}`` of the requests (http.client's CONNECT says
-        HTTP/1.0 before Python 3.12, HTTP/1.1 since)."""
-        return set(tuple(r.split(' ')[:2]) for r in self.requests)
-
-    def stop(self):
-        self._thread.stop()
-
-
-@pytest.fixture
-def make_proxy():
-    """A function (require_auth=None) -> a new ForwardProxy, stopped after the test."""
-    proxies = []
-
-    def make(require_auth=None):
-        proxy = ForwardProxy(require_auth)
-        proxies.append(proxy)
-        return proxy
-    yield make
-    for proxy in proxies:
-        proxy.stop()
-
-
-@pytest.fixture
-def forward_proxy(make_proxy):
-    """A ForwardProxy for this test."""
-    return make_proxy()
-
-
-# ---- an OAuth2 token realm for identity tokens -----------------------------------
-
-class _OAuthRealmHandler(_Handler):
-
-    def do_POST(self):
-        realm = self.server.owner
-        length = int(self.headers.get('Content-Length') or 0)
-        raw = self.rfile.read(length).decode('utf-8', 'replace')
-        form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
-        path = urllib.parse.urlsplit(self.path).path
-        realm.requests.append({'method': 'POST', 'path': path, 'form': form,
-                               'content_type': self.headers.get('Content-Type'),
-                               'authorization': self.headers.get('Authorization')})
-        if path != '/token':
-            return self._reply(404, {'error': 'not_found'})
-        if form.get('grant_type') != 'refresh_token':
-            return self._reply(400, {'error': 'unsupported_grant_type'})
-        if form.get('refresh_token') != realm.identity_token:
-            return self._reply(400, {'error': 'invalid_grant',
-                                     'error_description': 'unknown refresh token'})
-        access = []
-        for scope in form.get('scope', '').split():
-            rtype, _, rest = scope.partition(':')
-            name, _, actions = rest.rpartition(':')
-            access.append({'type': rtype, 'name': name,
-                           'actions': [a for a in actions.split(',') if a]})
-        token = realm.token_server.issue(TEST_USERNAME, access,
-                                         audience=form.get('service') or None)
-        return self._reply(200, {'access_token': token, 'expires_in': 300,
-                                 'scope': form.get('scope', ''),
-                                 'refresh_token': realm.identity_token})
-
-    def do_GET(self):
-        realm = self.server.owner
-        realm.requests.append({'method': 'GET', 'path': self.path, 'form': {},
-                               'content_type': None,
-                               'authorization': self.headers.get('Authorization')})
-        self._reply(404, {'error': 'this realm only speaks OAuth2 (POST)'})
-
-
-class OAuthRealm(object):
-    """An https token realm that implements only the OAuth2 refresh-token grant.
-
-    ``POST /token`` with ``grant_type=refresh_token`` and ``refresh_token``
-    equal to ``identity_token`` answers an access token minted by the test
-    TokenServer (so the token registry accepts it) for every scope asked.
-    GET is 404: a client must use the POST flow.  ``requests`` records
-    each request (method, path, form, content_type, authorization).
-    Point dxf at it with DXF_AUTH_HOST / auth_host=``host``.
-    """
-
-    def __init__(self, tls_files, token_server, identity_token=_IDENTITY_TOKEN):
-        self.token_server = token_server
-        self.identity_token = identity_token
-        self.requests = []
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(tls_files.server_cert, tls_files.server_key)
-        self._thread = _ServerThread(_OAuthRealmHandler, self, ctx)
-        self.port = self._thread.port
-        self.host = '127.0.0.1:%d' % self.port
-
-    def stop(self):
-        self._thread.stop()
-
-
-@pytest.fixture
-def oauth_realm(tls_files, token_server):
-    realm = OAuthRealm(tls_files, token_server)
-    yield realm
-    realm.stop()
-
 
 # ---- images and indexes made by hand ----------------------------------------------
 
@@ -3796,59 +5537,6 @@ def _index(images, docker=False, extra=()):
         'manifests': [{'mediaType': im['media_type'], 'digest': im['digest'],
                        'size': len(im['manifest']), 'platform': im['platform']}
                       for im in images] + list(extra)})
-
-
-# ---- skopeo ---------------------------------------------------------------------------
-
-_SKOPEO = shutil.which('skopeo')
-_PERMISSIVE_POLICY = {'default': [{'type': 'insecureAcceptAnything'}]}
-
-
-class Skopeo(object):
-    """Runs skopeo with its own HOME, a permissive signature policy and a timeout.
-
-    ``run(*args)`` returns stdout bytes; a failure raises AssertionError
-    with skopeo's stderr.
-    """
-
-    def __init__(self, binary, workdir):
-        self.binary = binary
-        self.home = os.path.join(workdir, 'skopeo-home')
-        os.makedirs(self.home)
-        self.policy = os.path.join(workdir, 'policy.json')
-        with open(self.policy, 'w') as f:
-            json.dump(_PERMISSIVE_POLICY, f)
-        self.env = {'PATH': os.environ.get('PATH', ''), 'HOME': self.home,
-                    'XDG_RUNTIME_DIR': self.home, 'TMPDIR': workdir}
-
-    def copy(self, src, dest, *options):
-        """``skopeo [options] copy --preserve-digests SRC DEST``.
-
-        docker:// ends get --src-/--dest-tls-verify=false (the open registry
-        speaks plain http); --preserve-digests keeps skopeo from recompressing
-        layers or rewriting manifests, so bytes can be compared.
-        """
-        args = list(options) + ['copy', '--preserve-digests']
-        if src.startswith('docker://'):
-            args.append('--src-tls-verify=false')
-        if dest.startswith('docker://'):
-            args.append('--dest-tls-verify=false')
-        return self.run(*(args + [src, dest]))
-
-    def run(self, *args, **kwargs):
-        argv = [self.binary, '--policy', self.policy] + list(args)
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self.env)
-        out, err = proc.communicate(kwargs.get('input'), timeout=120)
-        assert proc.returncode == 0, (argv, proc.returncode, err.decode('utf-8', 'replace'))
-        return out
-
-
-@pytest.fixture
-def skopeo(tmp_path):
-    if not _SKOPEO:
-        _unavailable('skopeo not found (install the Debian package skopeo)')
-    return Skopeo(_SKOPEO, str(tmp_path))
 
 
 def _oci_blob(layout, digest):
@@ -3905,10 +5593,6 @@ def _gzip36(data):
         f.write(data)
     return out.getvalue()
 
-
-# =============================================================================
-# 13. Ecosystem: credentials, proxies, progress, interop
-# =============================================================================
 
 def _push_pull(run_cli, env, repo, seed, size=3000):
     """push-blob (stdin) then pull-blob with ``env``; return the digest."""
@@ -4265,12 +5949,10 @@ class TestProxies:
         proxy = make_proxy(require_auth=_basic_header('u', 'right'))
         name = 'http_proxy' if mode == 'open' else 'https_proxy'
         env = _proxied(cli_env(mode), **{name: proxy.url_with('u', 'wrong-Px9')})
-        started = time.time()
         line = _fails(run_cli(['list-aliases', repo], env), 1, '407')
         _no_secret(line, 'wrong-Px9', _auth_field('u', 'wrong-Px9'))
-        # A proxy's 407 is an answer, not a network failure: one CONNECT.
+        # A proxy's 407 is an answer, not a network failure: one request, no retry.
         assert len(proxy.requests) == 1, proxy.requests
-        assert time.time() - started < 5
 
     @pytest.mark.parametrize('no_proxy', ['127.0.0.1', 'localhost, 127.0.0.1', '{host}',
                                           '*', '.example.com,127.0.0.1'])
@@ -4852,596 +6534,17 @@ def test_pull_output_dir_duplicate_titles_lose_no_blob(cli_env, run_cli, repo, t
 
 
 # =============================================================================
-# 14. Fault injection: the fault proxy and a second origin
+# 12. Reliability: faults between dxf and the registry
+#     What the user sees: the exact bytes, or a non-zero exit with one
+#     "dxf: error:" line and no traceback; never wrong bytes under the final
+#     name; never a hang past the timeout.
 # =============================================================================
-
-# One request as a FaultProxy or an OriginServer saw it.  ``headers`` is the
-# request's http.client.HTTPMessage (case-insensitive ``get``), ``time`` is
-# time.monotonic() on arrival, ``fault`` the Fault that fired on it or None.
-SeenRequest = collections.namedtuple('SeenRequest', 'method path headers time fault')
-
-
-class Fault(object):
-    """One rule of a FaultProxy.
-
-    It matches requests by ``method`` (None: any) and ``path``, a regular
-    expression searched in the request target (path and query), and, with
-    ``has_header``, only requests carrying that header.  It fires on the
-    ``nth`` match (1: the first), then never again, or, with ``every``, on
-    every later match too.  ``matched`` and ``fired`` count.
-
-    ``action`` and its parameters:
-
-    ``status``        answer ``status`` (503) with ``headers`` (dict) and
-                      ``body`` (bytes), after reading the request body; the
-                      registry never sees the request
-    ``redirect``      answer ``status`` (307) with ``Location: <to><path>``
-                      (``to`` is e.g. an OriginServer's url; '' redirects the
-                      request to itself: a redirect loop with ``every``)
-    ``stall``         wait ``seconds`` before doing anything (cut short when
-                      the proxy is reset), then forward the request
-    ``cut_request``   forward the request, but only ``after`` bytes of its
-                      body; drop the registry's connection, and ``linger``
-                      seconds later (0.5: time for the registry to forget an
-                      upload session) the client's, without an answer
-    ``cut_response``  forward; send the headers (with the full
-                      Content-Length) and ``after`` bytes of the body, then
-                      close the connection
-    ``flip``          forward; invert the byte at ``offset`` of the body
-    ``body``          forward; replace the body with ``body`` (Content-Length
-                      fixed), optionally the status with ``status``
-    ``headers``       forward; set ``headers`` (dict) on the answer
-    ``length``        forward; announce ``length`` as Content-Length, send
-                      the real (shorter) body, then close the connection
-    ``endless``       answer ``status`` (200) with ``prefix`` and then
-                      ``piece`` repeated, chunked, until the client goes away
-                      (or ``limit`` bytes, 256 MiB, have gone)
-
-    ``body`` and ``headers`` also take ``drop``: header names to remove.
-    """
-
-    ACTIONS = ('status', 'redirect', 'stall', 'cut_request', 'cut_response', 'flip',
-               'body', 'headers', 'length', 'endless')
-
-    def __init__(self, method, path, action, nth=1, every=False, has_header=None, **params):
-        if action not in self.ACTIONS:
-            raise ValueError('unknown fault action %r' % action)
-        self.method = method.upper() if method else None
-        self.path = re.compile(path)
-        self.action = action
-        self.nth = nth
-        self.every = every
-        self.has_header = has_header
-        self.params = params
-        self.matched = 0
-        self.fired = 0
-
-    def _claim(self, method, path, headers):
-        """Count a match; True when the fault fires on this request."""
-        if self.method is not None and self.method != method:
-            return False
-        if not self.path.search(path):
-            return False
-        if self.has_header and headers.get(self.has_header) is None:
-            return False
-        self.matched += 1
-        if self.matched == self.nth or (self.every and self.matched > self.nth):
-            self.fired += 1
-            return True
-        return False
-
-    def __repr__(self):
-        return '<Fault %s %s %s %r fired=%d>' % (self.method, self.path.pattern,
-                                                 self.action, self.params, self.fired)
-
-
-class _FaultList(list):
-    """A FaultProxy's rules, in order; the first that fires wins."""
-
-    def add(self, method, path, action, **options):
-        """Append ``Fault(method, path, action, **options)``; return it."""
-        fault = Fault(method, path, action, **options)
-        self.append(fault)
-        return fault
-
-
-class _FaultHandler(_ProxyHandler):
-
-    def _serve(self):
-        proxy = self.server.owner
-        generation = proxy.generation
-        fault = proxy._match(self.command, self.path, self.headers)
-        proxy.requests.append(SeenRequest(self.command, self.path, self.headers,
-                                          time.monotonic(), fault))
-        try:
-            self._dispatch(fault)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            # The client went away (a timeout, a cut on purpose) or sent
-            # something unreadable: nothing more to say on this connection.
-            if generation == proxy.generation:    # not a test that has ended
-                proxy.errors.append(exc)
-            self.close_connection = True
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-    def _request_body(self):
-        """(chunked, iterator over the pieces of the request body)."""
-        if 'chunked' in self.headers.get('Transfer-Encoding', '').lower():
-            return True, self._read_chunked()
-        length = self.headers.get('Content-Length')
-        if length and int(length) > 0:
-            return False, self._read_length(int(length))
-        return False, iter(())
-
-    def _dispatch(self, fault):
-        proxy = self.server.owner
-        action = fault.action if fault else None
-        params = fault.params if fault else {}
-        if action == 'stall':
-            proxy._sleep(params.get('seconds', 5))
-        chunked, body = self._request_body()
-        if action in ('status', 'redirect', 'endless'):
-            for _ in body:       # read the upload, so that the answer is heard
-                pass
-        if action == 'status':
-            return self._answer(params.get('status', 503), params.get('body', b''),
-                                params.get('headers', {}))
-        if action == 'redirect':
-            headers = {'Location': params.get('to', '') + self.path}
-            return self._answer(params.get('status', 307), b'', headers)
-        if action == 'endless':
-            return self._endless(params)
-        self._forward(chunked, body, action, params)
-
-    def _answer(self, status, body, headers):
-        self.send_response(status)
-        names = set()
-        for name, value in headers.items():
-            names.add(name.lower())
-            self.send_header(name, value)
-        if 'content-length' not in names:
-            self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        if self.command != 'HEAD' and body:
-            self.wfile.write(body)
-
-    def _endless(self, params):
-        proxy = self.server.owner
-        self.close_connection = True
-        self.send_response(params.get('status', 200))
-        self.send_header('Content-Type', 'application/json')
-        self.send_header('Transfer-Encoding', 'chunked')
-        self.end_headers()
-        piece = params.get('piece', b'"endless-tag",' * 4096)
-        pieces = [params.get('prefix', b'{"name": "x", "tags": [')]
-        limit = params.get('limit', 256 << 20)
-        sent = 0
-        stop = proxy._wake
-        while sent < limit and not stop.is_set():
-            data = pieces.pop() if pieces else piece
-            self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data))
-            sent += len(data)
-            proxy.endless_sent += len(data)
-
-    def _send_up(self, conn, data, chunked):
-        if not data:
-            return
-        if chunked:
-            conn.send(b'%x\r\n' % len(data) + data + b'\r\n')
-        else:
-            conn.send(data)
-
-    def _forward(self, chunked, body, action, params):
-        proxy = self.server.owner
-        conn = proxy._connect()
-        resp = None
-        try:
-            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in self.headers.items():
-                low = name.lower()
-                if low in _HOP_BY_HOP or low == 'x-forwarded-proto' or (
-                        chunked and low == 'content-length'):
-                    continue
-                conn.putheader(name, value)
-            if chunked:
-                conn.putheader('Transfer-Encoding', 'chunked')
-            conn.putheader('X-Forwarded-Proto', 'http')
-            conn.endheaders()
-            cut = params.get('after') if action == 'cut_request' else None
-            sent = 0
-            for piece in body:
-                if cut is not None and sent + len(piece) >= cut:
-                    self._send_up(conn, piece[:cut - sent], chunked)
-                    # The registry sees its upload break off and, given a
-                    # moment, forgets the session; the client gets no answer.
-                    conn.close()
-                    proxy._sleep(params.get('linger', 0.5))
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self._send_up(conn, piece, chunked)
-                sent += len(piece)
-            if chunked:
-                conn.send(b'0\r\n\r\n')
-            resp = conn.getresponse()
-            self._relay(resp, action, params)
-        finally:
-            if resp is not None:
-                resp.close()
-            conn.close()
-
-    def _location(self, value):
-        """Upload Locations lead back through the proxy, over plain http."""
-        proxy = self.server.owner
-        parts = urllib.parse.urlsplit(value)
-        if parts.netloc in (proxy.upstream, proxy.host):
-            return urllib.parse.urlunsplit(('http', proxy.host) + tuple(parts[2:]))
-        return value
-
-    def _relay(self, resp, action, params):
-        status, reason = resp.status, resp.reason
-        headers = []
-        for name, value in resp.getheaders():
-            if name.lower() in _HOP_BY_HOP:
-                continue
-            if name.lower() == 'location':
-                value = self._location(value)
-            headers.append((name, value))
-        if action in ('body', 'headers'):
-            new = params.get('headers', {})
-            drop = set(n.lower() for n in params.get('drop', ())) | set(n.lower() for n in new)
-            headers = [(k, v) for k, v in headers if k.lower() not in drop] + list(new.items())
-        no_body = self.command == 'HEAD' or status in (204, 304) or status < 200
-        if action == 'body':
-            resp.read()
-            body = params['body']
-            headers = [(k, v) for k, v in headers if k.lower() != 'content-length']
-            headers.append(('Content-Length', str(len(body))))
-            self._head(params.get('status', status), reason, headers)
-            if self.command != 'HEAD':
-                self.wfile.write(body)
-            return
-        if action == 'length':
-            headers = [(k, v) for k, v in headers if k.lower() != 'content-length']
-            headers.append(('Content-Length', str(params['length'])))
-            self.close_connection = True
-            self._head(status, reason, headers)
-            self.wfile.write(resp.read())
-            return
-        length = resp.getheader('Content-Length')
-        if no_body:
-            return self._head(status, reason, headers)
-        if length is None:
-            headers.append(('Transfer-Encoding', 'chunked'))
-        self._head(status, reason, headers)
-        flip = params.get('offset') if action == 'flip' else None
-        cut = params.get('after') if action == 'cut_response' else None
-        pos = 0
-        while True:
-            data = resp.read(65536)
-            if not data:
-                break
-            if flip is not None and pos <= flip < pos + len(data):
-                data = bytearray(data)
-                data[flip - pos] ^= 0xff
-                data = bytes(data)
-            if cut is not None and pos + len(data) >= cut:
-                data = data[:cut - pos]
-                self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data) if length is None
-                                 else data)
-                self.close_connection = True
-                return
-            pos += len(data)
-            self.wfile.write(b'%x\r\n%s\r\n' % (len(data), data) if length is None else data)
-        if length is None:
-            self.wfile.write(b'0\r\n\r\n')
-
-    def _head(self, status, reason, headers):
-        self.send_response_only(status, reason)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-
-
-class FaultProxy(object):
-    """A reverse proxy in front of a registry that injects faults on request.
-
-    The client talks to it as if it were the registry (plain http on
-    127.0.0.1; upstream plain http or, for the https registries, TLS checked
-    against the test CA).  Requests are forwarded with their ``Host``, and
-    absolute ``Location`` answers are rewritten to the proxy, so upload
-    sessions lead back through it.  Bodies stream both ways (chunked uploads
-    stay chunked; Content-Length is kept); connections are kept alive.
-
-    ``faults``    the rules (a list of Fault; ``faults.add(...)`` makes one)
-    ``requests``  every request seen, as SeenRequest, in order of arrival
-    ``seen(method, pattern)``  those of ``requests`` that match
-    ``reset()``   clears both and wakes stalled requests (the ``faults``
-                  fixture calls it around each test)
-    """
-
-    def __init__(self, registry):
-        self.registry = registry
-        self.upstream = registry.host
-        self.cafile = registry.tlsverify if registry.https else None
-        self.faults = _FaultList()
-        self.requests = []
-        self.errors = []
-        self.endless_sent = 0
-        self.generation = 0       # bumped by reset()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = _ServerThread(_FaultHandler, self)
-        self.port = self._thread.port
-        self.host = '127.0.0.1:%d' % self.port
-        self.url = 'http://' + self.host
-
-    def _connect(self):
-        if self.cafile:
-            return http.client.HTTPSConnection(self.upstream, timeout=30,
-                                               context=_client_context(self.cafile))
-        return http.client.HTTPConnection(self.upstream, timeout=30)
-
-    def _match(self, method, path, headers):
-        with self._lock:
-            for fault in self.faults:
-                if fault._claim(method, path, headers):
-                    return fault
-        return None
-
-    def _sleep(self, seconds):
-        self._wake.wait(seconds)
-
-    def seen(self, method=None, pattern=''):
-        """The requests seen with ``method`` (None: any) whose target matches ``pattern``."""
-        return [r for r in self.requests
-                if (method is None or r.method == method) and re.search(pattern, r.path)]
-
-    def reset(self):
-        with self._lock:
-            del self.faults[:]
-        self.generation += 1
-        self._wake.set()
-        self._wake = threading.Event()
-        del self.requests[:]
-        del self.errors[:]
-        self.endless_sent = 0
-
-    def stop(self):
-        self._wake.set()
-        self._thread.stop()
-
-    def __repr__(self):
-        return '<FaultProxy %s -> %s>' % (self.host, self.upstream)
-
-
-class _OriginHandler(_Handler):
-
-    def do_GET(self):
-        origin = self.server.owner
-        origin.requests.append(SeenRequest(self.command, self.path, self.headers,
-                                           time.monotonic(), None))
-        path = urllib.parse.urlsplit(self.path).path
-        if path in origin.answers:
-            status, headers, body = origin.answers[path]
-            return self._reply(status, body, list(headers.items()))
-        digest = path.rsplit('/', 1)[-1]
-        data = origin.blobs.get(digest)
-        if data is None:
-            return self._reply(404, {'errors': [{'code': 'BLOB_UNKNOWN', 'message': path}]})
-        headers = [('Content-Type', 'application/octet-stream')]
-        match = re.match(r'bytes=(\d+)-$', self.headers.get('Range', ''))
-        if match and int(match.group(1)) < len(data):
-            start = int(match.group(1))
-            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, len(data) - 1,
-                                                                 len(data))))
-            return self._reply(206, data[start:], headers)
-        return self._reply(200, data, headers)
-
-    do_HEAD = do_GET
-
-
-class OriginServer(object):
-    """A second origin (plain http on its own port) that records what it gets.
-
-    ``blobs`` maps digest -> bytes: a GET of any path ending in that digest
-    gets them (ranges too).  ``answers`` maps an exact path to
-    ``(status, headers dict, body)``, e.g. a broken token service at
-    '/token'.  ``requests`` lists SeenRequest.
-    """
-
-    def __init__(self):
-        self.blobs = {}
-        self.answers = {}
-        self.requests = []
-        self._thread = _ServerThread(_OriginHandler, self)
-        self.port = self._thread.port
-        self.host = '127.0.0.1:%d' % self.port
-        self.url = 'http://' + self.host
-
-    def stop(self):
-        self._thread.stop()
-
-
-class _RestartableRegistry(RegistryProcess):
-    """A RegistryProcess of its own that can come back on the same port."""
-
-    def restart(self):
-        port = int(self.host.rsplit(':', 1)[1])
-        self._write_config(port)
-        self._logfile = open(self.log, 'ab')
-        self.proc = subprocess.Popen(
-            [self.binary, 'serve', self.config], stdin=subprocess.DEVNULL,
-            stdout=self._logfile, stderr=subprocess.STDOUT, cwd=self.workdir,
-            env={'PATH': os.environ.get('PATH', ''), 'HOME': self.workdir})
-        if _wait_until(self._answers, 15, 'the restarted registry on %s' % self.host) != 'up':
-            raise RuntimeError('the registry did not come back on %s:\n%s'
-                               % (self.host, self.log_text()[-4000:]))
-
-
-# ---- fixtures -------------------------------------------------------------------
-
-@pytest.fixture(scope='session')
-def _fault_proxies(registries):
-    """mode -> the session's FaultProxy in front of that registry, made on first use."""
-    made = {}
-
-    def get(mode):
-        if mode not in made:
-            made[mode] = FaultProxy(registries[mode])
-        return made[mode]
-    yield get
-    for proxy in made.values():
-        proxy.stop()
-
-
-@pytest.fixture
-def proxy(_fault_proxies):
-    """The session's FaultProxy in front of the open registry, reset around each test."""
-    p = _fault_proxies('open')
-    p.reset()
-    yield p
-    p.reset()
-
-
-@pytest.fixture
-def faults(proxy):
-    """``proxy.faults``: this test's rules (``faults.add(method, path, action, ...)``)."""
-    return proxy.faults
-
-
-@pytest.fixture
-def token_proxy(_fault_proxies, token_server):
-    """A FaultProxy in front of the token registry (https upstream), reset around each test."""
-    p = _fault_proxies('token')
-    p.reset()
-    yield p
-    p.reset()
-
-
-@pytest.fixture
-def origin():
-    """A second origin server for this test (see OriginServer)."""
-    server = OriginServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def upstream(registries, repo):
-    """A DXF on ``repo`` straight to the open registry (no proxy): test set-up."""
-    reg = registries['open']
-    d = dxf.DXF(reg.host, repo, insecure=True, timeout=10)
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def fault_env(proxy, tmp_path):
-    """A function (**overrides) -> CLI environ aimed at ``proxy``, 2 s timeout."""
-    home = tmp_path / 'fault-home'
-    home.mkdir(exist_ok=True)
-
-    def make(target=None, **overrides):
-        env = {'DXF_HOST': (target or proxy).host, 'DXF_INSECURE': '1',
-               'DXF_TIMEOUT': '2', 'DXF_RETRIES': '3',
-               'PATH': os.environ.get('PATH', ''), 'HOME': str(home)}
-        env.update(overrides)
-        return env
-    return make
-
-
-# =============================================================================
-# 15. Reliability: faults between dxf and the registry
-#   What the user sees: the exact bytes, or a non-zero exit with one
-#   "dxf: error:" line and no traceback; never wrong bytes under the final
-#   name; never a hang past the timeout.
-# =============================================================================
-
-def _one_error(result, statuses, *words):
-    """Assert a failed run: status in ``statuses``, one 'dxf: error:' line with ``words``.
-
-    Returns (stdout bytes, the error line).
-    """
-    status, out, err = result
-    if isinstance(statuses, int):
-        statuses = (statuses,)
-    assert status in statuses, (errno.errorcode.get(status, status), err)
-    assert 'Traceback' not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith('\n'), err
-    assert lines[0].startswith('dxf: error: '), lines[0]
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
-    return out, lines[0]
-
-
-def _timed(function, *args, **kwargs):
-    """(function's result, seconds it took)."""
-    started = time.monotonic()
-    result = function(*args, **kwargs)
-    return result, time.monotonic() - started
-
 
 BLOB_GET = r'/blobs/sha256:'
 UPLOAD = r'/blobs/uploads/'
 MANIFEST = r'/manifests/'
 TAGS = r'/tags/list'
 CATALOG = r'/v2/_catalog'
-
-
-@pytest.mark.registry
-class TestFaultProxy:
-    """The proxy itself: if these fail, nothing in TestFaults means anything."""
-
-    def test_fault_proxy_round_trip_goes_through_the_proxy(self, proxy, fault_env, run_cli,
-                                                           repo, tmp_path):
-        data = _blob(300000, 'proxy-round-trip')
-        path = _write(tmp_path, 'data', data)
-        env = fault_env()
-        assert _ok(run_cli(['push-blob', repo, path], env)) == (
-            _sha256(data).encode() + b'\n')
-        # The upload's Location led back through the proxy.
-        assert len(proxy.seen('POST', UPLOAD)) == 1
-        assert len(proxy.seen('PUT', UPLOAD)) == 1
-        _ok(run_cli(['set-alias', repo, 'a', _sha256(data)], env))
-        assert _ok(run_cli(['pull-blob', repo, '@a'], env)) == data
-        assert _ok(run_cli(['list-aliases', repo], env)) == b'a\n'
-        assert proxy.errors == []
-
-    def test_fault_proxy_forwards_chunked_upload(self, proxy, fault_env, run_cli, repo):
-        data = _blob(2 * 1024 * 1024 + 5, 'proxy-chunked')
-        env = fault_env()
-        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=data)) == (
-            _sha256(data).encode() + b'\n')
-        patch = proxy.seen('PATCH', UPLOAD)
-        assert len(patch) == 1 and 'chunked' in patch[0].headers.get('Transfer-Encoding', '')
-        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
-
-    def test_fault_fires_on_nth_match_once_or_every_time(self, proxy, faults, upstream):
-        digest = upstream.push_blob(data=b'nth')
-        once = faults.add('HEAD', BLOB_GET, 'status', nth=2, status=404)
-        with dxf.DXF(proxy.host, upstream.repo, insecure=True, retries=0) as d:
-            sizes = [d._blob_head(digest) for _ in range(3)]
-        assert sizes == [3, None, 3]
-        assert (once.matched, once.fired) == (3, 1)
-        every = faults.add('HEAD', BLOB_GET, 'status', nth=2, every=True, status=404)
-        del faults[0]
-        with dxf.DXF(proxy.host, upstream.repo, insecure=True, retries=0) as d:
-            sizes = [d._blob_head(digest) for _ in range(3)]
-        assert sizes == [3, None, None]
-        assert every.fired == 2
-
-    @pytest.mark.tls
-    def test_fault_proxy_in_front_of_token_registry(self, token_proxy, fault_env, run_cli, repo,
-                                                    registries, tmp_path):
-        reg = registries['token']
-        data = _blob(100000, 'token-proxy')
-        env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
-                        DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
-        _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@t'], env))
-        assert _ok(run_cli(['pull-blob', repo, '@t'], env)) == data
-        assert token_proxy.seen('PUT', UPLOAD)
 
 
 @pytest.mark.registry
@@ -5498,12 +6601,10 @@ class TestFaults:
                                                        upstream):
         digest = upstream.push_blob(data=b'always 503')
         faults.add('GET', BLOB_GET, 'status', every=True, status=503)
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_RETRIES='2'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_RETRIES='2'))
         out, line = _one_error(result, 1, '503')
         assert out == b''
         assert len(proxy.seen('GET', BLOB_GET)) == 3        # 1 + DXF_RETRIES
-        assert elapsed < 10
 
     def test_503_every_time_raises_http_error_after_retries_module(self, proxy, faults,
                                                                    upstream):
@@ -5592,14 +6693,14 @@ class TestFaults:
         data = _blob(2 * 1024 * 1024, 'upload-cut')
         digest = _sha256(data)
         fault = faults.add('PUT', UPLOAD, 'cut_request', after=300000)
-        result, elapsed = _timed(run_cli, ['push-blob', upstream.repo,
-                                           _write(tmp_path, 'd', data)], fault_env())
+        # The proxy hangs up on the client: nothing to wait for, no timeout.
+        result = run_cli(['push-blob', upstream.repo, _write(tmp_path, 'd', data)],
+                         fault_env())
         assert _ok(result) == digest.encode() + b'\n'
         assert fault.fired == 1
         assert len(proxy.seen('POST', UPLOAD)) == 2          # a new session
         with upstream.pull_blob(digest) as reader:
             assert b''.join(reader) == data
-        assert elapsed < 10
 
     def test_stdin_patch_cut_midway_fails_with_one_line(self, proxy, faults, fault_env,
                                                         run_cli, repo):
@@ -5661,21 +6762,21 @@ class TestFaults:
         data = _blob(50000, 'stall-once')
         digest = upstream.push_blob(data=data)
         faults.add('GET', BLOB_GET, 'stall', seconds=5)
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_TIMEOUT='1'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_TIMEOUT='1'))
         assert _ok(result) == data
+        # Two GETs: a client that waited out the stall would have had its
+        # answer on the first.
         assert len(proxy.seen('GET', BLOB_GET)) == 2
-        assert 1 <= elapsed < 5
 
     def test_stall_every_time_without_retries_fails_fast(self, proxy, faults, fault_env,
                                                          run_cli, upstream):
         upstream.push_blob(data=b'x')
         upstream.set_alias('a', _sha256(b'x'))
         faults.add('GET', MANIFEST, 'stall', every=True, seconds=30)
-        result, elapsed = _timed(run_cli, ['get-alias', upstream.repo, 'a'],
-                                 fault_env(DXF_TIMEOUT='1', DXF_RETRIES='0'))
+        result = run_cli(['get-alias', upstream.repo, 'a'],
+                         fault_env(DXF_TIMEOUT='1', DXF_RETRIES='0'))
         _one_error(result, 1, 'timed out')
-        assert elapsed < 10
+        assert len(proxy.seen('GET', MANIFEST)) == 1
 
     def test_stall_mid_body_times_out_and_resumes(self, proxy, faults, fault_env, run_cli,
                                                   upstream):
@@ -5684,10 +6785,12 @@ class TestFaults:
         digest = upstream.push_blob(data=data)
         faults.add('GET', BLOB_GET, 'cut_response', after=200000)
         faults.add('GET', BLOB_GET, 'stall', seconds=5)   # the resume stalls once
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_TIMEOUT='1'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_TIMEOUT='1'))
         assert _ok(result) == data
-        assert elapsed < 8
+        # The stalled resume timed out and was asked for again: a client that
+        # waited out the stall would have made two GETs.
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert ranges == [None, 'bytes=200000-', 'bytes=200000-']
 
     # ---- 8. redirects leave credentials behind --------------------------------------
 
@@ -5817,20 +6920,19 @@ class TestFaults:
             'tags': ('GET', TAGS, ['list-aliases', upstream.repo]),
         }[target]
         faults.add(method, pattern, 'length', length=10 ** 12)
-        result, elapsed = _timed(run_cli, argv, fault_env())
-        out, line = _one_error(result, (1, errno.EIO), 'limit')
+        # The proxy sends the short real body, so a client that read on
+        # would fail at its end, not at the limit.
+        out, line = _one_error(run_cli(argv, fault_env()), (1, errno.EIO), 'limit')
         assert out == b''
         assert 'limit is %d' % 10 ** 12 not in line
-        assert elapsed < 5
         assert len(proxy.seen(method, pattern)) == 1       # not retried
 
     def test_endless_tags_list_stops_at_size_limit(self, proxy, faults, fault_env, run_cli,
                                                    upstream):
         faults.add('GET', TAGS, 'endless', every=True)
-        result, elapsed = _timed(run_cli, ['list-aliases', upstream.repo], fault_env())
+        result = run_cli(['list-aliases', upstream.repo], fault_env())
         out, _ = _one_error(result, (1, errno.EIO), 'limit')
         assert out == b''
-        assert elapsed < 10
         proxy._wake.set()       # let the sender notice
         assert proxy.endless_sent < 64 << 20
 
@@ -5844,26 +6946,23 @@ class TestFaults:
         _one_error((status, b'', err), 1, 'host')
         assert out in (b'', b'a\n')
 
-    def test_tags_link_to_itself_fails(self, faults, fault_env, run_cli, upstream):
+    def test_tags_link_to_itself_fails(self, proxy, faults, fault_env, run_cli, upstream):
         upstream.push_blob(data=b'l2')
         upstream.set_alias('a', _sha256(b'l2'))
         link = '</v2/%s/tags/list>; rel="next"' % upstream.repo
         faults.add('GET', TAGS, 'headers', every=True, headers={'Link': link})
-        result, elapsed = _timed(run_cli, ['list-aliases', upstream.repo], fault_env())
-        status, out, err = result
+        status, out, err = run_cli(['list-aliases', upstream.repo], fault_env())
         _one_error((status, b'', err), 1)
-        assert elapsed < 10
+        assert len(proxy.seen('GET', TAGS)) <= 2      # the loop is seen, not followed
 
     def test_redirect_loop_fails_after_at_most_ten_redirects(self, proxy, faults, fault_env,
                                                              run_cli, upstream):
         digest = upstream.push_blob(data=b'loop')
         faults.add('GET', BLOB_GET, 'redirect', every=True)    # Location: itself
-        result, elapsed = _timed(run_cli, ['pull-blob', upstream.repo, digest],
-                                 fault_env(DXF_RETRIES='2'))
+        result = run_cli(['pull-blob', upstream.repo, digest], fault_env(DXF_RETRIES='2'))
         out, _ = _one_error(result, 1, 'redirect')
         assert out == b''
         assert len(proxy.seen('GET', BLOB_GET)) <= 11      # the request + 10 redirects
-        assert elapsed < 10
 
     def test_redirect_loop_without_retries_fails_after_ten_redirects(
             self, proxy, faults, fault_env, run_cli, upstream):
@@ -5898,10 +6997,8 @@ class TestRegistryRestart:
         env = self._env(reg, tmp_path)
         _ok(run_cli(['push-blob', repo, _write(tmp_path, 'd', data), '@r'], env))
         reg.stop()
-        result, elapsed = _timed(run_cli, ['pull-blob', repo, '@r'],
-                                 self._env(reg, tmp_path, DXF_RETRIES='0'))
+        result = run_cli(['pull-blob', repo, '@r'], self._env(reg, tmp_path, DXF_RETRIES='0'))
         _, line = _one_error(result, 1, 'refused')
-        assert elapsed < 5
         reg.restart()
         assert _ok(run_cli(['pull-blob', repo, '@r'], env)) == data
 
@@ -6185,7 +7282,7 @@ class TestChunkedPush:
 
 
 # =============================================================================
-# 16. Copying and OCI layout directories
+# 13. Copying and OCI layout directories
 #     DXF_HOST=oci:DIR (every command on layout directories), the OCILayout
 #     class, copy-alias between repositories, registries and layouts, and
 #     skopeo reading and writing the same layouts.
@@ -7432,660 +8529,11 @@ class TestResumeAnsweredWith200:
 
 
 # =============================================================================
-# 17. HTTP wire format: dxf's own HTTP/1.1 client against scripted answers
-#     Each test scripts, byte for byte, what a small server on 127.0.0.1
-#     answers (WireServer) and checks what the user sees: output, exit status
-#     and stderr, or what the module API returns, and how many connections
-#     the server accepted.  No registry is needed.
+# 14. Vendor profiles and alias safety
+#     A VendorProxy (section 1) is a FaultProxy in front of a real registry
+#     that answers as one hosted registry does where that touches what dxf
+#     does.  Each emulated behaviour cites where it is documented.
 # =============================================================================
-
-WIRE_CLOSE = object()     # in an answer: the server closes the connection there
-
-WireRequest = collections.namedtuple('WireRequest', 'conn method path headers body')
-
-
-class _WireHandler(socketserver.StreamRequestHandler):
-
-    def handle(self):
-        owner = self.server.owner
-        with owner._lock:
-            conn = owner.connections
-            owner.connections += 1
-            owner._socks.append(self.connection)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while True:
-                line = self.rfile.readline(65537)
-                if not line.strip():
-                    return                      # the client closed it
-                method, target, _ = line.decode('latin-1').split(' ', 2)
-                headers = http.client.parse_headers(self.rfile)
-                if 'chunked' in headers.get('Transfer-Encoding', ''):
-                    body = b''
-                    while True:
-                        size = int(self.rfile.readline().split(b';')[0], 16)
-                        body += self.rfile.read(size + 2)[:size]
-                        if not size:
-                            break
-                else:
-                    body = self.rfile.read(int(headers.get('Content-Length', 0)))
-                req = WireRequest(conn, method, target, headers, body)
-                owner.requests.append(req)
-                answer = owner.answer(req) if callable(owner.answer) else owner.answer.get(
-                    '%s %s' % (method, target.split('?')[0]), _wire_reply(404))
-                if self._write([answer] if isinstance(answer, bytes) else answer):
-                    return
-        except (OSError, ValueError):
-            return
-
-    def _write(self, pieces):
-        """Send ``pieces``; True when they end with WIRE_CLOSE.
-
-        Before a WIRE_CLOSE the socket is corked (Linux), so the last bytes and
-        the FIN arrive together: by the time the client has read the answer
-        it can tell that the connection is closed.
-        """
-        cork = getattr(socket, 'TCP_CORK', None) if WIRE_CLOSE in pieces else None
-        if cork:
-            self.connection.setsockopt(socket.IPPROTO_TCP, cork, 1)
-        for piece in pieces:
-            if piece is WIRE_CLOSE:
-                self.connection.shutdown(socket.SHUT_WR)
-                if cork:
-                    self.connection.setsockopt(socket.IPPROTO_TCP, cork, 0)
-                return True
-            self.wfile.write(piece)
-        return False
-
-
-class WireServer(object):
-    """A server on 127.0.0.1 that answers each request with scripted raw bytes.
-
-    ``answer`` maps 'METHOD /path' (no query) to an answer, or is a function
-    WireRequest -> answer.  An answer is bytes, or a list of bytes and WIRE_CLOSE:
-    the pieces are written in turn, and WIRE_CLOSE closes the connection at that
-    point; otherwise the connection waits for its next request.  A request
-    with no answer gets a 404.  ``requests`` lists every WireRequest (``conn``
-    is 0 for the first connection accepted, 1 for the next...);
-    ``connections`` counts the connections accepted.
-    """
-
-    def __init__(self):
-        self.answer = {}
-        self.requests = []
-        self.connections = 0
-        self._socks = []
-        self._lock = threading.Lock()
-        server = self._server = socketserver.ThreadingTCPServer(
-            ('127.0.0.1', 0), _WireHandler, bind_and_activate=False)
-        server.daemon_threads = True
-        server.owner = self
-        server.allow_reuse_address = True
-        server.server_bind()
-        server.server_activate()
-        self.port = server.server_address[1]
-        self.host = '127.0.0.1:%d' % self.port
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={'poll_interval': 0.05})
-        self._thread.daemon = True
-        self._thread.start()
-
-    def seen(self):
-        """``[(conn, 'METHOD /path'), ...]`` of the requests so far."""
-        return [(r.conn, '%s %s' % (r.method, r.path.split('?')[0])) for r in self.requests]
-
-    def stop(self):
-        self._server.shutdown()
-        with self._lock:
-            for sock in self._socks:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        self._server.server_close()
-        self._thread.join(5)
-
-
-def _wire_reply(status, body=b'', *headers, **options):
-    """A whole answer: status line, ``headers`` ('Name: value' strings), body.
-
-    Content-Length is added unless ``length=False`` (or a header gives the
-    framing); ``send_body=False`` leaves the body out (a HEAD answer);
-    ``version`` is 'HTTP/1.1' by default.
-    """
-    lines = ['%s %d %s' % (options.get('version', 'HTTP/1.1'), status,
-                           http.HTTPStatus(status).phrase)] + list(headers)
-    if options.get('length', True) and not any(
-            h.lower().startswith(('content-length:', 'transfer-encoding:')) for h in headers):
-        lines.append('Content-Length: %d' % len(body))
-    head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
-    return head + body if options.get('send_body', True) else head
-
-
-def _wire_chunked(*pieces):
-    """A chunked body: one chunk per piece (extensions on all but the first),
-    then the last chunk and two trailer fields."""
-    out = b''
-    for i, piece in enumerate(pieces):
-        out += b'%x%s\r\n%s\r\n' % (len(piece), b';foo=bar' if i else b'', piece)
-    return out + b'0\r\nX-Trailer: 1\r\nX-Other: two\r\n\r\n'
-
-
-def _wire_split(data, n=3):
-    """``data`` in ``n`` pieces (the last may be empty when data is short)."""
-    step = max(1, -(-len(data) // n))
-    return [data[i:i + step] for i in range(0, len(data), step)] or [b'']
-
-
-WIRE_REPO = 'wire/test'
-WIRE_MANIFESTS = '/v2/wire/test/manifests/'
-WIRE_BLOBS = '/v2/wire/test/blobs/'
-WIRE_UPLOADS = WIRE_BLOBS + 'uploads/'
-WIRE_DATA = [_blob(3000, 1), _blob(5, 2)]
-WIRE_DIGESTS = [_sha256(d) for d in WIRE_DATA]
-
-
-def _wire_manifest(*blobs):
-    """An OCI image manifest (bytes) naming ``blobs`` (bytes each) as layers."""
-    return json.dumps({
-        'schemaVersion': 2, 'mediaType': OCI_MANIFEST, 'config': EMPTY_CONFIG,
-        'layers': [{'mediaType': 'application/octet-stream', 'digest': _sha256(b),
-                    'size': len(b)} for b in blobs]}, sort_keys=True).encode('utf-8')
-
-
-WIRE_MANIFEST = _wire_manifest(*WIRE_DATA)
-
-
-def _blob_answers(answer=_wire_reply):
-    """'GET /v2/wire/test/blobs/DIGEST' -> answer(200, data) for each of WIRE_DATA."""
-    return {'GET ' + WIRE_BLOBS + _sha256(d): answer(200, d) for d in WIRE_DATA}
-
-
-@pytest.fixture
-def wire():
-    """A WireServer for this test."""
-    server = WireServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def wire_env(wire, tmp_path):
-    """A function (**overrides) -> CLI environ aimed at ``wire``: no retries, 3 s timeout."""
-    def make(**overrides):
-        env = {'DXF_HOST': wire.host, 'DXF_INSECURE': '1', 'DXF_TIMEOUT': '3',
-               'DXF_RETRIES': '0', 'PATH': os.environ.get('PATH', ''), 'HOME': str(tmp_path)}
-        env.update(overrides)
-        return env
-    return make
-
-
-class TestWireFormat:
-
-    # ---- framing: chunked, read until close, HTTP/1.0 ---------------------------
-
-    def test_chunked_manifest_with_extensions_and_trailers_reads_whole(
-            self, wire, wire_env, run_cli):
-        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
-            200, _wire_chunked(*_wire_split(WIRE_MANIFEST, 4)), 'Content-Type: ' + OCI_MANIFEST,
-            'Transfer-Encoding: chunked')}
-        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
-        assert _ok(run_cli(['get-manifest', WIRE_REPO, 'a'], wire_env())) == WIRE_MANIFEST
-
-    @pytest.mark.parametrize('ref', ['digest', '@alias'])
-    def test_chunked_blobs_with_extensions_and_trailers_pull_over_one_connection(
-            self, wire, wire_env, run_cli, ref):
-        def chunked(status, data):
-            return _wire_reply(status, _wire_chunked(*_wire_split(data)),
-                               'Transfer-Encoding: chunked')
-        wire.answer = _blob_answers(chunked)
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = chunked(200, WIRE_MANIFEST)
-        refs = ['@a'] if ref == '@alias' else WIRE_DIGESTS
-        assert _ok(run_cli(['pull-blob', WIRE_REPO] + refs, wire_env())) == b''.join(WIRE_DATA)
-        assert wire.connections == 1
-
-    @pytest.mark.parametrize('close_header', [True, False], ids=['connection-close', 'bare'])
-    def test_body_without_length_is_read_until_the_server_closes(
-            self, wire, wire_env, run_cli, close_header):
-        headers = ['Connection: close'] if close_header else []
-
-        def until_close(status, data):
-            return [_wire_reply(status, data, *headers, length=False), WIRE_CLOSE]
-        wire.answer = _blob_answers(until_close)
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = until_close(200, WIRE_MANIFEST)
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]], wire_env())) == WIRE_DATA[0]
-        assert [c for c, _ in wire.seen()] == [0, 1, 2, 3]
-
-    @pytest.mark.parametrize('status_line, header, conns', [
-        ('HTTP/1.0', None, [0, 1, 2]),
-        ('HTTP/1.0', 'Connection: keep-alive', [0, 0, 0]),
-        ('HTTP/1.1', 'Connection: Close', [0, 1, 2]),
-        ('HTTP/1.1', None, [0, 0, 0]),
-    ], ids=['http10', 'http10-keep-alive', 'http11-close', 'http11'])
-    def test_connection_is_reused_only_when_the_answer_allows_it(
-            self, wire, wire_env, run_cli, status_line, header, conns):
-        # Every answer has a Content-Length and the server leaves every
-        # connection open: a client that reused one it should not have
-        # shows up in ``conns``.
-        extra = [header] if header else []
-
-        def answer(status, data):
-            return _wire_reply(status, data, *extra, version=status_line)
-        wire.answer = _blob_answers(answer)
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = answer(200, WIRE_MANIFEST)
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
-        assert [c for c, _ in wire.seen()] == conns
-
-    # ---- keep-alive ----------------------------------------------------------------
-
-    def test_keep_alive_module_get_alias_pull_blob_and_blob_size_share_one_connection(
-            self, wire):
-        wire.answer = _blob_answers()
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = _wire_reply(200, WIRE_MANIFEST)
-        wire.answer['HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]] = _wire_reply(
-            200, WIRE_DATA[1], send_body=False)
-        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
-            assert d.get_alias('a') == WIRE_DIGESTS
-            assert [b''.join(d.pull_blob(dg)) for dg in WIRE_DIGESTS] == WIRE_DATA
-            assert d.blob_size(WIRE_DIGESTS[1]) == len(WIRE_DATA[1])
-        assert [c for c, _ in wire.seen()] == [0] * 4
-
-    @pytest.mark.parametrize('command', [
-        'pull-blob @a', 'push-blob FILE',
-        'push-blob -'])
-    def test_keep_alive_connection_closed_silently_is_replaced_transparently(
-            self, wire, wire_env, run_cli, tmp_path, command):
-        # No "Connection: close", but the server closes each connection after
-        # one answer.  dxf must notice when it takes the connection from its
-        # pool, or send the request again on a new one; DXF_RETRIES=0, so no
-        # ordinary retry can hide a failure.  Upload bodies arrive whole.
-        answers = dict(_blob_answers(), **{
-            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(200, WIRE_MANIFEST),
-            'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(404),
-            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
-            'PATCH %sabc' % WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
-            'PUT %sabc' % WIRE_UPLOADS: _wire_reply(201)})
-        wire.answer = {k: [v, WIRE_CLOSE] for k, v in answers.items()}
-        argv = command.replace('FILE', _write(tmp_path, 'f', WIRE_DATA[0])).split()
-        out = _ok(run_cli([argv[0], WIRE_REPO] + argv[1:], wire_env(), stdin=WIRE_DATA[0]))
-        if command == 'pull-blob @a':
-            assert out == b''.join(WIRE_DATA)
-        else:
-            assert out == _lines(WIRE_DIGESTS[0])
-            assert b''.join(r.body for r in wire.requests) == WIRE_DATA[0]
-        assert [c for c, _ in wire.seen()] == list(range(len(wire.requests)))
-
-    # ---- interim answers, header syntax, answers without a body --------------------
-
-    @pytest.mark.parametrize('interim', [
-        b'HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n',
-        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n',
-        b'HTTP/1.1 102 Processing\r\n\r\n',
-        b'HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n',
-    ], ids=['100', '100-twice', '102', '103'])
-    def test_interim_1xx_answers_before_200_are_skipped(self, wire, wire_env, run_cli,
-                                                        interim):
-        wire.answer = _blob_answers()
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = [interim, _wire_reply(200, WIRE_MANIFEST)]
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
-        assert wire.connections == 1
-
-    def test_100_continue_before_201_push_blob_succeeds(self, wire, wire_env, run_cli,
-                                                        tmp_path):
-        wire.answer = {
-            'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc' % WIRE_UPLOADS),
-            'PUT %sabc' % WIRE_UPLOADS: [b'HTTP/1.1 100 Continue\r\n\r\n',
-                                   _wire_reply(201, b'', 'Docker-Content-Digest: '
-                                               + WIRE_DIGESTS[0])]}
-        path = _write(tmp_path, 'f', WIRE_DATA[0])
-        out = _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env()))
-        assert out == _lines(WIRE_DIGESTS[0])
-        put = wire.requests[-1]
-        assert (put.method, put.body) == ('PUT', WIRE_DATA[0])
-        assert [c for c, _ in wire.seen()] == [0, 0, 0]
-
-    def test_header_names_and_framing_values_in_any_case(self, wire, wire_env, run_cli):
-        wire.answer = {
-            'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(
-                200, WIRE_MANIFEST, 'CONTENT-TYPE: ' + OCI_MANIFEST, 'content-LENGTH: %d'
-                % len(WIRE_MANIFEST), 'docker-content-digest: ' + _sha256(WIRE_MANIFEST)),
-            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: _wire_reply(200, WIRE_DATA[0],
-                                                               'content-length: 3000'),
-            'GET ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
-                200, _wire_chunked(*_wire_split(WIRE_DATA[1])),
-                                                    'TRANSFER-ENCODING: Chunked')}
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
-        assert wire.connections == 1
-
-    @pytest.mark.parametrize('before, after', [
-        (b'   ', b''), (b'', b'  '), (b'\t', b'\t'), (b'', b'')],
-        ids=['leading', 'trailing', 'tabs', 'none'])
-    def test_whitespace_around_header_values_is_not_part_of_them(
-            self, wire, wire_env, run_cli, before, after):
-        # RFC 9110 section 5.5: a field value excludes leading and trailing
-        # whitespace.  The length and the digest are both used, so both must parse.
-
-        def field(name, value):
-            return b'%s:%s%s%s\r\n' % (name, before, str(value).encode(), after)
-        wire.answer = _blob_answers(lambda status, data: (
-            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Length', len(data)) + b'\r\n' + data))
-        wire.answer['GET ' + WIRE_MANIFESTS + 'a'] = (
-            b'HTTP/1.1 200 OK\r\n' + field(b'Content-Type', OCI_MANIFEST)
-            + field(b'Content-Length', len(WIRE_MANIFEST))
-            + field(b'Docker-Content-Digest', _sha256(WIRE_MANIFEST)) + b'\r\n' + WIRE_MANIFEST)
-        assert _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env())) == b''.join(WIRE_DATA)
-        assert wire.connections == 1
-
-    @pytest.mark.parametrize('status_line', [
-        b'HTTP/1.1 200 OK', b'HTTP/1.1 200 ', b'HTTP/1.1 200', b'HTTP/1.1 200 Fine, thanks'],
-        ids=['ok', 'empty', 'missing', 'several-words'])
-    def test_status_line_reason_phrase_may_be_empty_missing_or_several_words(
-            self, wire, wire_env, run_cli, status_line):
-        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': (
-            status_line + b'\r\nContent-Length: %d\r\n\r\n' % len(WIRE_MANIFEST) + WIRE_MANIFEST)}
-        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
-
-    def test_head_with_content_length_has_no_body_and_connection_is_reused(
-            self, wire, wire_env, run_cli, tmp_path):
-        # What a HEAD answer says its body would be; a client waiting for it hangs.
-        wire.answer = {'HEAD ' + WIRE_BLOBS + _sha256(d): _wire_reply(200, d, send_body=False)
-                       for d in WIRE_DATA}
-        (result, took) = _timed(run_cli, ['blob-size', WIRE_REPO] + WIRE_DIGESTS, wire_env())
-        assert _ok(result) == b'3000\n5\n' and took < 2
-        path = _write(tmp_path, 'f', WIRE_DATA[0])
-        assert _ok(run_cli(['push-blob', WIRE_REPO, path], wire_env())) == _lines(WIRE_DIGESTS[0])
-        assert wire.seen() == [(0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0]),
-                               (0, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]),
-                               (1, 'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[0])]
-
-    @pytest.mark.parametrize('status, framing', [
-        (204, ()), (304, ()), (204, ('Transfer-Encoding: chunked',))],
-        ids=['204', '304', '204-chunked'])
-    def test_answer_without_body_then_next_request_on_same_connection(self, wire, status,
-                                                                      framing):
-        # A failed mount cancels the session it got (DELETE, answered here
-        # with no body and no length, or a framing header a 204 cannot
-        # have a body for); blob_size then reuses the connection.
-        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: %sabc'
-                                                          % WIRE_UPLOADS),
-                       'DELETE %sabc' % WIRE_UPLOADS: _wire_reply(status, b'', *framing,
-                                                                  length=False),
-                       'HEAD ' + WIRE_BLOBS + WIRE_DIGESTS[1]: _wire_reply(
-                           200, WIRE_DATA[1], send_body=False)}
-        with DXF(wire.host, WIRE_REPO, insecure=True, timeout=3, retries=0) as d:
-            with pytest.raises(dxf.DXFMountFailed):
-                d.mount_blob('other/repo', WIRE_DIGESTS[1])
-            assert d.blob_size(WIRE_DIGESTS[1]) == 5
-        assert [c for c, _ in wire.seen()] == [0, 0, 0]
-
-    # ---- answers that break HTTP: one error line, quickly --------------------------
-
-    BAD_ANSWERS = {
-        'garbage-status-line': [b'HELLO\r\n', WIRE_CLOSE],
-        'zero-bytes': [WIRE_CLOSE],
-        'header-line-over-64k': [b'HTTP/1.1 200 OK\r\nX-Long: ' + b'x' * 70000 + b'\r\n'
-                                 b'Content-Length: 5\r\n\r\nhello', WIRE_CLOSE],
-        'over-100-headers': [_wire_reply(200, WIRE_DATA[1],
-                                         *['X-H%d: v' % i for i in range(101)])],
-        'chunk-size-not-hex': [_wire_reply(200, b'zz\r\nhello\r\n0\r\n\r\n',
-                                      'Transfer-Encoding: chunked'), WIRE_CLOSE],
-        'cut-short': [_wire_reply(200, WIRE_DATA[0])[:-1000], WIRE_CLOSE],
-        # Left open: a client that takes every interim answer waits forever.
-        'interim-answers-without-end': [b'HTTP/1.1 100 Continue\r\n\r\n' * 150],
-    }
-
-    @pytest.mark.parametrize('what', sorted(BAD_ANSWERS))
-    @pytest.mark.parametrize('command', ['get-alias', 'pull-blob'])
-    def test_malformed_answer_fails_with_one_line_quickly(self, wire, wire_env, run_cli,
-                                                          command, what):
-        # The one line names the manifest or blob; the exit is 1 (EIO, an
-        # integrity error, only for a blob cut short).  pull-blob to stdout
-        # may have written a prefix of the blob before the failure.
-        ref = 'a' if command == 'get-alias' else WIRE_DIGESTS[0]
-        path = WIRE_MANIFESTS + ref if command == 'get-alias' else WIRE_BLOBS + ref
-        wire.answer = {'GET ' + path: self.BAD_ANSWERS[what]}
-        result, took = _timed(run_cli, [command, WIRE_REPO, ref], wire_env())
-        statuses = (1, errno.EIO) if (what, command) == ('cut-short', 'pull-blob') else 1
-        out, _ = _one_error(result, statuses, ref)
-        assert took < 2.5, took
-        assert out == b'' or (command == 'pull-blob' and WIRE_DATA[0].startswith(out)
-                              and len(out) < len(WIRE_DATA[0])), out
-        assert wire.connections == 1
-
-    def test_blob_shorter_than_content_length_leaves_no_output_file(self, wire, wire_env,
-                                                                    run_cli, tmp_path):
-        wire.answer = {'GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]: [
-                           _wire_reply(200, WIRE_DATA[0])[:-1000],
-                                                         WIRE_CLOSE]}
-        outdir = tmp_path / 'pulled'
-        outdir.mkdir()
-        result = run_cli(['pull-blob', WIRE_REPO, '-o', str(outdir / 'blob'), WIRE_DIGESTS[0]],
-                         wire_env())
-        _one_error(result, (1, errno.EIO), WIRE_DIGESTS[0])
-        assert os.listdir(str(outdir)) == []        # no file, no temporary file
-
-    # ---- authentication ------------------------------------------------------------
-
-    def test_bearer_challenge_in_second_www_authenticate_line_is_used(
-            self, wire, wire_env, run_cli):
-        def answer(req):
-            path = req.path.split('?')[0]
-            if path == '/token':
-                return _wire_reply(200, b'{"token": "abc"}', 'Content-Type: application/json')
-            if req.headers.get('Authorization') != 'Bearer abc':
-                return _wire_reply(401, b'{}', 'WWW-Authenticate: Basic realm="x"',
-                              'WWW-Authenticate: Bearer realm="http://%s/token",'
-                              'service="s"' % wire.host)
-            if path == WIRE_MANIFESTS + 'a':
-                return _wire_reply(200, WIRE_MANIFEST)
-            return _wire_reply(404)
-        wire.answer = answer
-        assert _ok(run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())) == _lines(*WIRE_DIGESTS)
-        token = [r for r in wire.requests if r.path.startswith('/token')]
-        assert len(token) == 1 and 'service=s' in token[0].path
-
-
-# =============================================================================
-# 20. Vendor profiles and alias safety
-#    A VendorProxy is a FaultProxy (section 14: same relay) in front of a real
-#    registry that answers as one hosted registry does where that touches
-#    what dxf does.  Each emulated behaviour cites where it is documented.
-# =============================================================================
-
-_MANIFEST_PATH_RE = re.compile(r'^/v2/(.+)/manifests/([^/]+)$')
-_UPLOAD_PATH_RE = re.compile(r'^/v2/(.+)/blobs/uploads/([^/]+)$')
-_ALL_MANIFEST_TYPES = ', '.join([
-    'application/vnd.oci.image.manifest.v1+json',
-    'application/vnd.oci.image.index.v1+json',
-    'application/vnd.docker.distribution.manifest.v2+json',
-    'application/vnd.docker.distribution.manifest.list.v2+json'])
-
-# What each profile changes.  ``manifest_delete``: 'refused' answers every
-# manifest DELETE 405 UNSUPPORTED.  ``tag_delete``: 'yes' deletes the tag
-# alone (the OCI spec's "Deleting tags"), 'unsupported' answers 400
-# UNSUPPORTED; None leaves it to distribution 2.8 (400 DIGEST_INVALID).
-# ``dangling_tag``: a manifest a tag points at cannot be deleted by digest.
-# ``no_digest_header``: manifest answers carry no Docker-Content-Digest.
-# ``min_part``: a chunk smaller than this may only be the last one.
-# ``token``: the TokenServer knob the vendor's token answers match.
-VENDOR_PROFILES = {
-    # Docker Hub answers manifest DELETE with 405 UNSUPPORTED:
-    # https://github.com/docker/hub-feedback/issues/2360 and
-    # https://github.com/goharbor/harbor/issues/7369 (the body).
-    'dockerhub': {'manifest_delete': 'refused'},
-    # GHCR likewise: https://github.com/containers/skopeo/issues/1880
-    'ghcr': {'manifest_delete': 'refused'},
-    # ECR omits Docker-Content-Digest on manifest answers:
-    # https://github.com/aws/containers-roadmap/issues/1931,
-    # https://github.com/distribution/distribution/issues/3792,
-    # https://github.com/google/containerregistry/pull/10.
-    # Layer parts must be at least 5 MiB, except the last:
-    # https://docs.aws.amazon.com/botocore/latest/reference/services/ecr-public/client/exceptions/LayerPartTooSmallException.html
-    # (the status and error code over the registry API are not documented:
-    # 400 BLOB_UPLOAD_INVALID is this emulation's choice).
-    'ecr': {'no_digest_header': True, 'min_part': 5 << 20},
-    # ACR's token endpoint answers only access_token:
-    # https://github.com/davedoesdev/dxf/issues/22,
-    # https://github.com/Azure/acr/blob/master/docs/AAD-OAuth.md
-    'acr': {'token': 'answer_access_token_only'},
-    # GAR/GCR: 400 GOOGLE_MANIFEST_DANGLING_TAG for a digest a tag points
-    # at; DELETE .../manifests/<tag> deletes the tag (202):
-    # https://github.com/genuinetools/reg/issues/136
-    'gar': {'dangling_tag': True, 'tag_delete': 'yes'},
-    # Quay deletes a tag alone on DELETE .../manifests/<tag>:
-    # https://github.com/quay/quay/pull/3128
-    'quay': {'tag_delete': 'yes'},
-    # Harbor answers "access_token": "" beside "token":
-    # https://github.com/eclipse-jkube/jkube/issues/3709; and UNSUPPORTED
-    # for a manifest DELETE by tag: https://github.com/goharbor/harbor/pull/11971
-    'harbor': {'token': 'empty_access_token', 'tag_delete': 'unsupported'},
-    # GitLab's registry deletes tags by DELETE .../manifests/<tag> (OCI 1.1):
-    # https://gitlab.com/gitlab-org/container-registry/-/blob/5b30b79079ba2e1d88b06da7a4cbfe30d4f8ee38/docs/spec/api.md
-    # (commit a72ecc08, "add support for DELETE /v2/<name>/manifests/<tag>").
-    'gitlab': {'tag_delete': 'yes'},
-}
-
-
-def _registry_error(code, message):
-    return json.dumps({'errors': [{'code': code, 'message': message}]}).encode('utf-8')
-
-
-class _VendorHandler(_FaultHandler):
-    """A _FaultHandler whose vendor's answers come first (faults still win)."""
-
-    def _dispatch(self, fault):
-        if fault is None and self._vendor():
-            return
-        _FaultHandler._dispatch(self, fault)
-
-    def _say(self, status, code=None, message=''):
-        for _ in self._request_body()[1]:
-            pass
-        body = _registry_error(code, message) if code else b''
-        headers = {'Content-Type': 'application/json'} if code else {}
-        self._answer(status, body, headers)
-        return True
-
-    def _upstream_get(self, method, path, accept=None):
-        proxy = self.server.owner
-        conn = proxy._connect()
-        headers = {'Host': proxy.upstream}
-        if self.headers.get('Authorization'):
-            headers['Authorization'] = self.headers['Authorization']
-        if accept:
-            headers['Accept'] = accept
-        try:
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader('Docker-Content-Digest'), resp.read()
-        finally:
-            conn.close()
-
-    def _visible_tags(self, repo):
-        proxy = self.server.owner
-        status, _, body = self._upstream_get('GET', '/v2/%s/tags/list' % repo)
-        if status != 200:
-            return []
-        tags = json.loads(body.decode('utf-8')).get('tags') or []
-        return [t for t in tags if (repo, t) not in proxy.hidden]
-
-    def _vendor(self):
-        proxy = self.server.owner
-        rules = proxy.rules
-        path = urllib.parse.urlsplit(self.path).path
-        manifest = _MANIFEST_PATH_RE.match(path)
-        if manifest:
-            repo, ref = manifest.groups()
-            by_digest = ':' in ref
-            if self.command == 'DELETE':
-                proxy.deletes.append(ref)
-                if rules.get('manifest_delete') == 'refused':
-                    return self._say(405, 'UNSUPPORTED', 'The operation is unsupported.')
-                if not by_digest and rules.get('tag_delete') == 'unsupported':
-                    return self._say(400, 'UNSUPPORTED', 'The operation is unsupported.')
-                if not by_digest and rules.get('tag_delete') == 'yes':
-                    if ref not in self._visible_tags(repo):
-                        return self._say(404, 'MANIFEST_UNKNOWN', 'manifest unknown')
-                    proxy.hidden.add((repo, ref))
-                    return self._say(202)
-                if by_digest and rules.get('dangling_tag'):
-                    for tag in self._visible_tags(repo):
-                        _, echoed, _ = self._upstream_get(
-                            'HEAD', '/v2/%s/manifests/%s' % (repo, tag), _ALL_MANIFEST_TYPES)
-                        if echoed == ref:
-                            return self._say(400, 'GOOGLE_MANIFEST_DANGLING_TAG',
-                                             'Manifest is still referenced by tag: ' + tag)
-            elif self.command in ('GET', 'HEAD') and (repo, ref) in proxy.hidden:
-                return self._say(404, 'MANIFEST_UNKNOWN', 'manifest unknown')
-            elif self.command == 'PUT':
-                proxy.hidden.discard((repo, ref))
-            if self.command in ('GET', 'HEAD') and rules.get('no_digest_header'):
-                _FaultHandler._dispatch(self, Fault(None, '', 'headers',
-                                                    drop=['Docker-Content-Digest']))
-                return True
-            return False
-        tags = _TAGS_RE.match(path)
-        if tags and self.command == 'GET' and proxy.hidden:
-            status, _, body = self._upstream_get('GET', self.path)
-            if status != 200:
-                return False
-            doc = json.loads(body.decode('utf-8'))
-            doc['tags'] = [t for t in doc.get('tags') or []
-                           if (tags.group(1), t) not in proxy.hidden]
-            self._answer(200, json.dumps(doc).encode('utf-8'),
-                         {'Content-Type': 'application/json'})
-            return True
-        upload = _UPLOAD_PATH_RE.match(path)
-        if upload and self.command == 'PATCH' and rules.get('min_part'):
-            if path in proxy.small_parts:
-                return self._say(400, 'BLOB_UPLOAD_INVALID',
-                                 'Layer parts must be at least 5 MiB in size')
-            if int(self.headers.get('Content-Length') or 0) < rules['min_part']:
-                proxy.small_parts.add(path)
-        return False
-
-
-class VendorProxy(FaultProxy):
-    """A FaultProxy in front of ``registry`` that answers as ``profile`` does.
-
-    ``rules`` is the VENDOR_PROFILES entry, ``hidden`` the (repo, tag)
-    pairs deleted by tag (distribution 2.8 cannot untag, so the proxy hides
-    them: 404 for the tag, left out of tags/list, back when PUT again),
-    ``deletes`` the reference of every manifest DELETE seen.
-    """
-
-    def __init__(self, registry, profile):
-        self.profile = profile
-        self.rules = VENDOR_PROFILES[profile]
-        self.hidden = set()
-        self.small_parts = set()
-        self.deletes = []
-        FaultProxy.__init__(self, registry)
-        self._thread.server.RequestHandlerClass = _VendorHandler
-
-    def __repr__(self):
-        return '<VendorProxy %s %s -> %s>' % (self.profile, self.host, self.upstream)
-
-
-@pytest.fixture
-def vendor(registries, token_server):
-    """A function (profile) -> a VendorProxy for this test, with the token
-    server answering as that vendor's does; the proxy sits in front of the
-    token registry for profiles with token rules, else the open one."""
-    made = []
-
-    def make(profile):
-        rules = VENDOR_PROFILES[profile]
-        if rules.get('token'):
-            setattr(token_server, rules['token'], True)
-        proxy = VendorProxy(registries['token' if rules.get('token') else 'open'], profile)
-        made.append(proxy)
-        return proxy
-    yield make
-    for proxy in made:
-        proxy.stop()
-
 
 def _vendor_env(proxy, tmp_path):
     """CLI environ aimed at a VendorProxy (plain http on the loopback)."""
@@ -8249,33 +8697,7 @@ def _http_raw(proxy, method, path):
         conn.close()
 
 
-# ---- Docker Hub credentials in a credential store ------------------------------------
-
-class _RenamingTunnelHandler(_ForwardProxyHandler):
-    """CONNECT to a name in the owner's ``names`` reaches the address it maps to."""
-
-    def do_CONNECT(self):
-        self.path = self.server.owner.names.get(self.path, self.path)
-        _ForwardProxyHandler.do_CONNECT(self)
-
-
-class RenamingTunnel(ForwardProxy):
-    """A ForwardProxy whose CONNECT targets ``names`` ({'host:443': '127.0.0.1:port'})
-    lead to local servers: a registry answering as ``registry-1.docker.io``."""
-
-    def __init__(self, names):
-        ForwardProxy.__init__(self)
-        self.names = names
-        self._thread.server.RequestHandlerClass = _RenamingTunnelHandler
-
-
-@pytest.fixture
-def hub_tunnel(registries):
-    """A RenamingTunnel from registry-1.docker.io:443 to the basic registry."""
-    tunnel = RenamingTunnel({'registry-1.docker.io:443': registries['basic'].host})
-    yield tunnel
-    tunnel.stop()
-
+# ---- Docker Hub credentials in a credential store -------------------------------
 
 @pytest.mark.registry
 @pytest.mark.tls
@@ -8317,294 +8739,7 @@ class TestDockerHubCredentials:
 
 
 # =============================================================================
-# 21. Trust boundary and hostile answers
-#     Where credentials go (only to the registry's origin, and the token
-#     realm's for the token request; never over plain http to a host that
-#     is not the loopback), and what any value a server controls can do to
-#     a command: one 'dxf: error:' line, a documented exit status, no hang.
-#     Scripted servers (WireServer, section 17) play the registry and the
-#     hosts it points at.
-# =============================================================================
-
-def _authz_seen(server):
-    """The Authorization values ``server`` received, one per request."""
-    return [r.headers.get('Authorization') for r in server.requests]
-
-
-@pytest.fixture
-def other_wire():
-    """A second WireServer: another origin (same host, another port)."""
-    server = WireServer()
-    yield server
-    server.stop()
-
-
-def _token_answers(wire, token=b'{"token": "T"}', realm=None):
-    """``wire`` asks for a Bearer token from its own /token."""
-    challenge = 'WWW-Authenticate: Bearer realm="%s",service="s"' % (
-        realm or 'http://%s/token' % wire.host)
-
-    def answer(req):
-        if req.path.startswith('/token'):
-            return _wire_reply(200, token)
-        if req.headers.get('Authorization') != 'Bearer T':
-            return _wire_reply(401, b'{}', challenge)
-        return wire.script.get('%s %s' % (req.method, req.path.split('?')[0]),
-                               _wire_reply(404))
-    wire.script = {}
-    wire.answer = answer
-
-
-class TestTrustBoundary:
-
-    def test_upload_location_on_another_origin_gets_no_credentials(self, wire, other_wire):
-        # Issue 9, item 1: the registry (or a proxy in front of it) sends the
-        # upload to another host; the PUT goes there without Authorization.
-        data = b'upload-elsewhere'
-        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(
-            202, b'', 'Location: http://%s/elsewhere/1' % other_wire.host)}
-        other_wire.answer = {'PUT /elsewhere/1': _wire_reply(
-            201, b'', 'Docker-Content-Digest: ' + _sha256(data))}
-        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
-            d.token = 'secret-token'
-            assert d.push_blob(data=data, check_exists=False) == _sha256(data)
-        assert _authz_seen(wire) == ['Bearer secret-token']
-        assert [r.method for r in other_wire.requests] == ['PUT']
-        assert _authz_seen(other_wire) == [None]
-        assert other_wire.requests[0].body == data
-
-    def test_upload_location_downgrading_the_registry_to_http_is_refused(self, wire):
-        # An https registry whose Location says http://same-host: refused,
-        # nothing sent there.  Checked on the component that decides.
-        auth = dxf._Auth(None, 'https://registry.example/v2/')
-        auth.fixed_token = 'T'
-        assert auth.header('https://registry.example/v2/r/blobs/uploads/1', None) == 'Bearer T'
-        assert auth.header('https://storage.example/upload/1', None) is None
-        assert auth.header('https://registry.example:444/upload/1', None) is None
-        with pytest.raises(dxf.DXFProtocolError) as info:
-            auth.header('http://registry.example/v2/r/blobs/uploads/1', None)
-        assert 'downgrade' in str(info.value)
-
-    def test_redirect_target_401_is_an_error_naming_it_and_gets_nothing(
-            self, wire, other_wire, wire_env, run_cli):
-        # Issue 9, item 2: a blob GET redirected to a host that answers 401
-        # with its own Bearer realm: no credentials go there, no token is
-        # asked for there, and the error names that host.
-        _token_answers(wire)
-        wire.script['GET ' + WIRE_BLOBS + WIRE_DIGESTS[0]] = _wire_reply(
-            307, b'', 'Location: http://%s/bucket/1' % other_wire.host)
-        other_wire.answer = {'GET /bucket/1': _wire_reply(
-            401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"' % other_wire.host)}
-        result = run_cli(['pull-blob', WIRE_REPO, WIRE_DIGESTS[0]],
-                         wire_env(DXF_USERNAME='fred', DXF_PASSWORD='pw'))
-        out, line = _one_error(result, errno.EACCES, other_wire.host)
-        assert out == b''
-        assert other_wire.seen() == [(0, 'GET /bucket/1')]
-        assert _authz_seen(other_wire) == [None]
-        # The registry's own token request carried the password; nothing else did.
-        token_auth = [r.headers.get('Authorization') for r in wire.requests
-                      if r.path.startswith('/token')]
-        assert token_auth and all(a.startswith('Basic ') for a in token_auth)
-
-    def test_identity_token_post_is_not_redirected(self, wire, other_wire):
-        # Issue 9, item 3: the OAuth2 POST carrying the refresh token is
-        # never sent on to where a redirect points.
-        def answer(req):
-            if req.path.startswith('/token'):
-                return _wire_reply(307, b'', 'Location: http://%s/steal' % other_wire.host)
-            return _wire_reply(401, b'', 'WWW-Authenticate: Bearer realm="http://%s/token"'
-                               % wire.host)
-        wire.answer = answer
-        with dxf.DXF(wire.host, WIRE_REPO, insecure=True) as d:
-            with pytest.raises(dxf.DXFAuthError) as info:
-                d.authenticate(identity_token='refresh-secret', actions=['pull'])
-        assert 'redirect' in str(info.value)
-        assert other_wire.requests == []
-        posts = [r for r in wire.requests if r.method == 'POST']
-        assert len(posts) == 1 and b'refresh-secret' in posts[0].body
-
-    @pytest.mark.parametrize('setting', [
-        {'DXF_TOKEN': 'tok'}, {'DXF_USERNAME': 'fred', 'DXF_PASSWORD': 'pw'},
-        {'DXF_AUTHORIZATION': 'Basic Zm9vOmJhcg=='}])
-    @pytest.mark.parametrize('host', ['registry.example', '127.evil.example'])
-    def test_no_credential_goes_over_plain_http_to_a_remote_host(
-            self, wire, wire_env, run_cli, setting, host):
-        # Issue 9, items 4 and 5: every kind of credential is refused over
-        # plain http to a host that is not the loopback; a name that starts
-        # with 127. is not the loopback.  The host is reached through
-        # http_proxy (the WireServer), so nothing leaves 127.0.0.1.
-        wire.answer = lambda req: _wire_reply(
-            401, b'', 'WWW-Authenticate: Basic realm="r"') if not req.headers.get(
-            'Authorization') else _wire_reply(200, b'{"tags": ["a"]}')
-        env = wire_env(DXF_HOST=host, http_proxy='http://' + wire.host, **setting)
-        result = run_cli(['list-aliases', WIRE_REPO], env)
-        _one_error(result, errno.EACCES, 'plain http', host)
-        assert not any(_authz_seen(wire))
-        # With the documented opt-in it goes.
-        env['DXF_ALLOW_INSECURE_AUTH'] = '1'
-        assert _ok(run_cli(['list-aliases', WIRE_REPO], env)) == b'a\n'
-        assert any(_authz_seen(wire))
-
-    def test_loopback_means_localhost_or_a_loopback_address(self):
-        for host in ('localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]'):
-            assert dxf._is_loopback(host), host
-        for host in ('127.evil.example', 'localhost.evil.example', '127.0.0.1.nip.io',
-                     'example.com', '10.0.0.1', '', 'x.localhost'):
-            assert not dxf._is_loopback(host), host
-
-    @pytest.mark.parametrize('token', ['abc\r\nX-Evil: 1', 't\u00f6ken', 'two words'])
-    def test_token_a_header_cannot_carry_is_the_servers_fault(self, wire, wire_env,
-                                                               run_cli, token):
-        # Issue 9, item 7: exit 13 and one line blaming the token service,
-        # not 22 (the user's error).
-        _token_answers(wire, token=json.dumps({'token': token}).encode('utf-8'))
-        result = run_cli(['list-aliases', WIRE_REPO], wire_env())
-        _one_error(result, errno.EACCES, 'token service')
-
-    def test_retries_draw_on_one_budget_per_operation(self, wire):
-        # Issue 9, "Retries multiply": a POST that always answers 503 with
-        # retries=2 is sent 3 times for the whole push, not 9.
-        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(503, b'{}')}
-        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=2) as d:
-            with pytest.raises(dxf.DXFHTTPError) as info:
-                d.push_blob(data=b'budget', check_exists=False)
-        assert info.value.status == 503
-        assert [s for _, s in wire.seen()] == ['POST ' + WIRE_UPLOADS] * 3
-
-
-class _Trickle(object):
-    """A server on 127.0.0.1 that answers one request by sending ``answer``
-    one byte every ``every`` seconds; ``sent`` counts the bytes it got out
-    before the client hung up."""
-
-    def __init__(self, answer, every=0.4):
-        self.answer = answer
-        self.every = every
-        self.sent = 0
-        self._sock = socket.socket()
-        self._sock.bind(('127.0.0.1', 0))
-        self._sock.listen(1)
-        self.host = '127.0.0.1:%d' % self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve)
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _serve(self):
-        conn, _ = self._sock.accept()
-        with conn:
-            conn.recv(65536)
-            for i in range(len(self.answer)):
-                try:
-                    conn.sendall(self.answer[i:i + 1])
-                except OSError:
-                    return
-                self.sent += 1
-                time.sleep(self.every)
-                if select.select([conn], [], [], 0)[0] and conn.recv(1, socket.MSG_PEEK) == b'':
-                    return                      # the client hung up
-
-    def stop(self):
-        self._sock.close()
-        self._thread.join(30)
-
-
-class TestHostileAnswers:
-
-    def test_trickled_answer_ends_at_the_timeout(self, wire_env, run_cli):
-        # Issue 9: a byte every 0.4 s keeps every read within a 2 s timeout;
-        # the answer as a whole is still held to it.
-        answer = _wire_reply(200, b'{"tags": []}', 'X-Pad: ' + 'x' * 60)
-        server = _Trickle(answer)
-        try:
-            result = run_cli(['list-aliases', WIRE_REPO],
-                             wire_env(DXF_HOST=server.host, DXF_TIMEOUT='2'))
-        finally:
-            server.stop()
-        _one_error(result, 1, 'timed out')
-        assert server.sent < len(answer) // 2, server.sent
-
-    HOSTILE = {
-        'status-line-digits': (b'HTTP/1.1 2\xc2\xb23 OK\r\nContent-Length: 0\r\n\r\n', 1),
-        'status-line-long': (b'HTTP/1.1 200 ' + b'x' * 70000 + b'\r\n\r\n', 1),
-        'header-line-long': (b'HTTP/1.1 200 OK\r\nX: ' + b'x' * 70000 + b'\r\n\r\n', 1),
-        'too-many-headers': (b'HTTP/1.1 200 OK\r\n' + b'X: y\r\n' * 200 + b'\r\n', 1),
-        'chunk-size-long': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
-                            + b'1' * 70000 + b'\r\n', 1),
-        'chunk-size-junk': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 1),
-        'conflicting-lengths': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'
-                                b'Content-Length: 12\r\n\r\n{"tags": []}', 1),
-        'xchunked': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n'
-                     b'c\r\n{"tags": []}\r\n0\r\n\r\n', 1),
-        'switching-protocols': (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 1),
-        'endless-interim': (b'HTTP/1.1 102 Processing\r\n\r\n' * 150, 1),
-        'retry-after-superscript': (b'HTTP/1.1 503 No\r\nRetry-After: \xc2\xb2\r\n'
-                                    b'Content-Length: 0\r\n\r\n', 1),
-        'retry-after-huge': (b'HTTP/1.1 503 No\r\nRetry-After: ' + b'9' * 5000
-                             + b'\r\nContent-Length: 0\r\n\r\n', 1),
-        'redirect-bad-port': (b'HTTP/1.1 307 R\r\nLocation: http://h:99999/\r\n'
-                              b'Content-Length: 0\r\n\r\n', 1),
-        'redirect-bad-ipv6': (b'HTTP/1.1 307 R\r\nLocation: http://[::1/\r\n'
-                              b'Content-Length: 0\r\n\r\n', 1),
-        'redirect-bad-idna': ('HTTP/1.1 307 R\r\nLocation: http://\u00fc%s.example/\r\n'
-                              'Content-Length: 0\r\n\r\n' % ('a' * 70)).encode('utf-8'),
-        'redirect-control-chars': (b'HTTP/1.1 307 R\r\nLocation: /v2/a b\x01c\r\n'
-                                   b'Content-Length: 0\r\n\r\n', 1),
-        'link-bad-port': (b'HTTP/1.1 200 OK\r\nLink: <http://127.0.0.1:99999/v2/x?n=1>; '
-                          b'rel="next"\r\nContent-Length: 12\r\n\r\n{"tags": []}', 1),
-        'realm-bad-ipv6': (b'HTTP/1.1 401 U\r\nWWW-Authenticate: Bearer '
-                           b'realm="http://[::1/token"\r\nContent-Length: 0\r\n\r\n',
-                           errno.EACCES),
-        'json-deep': (b'HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n'
-                      + b'[' * 100000 + b']' * 100000, 1),
-        'json-not-utf8': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe', 1),
-    }
-
-    @pytest.mark.parametrize('what', sorted(HOSTILE))
-    def test_hostile_answer_gives_one_line_and_a_documented_status(
-            self, wire, wire_env, run_cli, what):
-        answer = self.HOSTILE[what]
-        answer, status = answer if isinstance(answer, tuple) else (answer, 1)
-        wire.answer = lambda req: [answer, WIRE_CLOSE]
-        result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_RETRIES='1'))
-        out, _ = _one_error(result, status)
-        assert out == b''
-
-    def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
-        _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
-        wire.script['GET /v2/wire/test/tags/list'] = _wire_reply(200, b'{"tags": ["a"]}')
-        assert _ok(run_cli(['list-aliases', WIRE_REPO], wire_env())) == b'a\n'
-
-    def test_proxy_url_with_a_bad_port_is_one_line(self, wire_env, run_cli):
-        result = run_cli(['list-aliases', WIRE_REPO],
-                         wire_env(DXF_HOST='registry.example', http_proxy='http://p:99999'))
-        _one_error(result, errno.EINVAL, 'proxy')
-
-    def test_bytes_after_an_answer_are_not_read_as_the_next(self, wire, wire_env, run_cli):
-        # The registry sends a stray answer after the real one: that
-        # connection is not reused, so the next request gets its own answer.
-        wire.answer = {
-            'GET ' + WIRE_MANIFESTS + 'a': [_wire_reply(200, WIRE_MANIFEST, 'Content-Type: '
-                                                        + OCI_MANIFEST)
-                                            + _wire_reply(200, b'stray')],
-        }
-        wire.answer.update(_blob_answers())
-        out = _ok(run_cli(['pull-blob', WIRE_REPO, '@a'], wire_env()))
-        assert out == b''.join(WIRE_DATA)
-        assert wire.connections >= 2
-
-    def test_switching_protocols_connection_is_never_reused(self, wire, wire_env, run_cli):
-        wire.answer = {'GET ' + WIRE_MANIFESTS + 'a': _wire_reply(101, b'', length=False)}
-        wire.answer.update(_blob_answers())
-        result = run_cli(['get-alias', WIRE_REPO, 'a'], wire_env())
-        _one_error(result, 1)
-        with dxf.DXF(wire.host, WIRE_REPO, insecure=True, retries=0) as d:
-            with pytest.raises(dxf.DXFProtocolError):
-                d.get_alias('a')
-            assert b''.join(d.pull_blob(WIRE_DIGESTS[0])) == WIRE_DATA[0]
-        assert wire.connections == 3
-
-
-# 19. Many files and directories
+# 15. Many files and directories
 #     push-blob of several files and of directories (one gzip tar layer each,
 #     as oras-go's file store makes them), pull-blob -o DIR unpacking them
 #     safely, blobs moving several at a time, and a round trip through
@@ -9043,106 +9178,7 @@ def test_hostile_directory_layer_never_escapes_output(cli_env, run_cli, registri
     assert os.listdir(str(out)) == []
 
 
-# ---- oras-go itself --------------------------------------------------------------
-
-_ORAS_HELPER_GO = r'''
-package main
-
-// push REF PATH...  (files and directories, as "oras push" does)
-// pull REF OUTDIR   (unpacks directory layers, as "oras pull" does)
-import (
-	"context"
-	"fmt"
-	"os"
-	"path/filepath"
-
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/pkg/content"
-	"oras.land/oras-go/pkg/oras"
-)
-
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "oras-helper:", err)
-		os.Exit(1)
-	}
-}
-
-func run(args []string) error {
-	ctx := context.Background()
-	reg, err := content.NewRegistry(content.RegistryOptions{PlainHTTP: true})
-	if err != nil {
-		return err
-	}
-	switch args[0] {
-	case "push":
-		fs := content.NewFile("")
-		defer fs.Close()
-		layers := []ocispec.Descriptor{}
-		for _, p := range args[2:] {
-			abs, err := filepath.Abs(p)
-			if err != nil {
-				return err
-			}
-			d, err := fs.Add(filepath.Base(abs), "", abs)
-			if err != nil {
-				return err
-			}
-			layers = append(layers, d)
-		}
-		manifest, manifestDesc, config, configDesc, err := content.GenerateManifestAndConfig(
-			nil, nil, layers...)
-		if err != nil {
-			return err
-		}
-		if err := fs.Load(configDesc, config); err != nil {
-			return err
-		}
-		if err := fs.StoreManifest(args[1], manifestDesc, manifest); err != nil {
-			return err
-		}
-		_, err = oras.Copy(ctx, fs, args[1], reg, "")
-		return err
-	case "pull":
-		fs := content.NewFile(args[2])
-		defer fs.Close()
-		_, err := oras.Copy(ctx, reg, args[1], fs, "")
-		return err
-	}
-	return fmt.Errorf("unknown command %s", args[0])
-}
-'''
-
-_GOCODE = '/usr/share/gocode'
-
-
-@pytest.fixture(scope='session')
-def oras_helper(tmp_path_factory):
-    """A small Go program pushing and pulling with oras-go's file store, built
-    offline from Debian's golang-go and golang-oras-oras-go-dev (GOPATH mode)."""
-    go = shutil.which('go')
-    if not go or not os.path.isdir(os.path.join(_GOCODE, 'src', 'oras.land', 'oras-go')):
-        _unavailable('go and oras-go are needed (apt-get install golang-go '
-                     'golang-oras-oras-go-dev; make registry does)')
-    work = tmp_path_factory.mktemp('oras-helper')
-    with open(str(work / 'main.go'), 'w') as f:
-        f.write(_ORAS_HELPER_GO)
-    env = dict(os.environ, GO111MODULE='off', GOPATH=_GOCODE, GOFLAGS='',
-               GOPROXY='off', CGO_ENABLED='0')
-    env.setdefault('GOCACHE', os.path.join(os.path.expanduser('~'), '.cache', 'go-build'))
-    proc = subprocess.run([go, 'build', '-o', str(work / 'oras-helper'), '.'], cwd=str(work),
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        pytest.fail('building the oras-go helper failed:\n' + proc.stdout.decode(), pytrace=False)
-    return str(work / 'oras-helper')
-
-
-def _oras(helper, *args, cwd=None):
-    proc = subprocess.run([helper] + list(args), cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc
-
+# ---- oras-go itself -------------------------------------------------------------
 
 @pytest.mark.registry
 class TestOras:
@@ -9187,7 +9223,7 @@ class TestOras:
 
 
 # =============================================================================
-# 18. python-dxf drop-in
+# 16. python-dxf drop-in
 #    What code written for python-dxf (davedoesdev/dxf 12) meets when dxf.py
 #    replaces it: its submodules, exception names and attributes, its CA
 #    bundle variables and its progress callbacks.

@@ -3,9 +3,6 @@
 # throwaway registry on 127.0.0.1 (plain http, no auth), with `python3 dxf.py`.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-registry=${DXF_TEST_REGISTRY:-$(command -v docker-registry || true)}
-[ -n "$registry" ] || { echo "demo: docker-registry is not installed" >&2; exit 1; }
-
 tmp=$(mktemp -d)
 pid=
 cleanup() {
@@ -14,33 +11,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-cat >"$tmp/config.yml" <<YAML
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: "$tmp/storage"
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$port
-  secret: dxf-demo
-YAML
-"$registry" serve "$tmp/config.yml" >"$tmp/registry.log" 2>&1 &
+# The registry launcher is test_dxf.py's (the one the tests use).
+mkdir "$tmp/registry"
+python3 "$top/test_dxf.py" --serve "$tmp/registry" >"$tmp/host" &
 pid=$!
-deadline=$((SECONDS + 15))
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v2/")" = 200 ]; do
-    if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-        echo "demo: the registry did not start:" >&2
-        cat "$tmp/registry.log" >&2
-        exit 1
-    fi
+until [ -s "$tmp/host" ]; do
+    kill -0 "$pid" 2>/dev/null || { echo "demo: the registry did not start" >&2; exit 1; }
     sleep 0.02
 done
+port=$(cut -d: -f2 "$tmp/host")
 echo "registry: http://127.0.0.1:$port (storage in $tmp)"
 
 export DXF_HOST=127.0.0.1:$port DXF_INSECURE=1

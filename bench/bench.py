@@ -157,65 +157,29 @@ def cmd_text(argv):
 
 
 class Registry:
-    """docker-registry serve, plain http on 127.0.0.1, storage in ``root``."""
+    """docker-registry serve, plain http on 127.0.0.1, storage in ``root``:
+    started by test_dxf.serve, the launcher the tests and `make demo` use."""
 
     def __init__(self, binary, root):
         self.binary = binary
         self.root = root
-        self.port = free_port()
-        self.host = '127.0.0.1:%d' % self.port
-        self.url = 'http://' + self.host
+        self.host = self.url = None
         self.proc = None
-        self.log_path = os.path.join(root, 'registry.log')
+        self._reg = None
 
     def start(self):
-        config = os.path.join(self.root, 'config.yml')
-        with open(config, 'w') as f:
-            f.write('version: 0.1\n'
-                    'log:\n'
-                    '  level: error\n'
-                    '  accesslog:\n'
-                    '    disabled: true\n'
-                    'storage:\n'
-                    '  filesystem:\n'
-                    '    rootdirectory: "%s"\n'
-                    '  delete:\n'
-                    '    enabled: true\n'
-                    'http:\n'
-                    '  addr: %s\n'
-                    '  secret: dxf-bench\n'
-                    % (os.path.join(self.root, 'storage'), self.host))
-        logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([self.binary, 'serve', config],
-                                     stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        logf.close()
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.time() + 20
-        while True:
-            try:
-                with opener.open(self.url + '/v2/', timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                with open(self.log_path, 'rb') as f:
-                    text = f.read().decode('utf-8', 'replace')
-                raise BenchError('the registry did not start:\n' + text)
-            time.sleep(0.1)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import test_dxf
+        try:
+            self._reg = test_dxf.serve(self.root, self.binary)
+        except RuntimeError as exc:
+            raise BenchError(str(exc))
+        self.host, self.url, self.proc = self._reg.host, self._reg.url, self._reg.proc
 
     def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self._reg is not None:
+            self._reg.stop()
+        self._reg = self.proc = None
 
     def cpu(self):
         """User + system CPU seconds the registry has used so far."""
@@ -499,8 +463,8 @@ class Bench:
         subprocess.run([self.python, '-m', 'compileall', '-q', inst],
                        check=True)
         self.env['PYTHONPATH'] = inst     # for python3 -m dxf
-        log('starting %s on %s' % (args.registry, self.registry.host))
         self.registry.start()
+        log('started %s on %s' % (args.registry, self.registry.host))
         self.env['DXF_HOST'] = self.registry.host
         self.env['DXF_INSECURE'] = '1'
         # Blobs the pull cases read, pushed with curl (untimed).
