@@ -3788,6 +3788,7 @@ _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
              'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_DEBUG')
 _EXIT_INTERRUPTED = 130
+_EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
 
 
@@ -4600,6 +4601,9 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         return 1          # the reader went away (dxf pull-blob ... | head)
     except OSError as exc:
         return _fail(stderr, _exc_text(exc), 1, debug)
+    except Exception as exc:     # a bug of ours: still one line, no traceback
+        return _fail(stderr, 'internal error (%s: %s); DXF_DEBUG=1 shows where'
+                     % (type(exc).__name__, exc), _EXIT_INTERNAL, debug)
     finally:
         if dxf is not None:
             dxf.close()

@@ -4939,6 +4939,20 @@ class TestCLICommands:
 @pytest.mark.registry
 class TestCLIErrors:
 
+    def test_cli_bug_is_one_line_and_status_70_not_a_traceback(
+            self, cli_env, run_cli, repo, monkeypatch):
+        # A bug of dxf's own (here: one planted in the blob-size path) still
+        # ends in one 'dxf: error:' line; DXF_DEBUG=1 adds the traceback.
+        def broken(self, digest):
+            raise ZeroDivisionError('planted')
+        monkeypatch.setattr(dxf.DXF, 'blob_size', broken)
+        env = cli_env('open')
+        digest = _sha256(b'x')
+        _, line = _one_error(run_cli(['blob-size', repo, digest], env), 70, 'internal error')
+        assert 'ZeroDivisionError' in line
+        status, _, err = run_cli(['blob-size', repo, digest], dict(env, DXF_DEBUG='1'))
+        assert status == 70 and 'Traceback' in err and 'planted' in err
+
     @pytest.mark.parametrize('argv', [
         ['get-alias', '{repo}', 'nope'],
         ['pull-blob', '{repo}', '@nope'],
