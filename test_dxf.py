@@ -3638,10 +3638,12 @@ class TestHostileAnswers:
                             + b'1' * 70000 + b'\r\n', 1),
         'chunk-size-junk': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 1),
         'conflicting-lengths': (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'
-                                b'Content-Length: 12\r\n\r\n{"tags": []}', 1),
+                                b'Content-Length: 12\r\n\r\n{"tags": []}', 1,
+                                'Content-Length'),
         'xchunked': (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n'
-                     b'c\r\n{"tags": []}\r\n0\r\n\r\n', 1),
-        'switching-protocols': (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 1),
+                     b'c\r\n{"tags": []}\r\n0\r\n\r\n', 1, 'Transfer-Encoding'),
+        'switching-protocols': (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 1,
+                                'switched'),
         'endless-interim': (b'HTTP/1.1 102 Processing\r\n\r\n' * 150, 1),
         'retry-after-superscript': (b'HTTP/1.1 503 No\r\nRetry-After: \xc2\xb2\r\n'
                                     b'Content-Length: 0\r\n\r\n', 1),
@@ -3669,10 +3671,11 @@ class TestHostileAnswers:
     def test_hostile_answer_gives_one_line_and_a_documented_status(
             self, wire, wire_env, run_cli, what):
         answer = self.HOSTILE[what]
-        answer, status = answer if isinstance(answer, tuple) else (answer, 1)
+        answer, status, words = (answer + ((),))[:3] if isinstance(answer, tuple) else (
+            answer, 1, ())
         wire.answer = lambda req: [answer, WIRE_CLOSE]
         result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_RETRIES='1'))
-        out, _ = _one_error(result, status)
+        out, _ = _one_error(result, status, *((words,) if words else ()))
         assert out == b''
 
     def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
