@@ -2116,12 +2116,12 @@ class DXFBase:
         self._host = host
         self._insecure = insecure
         self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)
-        self._auth_fn = auth
+        self._auth = auth
         self._tlsverify = tlsverify    # as given (python-dxf code reads it)
         if tlsverify is True and _ca_bundle_variable(os.environ):
             tlsverify = _ca_bundle_variable(os.environ)[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
-        self._auth = _Auth(self._transport, self._base, auth_host,
+        self._credentials = _Auth(self._transport, self._base, auth_host,
                            allow_insecure_auth)
         self._repo = None
 
@@ -2130,10 +2130,10 @@ class DXFBase:
         self._host = base._host
         self._insecure = base._insecure
         self._base = base._base
-        self._auth_fn = base._auth_fn
+        self._auth = base._auth
         self._tlsverify = base._tlsverify
         self._transport = base._transport
-        self._auth = base._auth
+        self._credentials = base._credentials
         self._repo = None
 
     def __enter__(self):
@@ -2149,11 +2149,11 @@ class DXFBase:
     @property
     def token(self):
         """The bearer token in use; set it to use a token obtained elsewhere."""
-        return self._auth.fixed_token or self._auth.token
+        return self._credentials.fixed_token or self._credentials.token
 
     @token.setter
     def token(self, value):
-        self._auth.fixed_token = value
+        self._credentials.fixed_token = value
 
     # -- authentication ------------------------------------------------------
 
@@ -2165,22 +2165,22 @@ class DXFBase:
         """
         if actions is None:
             return None
-        wanted = set(actions) | getattr(self._auth.local, 'extra', set())
+        wanted = set(actions) | getattr(self._credentials.local, 'extra', set())
         return 'repository:%s:%s' % (self._repo, ','.join(
             a for a in _ACTIONS if a in wanted))
 
     def _needing(self, *actions):
         """A context in which requests ask for ``actions`` too, and share one
         retry budget."""
-        return _Needing(self._auth.local, actions, self._transport)
+        return _Needing(self._credentials.local, actions, self._transport)
 
     def _handle_401(self, response, scope):
         """Let the auth callback (or the stored credentials) answer a 401."""
-        auth = self._auth
+        auth = self._credentials
         auth.local.scope = scope
         try:
-            if self._auth_fn is not None:
-                self._auth_fn(self, response)
+            if self._auth is not None:
+                self._auth(self, response)
             elif not auth.fixed_token:
                 self._login(auth.creds or None, None, response)
         finally:
@@ -2210,8 +2210,8 @@ class DXFBase:
         elif creds is None and identity_token:
             creds = _basic('<token>', identity_token)
         if creds:
-            self._auth.check_secure(self._base, 'registry')
-        self._auth.refresh_token = identity_token
+            self._credentials.check_secure(self._base, 'registry')
+        self._credentials.refresh_token = identity_token
         return self._login(creds, actions, response)
 
     def _login(self, creds, actions, response):
@@ -2227,10 +2227,10 @@ class DXFBase:
         # needs, else what the registry asked for; gcr.io sends no scope
         # for _catalog.
         scope = self._scope(actions) if actions else getattr(
-            self._auth.local, 'scope', None)
+            self._credentials.local, 'scope', None)
         fallback = ('registry:catalog:*' if self._repo is None
                     else self._scope(['pull']))
-        token, kind = self._auth.login(creds, response, scope, fallback)
+        token, kind = self._credentials.login(creds, response, scope, fallback)
         if kind == 'basic' and creds and probed:
             self._request('GET', '')     # say now whether they are good
         return token
@@ -2249,7 +2249,7 @@ class DXFBase:
             body = _Body(bytes(body))
         for attempt in (0, 1):
             headers = dict(headers or {})
-            authz = self._auth.header(url, scope)
+            authz = self._credentials.header(url, scope)
             if authz:
                 headers['Authorization'] = authz
             try:
@@ -2259,15 +2259,15 @@ class DXFBase:
             except DXFConnectionError as exc:
                 _name_unresolved(exc, url, self._transport.proxies)
                 raise
-            if resp.status == 401 and not self._auth.own(resp.url):
+            if resp.status == 401 and not self._credentials.own(resp.url):
                 resp.close()
-                self._auth.check_challenger(resp)
+                self._credentials.check_challenger(resp)
             if resp.status != 401 or attempt or (body is not None
                                                  and not body.replayable):
                 break
             resp.read()
             self._handle_401(resp, scope)
-            if self._auth.header(url, scope) == authz:
+            if self._credentials.header(url, scope) == authz:
                 break
             if body is not None:
                 body.rewind()
