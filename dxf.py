@@ -2425,13 +2425,18 @@ class _AliasMethods:
         with self._needing('push'):
             # One request before the threads start, so that they find the
             # token this command needs instead of each asking for one; the
-            # alias will need the empty config blob, so ask about that.
+            # alias will need the empty config blob, so ask about that.  If
+            # it is missing (a new repository), it goes up first in the same
+            # batch as the blobs, so the manifest PUT is accepted the first
+            # time instead of after a 400 and a config upload.
+            config = False
             if len(items) > 1 and concurrency > 1 or alias is not None:
-                if self._blob_head(_EMPTY_DIGEST) is None and alias is not None:
-                    self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST,
-                                   check_exists=False)
-            layers = _in_parallel(lambda item: self._push_item(item, progress),
-                                  items, concurrency)
+                config = (self._blob_head(_EMPTY_DIGEST) is None
+                          and alias is not None)
+            jobs = ([_EMPTY_DIGEST] if config else []) + [
+                (item,) for item in items]
+            layers = _in_parallel(lambda job: self._push_item(job, progress),
+                                  jobs, concurrency)[1 if config else 0:]
             if alias is not None:
                 for layer in layers:
                     if layer['size'] is None:
@@ -2442,10 +2447,14 @@ class _AliasMethods:
                     'utf-8'))
         return [layer['digest'] for layer in layers]
 
-    def _push_item(self, item, progress):
-        """Push one of push_blobs' items; return its layer descriptor."""
+    def _push_item(self, job, progress):
+        """Push one of push_blobs' items (``(item,)``), or the empty config
+        (``_EMPTY_DIGEST``); return the layer descriptor."""
         with self._needing('push'):      # in this thread too
-            return self._push_one(item, progress)
+            if job == _EMPTY_DIGEST:
+                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST,
+                                      check_exists=False)
+            return self._push_one(job[0], progress)
 
     def _push_one(self, item, progress):
         if hasattr(item, 'read'):

@@ -9606,3 +9606,135 @@ class TestFirstHour:
         _ok(run_cli(['copy-alias', repo, 'two', 'oci:' + root], env))
         assert not os.path.exists(os.path.join(root, 'oci-layout'))
         assert _ok(run_cli(['pull-blob', repo, '@one', '@two'], oenv)) == first + second
+
+
+# =============================================================================
+# 22. Round trips
+#     What a many-blob command sends, counted at the fault proxy in front of
+#     the real registry: no request a perfect client would not make (no HEAD
+#     of a blob just pushed or found, no manifest PUT refused for a missing
+#     config blob, no HEAD before a pull).
+# =============================================================================
+
+def _requests_of(proxy):
+    """[(method, path without query)] of every request the proxy saw, in order."""
+    return [(r.method, r.path.split('?')[0]) for r in proxy.requests]
+
+
+def _counted(proxy, method, path_part):
+    return len([1 for m, p in _requests_of(proxy) if m == method and path_part in p])
+
+
+@pytest.mark.registry
+class TestRoundTrips:
+
+    def _files(self, tmp_path, n, seed):
+        blobs = [_blob(4000 + i, '%s-%d' % (seed, i)) for i in range(n)]
+        return blobs, [_write(tmp_path, '%s%d' % (seed, i), b) for i, b in enumerate(blobs)]
+
+    def test_push_many_with_alias_to_new_repo_puts_manifest_once_heads_each_blob_once(
+            self, proxy, fault_env, run_cli, repo, tmp_path):
+        blobs, paths = self._files(tmp_path, 5, 'rt-new')
+        out = _ok(run_cli(['push-blob', repo] + paths + ['@a'], fault_env()))
+        assert out == _lines(*[_sha256(b) for b in blobs])
+        seen = _requests_of(proxy)
+        assert [r for r in seen if '/manifests/' in r[1]] == [
+            ('PUT', '/v2/%s/manifests/a' % repo)]           # accepted the first time
+        for b in blobs + [b'{}']:
+            assert seen.count(('HEAD', '/v2/%s/blobs/%s' % (repo, _sha256(b)))) == 1, b[:9]
+        assert _counted(proxy, 'POST', '/blobs/uploads/') == len(blobs) + 1   # and the {}
+        assert len(seen) == 3 * (len(blobs) + 1) + 1, seen   # HEAD, POST, PUT each; manifest
+        assert all(r.fault is None for r in proxy.requests)
+        layers = _layers(run_cli, fault_env(), repo, 'a')
+        assert [(x['digest'], x['size']) for x in layers] == [
+            (_sha256(b), len(b)) for b in blobs]
+
+    def test_push_many_again_finds_every_blob_with_one_head_each(
+            self, proxy, fault_env, run_cli, repo, tmp_path):
+        blobs, paths = self._files(tmp_path, 4, 'rt-again')
+        _ok(run_cli(['push-blob', repo] + paths + ['@a'], fault_env()))
+        proxy.reset()
+        _ok(run_cli(['push-blob', repo] + paths + ['@b'], fault_env()))
+        seen = _requests_of(proxy)
+        expected = [('HEAD', '/v2/%s/blobs/%s' % (repo, _sha256(b))) for b in blobs + [b'{}']]
+        assert sorted(seen) == sorted(expected + [('PUT', '/v2/%s/manifests/b' % repo)])
+        assert seen[-1] == ('PUT', '/v2/%s/manifests/b' % repo)
+
+    def test_module_push_blobs_with_alias_sends_no_head_after_the_uploads(
+            self, proxy, repo, tmp_path):
+        blobs, paths = self._files(tmp_path, 6, 'rt-api')
+        with dxf.DXF(proxy.host, repo, insecure=True) as api:
+            got = api.push_blobs(paths, alias='api', concurrency=3)
+            assert got == [_sha256(b) for b in blobs]
+            seen = _requests_of(proxy)
+            first_upload = min(i for i, r in enumerate(seen) if r[0] == 'POST')
+            manifest = seen.index(('PUT', '/v2/%s/manifests/api' % repo))
+            assert manifest == len(seen) - 1
+            # After the first upload started, a HEAD only for a blob not yet asked about.
+            heads = [p for m, p in seen[first_upload:] if m == 'HEAD']
+            assert len(heads) == len(set(heads))
+            assert len([1 for m, p in seen if m == 'HEAD']) == len(blobs) + 1
+            assert api.get_alias('api') == got
+
+    def test_push_many_to_new_repo_uploads_the_empty_config_beside_the_blobs(
+            self, proxy, faults, repo, tmp_path):
+        # The config's upload is held at the proxy: the blobs go up meanwhile.
+        config_put = faults.add('PUT', r'/blobs/uploads/.*digest=sha256%3A' +
+                                _EMPTY_CONFIG_DIGEST.split(':')[1], 'stall', seconds=60)
+        blobs, paths = self._files(tmp_path, 3, 'rt-beside')
+        result = {}
+
+        def push():
+            with dxf.DXF(proxy.host, repo, insecure=True) as api:
+                result['digests'] = api.push_blobs(paths, alias='b', concurrency=4)
+        thread = threading.Thread(target=push)
+        thread.start()
+        try:
+            _wait_until(lambda: len(proxy.seen('PUT', r'/blobs/uploads/')) >= 4, timeout=20,
+                        what='the blobs uploaded while the config upload waits')
+            assert config_put.fired == 1
+            assert not proxy.seen('PUT', '/manifests/')
+        finally:
+            proxy.reset()
+            thread.join()
+        assert result['digests'] == [_sha256(b) for b in blobs]
+
+    def test_pull_output_dir_sends_manifest_get_and_one_get_per_blob_only(
+            self, proxy, fault_env, upstream, run_cli, repo, tmp_path):
+        blobs, paths = self._files(tmp_path, 6, 'rt-pull')
+        upstream.push_blobs(paths, alias='p')
+        out = tmp_path / 'out'
+        out.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@p'], fault_env(DXF_CONCURRENCY='3')))
+        seen = _requests_of(proxy)
+        assert seen[0] == ('GET', '/v2/%s/manifests/p' % repo)
+        assert sorted(seen[1:]) == sorted(
+            ('GET', '/v2/%s/blobs/%s' % (repo, _sha256(b))) for b in blobs)
+        for i, b in enumerate(blobs):
+            assert (out / ('rt-pull%d' % i)).read_bytes() == b
+
+    @pytest.mark.tls
+    def test_push_and_pull_many_on_token_registry_one_401_one_token_each(
+            self, token_proxy, token_server, fault_env, run_cli, registries, repo, tmp_path):
+        reg = registries['token']
+        env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
+                        DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
+        blobs, paths = self._files(tmp_path, 5, 'rt-tok')
+        _ok(run_cli(['push-blob', repo] + paths + ['@t'], env))
+        statuses = [r for r in token_proxy.requests if r.method == 'PUT'
+                    and '/manifests/' in r.path]
+        assert len(statuses) == 1
+        assert len(token_server.requests) == 1, token_server.requests
+        unauthorized = [r for r in token_proxy.requests if 'Authorization' not in r.headers]
+        assert len(unauthorized) == 1, [(r.method, r.path) for r in unauthorized]
+        assert len(token_proxy.requests) == 3 * (len(blobs) + 1) + 1 + 1   # + the 401
+        token_proxy.reset()
+        del token_server.requests[:]
+        out = tmp_path / 'out'
+        out.mkdir()
+        _ok(run_cli(['pull-blob', repo, '-o', str(out), '@t'], env))
+        assert len(token_server.requests) == 1
+        seen = _requests_of(token_proxy)
+        assert seen[:2] == [('GET', '/v2/%s/manifests/t' % repo)] * 2   # 401, then with a token
+        assert sorted(seen[2:]) == sorted(
+            ('GET', '/v2/%s/blobs/%s' % (repo, _sha256(b))) for b in blobs)

@@ -40,12 +40,20 @@ Cases (--cases, comma-separated; default all):
     small-pull      pull-blob 1 MiB > FILE vs curl > FILE        target <= 3
     small-get-alias get-alias vs GET of the manifest             target <= 3
     startup         dxf.py version vs python3 -c pass            target <= 3
-    wan             issue 11's tasks through ShapingProxy (RTT --wan-rtt ms,
-                    --wan-mbit per connection) against their floor: store
-                    16 x 1 MiB under an alias (<= 1.5), fetch them (<= 1.3),
-                    64 MiB each way (<= 1.10), get-alias (<= 1.4); storing
-                    the 16 one command per file (as 1.0.0 had to) is shown
-                    beside
+    wan             issue 11's tasks over a simulated wide-area link: the
+                    test suite's token registry (https + token auth,
+                    started by test_dxf.py's _Infra, so pytest must be
+                    importable) and its token server, each behind a
+                    ShapingProxy (RTT --wan-rtt ms, --wan-mbit per
+                    connection); for dxf and for python-dxf's CLI (pip
+                    installed into --python-dxf-venv, made if missing):
+                    store 16 x 1 MiB under an alias (<= 1.5 x floor), fetch
+                    them as 16 files (<= 1.3), one 64 MiB file each way
+                    (<= 1.10), get-alias (<= 1.4).  Prints each run, the
+                    floor and what it counts, connections, round trips
+                    ("flights") and token requests, and dxf with the
+                    shaper off (the machine's own cost).  Smaller payloads:
+                    --wan-small-kib, --wan-big-mib.
 Peak RSS of dxf's big push and pulls: target <= 25 MiB.
 
 Options: --runs N, --size-mib N, --cases LIST, --json PATH, --python EXE
@@ -55,6 +63,7 @@ Standard library only; Python 3.6+.
 """
 
 import argparse
+import collections
 import datetime
 import hashlib
 import json
@@ -81,6 +90,28 @@ CASES = ['push-new', 'push-existing', 'push-stdin', 'pull-file', 'pull-null',
          'small-push', 'small-pull', 'small-get-alias', 'startup', 'wan']
 MEMORY_TARGET_MIB = 25.0
 OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+PYTHON_DXF_VERSION = '12.1.1'
+
+# The round trips a perfect client cannot avoid on a fresh start, the TLS
+# 1.3 handshake being one, with independent blobs' requests in parallel.
+_START = 'TCP + TLS to the registry, its 401, TCP + TLS + GET to the token server'
+WAN_FLOOR = collections.OrderedDict([
+    ('store', (10, _START + ' (6), HEAD, POST, PUT with the body, manifest PUT')),
+    ('fetch', (8, _START + ' (6), manifest GET, blob GETs')),
+    ('push1', (9, _START + ' (6), HEAD, POST, PUT with the body')),
+    ('pull1', (7, _START + ' (6), blob GET')),
+    ('list', (7, _START + ' (6), manifest GET')),
+])
+WAN_TARGETS = dict(store=1.5, fetch=1.3, push1=1.10, pull1=1.10, list=1.4)
+
+
+def size_text(n):
+    return '%d MiB' % (n // MIB) if n % MIB == 0 else '%d KiB' % (n // 1024)
+
+
+def cost_text(run):
+    return '%d proc, %d conn, %d flights, %d token' % (
+        run['processes'], run['connections'], run['flights'], run['tokens'])
 
 
 class BenchError(Exception):
@@ -653,96 +684,189 @@ class Bench:
         self.add_row('startup', 'dxf.py version', res, 3.0,
                      curl_label='python3 -c pass', curl='base')
 
-    def case_wan(self):
-        """The tasks of issue 11 through a ShapingProxy (plain http, no auth),
-        with the installed form: store 16 x 1 MiB under one alias (one
-        command, and as 1.0.0 had to: 16 push-blob and a set-alias), fetch
-        them as 16 files, one 64 MiB file each way, and get-alias.
+    # -- wide area -------------------------------------------------------------
 
-        Floor: the round trips a perfect client cannot avoid, times the RTT,
-        plus the bytes of the busiest connection over its bandwidth, with
-        independent blobs in parallel (plain http: no TLS, no token):
-          store 16   connect, HEAD, POST, PUT with the body, manifest PUT: 5
-          fetch 16   connect, manifest GET, blob GETs in parallel: 3
-          push 64    connect, HEAD, POST, PUT with the body: 4
-          pull 64    connect, GET: 2
-          get-alias  connect, GET: 2
-        """
+    def wan_setup(self):
+        """The token registry of the test suite (https, token auth; launched
+        by test_dxf.py's _Infra, not a copy of it) behind a ShapingProxy,
+        with its token server behind another (the realm the registry
+        announces is the shaped one), and python-dxf's CLI in a venv."""
+        sys.path.insert(0, os.path.dirname(HERE))
+        import test_dxf               # needs pytest importable; runs nothing
+        test_dxf.REGISTRY_BINARY = self.args.registry
         rtt, mbit = self.args.wan_rtt / 1000.0, self.args.wan_mbit
-        proxy = ShapingProxy(self.registry.host, rtt, mbit)
-        env = dict(self.env, DXF_HOST=proxy.host)
+        infra = self.wan_infra = test_dxf._Infra(os.path.join(self.tmp, 'wan'))
+        log('wan: making the test CA and certificates, starting the token '
+            'registry')
+        tls = infra.tls_files()
+        tokens = infra.token_server()
+        token_proxy = ShapingProxy(tokens.host, rtt, mbit)
+        tokens.realm = 'https://%s/token' % token_proxy.host
+        reg = infra.registry('token')
+        proxy = ShapingProxy(reg.host, rtt, mbit)
+        self.wan_proxies = [proxy, token_proxy]
+        env = {k: v for k, v in self.env.items()
+               if k not in ('DXF_INSECURE', 'PYTHONPATH')}
+        env.update(DXF_HOST=proxy.host, DXF_TLSVERIFY=tls.ca_cert,
+                   DXF_USERNAME=test_dxf.TEST_USERNAME,
+                   DXF_PASSWORD=test_dxf.TEST_PASSWORD)
+        self.wan_env = env
+        venv = self.args.python_dxf_venv
+        exe = os.path.join(venv, 'bin', 'dxf')
+        if not os.access(exe, os.X_OK):
+            log('wan: making %s with python-dxf from PyPI' % venv)
+            subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
+            subprocess.run([os.path.join(venv, 'bin', 'pip'), 'install', '-q',
+                            'python-dxf==%s' % PYTHON_DXF_VERSION], check=True)
+        self.python_dxf = exe
+        return proxy, token_proxy, tokens
+
+    def case_wan(self):
+        """Issue 11's tasks through ShapingProxy, for dxf (installed form,
+        DXF_CONCURRENCY default) and for python-dxf's CLI, against the
+        floor.  See WAN_FLOOR below for what the floor counts."""
+        rtt, mbit = self.args.wan_rtt / 1000.0, self.args.wan_mbit
         bw = mbit * 1e6 / 8
-        files = []
-        for i in range(16):
+        proxy, token_proxy, tokens = self.wan_setup()
+        env = self.wan_env
+        ours = Runner(self.tmp, dict(env, PYTHONPATH=self.env['PYTHONPATH']))
+        theirs = Runner(self.tmp, env)
+        n, small = 16, self.args.wan_small_kib * 1024
+        big_size = self.args.wan_big_mib * MIB
+        files, digests = [], []
+        for i in range(n):
             path = os.path.join(self.tmp, 'wan-%02d.bin' % i)
-            make_blob(path, MIB)
+            digests.append(make_blob(path, small))
             files.append(path)
-        big = os.path.join(self.tmp, 'wan-64.bin')
-        big_digest = make_blob(big, 64 * MIB)
-        runner = Runner(self.tmp, env)
-
-        def timed(make_argvs):
-            times = []
-            for i in range(self.args.runs):
-                total = 0.0
-                for argv in make_argvs():
-                    total += runner.run(argv, 'pipe')[0]
-                times.append(total)
-            return statistics.median(times)
+        big = os.path.join(self.tmp, 'wan-big.bin')
+        big_digest = make_blob(big, big_size)
         fetch_repo = self.fresh_repo('wan-fetch')
-        subprocess.run(self.inst_cmd('push-blob', fetch_repo, *files) + ['@a'],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        ours.run(self.inst_cmd('push-blob', fetch_repo, *files) + ['@a'])
         big_repo = self.fresh_repo('wan-big')
-        subprocess.run(self.inst_cmd('push-blob', big_repo, big, '@a'),
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        ours.run(self.inst_cmd('push-blob', big_repo, big, '@a'))
+        pd = self.python_dxf
 
-        def store_one():
-            return [self.inst_cmd('push-blob', self.fresh_repo('wan'), *files)
-                    + ['@a']]
+        def dxf_store():
+            return [(ours, self.inst_cmd('push-blob', self.fresh_repo('wan'),
+                                         *files) + ['@a'], 'pipe')]
 
-        def store_old():
-            repo = self.fresh_repo('wan-old')
-            return ([self.inst_cmd('push-blob', repo, f) for f in files]
-                    + [self.inst_cmd('set-alias', repo, 'a', *files)])
+        def pd_store():
+            repo = self.fresh_repo('wan-pd')
+            return ([(theirs, [pd, 'push-blob', repo, f], 'pipe') for f in files]
+                    + [(theirs, [pd, 'set-alias', repo, 'a'] + digests, 'pipe')])
 
-        def fetch():
+        def dxf_fetch():
             out = tempfile.mkdtemp(dir=self.tmp)
-            return [self.inst_cmd('pull-blob', fetch_repo, '-o', out, '@a')]
+            return [(ours, self.inst_cmd('pull-blob', fetch_repo, '-o', out,
+                                         '@a'), 'pipe')]
 
-        rows = [
-            ('store 16 x 1 MiB under one alias', 5 * rtt + MIB / bw,
-             timed(store_one), timed(store_old), 1.5),
-            ('fetch them as 16 files', 3 * rtt + MIB / bw, timed(fetch),
-             None, 1.3),
-            ('store one 64 MiB file', 4 * rtt + 64 * MIB / bw, timed(
-                lambda: [self.inst_cmd('push-blob', self.fresh_repo('wan64'),
-                                       big)]), None, 1.10),
-            ('fetch it to a file', 2 * rtt + 64 * MIB / bw, timed(
-                lambda: [self.inst_cmd('pull-blob', big_repo, '-o',
-                                       os.path.join(self.tmp, 'wan-out'),
-                                       big_digest)]), None, 1.10),
-            ('list an alias\'s digests', 2 * rtt, timed(
-                lambda: [self.inst_cmd('get-alias', big_repo, 'a')]), None,
-             1.4),
+        def pd_fetch():
+            out = tempfile.mkdtemp(dir=self.tmp)
+            return ([(theirs, [pd, 'get-alias', fetch_repo, 'a'], 'pipe')] + [
+                (theirs, [pd, 'pull-blob', fetch_repo, d],
+                 os.path.join(out, '%02d' % i)) for i, d in enumerate(digests)])
+        out_big = os.path.join(self.tmp, 'wan-out')
+        tasks = [
+            ('store', 'store %d x %s under one alias' % (n, size_text(small)),
+             dxf_store, pd_store),
+            ('fetch', 'fetch them as %d files' % n, dxf_fetch, pd_fetch),
+            ('push1', 'store one %s file' % size_text(big_size),
+             lambda: [(ours, self.inst_cmd('push-blob', self.fresh_repo('w1'),
+                                           big), 'pipe')],
+             lambda: [(theirs, [pd, 'push-blob', self.fresh_repo('w1pd'), big],
+                       'pipe')]),
+            ('pull1', 'fetch it to a file',
+             lambda: [(ours, self.inst_cmd('pull-blob', big_repo, '-o', out_big,
+                                           big_digest), 'pipe')],
+             lambda: [(theirs, [pd, 'pull-blob', big_repo, big_digest],
+                       out_big)]),
+            ('list', "list an alias's digests",
+             lambda: [(ours, self.inst_cmd('get-alias', big_repo, 'a'), 'pipe')],
+             lambda: [(theirs, [pd, 'get-alias', big_repo, 'a'], 'pipe')]),
         ]
-        proxy.close()
-        self.wan = dict(rtt_ms=self.args.wan_rtt, mbit=mbit, rows=[
-            dict(task=t, floor=f, dxf=d, one_by_one=o, target=g)
-            for t, f, d, o, g in rows])
+
+        def timed(make):
+            """One run: seconds, processes, connections, flights, tokens."""
+            commands = make()
+            conns = [p.connections for p in self.wan_proxies]
+            flights = [p.flights for p in self.wan_proxies]
+            del tokens.requests[:]
+            total = 0.0
+            for runner, argv, out in commands:
+                total += runner.run(argv, out)[0]
+            return dict(s=total, processes=len(commands),
+                        connections=sum(p.connections for p in self.wan_proxies)
+                        - sum(conns),
+                        flights=sum(p.flights for p in self.wan_proxies)
+                        - sum(flights), tokens=len(tokens.requests))
+        rows = []
+        for key, label, dxf_make, pd_make in tasks:
+            log('wan: %s' % label)
+            got = {'dxf': [], 'python-dxf': []}
+            for i in range(self.args.runs):
+                for tool, make in (('dxf', dxf_make), ('python-dxf', pd_make)
+                                   )[::1 if i % 2 == 0 else -1]:
+                    self.quiesce()
+                    got[tool].append(timed(make))
+            # The same with the shaper off: what the machine itself costs
+            # (Python's start, TLS, the token server signing with openssl).
+            for p in self.wan_proxies:
+                p.delay, p.rate = 0.0, 1e12
+            local = timed(dxf_make)['s']
+            for p in self.wan_proxies:
+                p.delay, p.rate = rtt / 2.0, bw
+            size = {'store': small, 'fetch': small, 'push1': big_size,
+                    'pull1': big_size, 'list': 0}[key]
+            total = size * (n if key in ('store', 'fetch') else 1)
+            trips = WAN_FLOOR[key][0]
+            rows.append(dict(key=key, task=label, trips=trips,
+                             floor=trips * rtt + total / bw,
+                             floor_parallel=trips * rtt + size / bw,
+                             target=WAN_TARGETS[key], local=local, **got))
+        self.wan = dict(rtt_ms=self.args.wan_rtt, mbit=mbit, rows=rows)
+        for p in self.wan_proxies:
+            p.close()
+        infra_close = self.wan_infra.close
+        self.wan_infra = None
+        infra_close()
 
     def report_wan(self):
         w = sys.stdout.write
         wan = self.wan
-        w('\nwide area (ShapingProxy: RTT %d ms, %d Mbit/s per connection, '
-          'plain http), installed form, DXF_CONCURRENCY default, medians:\n'
-          % (wan['rtt_ms'], wan['mbit']))
-        w('%-34s %8s %8s %8s %8s %s\n' % ('task', 'floor s', 'dxf s', 'ratio',
-                                          'target', 'one file per command s'))
+        w('\nwide area: ShapingProxy (RTT %g ms, %g Mbit/s per connection) in '
+          'front of the registry (https, token auth) and of its token server;\n'
+          'dxf installed form, DXF_CONCURRENCY default; python-dxf %s CLI; '
+          'runs in seconds, ratio = median / floor\n'
+          % (wan['rtt_ms'], wan['mbit'], PYTHON_DXF_VERSION))
+        w('%-34s %3s %6s | %-16s %5s %6s %6s | %-18s %5s\n' % (
+            'task', 'RTT', 'floor', 'dxf runs', 'ratio', 'target', 'RTT 0',
+            'python-dxf runs', 'ratio'))
         for r in wan['rows']:
-            ratio = r['dxf'] / r['floor']
-            w('%-34s %8.2f %8.2f %8.2f %8.2f %s\n' % (
-                r['task'], r['floor'], r['dxf'], ratio, r['target'],
-                '-' if r['one_by_one'] is None else '%.2f' % r['one_by_one']))
+            cells = []
+            for tool in ('dxf', 'python-dxf'):
+                runs = [x['s'] for x in r[tool]]
+                cells.append(('/'.join('%.2f' % x for x in runs),
+                              statistics.median(runs) / r['floor']))
+            w('%-34s %3d %6.2f | %-16s %5.2f %6.2f %6.2f | %-18s %5.2f\n' % (
+                r['task'], r['trips'], r['floor'], cells[0][0], cells[0][1],
+                r['target'], r['local'], cells[1][0], cells[1][1]))
+        w('RTT 0: one dxf run with the shaper off (no delay, no cap): what '
+          'this machine itself costs\n')
+        w('\nwhat each run cost (the last run; flights = client-to-server '
+          'turns on all connections, registry and token server):\n')
+        w('%-34s %-38s %s\n' % ('task', 'dxf', 'python-dxf'))
+        for r in wan['rows']:
+            w('%-34s %-38s %s\n' % (r['task'], cost_text(r['dxf'][-1]),
+                                    cost_text(r['python-dxf'][-1])))
+        w('\nfloor = RTT x the round trips a perfect client cannot avoid + '
+          'the bytes over one connection\'s bandwidth:\n')
+        for key, (trips, why) in WAN_FLOOR.items():
+            w('  %-6s %2d  %s\n' % (key, trips, why))
+        w('  The shaper caps each connection, so a client spreading blobs over '
+          'k connections\n  can go below it; with every blob on a connection '
+          'of its own the floor would be:\n  %s\n' % ', '.join(
+              '%s %.2f s' % (r['key'], r['floor_parallel'])
+              for r in wan['rows']))
 
     def context_rss(self):
         """RSS of bare interpreters, for reading the memory figures."""
@@ -915,6 +1039,8 @@ class Bench:
         try:
             self.runner.kill_current()
             self.registry.stop()
+            if getattr(self, 'wan_infra', None) is not None:
+                self.wan_infra.close()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -927,8 +1053,13 @@ class ShapingProxy:
     ``rtt / 2`` after it was sent, and each connection carries at most
     ``mbit`` Mbit/s each way (a chunk leaves only once the previous ones
     have had their time on the wire).  At most 4 MiB wait in each
-    direction, as a TCP window would allow.  ``connections`` counts the
-    connections accepted."""
+    direction, as a TCP window would allow.  The TCP handshake costs its
+    round trip: what the client sends first is read only ``rtt`` after the
+    connection was accepted (loopback's connect() returns at once).  TLS
+    passes through untouched.  ``connections`` counts the connections
+    accepted, ``flights`` the times a client started sending after having
+    last heard from the server (or at the start): its round trips, summed
+    over all connections."""
 
     CHUNK = 64 << 10
 
@@ -939,6 +1070,8 @@ class ShapingProxy:
         self.delay = rtt / 2.0
         self.rate = mbit * 1e6 / 8.0
         self.connections = 0
+        self.flights = 0
+        self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(('127.0.0.1', 0))
         self.sock.listen(128)
@@ -955,21 +1088,29 @@ class ShapingProxy:
             self.connections += 1
             host, port = self.upstream.rsplit(':', 1)
             server = socket.create_connection((host, int(port)))
-            for a, b in ((client, server), (server, client)):
-                self.pipe(a, b)
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            turn = ['server']
+            self.pipe(client, server, 2 * self.delay, turn, 'client')
+            self.pipe(server, client, 0.0, turn, 'server')
 
-    def pipe(self, src, dst):
+    def pipe(self, src, dst, first_wait, turn, side):
         q = self.queue_module.Queue(maxsize=(4 << 20) // self.CHUNK)
         wire = [0.0]      # when the link is free again
 
         def read():
-            time.sleep(self.delay)     # the SYN's (or first byte's) way
+            time.sleep(first_wait)     # the SYN, SYN-ACK round trip
             while True:
                 try:
                     data = src.recv(self.CHUNK)
                 except OSError:
                     data = b''
                 now = time.perf_counter()
+                if data and turn[0] != side:
+                    turn[0] = side
+                    if side == 'client':
+                        with self.lock:
+                            self.flights += 1
                 wire[0] = max(now, wire[0]) + len(data) / self.rate
                 q.put((wire[0] + self.delay, data))
                 if not data:
@@ -1021,6 +1162,14 @@ def parse_args(argv):
                    help='wan case: round-trip time in ms (default 50)')
     p.add_argument('--wan-mbit', type=float, default=200.0,
                    help='wan case: Mbit/s per connection (default 200)')
+    p.add_argument('--wan-small-kib', type=int, default=1024,
+                   help='wan case: size of each of the 16 files (default 1024)')
+    p.add_argument('--wan-big-mib', type=int, default=64,
+                   help='wan case: size of the one big file (default 64)')
+    p.add_argument('--python-dxf-venv', default=os.path.join(
+        os.path.dirname(HERE), '.venv-bench'),
+                   help='wan case: venv with python-dxf %s, made if missing '
+                   '(default: %%(default)s)' % PYTHON_DXF_VERSION)
     p.add_argument('--tmpdir', default=None,
                    help='where to put blobs and registry storage')
     args = p.parse_args(argv)
