@@ -1423,6 +1423,7 @@ class _Auth:
         self.auth_host = auth_host
         self.allow_insecure = allow_insecure
         self.lock = threading.Lock()
+        self.fetching = threading.Lock()   # one token request at a time
         self.tokens = {}          # scope -> (token, renew_at)
         self.token = None         # the newest token (DXFBase.token)
         self.fixed_token = None   # set by the user: used for every request
@@ -1496,7 +1497,18 @@ class _Auth:
         return None
 
     def fetch_token(self, scope):
-        """Ask the token service for a token for ``scope``."""
+        """A token for ``scope`` from the token service.  One request at a
+        time: threads that met a 401 together (parallel transfers, the
+        existence check beside an upload) take the token the first of them
+        fetched while they waited, instead of asking again."""
+        before = self.tokens.get(scope)
+        with self.fetching:
+            now = self.tokens.get(scope)
+            if now is not None and now is not before and now[1] > time.time():
+                return now[0]
+            return self._fetch_token(scope)
+
+    def _fetch_token(self, scope):
         realm, service = self.challenge
         parts = urllib.parse.urlsplit(realm)
         if self.auth_host:
@@ -2109,10 +2121,12 @@ class DXFBase:
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
                  retries=None, proxies=None):
-        m = _HOST_RE.match(host) if isinstance(host, str) else None
-        if not m or int(m.group('port') or 0) > 65535:
-            raise DXFInputError('invalid registry host %r (host[:port] '
-                                'expected)' % (_printable(host),))
+        for what, value in (('registry host', host), ('auth host', auth_host)):
+            m = _HOST_RE.match(value) if isinstance(value, str) else None
+            if (value is not None or what == 'registry host') and (
+                    not m or int(m.group('port') or 0) > 65535):
+                raise DXFInputError('invalid %s %r (host[:port] expected)'
+                                    % (what, _printable(value)))
         self._host = host
         self._insecure = insecure
         self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)

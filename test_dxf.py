@@ -9738,3 +9738,25 @@ class TestRoundTrips:
         assert seen[:2] == [('GET', '/v2/%s/manifests/t' % repo)] * 2   # 401, then with a token
         assert sorted(seen[2:]) == sorted(
             ('GET', '/v2/%s/blobs/%s' % (repo, _sha256(b))) for b in blobs)
+
+    @pytest.mark.slow
+    def test_big_file_push_on_token_registry_asks_for_one_token(
+            self, token_proxy, token_server, fault_env, run_cli, registries, repo, tmp_path):
+        # A file of 64 MiB and more is hashed and HEADed in a second thread
+        # while the upload starts: both meet the 401 at once, and the second
+        # takes the token the first fetched (one token request, not two).
+        reg = registries['token']
+        env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
+                        DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
+        data = _blob(dxf._OVERLAP_MIN + 5, 'rt-big')
+        path = _write(tmp_path, 'big', data)
+        assert _ok(run_cli(['push-blob', repo, path], env)) == _lines(_sha256(data))
+        assert len(token_server.requests) == 1, token_server.requests
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
+
+    def test_auth_host_that_is_not_a_host_is_refused_before_any_request(
+            self, wire, wire_env, run_cli):
+        for bad in ('a b', 'evil\r\nX-Injected: 1', 'h:99999', 'h/path'):
+            result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_AUTH_HOST=bad))
+            _one_error(result, errno.EINVAL, 'auth host')
+        assert wire.requests == []
