@@ -650,6 +650,7 @@ class _Budget:
         self.left = retries
         self.window = window
         self.deadline = None
+        self.lock = threading.Lock()    # threads of one operation share it
 
     def spend(self, delay=None, attempt=0):
         """Wait before another try and return True, or False when spent."""
@@ -657,27 +658,30 @@ class _Budget:
             delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt)
             delay *= 0.5 + _random_fraction() / 2
         now = time.monotonic()
-        if self.deadline is None:
-            self.deadline = now + self.window
-        if self.left <= 0 or now + delay > self.deadline:
-            return False
-        self.left -= 1
+        with self.lock:
+            if self.deadline is None:
+                self.deadline = now + self.window
+            if self.left <= 0 or now + delay > self.deadline:
+                return False
+            self.left -= 1
         time.sleep(delay)
         return True
 
 
 class _Operation:
     """``with transport.operation():`` shares one _Budget with everything the
-    block does in this thread (nested blocks join the outer one)."""
+    block does in this thread (nested blocks join the outer one); a worker
+    thread of the operation passes the operation's ``budget``."""
 
-    def __init__(self, transport):
+    def __init__(self, transport, budget=None):
         self.transport = transport
+        self.budget = budget
 
     def __enter__(self):
         local = self.transport.local
         self.outer = getattr(local, 'budget', None)
         if self.outer is None:
-            local.budget = self.transport.new_budget()
+            local.budget = self.budget or self.transport.new_budget()
         return local.budget
 
     def __exit__(self, *exc):
@@ -1038,9 +1042,9 @@ class _Transport:
     def new_budget(self):
         return _Budget(self.retries, self.retry_time)
 
-    def operation(self):
+    def operation(self, budget=None):
         """A context sharing one retry budget (see _Budget)."""
-        return _Operation(self)
+        return _Operation(self, budget)
 
     def budget(self):
         """The budget of the operation in progress, or one for one request."""
@@ -2437,20 +2441,18 @@ class _AliasMethods:
             _check_alias(alias)
         concurrency = concurrency or _DEFAULT_CONCURRENCY
         with self._needing('push'):
-            # One request before the threads start, so that they find the
-            # token this command needs instead of each asking for one; the
-            # alias will need the empty config blob, so ask about that.  If
-            # it is missing (a new repository), it goes up first in the same
-            # batch as the blobs, so the manifest PUT is accepted the first
-            # time instead of after a 400 and a config upload.
-            config = False
-            if len(items) > 1 and concurrency > 1 or alias is not None:
-                config = (self._blob_head(_EMPTY_DIGEST) is None
-                          and alias is not None)
+            # The alias needs the empty config blob: it is looked for (and
+            # in a new repository uploaded) in the same batch as the blobs,
+            # so the manifest PUT is accepted the first time instead of
+            # after a 400 and a config upload.  Threads that meet the first
+            # 401 together share one token request (_Auth.fetch_token).
+            config = alias is not None
             jobs = ([_EMPTY_DIGEST] if config else []) + [
                 (item,) for item in items]
             layers = _in_parallel(lambda job: self._push_item(job, progress),
-                                  jobs, concurrency)[1 if config else 0:]
+                                  jobs, concurrency,
+                                  getattr(self, '_transport', None))[
+                                      1 if config else 0:]
             if alias is not None:
                 for layer in layers:
                     if layer['size'] is None:
@@ -2466,8 +2468,7 @@ class _AliasMethods:
         (``_EMPTY_DIGEST``); return the layer descriptor."""
         with self._needing('push'):      # in this thread too
             if job == _EMPTY_DIGEST:
-                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST,
-                                      check_exists=False)
+                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
             return self._push_one(job[0], progress)
 
     def _push_one(self, item, progress):
@@ -2584,7 +2585,8 @@ class _AliasMethods:
         # The first blob alone: its requests fetch the tokens the others use.
         if blobs:
             copy(blobs[0])
-        _in_parallel(copy, blobs[1:], concurrency)
+        _in_parallel(copy, blobs[1:], concurrency,
+                     getattr(self, '_transport', None))
 
     def _can_mount_from(self, source):
         return False
@@ -3507,14 +3509,22 @@ class _LayoutRoot:
         """Nothing to close."""
 
 
-def _in_parallel(func, items, concurrency):
+def _in_parallel(func, items, concurrency, transport=None):
     """``[func(item) for item in items]``, up to ``concurrency`` at a time in
     threads (the connection pool and the token cache are thread-safe).  After
     a failure no further item starts; the first failing item's error (in
-    the order of ``items``) is raised once the running ones have ended."""
+    the order of ``items``) is raised once the running ones have ended.
+    With ``transport``, the threads draw on the calling operation's retry
+    budget."""
     items = list(items)
     if concurrency <= 1 or len(items) <= 1:
         return [func(item) for item in items]
+    if transport is not None:
+        budget, plain = transport.budget(), func
+
+        def func(item):
+            with transport.operation(budget):
+                return plain(item)
     results = [None] * len(items)
     errors = []
     lock = threading.Lock()
@@ -4184,7 +4194,9 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
         alias = _alias_arg(files.pop())
-    if len(files) > 1 or os.path.isdir(files[0]):
+    if len(files) > 1 or alias or os.path.isdir(files[0]):
+        # With an alias, a single file goes the same way: its config blob
+        # is looked for beside it, not after a refused manifest PUT.
         return _push_many(dxf, files, alias, settings, out, stdin)
     args.file = files[0]
     progress = settings.progress_printer
@@ -4195,9 +4207,6 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
         digest = dxf.push_blob(args.file, progress=progress)
     if progress:
         progress.finish()
-    if alias:
-        dxf.set_alias(alias, digest, names=[
-            None if args.file == '-' else os.path.basename(args.file)])
     _write_line(out, digest)
 
 
@@ -4277,7 +4286,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
             with _AtomicFile(path) as f:
                 _copy_blob(dxf, desc['digest'], f, settings)
     try:
-        _in_parallel(pull, plan, settings.concurrency)
+        _in_parallel(pull, plan, settings.concurrency,
+                     getattr(dxf, '_transport', None))
     finally:
         if settings.progress_printer:
             settings.progress_printer.finish_all()
