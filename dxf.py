@@ -119,7 +119,7 @@ _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 _CHUNKED_PUSH_MIN = 512 << 20
 _CHUNKED_PUSH_SIZE = 256 << 20
 _OVERLAP_MIN = 64 << 20          # hash these files while uploading them
-_DEFAULT_TIMEOUT = 60.0          # seconds of silence before giving up
+_DEFAULT_TIMEOUT = 60.0          # seconds an answer (or 1 MiB of one) may take
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
 _MAX_REDIRECTS = 10
@@ -2114,7 +2114,8 @@ class DXFBase:
         True (the default) takes ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
         from ``os.environ`` (as python-dxf, through requests, does), read
         here once, else the system's store
-    :param timeout: seconds of silence before a request fails (default 60)
+    :param timeout: seconds an answer may take: its headers, a small
+        answer whole, each MiB of a blob (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
     :param retries: how many times a failed request is tried again (5)
@@ -3805,7 +3806,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #                         system's store)
 #     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
 #     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
-#     DXF_TIMEOUT         seconds of silence before a request fails (60)
+#     DXF_TIMEOUT         seconds an answer (each MiB of a blob) may take (60)
 #     DXF_RETRIES         retries of a failed request (5; 0 turns them off)
 #     DXF_PLATFORM        os/arch[/variant] for multi-platform aliases
 #     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
