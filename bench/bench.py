@@ -11,15 +11,19 @@ Starts its own docker-registry (Docker distribution, plain http on a free
 big blob (--size-mib, default 1024) and a random 1 MiB one, and for each case
 runs dxf in its two forms (with DXF_HOST and DXF_INSECURE=1, as a user
 would) and the equivalent curl commands, interleaved, --runs times each:
-    script     python3 dxf.py ...  (Python compiles the 110 KB script each
-               time: ~25 ms and ~9 MiB of peak memory)
+    script     python3 dxf.py ...  (Python compiles the 195 KB script each
+               time: ~120 ms and ~10 MiB of peak memory on a 2 GHz VM)
     installed  python3 -m dxf ...  with bytecode compiled beforehand, as
                ``pip install`` leaves it (and as ``from dxf import DXF`` runs)
 Every command is run once first, untimed, and its result verified (pulled
 bytes hash to the digest, pushed blobs are in the registry); a failing command
 aborts the bench with its stderr.  Prints the median wall time of each, the
-ratio dxf/curl against the target, and dxf's peak RSS (the largest over the
-runs, from /usr/bin/time -f %M, else from os.wait4).  For the big blob it
+ratio dxf/reference with its target beside it and "pass" or "MISS" (one target
+per form where they differ), and dxf's peak RSS (the largest over the runs,
+from /usr/bin/time -f %M, else from os.wait4).  References are curl doing the
+same requests, and, where curl alone does less work than dxf, curl plus what
+makes up the difference: pipelines run as ``bash -o pipefail -c``, whose
+digest (printed by openssl) is checked against the blob's on every run.  For the big blob it
 also prints the CPU seconds dxf and the registry spent (os.wait4 and
 /proc/PID/stat): with the registry on the same cores, (dxf + registry CPU)
 / cores is a floor no client can beat.  Everything it made (registry, blobs,
@@ -35,11 +39,20 @@ Cases (--cases, comma-separated; default all):
                     path (for its memory; the time is for information)
     pull-file       pull-blob -o FILE, and pull-blob > FILE (for information)
                     vs curl -o FILE                             target <= 1.15
+                    -o FILE vs curl URL | tee FILE | openssl dgst -sha256,
+                    then sync FILE (download, verify, make durable;
+                    dxf -o fsyncs)                              target <= 0.60
     pull-null       pull-blob > /dev/null vs curl -o /dev/null   target <= 1.5
+                    vs curl URL | openssl dgst -sha256 (download
+                    and verify)                                 target <= 0.75
     small-push      push 1 MiB to a fresh repository each run    target <= 3
     small-pull      pull-blob 1 MiB > FILE vs curl > FILE        target <= 3
     small-get-alias get-alias vs GET of the manifest             target <= 3
+                    vs python3 -c pass + that curl GET (the two
+                    timed one after the other, summed)  target <= 2.2 script,
+                                                               <= 1.6 installed
     startup         dxf.py version vs python3 -c pass            target <= 3
+                    dxf.py --help vs python3 -c pass             target <= 3
     wan             issue 11's tasks over a simulated wide-area link: the
                     test suite's token registry (https + token auth,
                     started by test_dxf.py's _Infra, so pytest must be
@@ -54,7 +67,8 @@ Cases (--cases, comma-separated; default all):
                     ("flights") and token requests, and dxf with the
                     shaper off (the machine's own cost).  Smaller payloads:
                     --wan-small-kib, --wan-big-mib.
-Peak RSS of dxf's big push and pulls: target <= 25 MiB.
+Peak RSS of dxf's big push and pulls, and of every dxf command the bench
+ran: target <= 32 MiB as a script, <= 25 MiB installed (at any blob size).
 
 Options: --runs N, --size-mib N, --cases LIST, --json PATH, --python EXE
 (default: this interpreter, resolved, so a pyenv shim's start-up is not
@@ -70,6 +84,7 @@ import json
 import os
 import platform
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -88,7 +103,7 @@ TIME_BIN = '/usr/bin/time'
 
 CASES = ['push-new', 'push-existing', 'push-stdin', 'pull-file', 'pull-null',
          'small-push', 'small-pull', 'small-get-alias', 'startup', 'wan']
-MEMORY_TARGET_MIB = 25.0
+MEMORY_TARGET_MIB = dict(dxf=32.0, inst=25.0)    # script, installed
 OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 PYTHON_DXF_VERSION = '12.1.1'
 
@@ -180,6 +195,11 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or '?'
+
+
+def cmd_sh(argv):
+    """argv as a shell would need it."""
+    return ' '.join(shlex.quote(a) for a in argv)
 
 
 def cmd_text(argv):
@@ -415,6 +435,20 @@ class Bench:
             raise BenchError('%s: output hashes to %s, not %s'
                              % (what, got, digest))
 
+    @staticmethod
+    def pipeline(script):
+        """argv running a shell pipeline: fails if any stage fails."""
+        return ['bash', '-o', 'pipefail', '-c', script]
+
+    @staticmethod
+    def check_dgst(out, digest, what):
+        """``out``: what ``openssl dgst -sha256`` printed (its last word is
+        the hex digest: "SHA2-256(stdin)= HEX", or "(stdin)= HEX")."""
+        words = out.decode('latin-1').split()
+        if not words or 'sha256:' + words[-1].lower() != digest:
+            raise BenchError('%s: openssl printed %r, not the digest %s'
+                             % (what, out, digest))
+
     def check_stream(self, argv, digest, what):
         """Run argv with stdout piped through sha256 (a verification run)."""
         h = hashlib.sha256()
@@ -464,8 +498,13 @@ class Bench:
 
     def add_row(self, key, label, res, target, applies=True, curl_label=None,
                 dxf='dxf', inst='inst', curl='curl'):
-        row = dict(case=key, label=label, target=target,
-                   target_applies=applies, curl_label=curl_label)
+        """``target``: one ratio for both forms, or (script, installed)."""
+        if not isinstance(target, tuple):
+            target = (target, target)
+        row = dict(case=key, label=label, target=target[0],
+                   dxf_target=target[0], inst_target=target[1],
+                   target_applies=applies, curl_label=curl_label,
+                   samples=dict(dxf=dxf, inst=inst, curl=curl))
         for form, name in (('dxf', dxf), ('inst', inst), ('curl', curl)):
             samples = res.get(name) or []
             row[form + '_seconds'] = [x[0] for x in samples]
@@ -569,6 +608,11 @@ class Bench:
         dxf_o = self.forms('pull-blob', repo, digest, '-o', out)
         dxf_gt = self.dxf_cmd('pull-blob', repo, digest)
         curl_o = self.curl_cmd('-o', out, self.url(repo, 'blobs', digest))
+        # Download, verify and make durable, as dxf -o does (it fsyncs).
+        curl_tee = self.pipeline('%s | tee %s | openssl dgst -sha256 && sync %s'
+                                 % (cmd_sh(self.curl_cmd(self.url(repo, 'blobs',
+                                                                  digest))),
+                                    shlex.quote(out), shlex.quote(out)))
         # Verification runs (untimed).
         for argv, stdout, what in ((dxf_o[0][1], 'pipe', 'dxf -o'),
                                    (dxf_o[1][1], 'pipe', 'installed dxf -o'),
@@ -578,10 +622,15 @@ class Bench:
             self.run(argv, stdout)
             self.check_file(out, digest, what)
         self.remove(out)
+        self.check_dgst(self.run(curl_tee)[2], digest, 'curl | tee | openssl')
+        self.check_file(out, digest, 'curl | tee FILE')
+        self.remove(out)
 
-        def timed(argv, stdout):
+        def timed(argv, stdout, dgst=False):
             def fn(i):
-                s, rss, _ = self.run(argv, stdout)
+                s, rss, printed = self.run(argv, stdout)
+                if dgst:
+                    self.check_dgst(printed, digest, cmd_text(argv))
                 size = os.path.getsize(out)
                 self.remove(out)
                 if size != self.big_size:
@@ -592,9 +641,13 @@ class Bench:
         res = self.interleave([(name, timed(argv, 'pipe'))
                                for name, argv in dxf_o]
                               + [('dxf-gt', timed(dxf_gt, out)),
-                                 ('curl', timed(curl_o, 'pipe'))])
+                                 ('curl', timed(curl_o, 'pipe')),
+                                 ('curl-tee', timed(curl_tee, 'pipe', True))])
         self.add_row('pull-file', 'pull %s -o FILE' % self.big_label,
                      res, 1.15, curl_label='curl -o FILE')
+        self.add_row('pull-file', 'pull %s -o FILE' % self.big_label,
+                     res, 0.60, curl='curl-tee',
+                     curl_label='curl | tee FILE | openssl dgst; sync FILE')
         self.add_row('pull-file', 'pull %s > FILE' % self.big_label,
                      res, 1.15, applies=False, curl_label='curl -o FILE',
                      dxf='dxf-gt', inst=None)
@@ -608,10 +661,23 @@ class Bench:
             commands.append((name, lambda i, a=argv: self.run(a, 'null')[:2]))
         self.check_stream(self.curl_cmd(url), digest, 'curl > pipe')
         curl = self.curl_cmd('-o', '/dev/null', url)
+        # Download and verify, as dxf does.
+        dgst = self.pipeline('%s | openssl dgst -sha256'
+                             % cmd_sh(self.curl_cmd(url)))
+
+        def curl_dgst(i):
+            s, rss, out = self.run(dgst, 'pipe')
+            self.check_dgst(out, digest, 'curl | openssl dgst')
+            return s, rss
+        curl_dgst(0)      # verification run (untimed)
         res = self.interleave(commands + [
-            ('curl', lambda i: self.run(curl, 'pipe')[:2])])
+            ('curl', lambda i: self.run(curl, 'pipe')[:2]),
+            ('curl-dgst', curl_dgst)])
         self.add_row('pull-null', 'pull %s > /dev/null' % self.big_label,
                      res, 1.5, curl_label='curl -o /dev/null')
+        self.add_row('pull-null', 'pull %s > /dev/null' % self.big_label,
+                     res, 0.75, curl='curl-dgst',
+                     curl_label='curl | openssl dgst -sha256')
 
     def case_small_push(self):
         commands = [
@@ -664,25 +730,46 @@ class Bench:
         if self.small_digest not in manifest:
             raise BenchError('the manifest does not name %s:\n%s'
                              % (self.small_digest, manifest))
+        base = [self.python, '-c', 'pass']
+
+        def base_curl(i):
+            """What any Python program making one request must pay at least:
+            the interpreter's start, and the request."""
+            s1, rss1, _ = self.run(base)
+            s2, rss2, _ = self.run(curl)
+            return s1 + s2, max(rss1, rss2)
+        base_curl(0)      # warm-up
         res = self.interleave([(name, lambda i, a=argv: self.run(a)[:2])
                                for name, argv in commands]
-                              + [('curl', lambda i: self.run(curl)[:2])])
+                              + [('curl', lambda i: self.run(curl)[:2]),
+                                 ('base-curl', base_curl)])
         self.add_row('small-get-alias', 'get-alias', res, 3.0,
                      curl_label='curl GET manifest')
+        self.add_row('small-get-alias', 'get-alias', res, (2.2, 1.6),
+                     curl='base-curl',
+                     curl_label='python3 -c pass + curl GET manifest')
 
     def case_startup(self):
-        commands = self.forms('version')
+        version = self.forms('version')
+        helps = [(name + '-help', argv) for name, argv in self.forms('--help')]
         base = [self.python, '-c', 'pass']
-        for name, argv in commands:
+        for name, argv in version:
             out = self.run(argv)[2].decode()
             if not out.startswith('dxf.py '):
                 raise BenchError('%s version printed %r' % (name, out))
+        for name, argv in helps:
+            out = self.run(argv)[2].decode()
+            if not out.startswith('usage:'):
+                raise BenchError('%s --help printed %r' % (name, out[:200]))
         self.run(base)
         res = self.interleave([(name, lambda i, a=argv: self.run(a)[:2])
-                               for name, argv in commands]
+                               for name, argv in version + helps]
                               + [('base', lambda i: self.run(base)[:2])])
         self.add_row('startup', 'dxf.py version', res, 3.0,
                      curl_label='python3 -c pass', curl='base')
+        self.add_row('startup', 'dxf.py --help', res, 3.0,
+                     curl_label='python3 -c pass', curl='base',
+                     dxf='dxf-help', inst='inst-help')
 
     # -- wide area -------------------------------------------------------------
 
@@ -920,86 +1007,139 @@ class Bench:
         w('load average at start: %s\n\n' % machine['loadavg'])
         w('dxf forms: "script" = python3 dxf.py, "inst" = python3 -m dxf with '
           'compiled bytecode (pip install)\n\n')
-        head = ('case', 'script s', 'inst s', 'curl s', 'script/curl',
-                'inst/curl', 'target', 'met', 'RSS MiB', 'compared with')
+        head = ('case', 'script s', 'inst s', 'ref s', 'script/ref',
+                'target', 'met', 'inst/ref', 'target', 'met', 'RSS MiB',
+                'reference')
         table = []
 
         def med(values):
             return statistics.median(values) if values else None
         for r in self.rows:
             c = med(r['curl_seconds'])
-            shown = []
+            cells = []
             for form in ('dxf', 'inst'):
                 d = med(r[form + '_seconds'])
+                target = r[form + '_target']
                 ratio = d / c if d is not None and c else None
                 r[form + '_median'] = d
                 r[form + '_ratio'] = ratio
                 r[form + '_met'] = None if ratio is None else (
-                    ratio <= r['target'])
+                    ratio <= target)
                 r[form + '_peak_rss_mib'] = (
                     max(r[form + '_rss_kib']) / 1024.0
                     if r[form + '_rss_kib'] else None)
                 text = '-' if ratio is None else '%.2f' % ratio
-                if ratio is not None and ratio > r['target'] and float(
-                        text) <= r['target']:
+                if ratio is not None and ratio > target and float(
+                        text) <= target:
                     text = '%.3f' % ratio      # 3.004 is not <= 3.00
-                shown.append(('-' if d is None else '%.3f' % d, text))
+                if ratio is None:
+                    mark = '-'
+                elif not r['target_applies']:
+                    mark = '(info)'
+                else:
+                    mark = 'pass' if r[form + '_met'] else 'MISS'
+                goal = '<= %.2f' % target
+                if not r['target_applies']:
+                    goal = '(%s)' % goal
+                cells.append(('-' if d is None else '%.3f' % d, text,
+                              goal if ratio is not None else '-', mark))
             r['curl_median'] = c
-            met = '/'.join('-' if r[f + '_met'] is None else
-                           ('yes' if r[f + '_met'] else 'NO')
-                           for f in ('dxf', 'inst'))
-            if not r['target_applies']:
-                met = '(%s)' % met.lower()
             rss = '/'.join('-' if r[f + '_peak_rss_mib'] is None else
                            '%.1f' % r[f + '_peak_rss_mib']
                            for f in ('dxf', 'inst'))
-            table.append((r['label'], shown[0][0], shown[1][0], '%.3f' % c,
-                          shown[0][1], shown[1][1], '<= %.2f' % r['target'],
-                          met, rss, r['curl_label']))
+            table.append((r['label'], cells[0][0], cells[1][0],
+                          '-' if c is None else '%.3f' % c)
+                         + cells[0][1:] + cells[1][1:]
+                         + (rss, r['curl_label']))
         widths = [max(len(str(x[i])) for x in table + [head])
                   for i in range(len(head))]
-        align = ['<', '>', '>', '>', '>', '>', '<', '<', '>', '<']
-        for line in [head] + table:
+        align = ['<', '>', '>', '>', '>', '<', '<', '>', '<', '<', '>', '<']
+        for line in [head] + table if table else []:
             w('  '.join('{:{}{}}'.format(x, a, wd) for x, a, wd
                         in zip(line, align, widths)).rstrip() + '\n')
-        w('(met and RSS: script/inst; in parentheses: for information, the '
-          'targets apply to -o and to files)\n')
+        if table:
+            w('(ref = the reference named last; RSS: script/inst; (info): '
+              'for information, the targets apply to -o\n and to files)\n')
+        missed = ['%s vs %s (%s)' % (r['label'], r['curl_label'], what)
+                  for r in self.rows if r['target_applies']
+                  for f, what in (('dxf', 'script'), ('inst', 'installed'))
+                  if r[f + '_met'] is False]
+        if missed:
+            w('time targets MISSED (%d):\n' % len(missed))
+            for m in missed:
+                w('  %s\n' % m)
+        elif table:
+            w('time targets: all met\n')
         big = [r for r in self.rows if r['case'] in ('push-new', 'push-stdin',
                                                      'push-existing', 'pull-file',
                                                      'pull-null')]
+        # A row per command run: rows that share a command's samples with
+        # an earlier one (another reference for it) are not repeated.
+        seen = set()
+        rss_rows = []
+        for r in self.rows:
+            if r['case'] not in ('push-new', 'push-stdin', 'push-existing',
+                                 'pull-file', 'pull-null'):
+                continue
+            key = (r['case'], r['samples']['dxf'], r['samples']['inst'])
+            if key not in seen:
+                seen.add(key)
+                rss_rows.append(r)
         if big:
-            w('\npeak RSS on the %s blob (target <= %.0f MiB), script / inst:\n'
-              % (self.big_label, MEMORY_TARGET_MIB))
-            for r in big:
+            w('\npeak RSS on the %s blob (target <= %.0f MiB as a script, '
+              '<= %.0f MiB installed), script / inst:\n'
+              % (self.big_label, MEMORY_TARGET_MIB['dxf'],
+                 MEMORY_TARGET_MIB['inst']))
+            for r in rss_rows:
                 parts = []
                 for f in ('dxf', 'inst'):
                     peak = r[f + '_peak_rss_mib']
                     r[f + '_rss_met'] = (None if peak is None
-                                         else peak <= MEMORY_TARGET_MIB)
-                    parts.append('-' if peak is None else '%5.1f MiB %-3s' % (
-                        peak, 'yes' if r[f + '_rss_met'] else 'NO'))
+                                         else peak <= MEMORY_TARGET_MIB[f])
+                    parts.append('-' if peak is None else '%5.1f MiB %-4s' % (
+                        peak, 'pass' if r[f + '_rss_met'] else 'MISS'))
                 w('  %-28s %s\n' % (r['label'], '   '.join(parts)))
+        if self.rows:
+            parts = []
+            for f in ('dxf', 'inst'):
+                peaks = [x for r in self.rows for x in r[f + '_rss_kib']]
+                if not peaks:
+                    parts.append('-')
+                    continue
+                peak = max(peaks) / 1024.0
+                parts.append('%5.1f MiB %-4s' % (
+                    peak, 'pass' if peak <= MEMORY_TARGET_MIB[f] else 'MISS'))
+            w('peak RSS over every dxf command timed (any size), script / '
+              'inst:\n  %-28s %s\n' % ('', '   '.join(parts)))
+        if big:
             ncpu = os.cpu_count() or 1
             w('\nCPU seconds (medians) on the %s blob; the registry shares '
               'the %d cores,\nso (client + registry CPU) / %d is a floor on '
               'the wall time:\n' % (self.big_label, ncpu, ncpu))
-            w('  %-40s %8s %8s %8s %8s %10s\n' % (
-                'case', 'client', 'registry', 'floor s', 'wall s',
-                'floor/curl'))
+            lw = max(len('%s (%s)' % (r['label'], r['curl_label']))
+                     for r in big)
+            w('  %-*s %8s %8s %8s %8s %9s\n' % (
+                lw, 'case', 'client', 'registry', 'floor s', 'wall s',
+                'floor/ref'))
+            done = set()
             for r in big:
                 for f, what in (('dxf', 'script'), ('inst', 'inst'),
-                                ('curl', 'curl')):
-                    if not r[f + '_cpu'] or (f == 'curl' and r['case'] in (
-                            'push-existing', 'push-stdin')):
+                                ('curl', r['curl_label'])):
+                    key = (r['case'], r['samples'][f])
+                    if not r[f + '_cpu'] or key in done or (
+                            f == 'curl' and r['case'] in (
+                                'push-existing', 'push-stdin')):
                         continue
+                    done.add(key)
                     cpu, reg = med(r[f + '_cpu']), med(r[f + '_registry_cpu'])
                     floor = (cpu + reg) / ncpu
                     r[f + '_cpu_floor'] = floor
-                    w('  %-40s %8.2f %8.2f %8.2f %8.2f %10.2f\n' % (
-                        '%s (%s)' % (r['label'], what), cpu, reg, floor,
+                    w('  %-*s %8.2f %8.2f %8.2f %8.2f %9.2f\n' % (
+                        lw, '%s (%s)' % (r['label'], what), cpu, reg, floor,
                         med(r[f + '_seconds']), floor / r['curl_median']))
         startup = [r for r in self.rows if r['case'] == 'startup']
-        small = [r for r in self.rows if r['case'].startswith('small-')]
+        small = [r for r in self.rows if r['case'].startswith('small-')
+                 and r['samples']['curl'] == 'curl']
         if startup and small:
             base = startup[0]['curl_median']
             w('\npython3 -c pass alone (%.3f s) against the curl side of the '
