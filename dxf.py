@@ -1358,7 +1358,10 @@ def _proxy_for(proxies, scheme, host, port):
             return None
     if '://' not in url:
         url = 'http://' + url
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise DXFInputError('proxy %s is not a URL' % _printable(url)) from None
     if parts.scheme != 'http' or not parts.hostname:
         raise DXFInputError('unsupported proxy %s (http://host:port expected)'
                             % _printable(parts.scheme + '://' + (
@@ -1613,12 +1616,10 @@ class _Auth:
             params = bearer[0]
             realm = params.get('realm') or ''
             try:
-                usable = urllib.parse.urlsplit(realm).scheme in ('http', 'https')
-                usable = usable and bool(urllib.parse.urlsplit(realm).hostname)
-                _port(realm)
-            except (ValueError, DXFProtocolError):
-                usable = False
-            if not usable:
+                scheme, host, _ = _origin(realm)
+            except DXFProtocolError:
+                scheme = host = None
+            if scheme not in ('http', 'https') or not host:
                 raise DXFAuthError('registry sent a Bearer challenge without '
                                    'a usable realm')
             with self.lock:
@@ -2323,7 +2324,7 @@ class DXFBase:
             nxt = _parse_link_next(resp.header('Link'))
             if not nxt:
                 return
-            nxt = urllib.parse.urljoin(url, nxt)
+            nxt = _join(url, nxt)
             if _origin(nxt) != _origin(url):
                 raise DXFProtocolError('registry sent a next-page link to '
                                        'another host')
@@ -2705,7 +2706,7 @@ class DXF(DXFBase, _AliasMethods):
         if resp.status == 202 and not location:
             raise DXFProtocolError('POST %s: upload session without a Location'
                                    % _path(resp.url), method='POST', url=resp.url)
-        return resp, urllib.parse.urljoin(resp.url, location or '')
+        return resp, _join(resp.url, location or '')
 
     def _cancel_upload(self, location):
         try:
@@ -2907,8 +2908,7 @@ class DXF(DXFBase, _AliasMethods):
                         raise DXFProtocolError(
                             'GET %s: upload session claims bytes never sent'
                             % _path(location), method='GET', url=location)
-                location = urllib.parse.urljoin(
-                    location, resp.header('Location') or location)
+                location = _join(location, resp.header('Location') or location)
             if h is not None:
                 digest = 'sha256:' + h.hexdigest()
             elif checker is not None:
@@ -3015,7 +3015,7 @@ class DXF(DXFBase, _AliasMethods):
         if resp.status == 202:
             location = resp.header('Location')
             if location:
-                self._cancel_upload(urllib.parse.urljoin(resp.url, location))
+                self._cancel_upload(_join(resp.url, location))
             raise DXFMountFailed('registry did not mount %s from %s'
                                  % (digest, repo), repo, digest)
         echoed = resp.header('Docker-Content-Digest')

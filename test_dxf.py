@@ -3659,6 +3659,8 @@ class TestHostileAnswers:
                                    b'Content-Length: 0\r\n\r\n', 1),
         'link-bad-port': (b'HTTP/1.1 200 OK\r\nLink: <http://127.0.0.1:99999/v2/x?n=1>; '
                           b'rel="next"\r\nContent-Length: 12\r\n\r\n{"tags": []}', 1),
+        'link-bad-ipv6': (b'HTTP/1.1 200 OK\r\nLink: <http://[::1/v2/x?n=1>; '
+                          b'rel="next"\r\nContent-Length: 12\r\n\r\n{"tags": []}', 1),
         'realm-bad-ipv6': (b'HTTP/1.1 401 U\r\nWWW-Authenticate: Bearer '
                            b'realm="http://[::1/token"\r\nContent-Length: 0\r\n\r\n',
                            errno.EACCES),
@@ -3682,6 +3684,18 @@ class TestHostileAnswers:
         _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
         wire.script['GET /v2/wire/test/tags/list'] = _wire_reply(200, b'{"tags": ["a"]}')
         assert _ok(run_cli(['list-aliases', WIRE_REPO], wire_env())) == b'a\n'
+
+    @pytest.mark.parametrize('location', ['http://[::1/up', 'http://h:99999/up'])
+    def test_upload_location_that_is_no_url_is_one_line(self, wire, wire_env, run_cli,
+                                                        location):
+        wire.answer = {'POST ' + WIRE_UPLOADS: _wire_reply(202, b'', 'Location: ' + location)}
+        result = run_cli(['push-blob', WIRE_REPO, '-'], wire_env(), stdin=b'x')
+        _one_error(result, 1, 'bad')
+
+    def test_proxy_url_that_is_no_url_is_one_line(self, wire_env, run_cli):
+        result = run_cli(['list-aliases', WIRE_REPO],
+                         wire_env(DXF_HOST='registry.example', http_proxy='http://[::1'))
+        _one_error(result, errno.EINVAL, 'proxy')
 
     def test_proxy_url_with_a_bad_port_is_one_line(self, wire_env, run_cli):
         result = run_cli(['list-aliases', WIRE_REPO],
