@@ -1440,7 +1440,7 @@ class _Auth:
         self.challenge = None     # (realm, service) of the Bearer challenge
         self.creds = None         # Authorization for the token service, or ''
         self.refresh_token = None  # an identity token (OAuth2 refresh token)
-        self.local = threading.local()   # .scope, .extra: this operation's
+        self.local = threading.local()   # .scope, .extra, .refused: this operation's
 
     def check_secure(self, url, what):
         """Refuse to send credentials to ``url`` over plain http."""
@@ -1486,7 +1486,7 @@ class _Auth:
             # The realm is known and so are the credentials: fetch the token
             # now instead of waiting for the registry's 401.
             if self.challenge and self.creds is not None:
-                return 'Bearer ' + self.fetch_token(scope)
+                return 'Bearer ' + self.fetch_token(scope, refused='')
         return 'Bearer ' + self.token if self.token else None
 
     def _cached_token(self, scope):
@@ -1505,16 +1505,18 @@ class _Auth:
                     return token
         return None
 
-    def fetch_token(self, scope):
+    def fetch_token(self, scope, refused=None):
         """A token for ``scope`` from the token service.  One request at a
         time: threads that met a 401 together (parallel transfers, the
-        existence check beside an upload) take the token the first of them
-        fetched while they waited, instead of asking again."""
-        before = self.tokens.get(scope)
+        existence check beside an upload) take the token another fetched
+        meanwhile instead of asking again.  ``refused`` is the Authorization
+        the 401 answered ('' when none was sent): any fresh token but that
+        one is good; None asks the token service whatever is cached."""
         with self.fetching:
-            now = self.tokens.get(scope)
-            if now is not None and now is not before and now[1] > time.time():
-                return now[0]
+            if refused is not None:
+                cached = self._cached_token(scope)
+                if cached and 'Bearer ' + cached != refused:
+                    return cached
             return self._fetch_token(scope)
 
     def _fetch_token(self, scope):
@@ -1623,10 +1625,13 @@ class _Auth:
                 raise DXFAuthError('registry sent a Bearer challenge without '
                                    'a usable realm')
             with self.lock:
+                # New credentials never take a token fetched with the old.
+                refused = (getattr(self.local, 'refused', None)
+                           if self.creds == (creds or '') else None)
                 self.challenge = (realm, params.get('service'))
                 self.creds = creds or ''
-            return self.fetch_token(scope or params.get('scope')
-                                    or fallback), None
+            return self.fetch_token(scope or params.get('scope') or fallback,
+                                    refused), None
         if any(s == 'basic' for s, _ in challenges):
             if creds:
                 self.check_secure(self.base, 'registry')
@@ -2196,17 +2201,19 @@ class DXFBase:
         retry budget."""
         return _Needing(self._credentials.local, actions, self._transport)
 
-    def _handle_401(self, response, scope):
-        """Let the auth callback (or the stored credentials) answer a 401."""
+    def _handle_401(self, response, scope, sent):
+        """Let the auth callback (or the stored credentials) answer a 401
+        to a request that carried the Authorization ``sent`` (or None)."""
         auth = self._credentials
         auth.local.scope = scope
+        auth.local.refused = sent or ''
         try:
             if self._auth is not None:
                 self._auth(self, response)
             elif not auth.fixed_token:
                 self._login(auth.creds or None, None, response)
         finally:
-            auth.local.scope = None
+            auth.local.scope = auth.local.refused = None
 
     def authenticate(self, username=None, password=None, actions=None,
                      response=None, authorization=None, identity_token=None):
@@ -2288,7 +2295,7 @@ class DXFBase:
                                                  and not body.replayable):
                 break
             resp.read()
-            self._handle_401(resp, scope)
+            self._handle_401(resp, scope, authz)
             if self._credentials.header(url, scope) == authz:
                 break
             if body is not None:

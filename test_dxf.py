@@ -3849,6 +3849,46 @@ class TestAuth:
         scopes = [' '.join(r['scopes']) for r in token_server.requests]
         assert scopes == ['repository:%s:pull,push,delete' % repo]
 
+    def test_token_another_thread_fetched_while_a_401_was_on_its_way_is_taken(
+            self, closing, registries, token_server, repo):
+        # The race parallel transfers meet: a thread's first request goes out
+        # without a token, and before its 401 is answered another thread has
+        # fetched the token for the same scope.  The late 401 takes that
+        # token instead of asking the token service again.
+        reg = registries['token']
+        calls = []
+
+        def auth(dxf_obj, response):
+            calls.append(response.status)
+            other = threading.Thread(target=sibling.authenticate, args=(
+                reg.username, reg.password, ['pull', 'push']))
+            other.start()
+            other.join()
+            dxf_obj.authenticate(reg.username, reg.password, response=response)
+        base = closing(DXFBase(reg.host, auth, tlsverify=reg.tlsverify, timeout=10))
+        first = DXF.from_base(base, repo)
+        sibling = DXF.from_base(base, repo)
+        digest, data = _push(first, 5000, repo)
+        assert _pull(sibling, digest) == data
+        assert calls == [401]
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert scopes == ['repository:%s:pull,push' % repo]
+
+    def test_token_the_registry_refused_is_not_taken_again(
+            self, connect, registries, token_server, repo):
+        reg = registries['token']
+        d = connect('token', auth=_password_auth(reg.username, reg.password))
+        token_server.token_lifetime = -120    # expired, though expires_in says 300
+        with pytest.raises(dxf.DXFUnauthorizedError):
+            d.blob_size(DIGEST)
+        token_server.token_lifetime = None
+        # The refused token is still fresh by its expires_in: the next 401
+        # asks for a new one rather than taking it from the cache again.
+        with pytest.raises(dxf.DXFHTTPNotFoundError):
+            d.blob_size(DIGEST)
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert scopes == ['repository:%s:pull' % repo] * 2
+
     def test_from_base_reuses_base_token_and_challenge(
             self, closing, registries, token_server, repo):
         reg = registries['token']
