@@ -3569,12 +3569,16 @@ def _in_parallel(func, items, concurrency, transport=None):
 
 
 class _TarSink:
-    """Where tarfile writes: the bytes are hashed and passed on, and tarfile's
-    padding to a 10 KiB record after the end-of-archive marker is dropped
-    (``end``), as Go's tar writer has none and oras-go hashes up to it."""
+    """Where tarfile writes: the tar is hashed, compressed and passed on to
+    ``out``; tarfile's padding to a 10 KiB record after the end-of-archive
+    marker is dropped (``end``), as Go's tar writer has none and oras-go
+    hashes up to it.  zlib writes the gzip header itself, the same from
+    every Python: no name, no time (GzipFile's header changed in 3.7)."""
 
     def __init__(self, out):
+        import zlib
         self.out = out
+        self.zlib = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
         self.hash = _hash('sha256')
         self.size = 0
         self.end = None
@@ -3583,12 +3587,36 @@ class _TarSink:
         if self.end is not None:
             data = data[:max(0, self.end - self.size)]
         self.hash.update(data)
-        self.out.write(data)
+        self.out.write(self.zlib.compress(data))
         self.size += len(data)
         return len(data)
 
     def tell(self):
         return self.size
+
+    def close(self):
+        self.out.write(self.zlib.flush())
+
+
+def _tar_info():
+    """tarfile.TarInfo, except that before 3.9 the device numbers in the
+    header of an entry that is not a device were zeros: blank them as 3.9
+    and later do, so one directory makes one digest whatever the Python."""
+    import tarfile
+    if sys.version_info >= (3, 9):
+        return tarfile.TarInfo
+
+    class TarInfo(tarfile.TarInfo):
+        @staticmethod
+        def _create_header(info, format, encoding, errors):
+            buf = bytearray(tarfile.TarInfo._create_header(
+                info, format, encoding, errors))
+            if info.get('type') not in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+                buf[329:345] = bytes(16)
+                buf[148:156] = b'%06o\0 ' % (sum(buf[:148]) + 256
+                                             + sum(buf[156:512]))
+            return bytes(buf)
+    return TarInfo
 
 
 def _pack_directory(directory, name):
@@ -3597,25 +3625,24 @@ def _pack_directory(directory, name):
 
     Deterministic: entries sorted, owner 0 with no names, time 0, modes
     0755 or 0644 (0777 for symbolic links), gzip header without name or
-    time, so the same content makes the same bytes (with the same zlib).
+    time, so the same content makes the same bytes (with the same zlib)
+    on every Python.
     """
-    import gzip
     import stat
     import tarfile
     import tempfile
+    TarInfo = _tar_info()
     fd, path = tempfile.mkstemp(prefix='dxf-', suffix='.tar.gz')
     try:
-        with os.fdopen(fd, 'wb') as raw, gzip.GzipFile(
-                filename='', mode='wb', fileobj=raw, mtime=0,
-                compresslevel=_GZIP_LEVEL) as gz:
-            sink = _TarSink(gz)
+        with os.fdopen(fd, 'wb') as raw:
+            sink = _TarSink(raw)
             with tarfile.open(fileobj=sink, mode='w', format=tarfile.PAX_FORMAT,
-                              encoding='utf-8') as tar:
+                              encoding='utf-8', tarinfo=TarInfo) as tar:
                 stack = [(directory, name)]
                 while stack:
                     source, arcname = stack.pop()
                     st = os.lstat(source)
-                    info = tarfile.TarInfo(arcname)
+                    info = TarInfo(arcname)
                     info.mtime = info.uid = info.gid = 0
                     info.uname = info.gname = ''
                     info.mode = 0o755 if st.st_mode & 0o111 else 0o644
@@ -3640,6 +3667,7 @@ def _pack_directory(directory, name):
                                             'directory or symbolic link'
                                             % source)
                 sink.end = tar.offset + 2 * tarfile.BLOCKSIZE
+            sink.close()
     except BaseException as exc:
         os.unlink(path)
         if isinstance(exc, OSError):

@@ -90,6 +90,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 
 from collections.abc import Mapping
 
@@ -9127,6 +9128,24 @@ class TestDirectories:
                                        dict(env, DXF_DEBUG='1')))
         assert out == first
         assert [t[0] for t in trace] == ['HEAD']     # it is there: nothing sent
+
+    def test_same_directory_makes_the_same_tar_on_every_python(
+            self, cli_env, run_cli, repo, tmp_path):
+        # The matrix runs this on 3.6 ... 3.13 and each must make this tar
+        # (3.6-3.8's tarfile wrote zeros as the device numbers of files);
+        # the gzip header is zlib's, the same on every Python (GzipFile's
+        # changed in 3.7): a host's Python never makes a directory new again.
+        env = cli_env('open')
+        _make_tree(str(tmp_path / 'tree'))
+        digest = _ok(run_cli(['push-blob', repo, str(tmp_path / 'tree'), '@t'], env))
+        manifest = json.loads(_ok(run_cli(['get-manifest', repo, 't'], env)).decode())
+        annotations = manifest['layers'][0]['annotations']
+        assert annotations['io.deis.oras.content.digest'] == (
+            'sha256:c6890a237b5d30676106ff6743bfe7377fef8df52ada8b2e00cf26262123a3e3')
+        layer = _ok(run_cli(['pull-blob', repo, digest.decode().strip()], env))
+        assert layer[:10] == bytes.fromhex('1f8b0800000000000403')  # no name, time 0, Unix
+        assert _sha256(zlib.decompress(layer, 31)) == annotations[
+            'io.deis.oras.content.digest']      # the tar ends at its end marker
 
     def test_pull_output_dir_unpacks_directory_under_its_title(
             self, cli_env, run_cli, repo, tmp_path):
