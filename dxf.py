@@ -574,7 +574,7 @@ class _Body:
     """
     replayable = True
 
-    def __init__(self, data=b''):
+    def __init__(self, data):
         self.data = data
         self.length = len(data)
 
@@ -698,6 +698,10 @@ class _Clock(io.RawIOBase):
     """
 
     def __init__(self, sock, timeout):
+        # SocketIO (not recv_into) so the socket counts this user, as with
+        # socket.makefile: http.client closes the connection first when
+        # the answer says so, and the body is read after.
+        self._io = sock.makefile('rb', buffering=0)
         self.sock = sock
         self.timeout = timeout
         self.deadline = None
@@ -705,10 +709,6 @@ class _Clock(io.RawIOBase):
         self.leftover = 0
 
     def makefile(self, mode):
-        # SocketIO (not recv_into) so the socket counts this user, as with
-        # socket.makefile: http.client closes the connection first when
-        # the answer says so, and the body is read after.
-        self._io = self.sock.makefile('rb', buffering=0)
         # 64 KiB: blob reads of 1 MiB bypass the buffer (no copy); headers
         # and small answers take few system calls.
         return _ClockedFile(self, 64 << 10)
@@ -738,8 +738,7 @@ class _Clock(io.RawIOBase):
         return n
 
     def close(self):
-        if hasattr(self, '_io'):
-            self._io.close()
+        self._io.close()
         super().close()
 
 
@@ -891,16 +890,14 @@ class _Response:
 
     def _fail(self, exc):
         self.close()
-        late = self._clock is not None and self._clock.expired()
         raise _connection_error(self.method, self.url, exc,
-                                'connection broke while reading', late) from exc
+                                'connection broke while reading', self._clock) from exc
 
     def chunk(self, n, into=None):
         """Up to ``n`` body bytes (or into the buffer ``into``, returning the
         count); fewer only at the end.  Each call must finish within the
         timeout."""
-        if self._clock is not None:
-            self._clock.allow()
+        self._clock.allow()
         try:
             if into is not None:
                 return self.raw.readinto(into)
@@ -924,8 +921,7 @@ class _Response:
                                     % (self.method, _path(self.url), what, limit))
         if length is not None and length > limit:
             raise too_big()
-        if self._clock is not None:
-            self._clock.allow()
+        self._clock.allow()
         parts, got = [], 0
         try:
             while got <= limit:
@@ -951,26 +947,20 @@ class _Response:
         return data
 
     def release(self):
-        """Give the connection back if the answer ended cleanly and nothing
-        else is waiting on it; otherwise close it."""
+        """Give the connection back if the answer was read to its end and
+        nothing else is waiting on it; otherwise close it."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         if (self.raw.isclosed() and not self.raw.will_close
-                and not (self._clock and self._clock.leftover)
+                and not self._clock.leftover
                 and not _closed_by_server(conn)):
             self._transport._put(self._key, conn)
         else:
             self.raw.close()
             conn.close()
 
-    def close(self):
-        """Drop the response; the connection is closed unless fully read."""
-        if self._conn is not None and not self.raw.isclosed():
-            self.raw.close()
-            self._conn.close()
-            self._conn = None
-        self.release()
+    close = release     # dropping an answer not read to its end closes it
 
 
 def _exc_text(exc):
@@ -988,11 +978,12 @@ def _exc_text(exc):
     return _printable(text)
 
 
-def _connection_error(method, url, exc, what=None, late=False):
-    """The DXFConnectionError (or DXFProtocolError) for a low-level failure;
-    ``late``: the answer's time ran out (whatever the parser made of the
-    part that came)."""
+def _connection_error(method, url, exc, what=None, clock=None):
+    """The DXFConnectionError (or DXFProtocolError) for a low-level failure.
+    If the answer's ``clock`` ran out, it is a timeout, whatever the parser
+    made of the part that came."""
     import http.client
+    late = clock is not None and clock.expired()
     text = 'timed out' if late else _exc_text(exc)
     if what:
         text = '%s (%s)' % (what, text)
@@ -1196,8 +1187,7 @@ class _Transport:
                     if body is not None:
                         body.rewind()
                     continue
-                late = conn.clock is not None and conn.clock.expired()
-                raise _connection_error(method, url, exc, None, late) from exc
+                raise _connection_error(method, url, exc, None, conn.clock) from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
