@@ -462,9 +462,7 @@ def _is_loopback(host):
 
 def _parse_link_next(header):
     """The target of rel="next" in an RFC 8288 Link header, or None."""
-    if not header:
-        return None
-    for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header):
+    for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header or ''):
         for param in m.group(2).split(';'):
             name, _, value = param.strip().partition('=')
             if (name.strip().lower() == 'rel'
@@ -1014,7 +1012,6 @@ class _Transport:
                                        else proxies)
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
-        self.retry_time = _MAX_RETRY_TIME
         self.trace = None     # trace(line): one line per request (no headers)
         self._ssl_context = None
         self._pool = {}
@@ -1029,7 +1026,7 @@ class _Transport:
     def budget(self):
         """The budget of the operation in progress, or one for one request."""
         return (getattr(self.local, 'budget', None)
-                or _Budget(self.retries, self.retry_time))
+                or _Budget(self.retries, _MAX_RETRY_TIME))
 
     def _context(self):
         if self._ssl_context is None:
