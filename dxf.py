@@ -234,12 +234,12 @@ class DXFHTTPError(DXFError):
 class _ErrorResponse:
     """The answer behind a DXFHTTPError, shaped like a requests.Response."""
 
-    def __init__(self, status, reason='', url='', headers=None, content=b''):
+    def __init__(self, status, reason, url):
         self.status_code = status
         self.reason = reason
         self.url = url
-        self.headers = headers if headers is not None else {}
-        self.content = content
+        self.headers = {}
+        self.content = b''
 
     @property
     def text(self):
@@ -266,7 +266,6 @@ class DXFNotFoundError(DXFError):
 
 class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
     """A registry's 404: a DXFNotFoundError that carries the HTTP answer."""
-    exit_code = errno.ENOENT
 
 
 class DXFAuthError(DXFError):
@@ -463,9 +462,7 @@ def _is_loopback(host):
 
 def _parse_link_next(header):
     """The target of rel="next" in an RFC 8288 Link header, or None."""
-    if not header:
-        return None
-    for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header):
+    for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header or ''):
         for param in m.group(2).split(';'):
             name, _, value = param.strip().partition('=')
             if (name.strip().lower() == 'rel'
@@ -510,8 +507,7 @@ def _parse_www_authenticate(header):
             params[p.group(1).lower()] = value
             pos = p.end()
         if not params:   # token68 form (e.g. "Negotiate abc=="); skip it
-            m2 = re.compile(r'[^,]*').match(header, pos)
-            pos = m2.end()
+            pos = re.compile(r'[^,]*').match(header, pos).end()
         challenges.append((scheme, params))
     return challenges
 
@@ -576,7 +572,7 @@ class _Body:
     """
     replayable = True
 
-    def __init__(self, data=b''):
+    def __init__(self, data):
         self.data = data
         self.length = len(data)
 
@@ -681,7 +677,7 @@ class _Operation:
         local = self.transport.local
         self.outer = getattr(local, 'budget', None)
         if self.outer is None:
-            local.budget = self.budget or self.transport.new_budget()
+            local.budget = self.budget or self.transport.budget()
         return local.budget
 
     def __exit__(self, *exc):
@@ -689,7 +685,7 @@ class _Operation:
             self.transport.local.budget = None
 
 
-class _Clock:
+class _Clock(io.RawIOBase):
     """The socket reads of one answer, each limited to the time left before
     ``deadline`` (a monotonic time).
 
@@ -700,6 +696,10 @@ class _Clock:
     """
 
     def __init__(self, sock, timeout):
+        # SocketIO (not recv_into) so the socket counts this user, as with
+        # socket.makefile: http.client closes the connection first when
+        # the answer says so, and the body is read after.
+        self._io = sock.makefile('rb', buffering=0)
         self.sock = sock
         self.timeout = timeout
         self.deadline = None
@@ -709,7 +709,7 @@ class _Clock:
     def makefile(self, mode):
         # 64 KiB: blob reads of 1 MiB bypass the buffer (no copy); headers
         # and small answers take few system calls.
-        return _ClockedFile(_ClockedReader(self), 64 << 10)
+        return _ClockedFile(self, 64 << 10)
 
     def allow(self):
         """The next reads must be done within the timeout from now."""
@@ -718,32 +718,21 @@ class _Clock:
     def expired(self):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-
-class _ClockedReader(io.RawIOBase):
-
-    def __init__(self, clock):
-        # SocketIO (not recv_into) so the socket counts this user, as with
-        # socket.makefile: http.client closes the connection first when
-        # the answer says so, and the body is read after.
-        self._io = clock.sock.makefile('rb', buffering=0)
-        self.clock = clock
-
     def readable(self):
         return True
 
     def tell(self):
-        return self.clock.received
+        return self.received
 
     def readinto(self, b):
-        clock = self.clock
-        if clock.deadline is not None:
-            left = clock.deadline - time.monotonic()
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
             if left <= 0:
                 import socket
                 raise socket.timeout('timed out')
-            clock.sock.settimeout(min(left, clock.timeout))
+            self.sock.settimeout(min(left, self.timeout))
         n = self._io.readinto(b)
-        clock.received += n or 0
+        self.received += n or 0
         return n
 
     def close(self):
@@ -756,9 +745,9 @@ class _ClockedFile(io.BufferedReader):
     def close(self):
         if not self.closed:
             try:
-                self.raw.clock.leftover = self.raw.clock.received - self.tell()
+                self.raw.leftover = self.raw.received - self.tell()
             except (OSError, ValueError):
-                self.raw.clock.leftover = -1
+                self.raw.leftover = -1
         super().close()
 
 
@@ -817,9 +806,9 @@ def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
             conn.set_tunnel(host, port or default, proxy[2])
     else:
         conn = http.client.HTTPConnection(where[0], where[1], timeout=timeout)
-    conn.prefix = '%s://%s' % (scheme, _netloc(host, port)) if (
-        proxy and scheme == 'http') else ''
-    conn.extra = proxy[2] if proxy and scheme == 'http' else {}
+    plain_proxy = proxy and scheme == 'http'
+    conn.prefix = 'http://' + _netloc(host, port) if plain_proxy else ''
+    conn.extra = proxy[2] if plain_proxy else {}
     conn.host_header = _netloc(host, port)
     conn.clock = None
     answer = _answer_type()
@@ -897,23 +886,22 @@ class _Response:
             return None
         return int(value) if re.match(r'[0-9]{1,18}\Z', value) else None
 
-    def _fail(self, exc, what):
+    def _fail(self, exc):
         self.close()
-        late = self._clock is not None and self._clock.expired()
-        raise _connection_error(self.method, self.url, exc, what, late) from exc
+        raise _connection_error(self.method, self.url, exc,
+                                'connection broke while reading', self._clock) from exc
 
     def chunk(self, n, into=None):
         """Up to ``n`` body bytes (or into the buffer ``into``, returning the
         count); fewer only at the end.  Each call must finish within the
         timeout."""
-        if self._clock is not None:
-            self._clock.allow()
+        self._clock.allow()
         try:
             if into is not None:
                 return self.raw.readinto(into)
             return self.raw.read(n)
         except _transport_errors() as exc:
-            self._fail(exc, 'connection broke while reading')
+            self._fail(exc)
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
         """The whole body (for small answers), at most ``limit`` bytes, all
@@ -924,31 +912,27 @@ class _Response:
         length = self.length
         if self.method == 'HEAD' or self.status in (204, 304):
             length = 0
-        if length is not None and length > limit:
+
+        def too_big():
             self.close()
-            raise DXFProtocolError('%s %s: %s is larger than the %d-byte '
-                                   'limit' % (self.method, _path(self.url),
-                                              what, limit))
-        if self._clock is not None:
-            self._clock.allow()
+            return DXFProtocolError('%s %s: %s is larger than the %d-byte limit'
+                                    % (self.method, _path(self.url), what, limit))
+        if length is not None and length > limit:
+            raise too_big()
+        self._clock.allow()
         parts, got = [], 0
         try:
-            while True:
+            while got <= limit:
                 piece = self.raw.read(min(_CHUNK_SIZE, limit + 1 - got))
                 if not piece:
                     break
                 parts.append(piece)
                 got += len(piece)
-                if got > limit:
-                    break
         except _transport_errors() as exc:
-            self._fail(exc, 'connection broke while reading')
+            self._fail(exc)
         data = b''.join(parts)
         if len(data) > limit:
-            self.close()
-            raise DXFProtocolError('%s %s: %s is larger than the %d-byte '
-                                   'limit' % (self.method, _path(self.url),
-                                              what, limit))
+            raise too_big()
         if length is not None and len(data) != length:
             # Fewer bytes than announced: the connection broke, so this is
             # worth a retry.
@@ -961,26 +945,20 @@ class _Response:
         return data
 
     def release(self):
-        """Give the connection back if the answer ended cleanly and nothing
-        else is waiting on it; otherwise close it."""
+        """Give the connection back if the answer was read to its end and
+        nothing else is waiting on it; otherwise close it."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         if (self.raw.isclosed() and not self.raw.will_close
-                and not (self._clock and self._clock.leftover)
+                and not self._clock.leftover
                 and not _closed_by_server(conn)):
             self._transport._put(self._key, conn)
         else:
             self.raw.close()
             conn.close()
 
-    def close(self):
-        """Drop the response; the connection is closed unless fully read."""
-        if self._conn is not None and not self.raw.isclosed():
-            self.raw.close()
-            self._conn.close()
-            self._conn = None
-        self.release()
+    close = release     # dropping an answer not read to its end closes it
 
 
 def _exc_text(exc):
@@ -998,11 +976,12 @@ def _exc_text(exc):
     return _printable(text)
 
 
-def _connection_error(method, url, exc, what=None, late=False):
-    """The DXFConnectionError (or DXFProtocolError) for a low-level failure;
-    ``late``: the answer's time ran out (whatever the parser made of the
-    part that came)."""
+def _connection_error(method, url, exc, what=None, clock=None):
+    """The DXFConnectionError (or DXFProtocolError) for a low-level failure.
+    If the answer's ``clock`` ran out, it is a timeout, whatever the parser
+    made of the part that came."""
     import http.client
+    late = clock is not None and clock.expired()
     text = 'timed out' if late else _exc_text(exc)
     if what:
         text = '%s (%s)' % (what, text)
@@ -1033,7 +1012,6 @@ class _Transport:
                                        else proxies)
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
-        self.retry_time = _MAX_RETRY_TIME
         self.trace = None     # trace(line): one line per request (no headers)
         self._ssl_context = None
         self._pool = {}
@@ -1041,16 +1019,14 @@ class _Transport:
         self.lock = threading.Lock()     # for callers: one writer at a time
         self.local = threading.local()   # .budget: the operation's _Budget
 
-    def new_budget(self):
-        return _Budget(self.retries, self.retry_time)
-
     def operation(self, budget=None):
         """A context sharing one retry budget (see _Budget)."""
         return _Operation(self, budget)
 
     def budget(self):
         """The budget of the operation in progress, or one for one request."""
-        return getattr(self.local, 'budget', None) or self.new_budget()
+        return (getattr(self.local, 'budget', None)
+                or _Budget(self.retries, _MAX_RETRY_TIME))
 
     def _context(self):
         if self._ssl_context is None:
@@ -1171,11 +1147,9 @@ class _Transport:
             if body is not None:
                 body.rewind()
             url = new_url
-        error = DXFProtocolError('%s %s: more than %d redirects'
-                                 % (method, _path(url), _MAX_REDIRECTS),
-                                 method=method, url=url)
-        error.retryable = False
-        raise error
+        raise DXFProtocolError('%s %s: more than %d redirects'
+                               % (method, _path(url), _MAX_REDIRECTS),
+                               method=method, url=url)
 
     def _send(self, method, url, headers, body):
         parts = urllib.parse.urlsplit(url)
@@ -1210,8 +1184,7 @@ class _Transport:
                     if body is not None:
                         body.rewind()
                     continue
-                late = conn.clock is not None and conn.clock.expired()
-                raise _connection_error(method, url, exc, None, late) from exc
+                raise _connection_error(method, url, exc, None, conn.clock) from exc
             return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
@@ -1237,11 +1210,9 @@ class _Transport:
         except ValueError as exc:
             # http.client refuses a target with spaces or control characters
             # (from a Location or DXF_AUTH_HOST): never send it.
-            error = DXFProtocolError('%s %s: refusing to send it (%s)' % (
+            raise DXFProtocolError('%s %s: refusing to send it (%s)' % (
                 method, _printable(target, 200), _printable(str(exc), 100)),
-                method=method)
-            error.retryable = False
-            raise error from None
+                method=method) from None
         for name, value in fields.items():
             value = str(value)
             try:
