@@ -1321,8 +1321,13 @@ def _proxy_for(proxies, scheme, host, port):
     for entry in proxies.get('no', ()):
         if entry == '*':
             return None
-        name, _, entry_port = entry.partition(':') if not entry.startswith(
-            '[') else (entry, '', '')
+        if entry.startswith('['):        # [::1] or [::1]:5000
+            name, _, entry_port = entry[1:].partition(']')
+            entry_port = entry_port[1:]
+        elif entry.count(':') > 1:       # ::1, an IPv6 address alone
+            name, entry_port = entry, ''
+        else:
+            name, _, entry_port = entry.partition(':')
         name = name.lstrip('.')
         if ((host == name or host.endswith('.' + name))
                 and (not entry_port or entry_port == str(port or ''))):

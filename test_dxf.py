@@ -6045,6 +6045,17 @@ class TestProxies:
         _push_pull(run_cli, env, repo, 'no-proxy-other')
         assert forward_proxy.requests
 
+    @pytest.mark.parametrize('entry, bypassed', [
+        ('::1', True), ('[::1]', True), ('[::1]:5000', True), ('[::1]:5001', False),
+        ('::2', False), ('[::2]', False)])
+    def test_no_proxy_ipv6_entries_match_the_address(self, entry, bypassed):
+        # Registries are reached on 127.0.0.1 only: the address is matched,
+        # not connected to.  curl accepts IPv6 entries bare or in brackets.
+        proxies = dxf._proxy_settings({'https_proxy': 'http://proxy.invalid:3128',
+                                       'no_proxy': 'example.com, ' + entry})
+        found = dxf._proxy_for(proxies, 'https', '::1', 5000)
+        assert (found is None) == bypassed, found
+
     def test_lower_case_wins_over_upper_case(self, cli_env, run_cli, repo, make_proxy):
         lower, upper = make_proxy(), make_proxy()
         env = _proxied(cli_env('open'), http_proxy=lower.url, HTTP_PROXY=upper.url)
