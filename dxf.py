@@ -1107,12 +1107,11 @@ class _Transport:
                     return resp
                 delay = _retry_after(resp.header('Retry-After'))
                 failure = resp
+                resp.read()        # drain, so the connection is reused
             except DXFConnectionError as exc:
                 if not exc.retryable:
                     raise
                 delay, failure = None, exc
-            if isinstance(failure, _Response):
-                failure.read()     # drain, so the connection is reused
             if (body is not None and not body.replayable) or not budget.spend(
                     delay, attempt):
                 if isinstance(failure, Exception):

@@ -6678,6 +6678,17 @@ class TestFaults:
         first, second = proxy.seen('GET', BLOB_GET)
         assert second.time - first.time >= 0.9
 
+    def test_503_whose_body_is_cut_short_is_retried(self, proxy, faults, fault_env, run_cli,
+                                                    upstream):
+        # The connection breaks while the 503's body is read to reuse it:
+        # that is one more network failure to retry, not the command's end.
+        data = _blob(1000, '503-cut')
+        digest = upstream.push_blob(data=data)
+        faults.add('GET', BLOB_GET, 'status', status=503, body=b'{"errors": [',
+                   headers={'Content-Length': '1000', 'Connection': 'close'})
+        assert _ok(run_cli(['pull-blob', upstream.repo, digest], fault_env())) == data
+        assert len(proxy.seen('GET', BLOB_GET)) == 2
+
     # ---- 3. persistent errors give up after DXF_RETRIES -----------------------
 
     def test_503_every_time_gives_up_after_retries_cli(self, proxy, faults, fault_env, run_cli,
