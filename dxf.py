@@ -2023,10 +2023,6 @@ def _manifest_layers(m):
     return [_check_descriptor(d) for d in layers]
 
 
-def _manifest_config(m):
-    return _check_descriptor(m.get('config'))[0]
-
-
 def _platform_name(platform):
     if not isinstance(platform, dict):
         return None
@@ -2470,13 +2466,11 @@ class _AliasMethods:
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
-        (``_EMPTY_DIGEST``); return the layer descriptor."""
-        with self._needing('push'):      # in this thread too
-            if job == _EMPTY_DIGEST:
-                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-            return self._push_one(job[0], progress)
-
-    def _push_one(self, item, progress):
+        (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
+        digest)."""
+        if job == _EMPTY_DIGEST:
+            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+        item = job[0]
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress)
@@ -2529,7 +2523,7 @@ class _AliasMethods:
             layers = _manifest_layers(m)
             if layers:
                 return layers[0][0]
-        return _manifest_config(m)
+        return _check_descriptor(m.get('config'))[0]
 
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
@@ -2866,16 +2860,16 @@ class DXF(DXFBase, _AliasMethods):
             minimum = 0
         chunk_size = max(chunk_size, minimum)
         h = None if digest or checker else _hash('sha256')
-        state = {'pos': 0, 'hashed': 0}
+        pos = hashed = 0      # where the body being sent is; how far h got
 
         def on_data(view):
+            nonlocal pos, hashed
             if checker is not None and checker.found():
                 raise _AlreadyThere()
-            pos, hashed = state['pos'], state['hashed']
             if h is not None and pos + len(view) > hashed:
                 h.update(view[hashed - pos:])
-                state['hashed'] = pos + len(view)
-            state['pos'] = pos + len(view)
+                hashed = pos + len(view)
+            pos += len(view)
             if progress:
                 progress(digest, bytes(view), size)
         offset, budget = 0, self._transport.budget()
@@ -2883,7 +2877,7 @@ class DXF(DXFBase, _AliasMethods):
             while offset < size:
                 n = min(chunk_size, size - offset)
                 f.seek(offset)
-                state['pos'] = offset
+                pos = offset
                 try:
                     resp = self._request(
                         'PATCH', location, scope, body=_FileBody(f, n, on_data),
@@ -2898,7 +2892,7 @@ class DXF(DXFBase, _AliasMethods):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
-                    if offset > state['hashed'] and h is not None:
+                    if offset > hashed and h is not None:
                         raise DXFProtocolError(
                             'GET %s: upload session claims bytes never sent'
                             % _path(location), method='GET', url=location)
