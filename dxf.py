@@ -1527,8 +1527,7 @@ class _Auth:
         query = urllib.parse.parse_qsl(parts.query)
         if service:
             query.append(('service', service))
-        for one in (scope or '').split():
-            query.append(('scope', one))
+        query += [('scope', one) for one in (scope or '').split()]
         url = urllib.parse.urlunsplit(
             parts._replace(query=urllib.parse.urlencode(query)))
         resp = None
@@ -2453,9 +2452,8 @@ class _AliasMethods:
             jobs = ([_EMPTY_DIGEST] if config else []) + [
                 (item,) for item in items]
             layers = _in_parallel(lambda job: self._push_item(job, progress),
-                                  jobs, concurrency,
-                                  getattr(self, '_transport', None))[
-                                      1 if config else 0:]
+                                  jobs, concurrency, getattr(self, '_transport', None))
+            layers = layers[1:] if config else layers
             if alias is not None:
                 for layer in layers:
                     if layer['size'] is None:
@@ -2603,9 +2601,7 @@ class _ExistenceCheck:
         self._exists = False
         self._error = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(dxf, path),
-                                        daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, args=(dxf, path), daemon=True).start()
 
     def _run(self, dxf, path):
         try:
