@@ -1843,10 +1843,8 @@ class BlobReader:
         the count), resuming the download if it breaks."""
         while True:
             try:
-                if into is None:
-                    data = self._raw(want)
-                else:
-                    data = self._resp.chunk(want, into)
+                data = (self._raw(want) if into is None
+                        else self._resp.chunk(want, into))
             except DXFConnectionError:
                 self._resp.close()
                 if not self._may_resume():
@@ -2705,10 +2703,9 @@ class DXF(DXFBase, _AliasMethods):
             pass   # best effort: the registry expires sessions anyway
 
     def _finish_upload(self, location, digest, body=None):
-        url = _add_query(location, digest=digest)
-        headers = {'Content-Type': 'application/octet-stream'}
-        resp = self._request('PUT', url, self._scope(['pull', 'push']),
-                             headers=headers, body=body, ok=(201,))
+        resp = self._request('PUT', _add_query(location, digest=digest),
+                             self._scope(['pull', 'push']), body=body, ok=(201,),
+                             headers={'Content-Type': 'application/octet-stream'})
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
