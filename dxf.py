@@ -1502,8 +1502,7 @@ class _Auth:
         query = urllib.parse.parse_qsl(parts.query)
         if service:
             query.append(('service', service))
-        for one in (scope or '').split():
-            query.append(('scope', one))
+        query += [('scope', one) for one in (scope or '').split()]
         url = urllib.parse.urlunsplit(
             parts._replace(query=urllib.parse.urlencode(query)))
         resp = None
@@ -1819,10 +1818,8 @@ class BlobReader:
         the count), resuming the download if it breaks."""
         while True:
             try:
-                if into is None:
-                    data = self._raw(want)
-                else:
-                    data = self._resp.chunk(want, into)
+                data = (self._raw(want) if into is None
+                        else self._resp.chunk(want, into))
             except DXFConnectionError:
                 self._resp.close()
                 if not self._may_resume():
@@ -1864,14 +1861,11 @@ class BlobReader:
                 view = memoryview(buf)[:min(len(buf), self.size - self._done)]
                 n = self._read_resuming(len(view), view, hasher.drain)
                 self._done += n
-                if self._done < self.size:
-                    _write_all(out, view[:n])
-                    hasher.put(buf, n)
-                else:
-                    hasher.put(buf, n)
+                hasher.put(buf, n)
+                if self._done >= self.size:    # the last piece: verify first
                     hasher.drain()
                     self._verify()
-                    _write_all(out, view[:n])
+                _write_all(out, view[:n])
                 if self._progress:
                     self._progress(self.digest, bytes(view[:n]), self.size)
                 if self._done >= self.size:
@@ -2001,10 +1995,6 @@ def _manifest_layers(m):
     return [_check_descriptor(d) for d in layers]
 
 
-def _manifest_config(m):
-    return _check_descriptor(m.get('config'))[0]
-
-
 def _platform_name(platform):
     if not isinstance(platform, dict):
         return None
@@ -2120,22 +2110,19 @@ class DXFBase:
         self._base = '%s://%s/v2/' % ('http' if insecure else 'https', host)
         self._auth = auth
         self._tlsverify = tlsverify    # as given (python-dxf code reads it)
-        if tlsverify is True and _ca_bundle_variable(os.environ):
-            tlsverify = _ca_bundle_variable(os.environ)[1]
+        bundle = _ca_bundle_variable(os.environ) if tlsverify is True else None
+        if bundle:
+            tlsverify = bundle[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
         self._credentials = _Auth(self._transport, self._base, auth_host,
-                           allow_insecure_auth)
+                                  allow_insecure_auth)
         self._repo = None
 
     def _share(self, base):
         """Use ``base``'s registry, connections, credentials and tokens."""
-        self._host = base._host
-        self._insecure = base._insecure
-        self._base = base._base
-        self._auth = base._auth
-        self._tlsverify = base._tlsverify
-        self._transport = base._transport
-        self._credentials = base._credentials
+        for name in ('_host', '_insecure', '_base', '_auth', '_tlsverify',
+                     '_transport', '_credentials'):
+            setattr(self, name, getattr(base, name))
         self._repo = None
 
     def __enter__(self):
@@ -2386,12 +2373,14 @@ class _AliasMethods:
         layers = []
         for digest, name in zip(digests, names):
             split_digest(digest)
-            size = self._sizes.get(digest)
-            if size is None:
-                size = self.blob_size(digest)
-            layers.append(_descriptor(_LAYER_TYPE, digest, size, {
+            layers.append(_descriptor(_LAYER_TYPE, digest, self._layer_size(digest), {
                 _TITLE_ANNOTATION: name} if name else None))
         return _alias_manifest(layers).decode('utf-8')
+
+    def _layer_size(self, digest):
+        """A blob's size as pushed or asked for before, else asked for now."""
+        size = self._sizes.get(digest)
+        return self.blob_size(digest) if size is None else size
 
     def set_alias(self, alias, *digests, names=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
@@ -2436,28 +2425,23 @@ class _AliasMethods:
             jobs = ([_EMPTY_DIGEST] if config else []) + [
                 (item,) for item in items]
             layers = _in_parallel(lambda job: self._push_item(job, progress),
-                                  jobs, concurrency,
-                                  getattr(self, '_transport', None))[
-                                      1 if config else 0:]
+                                  jobs, concurrency, getattr(self, '_transport', None))
+            layers = layers[1:] if config else layers
             if alias is not None:
                 for layer in layers:
                     if layer['size'] is None:
-                        layer['size'] = self._sizes.get(layer['digest'])
-                    if layer['size'] is None:
-                        layer['size'] = self.blob_size(layer['digest'])
+                        layer['size'] = self._layer_size(layer['digest'])
                 self._set_alias_manifest(alias, _alias_manifest(layers).decode(
                     'utf-8'))
         return [layer['digest'] for layer in layers]
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
-        (``_EMPTY_DIGEST``); return the layer descriptor."""
-        with self._needing('push'):      # in this thread too
-            if job == _EMPTY_DIGEST:
-                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-            return self._push_one(job[0], progress)
-
-    def _push_one(self, item, progress):
+        (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
+        digest)."""
+        if job == _EMPTY_DIGEST:
+            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+        item = job[0]
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress)
@@ -2510,7 +2494,7 @@ class _AliasMethods:
             layers = _manifest_layers(m)
             if layers:
                 return layers[0][0]
-        return _manifest_config(m)
+        return _check_descriptor(m.get('config'))[0]
 
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
@@ -2549,10 +2533,9 @@ class _AliasMethods:
                 self._copy_manifest(child, child_type, target, concurrency)
                 target.set_manifest(digest, child)
             return
-        descriptors = [m.get('config')] if m.get('config') else []
+        config = [_check_descriptor(m['config'])] if m.get('config') else []
         blobs = []
-        for digest, _ in [_check_descriptor(d) for d in descriptors] + (
-                _manifest_layers(m)):
+        for digest, _ in config + _manifest_layers(m):
             if digest not in blobs:
                 blobs.append(digest)
 
@@ -2591,9 +2574,7 @@ class _ExistenceCheck:
         self._exists = False
         self._error = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(dxf, path),
-                                        daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, args=(dxf, path), daemon=True).start()
 
     def _run(self, dxf, path):
         try:
@@ -2680,10 +2661,9 @@ class DXF(DXFBase, _AliasMethods):
                 message='blob %s not found in %s' % (digest, self._repo))
         return size
 
-    def _start_upload(self, query=''):
-        scope = self._scope(['pull', 'push'])
-        resp = self._request('POST', self._url('blobs', 'uploads/') + query,
-                             scope, ok=(201, 202))
+    def _start_upload(self):
+        resp = self._request('POST', self._url('blobs', 'uploads/'),
+                             self._scope(['pull', 'push']), ok=(201, 202))
         location = resp.header('Location')
         if resp.status == 202 and not location:
             raise DXFProtocolError('POST %s: upload session without a Location'
@@ -2698,10 +2678,9 @@ class DXF(DXFBase, _AliasMethods):
             pass   # best effort: the registry expires sessions anyway
 
     def _finish_upload(self, location, digest, body=None):
-        url = _add_query(location, digest=digest)
-        headers = {'Content-Type': 'application/octet-stream'}
-        resp = self._request('PUT', url, self._scope(['pull', 'push']),
-                             headers=headers, body=body, ok=(201,))
+        resp = self._request('PUT', _add_query(location, digest=digest),
+                             self._scope(['pull', 'push']), body=body, ok=(201,),
+                             headers={'Content-Type': 'application/octet-stream'})
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
@@ -2725,24 +2704,19 @@ class DXF(DXFBase, _AliasMethods):
             resumable after a failure (default: 256 MiB chunks for files
             of 512 MiB and more, else one request)
         """
-        if data is not None:
-            progress = _data_progress(progress)
-        with self._needing('push'):     # one token for HEAD and upload
-            return self._push_blob(filename, progress, data, digest,
-                                   check_exists, chunk_size)
-
-    def _push_blob(self, filename, progress, data, digest, check_exists,
-                   chunk_size):
         if (filename is None) == (data is None):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None:
             split_digest(digest)
-        if filename is None:
-            return self._upload(None, data, progress, digest, check_exists,
-                                chunk_size)
-        with _open_input(filename) as f:
-            return self._upload(f, None, progress, digest, check_exists,
-                                chunk_size)
+        if data is not None:
+            progress = _data_progress(progress)
+        with self._needing('push'):     # one token for HEAD and upload
+            if filename is None:
+                return self._upload(None, data, progress, digest, check_exists,
+                                    chunk_size)
+            with _open_input(filename) as f:
+                return self._upload(f, None, progress, digest, check_exists,
+                                    chunk_size)
 
     def _upload(self, f, data, progress, digest, check_exists, chunk_size):
         """The one upload engine: pick how the bytes go up once, then send
@@ -2759,7 +2733,7 @@ class DXF(DXFBase, _AliasMethods):
         """
         import stat
         size = checker = chunks = None
-        if data is not None and isinstance(data, (bytes, bytearray, memoryview)):
+        if isinstance(data, (bytes, bytearray, memoryview)):
             data = bytes(data)
             size = len(data)
             got = hash_bytes(data) if digest is None else _hash_as(digest, data)
@@ -2808,11 +2782,11 @@ class DXF(DXFBase, _AliasMethods):
                     self._finish_upload(location, digest, data)
                     if progress:
                         progress(digest, data, size)
-                    return digest
-                f.seek(0)
-                self._finish_upload(location, digest, _FileBody(
-                    f, size, progress and (lambda view: progress(
-                        digest, bytes(view), size))))
+                else:
+                    f.seek(0)
+                    self._finish_upload(location, digest, _FileBody(
+                        f, size, progress and (lambda view: progress(
+                            digest, bytes(view), size))))
                 return digest
             except BaseException:
                 self._cancel_upload(location)
@@ -2854,16 +2828,16 @@ class DXF(DXFBase, _AliasMethods):
             minimum = 0
         chunk_size = max(chunk_size, minimum)
         h = None if digest or checker else _hash('sha256')
-        state = {'pos': 0, 'hashed': 0}
+        pos = hashed = 0      # where the body being sent is; how far h got
 
         def on_data(view):
+            nonlocal pos, hashed
             if checker is not None and checker.found():
                 raise _AlreadyThere()
-            pos, hashed = state['pos'], state['hashed']
             if h is not None and pos + len(view) > hashed:
                 h.update(view[hashed - pos:])
-                state['hashed'] = pos + len(view)
-            state['pos'] = pos + len(view)
+                hashed = pos + len(view)
+            pos += len(view)
             if progress:
                 progress(digest, bytes(view), size)
         offset, budget = 0, self._transport.budget()
@@ -2871,7 +2845,7 @@ class DXF(DXFBase, _AliasMethods):
             while offset < size:
                 n = min(chunk_size, size - offset)
                 f.seek(offset)
-                state['pos'] = offset
+                pos = offset
                 try:
                     resp = self._request(
                         'PATCH', location, scope, body=_FileBody(f, n, on_data),
@@ -2886,7 +2860,7 @@ class DXF(DXFBase, _AliasMethods):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
-                    if offset > state['hashed'] and h is not None:
+                    if offset > hashed and h is not None:
                         raise DXFProtocolError(
                             'GET %s: upload session claims bytes never sent'
                             % _path(location), method='GET', url=location)
@@ -3022,16 +2996,15 @@ class DXF(DXFBase, _AliasMethods):
         data = resp.body
         content_type = resp.header('Content-Type', '')
         echoed = resp.header('Docker-Content-Digest')
-        digest = None
-        for claimed in (ref if ':' in ref else None, echoed):
-            if claimed and method == 'GET':
+        if method != 'GET':         # no body to hash: None if not echoed
+            return data, content_type, echoed
+        by_ref = ref if ':' in ref else None
+        for claimed in (by_ref, echoed):
+            if claimed:
                 got = _hash_as(claimed, data)
                 if got != claimed:
                     raise DXFDigestMismatchError(got, claimed)
-                digest = digest or claimed
-        if method != 'GET':         # no body to hash: None if not echoed
-            return data, content_type, digest or echoed
-        return data, content_type, digest or echoed or hash_bytes(data)
+        return data, content_type, by_ref or echoed or hash_bytes(data)
 
     def get_manifest_digest(self, alias):
         """Return the digest of an alias's manifest (a HEAD request; a GET,
