@@ -3341,25 +3341,24 @@ class OCILayout(_AliasMethods):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None and check_exists and self._blob_head(digest) is not None:
             return digest
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = [bytes(data)]
         algorithm = split_digest(digest)[0] if digest else 'sha256'
         source = _open_input(filename) if filename is not None else None
-        total = None
-        if source is not None:
-            import stat
-            st = os.fstat(source.fileno())
-            total = st.st_size if stat.S_ISREG(st.st_mode) else None
-        else:
-            progress = _data_progress(progress)
-        self._init()
-        directory = os.path.join(self.path, 'blobs', algorithm)
-        os.makedirs(directory, exist_ok=True)
-        h = _hash(algorithm)
-        chunks = (iter(lambda: source.read(_CHUNK_SIZE), b'') if source
-                  else iter(data))
-        tmp = _AtomicFile(os.path.join(directory, 'upload'))
         try:
+            total = None
+            if source is None:
+                progress = _data_progress(progress)
+                chunks = ([bytes(data)] if isinstance(
+                    data, (bytes, bytearray, memoryview)) else data)
+            else:
+                import stat
+                st = os.fstat(source.fileno())
+                total = st.st_size if stat.S_ISREG(st.st_mode) else None
+                chunks = iter(lambda: source.read(_CHUNK_SIZE), b'')
+            self._init()
+            directory = os.path.join(self.path, 'blobs', algorithm)
+            os.makedirs(directory, exist_ok=True)
+            h = _hash(algorithm)
+            tmp = _AtomicFile(os.path.join(directory, 'upload'))
             with tmp as f:
                 if progress:
                     progress(digest, b'', total)
@@ -3417,24 +3416,25 @@ class OCILayout(_AliasMethods):
         index.setdefault('manifests', [])
         return index
 
-    def _update_index(self, change):
-        """Apply ``change(index)`` to index.json under a lock, atomically."""
+    def _update_index(self, alias, entry=None):
+        """Drop ``alias``'s entries from index.json and append ``entry``,
+        under a lock, atomically."""
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            change(index)
+            index['manifests'] = [e for e in index['manifests']
+                                  if _ref_name(e) != alias]
+            if entry is not None:
+                index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
                              json.dumps(index, sort_keys=True).encode('utf-8'))
-
-    def _find(self, index, alias):
-        return [m for m in index['manifests'] if _ref_name(m) == alias]
 
     def _get_manifest(self, ref):
         _check_ref(ref)
         digest = ref
         media = None
         if ':' not in ref:
-            found = self._find(self._index(), ref)
+            found = [m for m in self._index()['manifests'] if _ref_name(m) == ref]
             if not found:
                 raise self._not_found('alias %s' % ref)
             digest, _ = _check_descriptor(found[-1])
@@ -3459,12 +3459,7 @@ class OCILayout(_AliasMethods):
                             {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
             entry['artifactType'] = m['artifactType']
-
-        def change(index):
-            index['manifests'] = [e for e in index['manifests']
-                                  if e not in self._find(index, alias)]
-            index['manifests'].append(entry)
-        self._update_index(change)
+        self._update_index(alias, entry)
         return digest
 
     def _set_alias_manifest(self, alias, manifest):
@@ -3475,8 +3470,7 @@ class OCILayout(_AliasMethods):
         """Remove an alias; return the digests of the blobs it named."""
         _check_alias(alias)
         named = self._named_by(alias)
-        self._update_index(lambda index: index.update(manifests=[
-            e for e in index['manifests'] if e not in self._find(index, alias)]))
+        self._update_index(alias)
         return named
 
     def list_aliases(self, batch_size=None, iterate=False):
@@ -3649,6 +3643,14 @@ def _pack_directory(directory, name):
     return path, 'sha256:' + sink.hash.hexdigest()
 
 
+def _lstat(path):
+    """os.lstat, or None when nothing is at ``path``."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
 class _HashingReader:
     """Hashes what is read from ``f``; remembers the hash before each of
     the last few reads, to give the digest of any recent prefix."""
@@ -3713,20 +3715,17 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
         path = tree
         for part in parts[:-1]:
             path = os.path.join(path, part)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
+            st = _lstat(path)
+            if st is None:
                 os.mkdir(path, 0o755)
-                continue
-            if not stat.S_ISDIR(st.st_mode):
+            elif not stat.S_ISDIR(st.st_mode):
                 raise unsafe(member, 'goes through a symbolic link or file')
         return os.path.join(path, parts[-1])
 
     def clear(member, path):
         """Remove what is at ``path`` (not a directory) to replace it."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        st = _lstat(path)
+        if st is None:
             return None
         if stat.S_ISDIR(st.st_mode):
             if member.isdir():
@@ -3773,10 +3772,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                     if not linked:
                         raise unsafe(member, 'is a hard link to a directory')
                     source = parent_of(member, linked)
-                    try:
-                        st = os.lstat(source)
-                    except FileNotFoundError:
-                        st = None
+                    st = _lstat(source)
                     if st is None or not stat.S_ISREG(st.st_mode):
                         raise unsafe(member, 'is a hard link to no file '
                                      'unpacked before it')
@@ -4319,10 +4315,7 @@ def _pull_directory(dxf, desc, path, settings):
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
             _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
+        st = _lstat(path)
         if st is not None and os.path.isdir(path) and not os.path.islink(path):
             os.rename(path, os.path.join(work, 'old'))
         elif st is not None:
