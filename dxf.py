@@ -3760,8 +3760,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                             out.write(chunk)
                 elif member.issym():
                     target = member.linkname
-                    up = os.path.normpath(os.path.join(*parts[:-1] + [target])
-                                          if parts[:-1] else target)
+                    up = os.path.normpath(os.path.join(*parts[:-1], target))
                     if (target.startswith('/') or up == '..'
                             or up.startswith('../') or '\0' in target):
                         raise unsafe(member, 'links out of the directory')
@@ -3967,18 +3966,14 @@ class _Settings:
         s.authorization = environ.get('DXF_AUTHORIZATION') or None
         s.token = environ.get('DXF_TOKEN') or None
         s.auth_host = environ.get('DXF_AUTH_HOST') or None
-        s.tlsverify = True
-        if _env_flag(environ, 'DXF_SKIPTLSVERIFY'):
-            s.tlsverify = False
-        elif environ.get('DXF_TLSVERIFY'):
-            s.tlsverify = environ['DXF_TLSVERIFY']
-            if not os.path.isfile(s.tlsverify):
-                raise _UsageError('DXF_TLSVERIFY: no such file: %s'
-                                  % s.tlsverify)
-        elif _ca_bundle_variable(environ):
-            name, s.tlsverify = _ca_bundle_variable(environ)
-            if not os.path.isfile(s.tlsverify):
-                raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
+        s.tlsverify = not _env_flag(environ, 'DXF_SKIPTLSVERIFY')
+        if s.tlsverify:
+            bundle = (('DXF_TLSVERIFY', environ['DXF_TLSVERIFY'])
+                      if environ.get('DXF_TLSVERIFY') else _ca_bundle_variable(environ))
+            if bundle:
+                name, s.tlsverify = bundle
+                if not os.path.isfile(s.tlsverify):
+                    raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -4008,21 +4003,17 @@ class _Settings:
             if repo is None:
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
-        explicit = (self.username, self.password, self.authorization)
-        environ = self.environ
-
         def auth(dxf, response):
-            username, password, authorization = explicit
-            identity = None
-            if not any(explicit):
+            username, password, identity = self.username, self.password, None
+            if not (username or password or self.authorization):
                 # docker login's credentials, looked up only when needed
-                found = _docker_config_credentials(dxf._host, environ)
+                found = _docker_config_credentials(dxf._host, self.environ)
                 if found and found[0] == '<token>':
                     identity = found[1]
                 elif found:
                     username, password = found
             dxf.authenticate(username, password, response=response,
-                             authorization=authorization,
+                             authorization=self.authorization,
                              identity_token=identity)
         # DXF_TOKEN comes from DXF_HOST's token service: never show it to
         # another registry (copy-alias to HOST/REPO).
@@ -4143,30 +4134,22 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
-def _resolve_refs(dxf, refs, settings, stdin, descriptors=False):
-    """Expand digests and @aliases (or a manifest on stdin) into blobs.
-
-    Returns ``[(digest, size or None, title or None)]`` in order (with
-    ``descriptors``, the layer descriptors themselves).
-    """
-    def blobs_of(alias=None, manifest=None):
-        found = dxf.get_descriptors(alias, manifest, platform=settings.platform)
-        return found if descriptors else [
-            (d['digest'], d['size'],
-             (d.get('annotations') or {}).get(_TITLE_ANNOTATION))
-            for d in found]
+def _resolve_refs(dxf, refs, settings, stdin):
+    """Expand digests and @aliases (or a manifest on stdin) into the layer
+    descriptors they name, in order (a digest: ``{'digest': digest}``)."""
     if not refs:
         manifest = stdin.read(_MAX_MANIFEST + 1)
         if len(manifest) > _MAX_MANIFEST:
             raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return blobs_of(manifest=manifest)
+        return dxf.get_descriptors(manifest=manifest, platform=settings.platform)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
-            blobs.extend(blobs_of(_alias_arg(ref)))
+            blobs.extend(dxf.get_descriptors(_alias_arg(ref),
+                                             platform=settings.platform))
         else:
             split_digest(ref)
-            blobs.append({'digest': ref} if descriptors else (ref, None, None))
+            blobs.append({'digest': ref})
     return blobs
 
 
@@ -4204,13 +4187,12 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
         return _push_many(dxf, files, alias, settings, out, stdin)
-    args.file = files[0]
     progress = settings.progress_printer
-    if args.file == '-':
+    if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
                                progress=progress)
     else:
-        digest = dxf.push_blob(args.file, progress=progress)
+        digest = dxf.push_blob(files[0], progress=progress)
     if progress:
         progress.finish()
     _write_line(out, digest)
@@ -4251,16 +4233,16 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     if args.output:
         _check_output(args.output)
-    if args.output and os.path.isdir(args.output):
-        return _pull_to_directory(dxf, args, settings, stdin)
+        if os.path.isdir(args.output):
+            return _pull_to_directory(dxf, args, settings, stdin)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output:
         with _AtomicFile(args.output) as f:
-            for digest, _, _ in blobs:
-                _copy_blob(dxf, digest, f, settings)
+            for desc in blobs:
+                _copy_blob(dxf, desc['digest'], f, settings)
     else:
-        for digest, _, _ in blobs:
-            _copy_blob(dxf, digest, out, settings)
+        for desc in blobs:
+            _copy_blob(dxf, desc['digest'], out, settings)
     out.flush()
 
 
@@ -4270,16 +4252,15 @@ def _pull_to_directory(dxf, args, settings, stdin):
     "../"), else by its digest.  A directory layer (as oras pushes it) is
     unpacked into DIR/<title>/."""
     plan, used = [], {}
-    for desc in _resolve_refs(dxf, args.refs, settings, stdin,
-                              descriptors=True):
+    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
         digest = desc['digest']
-        title = _safe_name((desc.get('annotations') or {}).get(
-            _TITLE_ANNOTATION))
+        annotations = desc.get('annotations') or {}
+        title = _safe_name(annotations.get(_TITLE_ANNOTATION))
         name = title or digest.split(':')[1]
         if used.setdefault(name, digest) != digest:
             name = digest.split(':')[1]   # two blobs, one title: keep both
-        unpack = bool(title) and name == title and (desc.get(
-            'annotations') or {}).get(_UNPACK_ANNOTATION) == 'true'
+        unpack = (bool(title) and name == title
+                  and annotations.get(_UNPACK_ANNOTATION) == 'true')
         if (name, unpack) not in [(n, u) for n, u, _ in plan]:
             plan.append((name, unpack, desc))
 
@@ -4346,9 +4327,9 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
-        _write_line(out, str(sum(size if size is not None else
-                                 dxf.blob_size(digest)
-                                 for digest, size, _ in blobs)))
+        _write_line(out, str(sum(desc['size'] if 'size' in desc else
+                                 dxf.blob_size(desc['digest'])
+                                 for desc in blobs)))
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -4362,8 +4343,8 @@ def _cmd_mount_blob(dxf, args, settings, out, stdin):
 
 def _cmd_del_blob(dxf, args, settings, out, stdin):
     """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
-    for digest, _, _ in _resolve_refs(dxf, args.refs, settings, stdin):
-        dxf.del_blob(digest)
+    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
+        dxf.del_blob(desc['digest'])
 
 
 def _cmd_set_alias(dxf, args, settings, out, stdin):
@@ -4393,8 +4374,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     if not args.aliases:
-        for digest, _, _ in _resolve_refs(dxf, [], settings, stdin):
-            _write_line(out, digest)
+        for desc in _resolve_refs(dxf, [], settings, stdin):
+            _write_line(out, desc['digest'])
     for alias in args.aliases:
         for digest in dxf.get_alias(_check_alias(alias),
                                     platform=settings.platform):
@@ -4741,11 +4722,9 @@ class _TextAsBinary:
             self.stream.flush()
 
     def read(self, n=-1):
-        if self.pending is None:
-            self.pending = self.stream.read().encode('utf-8')
-        data = self.pending if n is None or n < 0 else self.pending[:n]
-        self.pending = self.pending[len(data):]
-        return data
+        if self.pending is None:     # read the text in full at the first call
+            self.pending = io.BytesIO(self.stream.read().encode('utf-8'))
+        return self.pending.read(n)
 
 
 def _compat_main():
