@@ -4003,6 +4003,7 @@ class _Settings:
             if repo is None:
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
+
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
             if not (username or password or self.authorization):
@@ -4018,9 +4019,8 @@ class _Settings:
         # DXF_TOKEN comes from DXF_HOST's token service: never show it to
         # another registry (copy-alias to HOST/REPO).
         token = self.token if host == self.host else None
-        if token:     # a token replaces credentials entirely
-            auth = None
-        options = dict(auth=auth, insecure=self.insecure,
+        # a token replaces credentials entirely
+        options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
                        proxies=self.environ,
