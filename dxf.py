@@ -4460,63 +4460,64 @@ def _cmd_version(dxf, args, settings, out, stdin):
     _write_line(out, 'dxf.py ' + __version__)
 
 
+_REPO = ('repo', dict(metavar='REPO', help='repository name'))
+
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
     ('auth', _cmd_auth, 'print a registry token for REPO',
-     [('repo', {}), ('actions', dict(nargs='*', metavar='ACTION',
-                                     help='pull, push, delete or *'))]),
+     [_REPO, ('actions', dict(nargs='*', metavar='ACTION',
+                              help='pull, push, delete or *'))]),
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [('repo', {}), ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or all of an alias\'s blobs'))),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
           'write to PATH (a directory, or a PATH ending in /: one file '
           'per blob, a directory layer unpacked), which appears only once '
           'every byte is verified')))]),
     ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
     ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO', help=(
+     [_REPO, ('from_repo', dict(metavar='FROM-REPO', help=(
          'the repository of the same registry that has the blob'))),
       ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
       ('alias', dict(nargs='?', metavar='@ALIAS', help=(
           'also point this alias at the blob')))]),
     ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
          'stdin)')))]),
     ('set-alias', _cmd_set_alias,
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS', help=(
+     [_REPO, ('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
           'blobs in order: digests, or files already pushed (./NAME)')))]),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
     ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases to delete (their blobs stay)')))]),
     ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
      '(a dxf alias: its first blob)',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
     ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases whose manifests to print')))]),
-    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO',
-     [('repo', {})]),
+    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO', [_REPO]),
     ('copy-alias', _cmd_copy_alias,
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS', help='the alias to copy')),
+     [_REPO, ('alias', dict(metavar='ALIAS', help='the alias to copy')),
       ('dest', dict(metavar='DEST', help=(
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
@@ -4560,8 +4561,6 @@ def _build_parser(out, only=None):
             continue
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
         for dest, options in arguments:
-            if dest == 'repo':
-                options = dict(metavar='REPO', help='repository name')
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
         p.set_defaults(func=func)
