@@ -3402,13 +3402,14 @@ class OCILayout(_AliasMethods):
     # -- manifests -----------------------------------------------------------
 
     def _index(self):
+        path = os.path.join(self.path, 'index.json')
         try:
-            with open(os.path.join(self.path, 'index.json'), 'rb') as f:
+            with open(path, 'rb') as f:
                 data = f.read(_MAX_MANIFEST + 1)
         except FileNotFoundError:
             return {'schemaVersion': 2, 'mediaType': _OCI_INDEX,
                     'manifests': []}
-        index = _load_json(data, os.path.join(self.path, 'index.json'))
+        index = _load_json(data, path)
         if not isinstance(index, dict) or not isinstance(
                 index.get('manifests', []), list):
             raise DXFManifestError('%s/index.json is not an OCI index'
@@ -4296,10 +4297,9 @@ def _pull_directory(dxf, desc, path, settings):
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
             _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
-        st = _lstat(path)
-        if st is not None and os.path.isdir(path) and not os.path.islink(path):
+        if os.path.isdir(path) and not os.path.islink(path):
             os.rename(path, os.path.join(work, 'old'))
-        elif st is not None:
+        elif os.path.lexists(path):
             os.unlink(path)
         os.rename(tree, path)
     finally:
