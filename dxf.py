@@ -3289,25 +3289,24 @@ class OCILayout(_AliasMethods):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None and check_exists and self._blob_head(digest) is not None:
             return digest
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = [bytes(data)]
         algorithm = split_digest(digest)[0] if digest else 'sha256'
         source = _open_input(filename) if filename is not None else None
-        total = None
-        if source is not None:
-            import stat
-            st = os.fstat(source.fileno())
-            total = st.st_size if stat.S_ISREG(st.st_mode) else None
-        else:
-            progress = _data_progress(progress)
-        self._init()
-        directory = os.path.join(self.path, 'blobs', algorithm)
-        os.makedirs(directory, exist_ok=True)
-        h = _hash(algorithm)
-        chunks = (iter(lambda: source.read(_CHUNK_SIZE), b'') if source
-                  else iter(data))
-        tmp = _AtomicFile(os.path.join(directory, 'upload'))
         try:
+            total = None
+            if source is None:
+                progress = _data_progress(progress)
+                chunks = ([bytes(data)] if isinstance(
+                    data, (bytes, bytearray, memoryview)) else data)
+            else:
+                import stat
+                st = os.fstat(source.fileno())
+                total = st.st_size if stat.S_ISREG(st.st_mode) else None
+                chunks = iter(lambda: source.read(_CHUNK_SIZE), b'')
+            self._init()
+            directory = os.path.join(self.path, 'blobs', algorithm)
+            os.makedirs(directory, exist_ok=True)
+            h = _hash(algorithm)
+            tmp = _AtomicFile(os.path.join(directory, 'upload'))
             with tmp as f:
                 if progress:
                     progress(digest, b'', total)
@@ -3351,13 +3350,14 @@ class OCILayout(_AliasMethods):
     # -- manifests -----------------------------------------------------------
 
     def _index(self):
+        path = os.path.join(self.path, 'index.json')
         try:
-            with open(os.path.join(self.path, 'index.json'), 'rb') as f:
+            with open(path, 'rb') as f:
                 data = f.read(_MAX_MANIFEST + 1)
         except FileNotFoundError:
             return {'schemaVersion': 2, 'mediaType': _OCI_INDEX,
                     'manifests': []}
-        index = _load_json(data, os.path.join(self.path, 'index.json'))
+        index = _load_json(data, path)
         if not isinstance(index, dict) or not isinstance(
                 index.get('manifests', []), list):
             raise DXFManifestError('%s/index.json is not an OCI index'
@@ -3365,24 +3365,25 @@ class OCILayout(_AliasMethods):
         index.setdefault('manifests', [])
         return index
 
-    def _update_index(self, change):
-        """Apply ``change(index)`` to index.json under a lock, atomically."""
+    def _update_index(self, alias, entry=None):
+        """Drop ``alias``'s entries from index.json and append ``entry``,
+        under a lock, atomically."""
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            change(index)
+            index['manifests'] = [e for e in index['manifests']
+                                  if _ref_name(e) != alias]
+            if entry is not None:
+                index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
                              json.dumps(index, sort_keys=True).encode('utf-8'))
-
-    def _find(self, index, alias):
-        return [m for m in index['manifests'] if _ref_name(m) == alias]
 
     def _get_manifest(self, ref):
         _check_ref(ref)
         digest = ref
         media = None
         if ':' not in ref:
-            found = self._find(self._index(), ref)
+            found = [m for m in self._index()['manifests'] if _ref_name(m) == ref]
             if not found:
                 raise self._not_found('alias %s' % ref)
             digest, _ = _check_descriptor(found[-1])
@@ -3407,12 +3408,7 @@ class OCILayout(_AliasMethods):
                             {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
             entry['artifactType'] = m['artifactType']
-
-        def change(index):
-            index['manifests'] = [e for e in index['manifests']
-                                  if e not in self._find(index, alias)]
-            index['manifests'].append(entry)
-        self._update_index(change)
+        self._update_index(alias, entry)
         return digest
 
     def _set_alias_manifest(self, alias, manifest):
@@ -3423,8 +3419,7 @@ class OCILayout(_AliasMethods):
         """Remove an alias; return the digests of the blobs it named."""
         _check_alias(alias)
         named = self._named_by(alias)
-        self._update_index(lambda index: index.update(manifests=[
-            e for e in index['manifests'] if e not in self._find(index, alias)]))
+        self._update_index(alias)
         return named
 
     def list_aliases(self, batch_size=None, iterate=False):
@@ -3625,6 +3620,14 @@ def _pack_directory(directory, name):
     return path, 'sha256:' + sink.hash.hexdigest()
 
 
+def _lstat(path):
+    """os.lstat, or None when nothing is at ``path``."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
 class _HashingReader:
     """Hashes what is read from ``f``; remembers the hash before each of
     the last few reads, to give the digest of any recent prefix."""
@@ -3689,20 +3692,17 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
         path = tree
         for part in parts[:-1]:
             path = os.path.join(path, part)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
+            st = _lstat(path)
+            if st is None:
                 os.mkdir(path, 0o755)
-                continue
-            if not stat.S_ISDIR(st.st_mode):
+            elif not stat.S_ISDIR(st.st_mode):
                 raise unsafe(member, 'goes through a symbolic link or file')
         return os.path.join(path, parts[-1])
 
     def clear(member, path):
         """Remove what is at ``path`` (not a directory) to replace it."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        st = _lstat(path)
+        if st is None:
             return None
         if stat.S_ISDIR(st.st_mode):
             if member.isdir():
@@ -3737,8 +3737,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                             out.write(chunk)
                 elif member.issym():
                     target = member.linkname
-                    up = os.path.normpath(os.path.join(*parts[:-1] + [target])
-                                          if parts[:-1] else target)
+                    up = os.path.normpath(os.path.join(*parts[:-1], target))
                     if (target.startswith('/') or up == '..'
                             or up.startswith('../') or '\0' in target):
                         raise unsafe(member, 'links out of the directory')
@@ -3749,10 +3748,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                     if not linked:
                         raise unsafe(member, 'is a hard link to a directory')
                     source = parent_of(member, linked)
-                    try:
-                        st = os.lstat(source)
-                    except FileNotFoundError:
-                        st = None
+                    st = _lstat(source)
                     if st is None or not stat.S_ISREG(st.st_mode):
                         raise unsafe(member, 'is a hard link to no file '
                                      'unpacked before it')
@@ -3947,18 +3943,14 @@ class _Settings:
         s.authorization = environ.get('DXF_AUTHORIZATION') or None
         s.token = environ.get('DXF_TOKEN') or None
         s.auth_host = environ.get('DXF_AUTH_HOST') or None
-        s.tlsverify = True
-        if _env_flag(environ, 'DXF_SKIPTLSVERIFY'):
-            s.tlsverify = False
-        elif environ.get('DXF_TLSVERIFY'):
-            s.tlsverify = environ['DXF_TLSVERIFY']
-            if not os.path.isfile(s.tlsverify):
-                raise _UsageError('DXF_TLSVERIFY: no such file: %s'
-                                  % s.tlsverify)
-        elif _ca_bundle_variable(environ):
-            name, s.tlsverify = _ca_bundle_variable(environ)
-            if not os.path.isfile(s.tlsverify):
-                raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
+        s.tlsverify = not _env_flag(environ, 'DXF_SKIPTLSVERIFY')
+        if s.tlsverify:
+            bundle = (('DXF_TLSVERIFY', environ['DXF_TLSVERIFY'])
+                      if environ.get('DXF_TLSVERIFY') else _ca_bundle_variable(environ))
+            if bundle:
+                name, s.tlsverify = bundle
+                if not os.path.isfile(s.tlsverify):
+                    raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -3988,28 +3980,24 @@ class _Settings:
             if repo is None:
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
-        explicit = (self.username, self.password, self.authorization)
-        environ = self.environ
 
         def auth(dxf, response):
-            username, password, authorization = explicit
-            identity = None
-            if not any(explicit):
+            username, password, identity = self.username, self.password, None
+            if not (username or password or self.authorization):
                 # docker login's credentials, looked up only when needed
-                found = _docker_config_credentials(dxf._host, environ)
+                found = _docker_config_credentials(dxf._host, self.environ)
                 if found and found[0] == '<token>':
                     identity = found[1]
                 elif found:
                     username, password = found
             dxf.authenticate(username, password, response=response,
-                             authorization=authorization,
+                             authorization=self.authorization,
                              identity_token=identity)
         # DXF_TOKEN comes from DXF_HOST's token service: never show it to
         # another registry (copy-alias to HOST/REPO).
         token = self.token if host == self.host else None
-        if token:     # a token replaces credentials entirely
-            auth = None
-        options = dict(auth=auth, insecure=self.insecure,
+        # a token replaces credentials entirely
+        options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
                        proxies=self.environ,
@@ -4123,30 +4111,22 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
-def _resolve_refs(dxf, refs, settings, stdin, descriptors=False):
-    """Expand digests and @aliases (or a manifest on stdin) into blobs.
-
-    Returns ``[(digest, size or None, title or None)]`` in order (with
-    ``descriptors``, the layer descriptors themselves).
-    """
-    def blobs_of(alias=None, manifest=None):
-        found = dxf.get_descriptors(alias, manifest, platform=settings.platform)
-        return found if descriptors else [
-            (d['digest'], d['size'],
-             (d.get('annotations') or {}).get(_TITLE_ANNOTATION))
-            for d in found]
+def _resolve_refs(dxf, refs, settings, stdin):
+    """Expand digests and @aliases (or a manifest on stdin) into the layer
+    descriptors they name, in order (a digest: ``{'digest': digest}``)."""
     if not refs:
         manifest = stdin.read(_MAX_MANIFEST + 1)
         if len(manifest) > _MAX_MANIFEST:
             raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return blobs_of(manifest=manifest)
+        return dxf.get_descriptors(manifest=manifest, platform=settings.platform)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
-            blobs.extend(blobs_of(_alias_arg(ref)))
+            blobs.extend(dxf.get_descriptors(_alias_arg(ref),
+                                             platform=settings.platform))
         else:
             split_digest(ref)
-            blobs.append({'digest': ref} if descriptors else (ref, None, None))
+            blobs.append({'digest': ref})
     return blobs
 
 
@@ -4184,13 +4164,12 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
         return _push_many(dxf, files, alias, settings, out, stdin)
-    args.file = files[0]
     progress = settings.progress_printer
-    if args.file == '-':
+    if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
                                progress=progress)
     else:
-        digest = dxf.push_blob(args.file, progress=progress)
+        digest = dxf.push_blob(files[0], progress=progress)
     if progress:
         progress.finish()
     _write_line(out, digest)
@@ -4231,16 +4210,16 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     if args.output:
         _check_output(args.output)
-    if args.output and os.path.isdir(args.output):
-        return _pull_to_directory(dxf, args, settings, stdin)
+        if os.path.isdir(args.output):
+            return _pull_to_directory(dxf, args, settings, stdin)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output:
         with _AtomicFile(args.output) as f:
-            for digest, _, _ in blobs:
-                _copy_blob(dxf, digest, f, settings)
+            for desc in blobs:
+                _copy_blob(dxf, desc['digest'], f, settings)
     else:
-        for digest, _, _ in blobs:
-            _copy_blob(dxf, digest, out, settings)
+        for desc in blobs:
+            _copy_blob(dxf, desc['digest'], out, settings)
     out.flush()
 
 
@@ -4250,16 +4229,15 @@ def _pull_to_directory(dxf, args, settings, stdin):
     "../"), else by its digest.  A directory layer (as oras pushes it) is
     unpacked into DIR/<title>/."""
     plan, used = [], {}
-    for desc in _resolve_refs(dxf, args.refs, settings, stdin,
-                              descriptors=True):
+    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
         digest = desc['digest']
-        title = _safe_name((desc.get('annotations') or {}).get(
-            _TITLE_ANNOTATION))
+        annotations = desc.get('annotations') or {}
+        title = _safe_name(annotations.get(_TITLE_ANNOTATION))
         name = title or digest.split(':')[1]
         if used.setdefault(name, digest) != digest:
             name = digest.split(':')[1]   # two blobs, one title: keep both
-        unpack = bool(title) and name == title and (desc.get(
-            'annotations') or {}).get(_UNPACK_ANNOTATION) == 'true'
+        unpack = (bool(title) and name == title
+                  and annotations.get(_UNPACK_ANNOTATION) == 'true')
         if (name, unpack) not in [(n, u) for n, u, _ in plan]:
             plan.append((name, unpack, desc))
 
@@ -4295,13 +4273,9 @@ def _pull_directory(dxf, desc, path, settings):
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
             _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and os.path.isdir(path) and not os.path.islink(path):
+        if os.path.isdir(path) and not os.path.islink(path):
             os.rename(path, os.path.join(work, 'old'))
-        elif st is not None:
+        elif os.path.lexists(path):
             os.unlink(path)
         os.rename(tree, path)
     finally:
@@ -4329,9 +4303,9 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
-        _write_line(out, str(sum(size if size is not None else
-                                 dxf.blob_size(digest)
-                                 for digest, size, _ in blobs)))
+        _write_line(out, str(sum(desc['size'] if 'size' in desc else
+                                 dxf.blob_size(desc['digest'])
+                                 for desc in blobs)))
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -4345,8 +4319,8 @@ def _cmd_mount_blob(dxf, args, settings, out, stdin):
 
 def _cmd_del_blob(dxf, args, settings, out, stdin):
     """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
-    for digest, _, _ in _resolve_refs(dxf, args.refs, settings, stdin):
-        dxf.del_blob(digest)
+    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
+        dxf.del_blob(desc['digest'])
 
 
 def _cmd_set_alias(dxf, args, settings, out, stdin):
@@ -4376,8 +4350,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     if not args.aliases:
-        for digest, _, _ in _resolve_refs(dxf, [], settings, stdin):
-            _write_line(out, digest)
+        for desc in _resolve_refs(dxf, [], settings, stdin):
+            _write_line(out, desc['digest'])
     for alias in args.aliases:
         for digest in dxf.get_alias(_check_alias(alias),
                                     platform=settings.platform):
@@ -4462,63 +4436,64 @@ def _cmd_version(dxf, args, settings, out, stdin):
     _write_line(out, 'dxf.py ' + __version__)
 
 
+_REPO = ('repo', dict(metavar='REPO', help='repository name'))
+
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
     ('auth', _cmd_auth, 'print a registry token for REPO',
-     [('repo', {}), ('actions', dict(nargs='*', metavar='ACTION',
-                                     help='pull, push, delete or *'))]),
+     [_REPO, ('actions', dict(nargs='*', metavar='ACTION',
+                              help='pull, push, delete or *'))]),
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [('repo', {}), ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or all of an alias\'s blobs'))),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
           'write to PATH (a directory, or a PATH ending in /: one file '
           'per blob, a directory layer unpacked), which appears only once '
           'every byte is verified')))]),
     ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
     ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [('repo', {}), ('from_repo', dict(metavar='FROM-REPO', help=(
+     [_REPO, ('from_repo', dict(metavar='FROM-REPO', help=(
          'the repository of the same registry that has the blob'))),
       ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
       ('alias', dict(nargs='?', metavar='@ALIAS', help=(
           'also point this alias at the blob')))]),
     ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [('repo', {}), ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
          'stdin)')))]),
     ('set-alias', _cmd_set_alias,
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS', help=(
+     [_REPO, ('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
           'blobs in order: digests, or files already pushed (./NAME)')))]),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
     ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases to delete (their blobs stay)')))]),
     ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
      '(a dxf alias: its first blob)',
-     [('repo', {}), ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
     ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [('repo', {}), ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases whose manifests to print')))]),
-    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO',
-     [('repo', {})]),
+    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO', [_REPO]),
     ('copy-alias', _cmd_copy_alias,
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [('repo', {}), ('alias', dict(metavar='ALIAS', help='the alias to copy')),
+     [_REPO, ('alias', dict(metavar='ALIAS', help='the alias to copy')),
       ('dest', dict(metavar='DEST', help=(
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
@@ -4562,8 +4537,6 @@ def _build_parser(out, only=None):
             continue
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
         for dest, options in arguments:
-            if dest == 'repo':
-                options = dict(metavar='REPO', help='repository name')
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
         p.set_defaults(func=func)
@@ -4724,11 +4697,9 @@ class _TextAsBinary:
             self.stream.flush()
 
     def read(self, n=-1):
-        if self.pending is None:
-            self.pending = self.stream.read().encode('utf-8')
-        data = self.pending if n is None or n < 0 else self.pending[:n]
-        self.pending = self.pending[len(data):]
-        return data
+        if self.pending is None:     # read the text in full at the first call
+            self.pending = io.BytesIO(self.stream.read().encode('utf-8'))
+        return self.pending.read(n)
 
 
 def _compat_main():
