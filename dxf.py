@@ -2382,17 +2382,33 @@ class _AliasMethods:
         size = self._sizes.get(digest)
         return self.blob_size(digest) if size is None else size
 
-    def set_alias(self, alias, *digests, names=None):
+    def set_alias(self, alias, *digests, names=None, concurrency=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
 
         The blobs must already be in the repository.  ``names`` as for
-        make_manifest.
+        make_manifest; their sizes are looked up ``concurrency`` (4) at a time.
         """
         _check_alias(alias)
+        for digest in digests:
+            split_digest(digest)
         with self._needing('push'):
+            # The sizes not known yet and the empty config blob are looked
+            # for together, not one round trip after another, and a new
+            # repository gets the config now instead of after the registry
+            # has refused the manifest for want of it (as push_blobs does).
+            if digests:
+                jobs = [_EMPTY_DIGEST] + sorted(set(digests) - set(self._sizes))
+                _in_parallel(self._look_up, jobs, concurrency or _DEFAULT_CONCURRENCY,
+                             getattr(self, '_transport', None))
             manifest = self.make_manifest(*digests, names=names)
             self._set_alias_manifest(alias, manifest)
         return manifest
+
+    def _look_up(self, digest):
+        """set_alias' look-ups: a blob's size, or the config pushed if missing."""
+        if digest == _EMPTY_DIGEST:
+            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+        return self._blob_head(digest)
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None):
         """Upload files and directories, several at a time; return their
@@ -4336,7 +4352,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             digests.append(ref)
             names.append(None)
     try:
-        manifest = dxf.set_alias(alias, *digests, names=names)
+        manifest = dxf.set_alias(alias, *digests, names=names,
+                                 concurrency=settings.concurrency)
     except DXFNotFoundError as exc:
         for ref, digest, name in zip(args.refs, digests, names):
             if name is not None and digest in str(exc):

@@ -9858,6 +9858,33 @@ class TestRoundTrips:
             _one_error(result, errno.EINVAL, 'auth host')
         assert wire.requests == []
 
+    def test_set_alias_in_new_repo_looks_up_blobs_together_and_puts_once(
+            self, proxy, faults, run_cli, fault_env, upstream, tmp_path):
+        # set-alias over blobs pushed without an alias: their sizes and the
+        # empty config blob are asked for several at a time (the stalled
+        # HEADs below are all in flight at once), and the config goes up
+        # before the manifest, which is PUT once, not refused first.
+        blobs = [_blob(2000 + i, 'sa-%d' % i) for i in range(5)]
+        digests = [upstream.push_blob(data=b) for b in blobs]
+        faults.add('HEAD', BLOB_GET, 'stall', seconds=60, every=True)
+        done = {}
+        thread = threading.Thread(target=lambda: done.update(result=run_cli(
+            ['set-alias', upstream.repo, 'a'] + digests,
+            fault_env(DXF_CONCURRENCY='6', DXF_TIMEOUT='30'))))
+        thread.start()
+        try:
+            _wait_until(lambda: len(proxy.seen('HEAD', BLOB_GET)) >= len(blobs) + 1,
+                        timeout=20, what='6 HEADs at once')
+        finally:
+            proxy.reset()       # wakes the stalled HEADs, forgets what it saw
+            thread.join()
+        manifest = json.loads(_ok(done['result']))
+        assert [layer['size'] for layer in manifest['layers']] == [len(b) for b in blobs]
+        assert proxy.seen('HEAD', BLOB_GET) == []
+        assert len(proxy.seen('POST', r'/blobs/uploads/')) == 1     # the config
+        assert len(proxy.seen('PUT', r'/manifests/')) == 1
+        assert upstream.get_alias('a') == digests
+
     def test_single_file_with_alias_to_new_repo_puts_the_manifest_once(
             self, proxy, run_cli, fault_env, upstream, tmp_path):
         # push-blob FILE @ALIAS into a new repository: the empty config blob
