@@ -3159,39 +3159,46 @@ class _AtomicFile:
     """A file that appears under its name only once complete and on disk.
 
     Bytes go to a temporary file beside the target; it is fsynced and
-    renamed over the target on success, removed on any failure.
+    renamed over the target on success, removed on any failure (a failed
+    fsync included: a full disk leaves nothing behind).
     """
 
     def __init__(self, path):
         self.path = path
 
     def __enter__(self):
-        import tempfile
-        directory = os.path.dirname(os.path.abspath(self.path))
+        # Not tempfile.mkstemp: its mode 0600 would have to be widened by
+        # the umask, and reading the umask means setting it, which races
+        # with the other threads of a parallel pull creating files.  Opened
+        # with 0666, the file gets the umask from the kernel.
+        self.tmp = os.path.join(
+            os.path.dirname(os.path.abspath(self.path)), '.%s.%s.dxf-partial'
+            % (os.path.basename(self.path), os.urandom(6).hex()))
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                 | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0))
         try:
-            fd, self.tmp = tempfile.mkstemp(
-                dir=directory, suffix='.dxf-partial',
-                prefix='.%s.' % os.path.basename(self.path))
+            self.file = os.fdopen(os.open(self.tmp, flags, 0o666), 'wb')
         except OSError as exc:
             raise DXFInputError('cannot write %s: %s'
                                 % (self.path, exc.strerror or exc)) from exc
-        self.file = os.fdopen(fd, 'wb')
         return self.file
 
     def __exit__(self, exc_type, exc, tb):
+        done = False
         try:
             if exc_type is None:
                 self.file.flush()
                 os.fsync(self.file.fileno())
+                self.file.close()
+                os.replace(self.tmp, self.path)
+                done = True
         finally:
             self.file.close()
-            if exc_type is not None:
-                os.unlink(self.tmp)
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)   # mkstemp made it 0600
-            os.replace(self.tmp, self.path)
+            if not done:
+                try:
+                    os.unlink(self.tmp)
+                except OSError:
+                    pass      # the error on its way out says more
         return False
 
 
@@ -4575,7 +4582,10 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
     stdin = stdin if stdin is not None else sys.stdin.buffer
-    debug = environ.get('DXF_DEBUG') == '1'
+    try:      # as _Settings reads it; a bad value is reported there
+        debug = _env_flag(environ, 'DXF_DEBUG')
+    except _UsageError:
+        debug = False
     dxf = None
     try:
         parser = _build_parser(stdout, argv[0] if argv and any(

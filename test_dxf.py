@@ -4887,6 +4887,41 @@ class TestCLICommands:
             with open(str(tmp_path / digest.split(':')[1]), 'rb') as f:
                 assert f.read() == data
 
+    @pytest.mark.parametrize('mask', [0o022, 0o077])
+    def test_cli_pull_blob_output_files_take_the_umask(
+            self, cli_env, run_cli, repo, tmp_path, mask):
+        # Files appear as "open(..., 0666)" would make them; the umask is
+        # never read (setting it to read it would race with the parallel
+        # pull's other threads creating files).
+        env = dict(cli_env('open'), DXF_CONCURRENCY='4')
+        blobs = [_blob(1000 + i, 'umask-%d' % i) for i in range(4)]
+        digests = [_cli_push(run_cli, env, repo, b) for b in blobs]
+        old = os.umask(mask)
+        try:
+            _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path / 'one'), digests[0]], env))
+            _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path)] + digests, env))
+            assert os.umask(mask) == mask
+        finally:
+            os.umask(old)
+        paths = [tmp_path / 'one'] + [tmp_path / d.split(':')[1] for d in digests]
+        assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o666 & ~mask] * 5
+
+    def test_cli_pull_blob_output_failed_fsync_leaves_nothing(
+            self, cli_env, run_cli, repo, tmp_path, monkeypatch):
+        # A full disk shows at the fsync at the latest (there is no other way
+        # to make a local disk fill up at that moment than to say so).
+        env = cli_env('open')
+        digest = _cli_push(run_cli, env, repo, _blob(1000, 'enospc'))
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, 'fsync', full)
+        out = tmp_path / 'out'
+        out.mkdir()
+        line = _fails(run_cli(['pull-blob', repo, '-o', str(out / 'blob'), digest], env), 1)
+        assert 'No space left on device' in line
+        assert os.listdir(str(out)) == []
+
     # blob-size
 
     def test_cli_blob_size_digest_and_alias_sum(self, cli_env, run_cli, repo):
@@ -5337,8 +5372,10 @@ class TestCLIErrors:
         del env['DXF_INSECURE']
         _fails(run_cli(['list-aliases', repo], dict(env, DXF_RETRIES='0')), 1)
 
-    def test_cli_debug_adds_traceback_before_error_line(self, run_cli):
-        env = {'DXF_DEBUG': '1'}
+    @pytest.mark.parametrize('value', ['1', 'true', 'on'])
+    def test_cli_debug_adds_traceback_before_error_line(self, run_cli, value):
+        # DXF_DEBUG takes what every DXF_* switch takes, for tracebacks too.
+        env = {'DXF_DEBUG': value}
         status, out, err = run_cli(['list-aliases', 'a/b'], env)
         assert status == errno.EINVAL
         assert 'Traceback' in err
