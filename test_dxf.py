@@ -1307,11 +1307,7 @@ class _RestartableRegistry(RegistryProcess):
 
 _MANIFEST_PATH_RE = re.compile(r'^/v2/(.+)/manifests/([^/]+)$')
 _UPLOAD_PATH_RE = re.compile(r'^/v2/(.+)/blobs/uploads/([^/]+)$')
-_ALL_MANIFEST_TYPES = ', '.join([
-    'application/vnd.oci.image.manifest.v1+json',
-    'application/vnd.oci.image.index.v1+json',
-    'application/vnd.docker.distribution.manifest.v2+json',
-    'application/vnd.docker.distribution.manifest.list.v2+json'])
+_ALL_MANIFEST_TYPES = ', '.join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 # What each profile changes.  ``manifest_delete``: 'refused' answers every
 # manifest DELETE 405 UNSUPPORTED.  ``tag_delete``: 'yes' deletes the tag
@@ -1480,9 +1476,6 @@ class VendorProxy(FaultProxy):
         return '<VendorProxy %s %s -> %s>' % (self.profile, self.host, self.upstream)
 
 
-_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
-_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
-_DOCKER_IMAGE_CONFIG = 'application/vnd.docker.container.image.v1+json'
 _DOCKER_LAYER = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
 _OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json'
 _OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar'
@@ -2732,11 +2725,6 @@ def _http(url, method='GET', headers=None, data=None, cafile=None):
             e.close()
 
 
-def _basic(username, password):
-    raw = ('%s:%s' % (username, password)).encode('utf-8')
-    return 'Basic ' + base64.b64encode(raw).decode('ascii')
-
-
 def _parse_bearer(header):
     assert header.startswith('Bearer '), header
     return dict(re.findall(r'(\w+)="([^"]*)"', header))
@@ -2746,7 +2734,7 @@ def _get_token(token_server, challenge, credentials=True, password=TEST_PASSWORD
     params = [('service', challenge['service'])]
     if 'scope' in challenge:
         params.append(('scope', challenge['scope']))
-    headers = {'Authorization': _basic(TEST_USERNAME, password)} if credentials else {}
+    headers = {'Authorization': _basic_header(TEST_USERNAME, password)} if credentials else {}
     status, _, body = _http(challenge['realm'] + '?' + urllib.parse.urlencode(params),
                             headers=headers, cafile=token_server.cafile)
     return status, json.loads(body.decode('utf-8'))
@@ -2820,14 +2808,14 @@ class TestInfrastructure:
     def test_basic_registry_with_credentials_is_200(self, registries):
         reg = registries['basic']
         status, _, _ = _http(reg.url + '/v2/', cafile=reg.tlsverify,
-                             headers={'Authorization': _basic(reg.username, reg.password)})
+                             headers={'Authorization': _basic_header(reg.username, reg.password)})
         assert status == 200
 
     @pytest.mark.tls
     def test_basic_registry_wrong_password_is_401(self, registries):
         reg = registries['basic']
         status, _, _ = _http(reg.url + '/v2/', cafile=reg.tlsverify,
-                             headers={'Authorization': _basic(reg.username, 'wrong')})
+                             headers={'Authorization': _basic_header(reg.username, 'wrong')})
         assert status == 401
 
     @pytest.mark.tls
@@ -2886,7 +2874,8 @@ class TestInfrastructure:
                                         ('scope', 'repository:a/b:pull'),
                                         ('scope', 'repository:c/d:pull,push registry:catalog:*')])
         status, _, body = _http(token_server.realm + '?' + query,
-                                headers={'Authorization': _basic(TEST_USERNAME, TEST_PASSWORD)},
+                                headers={'Authorization': _basic_header(TEST_USERNAME,
+                                                                        TEST_PASSWORD)},
                                 cafile=token_server.cafile)
         assert status == 200
         rec = token_server.requests[-1]
@@ -2943,12 +2932,10 @@ class TestInfrastructure:
     def test_paging_proxy_pages_tags_with_link_headers(self, paging_proxy, repo):
         base = paging_proxy.url
         config = b'{}'
-        manifest_type = 'application/vnd.oci.image.manifest.v1+json'
+        manifest_type = OCI_MANIFEST
         assert _push_raw(base, repo, config) == 201
         manifest = json.dumps({
-            'schemaVersion': 2, 'mediaType': manifest_type,
-            'config': {'mediaType': 'application/vnd.oci.empty.v1+json',
-                       'digest': _sha256(config), 'size': len(config)},
+            'schemaVersion': 2, 'mediaType': manifest_type, 'config': EMPTY_CONFIG,
             'layers': []}).encode()
         tags = ['t%d' % i for i in range(5)]
         for tag in tags:
@@ -4530,9 +4517,6 @@ def test_readme_module_example_runs_against_basic_registry(
 #     entry-point smoke tests.
 # =============================================================================
 
-_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
-_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
-_EMPTY_CONFIG_DIGEST = _sha256(b'{}')
 _SECRET_PASSWORD = 'not-the-password-Q7xZ'
 _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 
@@ -4987,7 +4971,7 @@ class TestCLICommands:
         _ok(run_cli(['set-alias', repo, 'm', digest], env))
         out = _ok(run_cli(['get-manifest', repo, 'm'], env))
         status, headers, body = _http('%s/v2/%s/manifests/m' % (registries['open'].url, repo),
-                                      headers={'Accept': _OCI_MANIFEST})
+                                      headers={'Accept': OCI_MANIFEST})
         assert status == 200
         assert out == body
         assert _sha256(out) == headers['Docker-Content-Digest']
@@ -5513,11 +5497,11 @@ class TestCLIVariables:
         m_amd = _ok(run_cli(['set-alias', repo, 'only-amd64', d_amd], env))
         m_arm = _ok(run_cli(['set-alias', repo, 'only-arm64', d_arm], env))
         index = json.dumps({
-            'schemaVersion': 2, 'mediaType': _OCI_INDEX,
+            'schemaVersion': 2, 'mediaType': OCI_INDEX,
             'manifests': [
-                {'mediaType': _OCI_MANIFEST, 'digest': _sha256(m_amd), 'size': len(m_amd),
+                {'mediaType': OCI_MANIFEST, 'digest': _sha256(m_amd), 'size': len(m_amd),
                  'platform': {'os': 'linux', 'architecture': 'amd64'}},
-                {'mediaType': _OCI_MANIFEST, 'digest': _sha256(m_arm), 'size': len(m_arm),
+                {'mediaType': OCI_MANIFEST, 'digest': _sha256(m_arm), 'size': len(m_arm),
                  'platform': {'os': 'linux', 'architecture': 'arm64', 'variant': 'v8'}},
             ]}).encode('utf-8')
         reg = registries['open']
@@ -5625,10 +5609,10 @@ def _push_image(api, os_name, arch, variant=None, docker=False, seed=''):
                                                'diff_ids': [_sha256(layer)]}))
     api.push_blob(data=layer)
     api.push_blob(data=config)
-    media = _DOCKER_MANIFEST if docker else _OCI_MANIFEST
+    media = DOCKER_MANIFEST if docker else OCI_MANIFEST
     manifest = _canonical({
         'schemaVersion': 2, 'mediaType': media,
-        'config': {'mediaType': _DOCKER_IMAGE_CONFIG if docker else _OCI_IMAGE_CONFIG,
+        'config': {'mediaType': DOCKER_CONFIG if docker else _OCI_IMAGE_CONFIG,
                    'digest': _sha256(config), 'size': len(config)},
         'layers': [{'mediaType': _DOCKER_LAYER if docker else _OCI_LAYER,
                     'digest': _sha256(layer), 'size': len(layer)}]})
@@ -5642,7 +5626,7 @@ def _push_image(api, os_name, arch, variant=None, docker=False, seed=''):
 def _index(images, docker=False, extra=()):
     """An OCI index (or Docker manifest list) naming ``images`` with their platforms."""
     return _canonical({
-        'schemaVersion': 2, 'mediaType': _DOCKER_LIST if docker else _OCI_INDEX,
+        'schemaVersion': 2, 'mediaType': DOCKER_LIST if docker else OCI_INDEX,
         'manifests': [{'mediaType': im['media_type'], 'digest': im['digest'],
                        'size': len(im['manifest']), 'platform': im['platform']}
                       for im in images] + list(extra)})
@@ -5680,7 +5664,7 @@ def _write_oci_layout(directory, tag, files):
                          'rootfs': {'type': 'layers', 'diff_ids': [_sha256(diff)]},
                          'config': {'Cmd': ['/bin/true']}})
     manifest = _canonical({
-        'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
+        'schemaVersion': 2, 'mediaType': OCI_MANIFEST,
         'config': {'mediaType': _OCI_IMAGE_CONFIG, 'digest': put(config),
                    'size': len(config)},
         'layers': [{'mediaType': _OCI_LAYER_GZIP, 'digest': put(layer),
@@ -5690,7 +5674,7 @@ def _write_oci_layout(directory, tag, files):
         json.dump({'imageLayoutVersion': '1.0.0'}, f)
     with open(os.path.join(directory, 'index.json'), 'w') as f:
         json.dump({'schemaVersion': 2, 'manifests': [{
-            'mediaType': _OCI_MANIFEST, 'digest': _sha256(manifest), 'size': len(manifest),
+            'mediaType': OCI_MANIFEST, 'digest': _sha256(manifest), 'size': len(manifest),
             'annotations': {'org.opencontainers.image.ref.name': tag}}]}, f)
     return manifest, _sha256(config), layer
 
@@ -6439,10 +6423,8 @@ class TestTitles:
                                'digest': _sha256(data), 'size': len(data),
                                'annotations': {_TITLE: title}})
             api.set_manifest('evil', _canonical({
-                'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
-                'artifactType': 'application/vnd.dxf.alias.v1',
-                'config': {'mediaType': 'application/vnd.oci.empty.v1+json',
-                           'digest': _EMPTY_CONFIG_DIGEST, 'size': 2},
+                'schemaVersion': 2, 'mediaType': OCI_MANIFEST,
+                'artifactType': ALIAS_ARTIFACT, 'config': EMPTY_CONFIG,
                 'layers': layers}))
         box = tmp_path / 'box'
         out = box / 'out'
@@ -7420,7 +7402,6 @@ class TestChunkedPush:
 # =============================================================================
 
 _REF_NAME = 'org.opencontainers.image.ref.name'
-_ALIAS_ARTIFACT = 'application/vnd.dxf.alias.v1'
 _HEX64_RE = re.compile(r'[0-9a-f]{64}\Z')
 _LAYOUT_ENTRIES = {'oci-layout', 'index.json', 'blobs', '.dxf-lock'}
 _TRACE_RE = re.compile(r'dxf: (GET|HEAD|POST|PUT|PATCH|DELETE) (https?)://([^/ ]+)(/\S*) '
@@ -7468,7 +7449,7 @@ def _check_layout(path):
         'imageLayoutVersion': '1.0.0'}
     index = json.loads(_read(os.path.join(path, 'index.json')).decode('utf-8'))
     assert index['schemaVersion'] == 2
-    assert index.get('mediaType', _OCI_INDEX) == _OCI_INDEX
+    assert index.get('mediaType', OCI_INDEX) == OCI_INDEX
     for entry in index['manifests']:
         assert isinstance(entry['annotations'][_REF_NAME], str), entry
         assert isinstance(entry['mediaType'], str), entry
@@ -7659,8 +7640,8 @@ class TestLayoutCLI:
         out = _ok(run_cli(['set-alias', repo, 'pair', da, db], env))
         assert not out.endswith(b'\n')
         m = json.loads(out.decode('utf-8'))
-        assert m['artifactType'] == _ALIAS_ARTIFACT
-        assert m['config']['digest'] == _EMPTY_CONFIG_DIGEST
+        assert m['artifactType'] == ALIAS_ARTIFACT
+        assert m['config']['digest'] == EMPTY_CONFIG['digest']
         assert [(d['digest'], d['size']) for d in m['layers']] == [(da, 4321), (db, 10)]
         assert _ok(run_cli(['get-manifest', repo, 'pair'], env)) == out
         monkeypatch.chdir(str(tmp_path))
@@ -7773,8 +7754,8 @@ class TestLayoutCLI:
         [entry] = _entries(_layout(store, repo), 'm')
         assert entry['digest'] == _sha256(out)
         assert entry['size'] == len(out)
-        assert entry['mediaType'] == _OCI_MANIFEST
-        assert entry['artifactType'] == _ALIAS_ARTIFACT
+        assert entry['mediaType'] == OCI_MANIFEST
+        assert entry['artifactType'] == ALIAS_ARTIFACT
         assert _oci_blob(_layout(store, repo), entry['digest']) == out
         # by digest too, and several concatenated
         assert _ok(run_cli(['get-manifest', repo, _sha256(out)], env)) == out
@@ -8204,7 +8185,7 @@ class TestCopyAliasSameRegistry:
         mounts = proxy.seen('POST', r'^/v2/%s/blobs/uploads/\?' % re.escape(other))
         queries = sorted(tuple(sorted(urllib.parse.parse_qsl(r.path.split('?', 1)[1])))
                          for r in mounts)
-        assert queries == sorted([(('from', repo), ('mount', _EMPTY_CONFIG_DIGEST)),
+        assert queries == sorted([(('from', repo), ('mount', EMPTY_CONFIG['digest'])),
                                   (('from', repo), ('mount', _sha256(data)))])
         assert proxy.seen('PATCH') == []
         assert [r.path for r in proxy.seen('PUT')] == ['/v2/%s/manifests/renamed' % other]
@@ -8376,7 +8357,7 @@ class TestCopyAliasLayouts:
             _sha256(index))
         idx = _check_layout(layout)
         [entry] = idx['manifests']
-        assert (entry['digest'], entry['mediaType']) == (_sha256(index), _OCI_INDEX)
+        assert (entry['digest'], entry['mediaType']) == (_sha256(index), OCI_INDEX)
         for image in (amd, arm):
             assert _oci_blob(layout, image['digest']) == image['manifest']
             assert _oci_blob(layout, image['layer_digest']) == image['layer']
@@ -8877,7 +8858,6 @@ class TestDockerHubCredentials:
 #     oras-go itself (Debian's golang-go and golang-oras-oras-go-dev).
 # =============================================================================
 
-_TAR_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
 _ORAS_UNPACK = 'io.deis.oras.content.unpack'
 _ORAS_TAR_DIGEST = 'io.deis.oras.content.digest'
 
@@ -8945,10 +8925,8 @@ def _hostile_tar(entries):
 def _set_layer_alias(api, alias, layers):
     api.push_blob(data=b'{}')
     api.set_manifest(alias, _canonical({
-        'schemaVersion': 2, 'mediaType': _OCI_MANIFEST,
-        'artifactType': 'application/vnd.dxf.alias.v1',
-        'config': {'mediaType': 'application/vnd.oci.empty.v1+json',
-                   'digest': _EMPTY_CONFIG_DIGEST, 'size': 2},
+        'schemaVersion': 2, 'mediaType': OCI_MANIFEST,
+        'artifactType': ALIAS_ARTIFACT, 'config': EMPTY_CONFIG,
         'layers': layers}))
 
 
@@ -9147,7 +9125,7 @@ class TestDirectories:
         out = _ok(run_cli(['push-blob', repo, str(src), '@dir'], env))
         [layer] = _layers(run_cli, env, repo, 'dir')
         assert out == _lines(layer['digest'])
-        assert layer['mediaType'] == _TAR_GZIP
+        assert layer['mediaType'] == _OCI_LAYER_GZIP
         with dxf.DXF(registries['open'].host, repo, insecure=True) as api:
             raw = b''.join(api.pull_blob(layer['digest']))
         assert raw[:4] == b'\x1f\x8b\x08\x00'          # gzip, no file name
@@ -9199,12 +9177,12 @@ class TestDirectories:
         digest = _ok(run_cli(['push-blob', repo, str(tmp_path / 'tree'), '@t'], env))
         manifest = json.loads(_ok(run_cli(['get-manifest', repo, 't'], env)).decode())
         annotations = manifest['layers'][0]['annotations']
-        assert annotations['io.deis.oras.content.digest'] == (
+        assert annotations[_ORAS_TAR_DIGEST] == (
             'sha256:c6890a237b5d30676106ff6743bfe7377fef8df52ada8b2e00cf26262123a3e3')
         layer = _ok(run_cli(['pull-blob', repo, digest.decode().strip()], env))
         assert layer[:10] == bytes.fromhex('1f8b0800000000000403')  # no name, time 0, Unix
-        assert _sha256(zlib.decompress(layer, 31)) == annotations[
-            'io.deis.oras.content.digest']      # the tar ends at its end marker
+        # the tar ends at its end-of-archive marker
+        assert _sha256(zlib.decompress(layer, 31)) == annotations[_ORAS_TAR_DIGEST]
 
     def test_pull_output_dir_unpacks_directory_under_its_title(
             self, cli_env, run_cli, repo, tmp_path):
@@ -9247,7 +9225,7 @@ class TestDirectories:
         with dxf.DXF(reg.host, repo, insecure=True) as api:
             digest = api.push_blob(data=data)
             _set_layer_alias(api, 'bad', [{
-                'mediaType': _TAR_GZIP, 'digest': digest, 'size': len(data),
+                'mediaType': _OCI_LAYER_GZIP, 'digest': digest, 'size': len(data),
                 'annotations': {_TITLE: 'ok', _ORAS_UNPACK: 'true',
                                 _ORAS_TAR_DIGEST: _sha256(b'something else')}}])
         out = tmp_path / 'out'
@@ -9314,7 +9292,7 @@ def test_hostile_directory_layer_never_escapes_output(cli_env, run_cli, registri
     with dxf.DXF(reg.host, repo, insecure=True) as api:
         digest = api.push_blob(data=data)
         _set_layer_alias(api, 'evil', [{
-            'mediaType': _TAR_GZIP, 'digest': digest, 'size': len(data),
+            'mediaType': _OCI_LAYER_GZIP, 'digest': digest, 'size': len(data),
             'annotations': {_TITLE: 'evil', _ORAS_UNPACK: 'true'}}])
     box = tmp_path / 'box'
     out = box / 'out'
@@ -9344,7 +9322,7 @@ class TestOras:
         env = cli_env('open')
         layers = _layers(run_cli, env, repo, 'v1')
         [tree_layer] = [layer for layer in layers if layer['annotations'][_TITLE] == 'bundle']
-        assert tree_layer['mediaType'] == _TAR_GZIP
+        assert tree_layer['mediaType'] == _OCI_LAYER_GZIP
         assert tree_layer['annotations'][_ORAS_UNPACK] == 'true'
         out = tmp_path / 'out'
         out.mkdir()
@@ -9812,7 +9790,7 @@ class TestRoundTrips:
             self, proxy, faults, repo, tmp_path):
         # The config's upload is held at the proxy: the blobs go up meanwhile.
         config_put = faults.add('PUT', r'/blobs/uploads/.*digest=sha256%3A' +
-                                _EMPTY_CONFIG_DIGEST.split(':')[1], 'stall', seconds=60)
+                                EMPTY_CONFIG['digest'].split(':')[1], 'stall', seconds=60)
         blobs, paths = self._files(tmp_path, 3, 'rt-beside')
         result = {}
 
