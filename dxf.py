@@ -1319,6 +1319,7 @@ def _proxy_for(proxies, scheme, host, port):
     if not url:
         return None
     host = host.lower()
+    port = str(port or (443 if scheme == 'https' else 80))
     for entry in proxies.get('no', ()):
         if entry == '*':
             return None
@@ -1330,8 +1331,10 @@ def _proxy_for(proxies, scheme, host, port):
         else:
             name, _, entry_port = entry.partition(':')
         name = name.lstrip('.')
-        if ((host == name or host.endswith('.' + name))
-                and (not entry_port or entry_port == str(port or ''))):
+        if entry_port and entry_port != port:
+            continue
+        if host == name or host.endswith('.' + name) or (
+                '/' in name and _in_network(host, name)):
             return None
     if '://' not in url:
         url = 'http://' + url
@@ -1355,6 +1358,17 @@ def _proxy_for(proxies, scheme, host, port):
         raise DXFInputError('proxy %s has a bad port' % _printable(
             parts.netloc.rpartition('@')[2])) from None
     return parts.hostname, port, headers
+
+
+def _in_network(host, network):
+    """True for an IP address ``host`` inside ``network`` (10.0.0.0/8), as
+    curl and Go read such no_proxy entries."""
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(
+            network, strict=False)
+    except ValueError:
+        return False
 
 
 def _netloc(host, port):

@@ -6066,15 +6066,26 @@ class TestProxies:
         _push_pull(run_cli, env, repo, 'no-proxy-other')
         assert forward_proxy.requests
 
-    @pytest.mark.parametrize('entry, bypassed', [
-        ('::1', True), ('[::1]', True), ('[::1]:5000', True), ('[::1]:5001', False),
-        ('::2', False), ('[::2]', False)])
-    def test_no_proxy_ipv6_entries_match_the_address(self, entry, bypassed):
+    @pytest.mark.parametrize('host, port, entry, bypassed', [
+        ('::1', 5000, '::1', True), ('::1', 5000, '[::1]', True),
+        ('::1', 5000, '[::1]:5000', True), ('::1', 5000, '[::1]:5001', False),
+        ('::1', 5000, '::2', False), ('::1', 5000, '[::2]', False),
+        ('::1', 5000, 'fd00::/8', False), ('fd00::7', None, 'fd00::/8', True),
+        ('10.1.2.3', None, '10.0.0.0/8', True), ('10.1.2.3', None, '10.1.2.0/24', True),
+        ('10.1.3.3', None, '10.1.2.0/24', False), ('10.1.2.3', None, 'fd00::/8', False),
+        ('reg.example', None, '10.0.0.0/8', False),
+        ('reg.example', None, 'reg.example:443', True),
+        ('reg.example', 5000, 'reg.example:443', False),
+        ('reg.example', None, '.example:443', True)])
+    def test_no_proxy_entries_for_addresses_ranges_and_ports(self, host, port, entry,
+                                                             bypassed):
         # Registries are reached on 127.0.0.1 only: the address is matched,
-        # not connected to.  curl accepts IPv6 entries bare or in brackets.
+        # not connected to.  As with curl and Go: IPv6 entries bare or in
+        # brackets, CIDR ranges for IP addresses, a port that an https URL
+        # without one means (443).
         proxies = dxf._proxy_settings({'https_proxy': 'http://proxy.invalid:3128',
                                        'no_proxy': 'example.com, ' + entry})
-        found = dxf._proxy_for(proxies, 'https', '::1', 5000)
+        found = dxf._proxy_for(proxies, 'https', host, port)
         assert (found is None) == bypassed, found
 
     def test_lower_case_wins_over_upper_case(self, cli_env, run_cli, repo, make_proxy):
