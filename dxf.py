@@ -2408,23 +2408,28 @@ class _AliasMethods:
         for digest in digests:
             split_digest(digest)
         with self._needing('push'):
-            # The sizes not known yet and the empty config blob are looked
-            # for together, not one round trip after another, and a new
-            # repository gets the config now instead of after the registry
-            # has refused the manifest for want of it (as push_blobs does).
-            if digests:
-                jobs = [_EMPTY_DIGEST] + sorted(set(digests) - set(self._sizes))
-                _in_parallel(self._look_up, jobs, concurrency or _DEFAULT_CONCURRENCY,
+            # The sizes not known yet are looked up together, not one round
+            # trip after another, and the empty config blob with them: a new
+            # repository gets it now instead of after the registry refused
+            # the manifest for want of it (as push_blobs does).  With every
+            # size known, that refusal is the cheaper way to find out.
+            unknown = sorted(set(digests) - set(self._sizes))
+            if unknown:
+                _in_parallel(self._look_up, [_EMPTY_DIGEST] + unknown,
+                             concurrency or _DEFAULT_CONCURRENCY,
                              getattr(self, '_transport', None))
             manifest = self.make_manifest(*digests, names=names)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
     def _look_up(self, digest):
-        """set_alias' look-ups: a blob's size, or the config pushed if missing."""
-        if digest == _EMPTY_DIGEST:
-            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-        return self._blob_head(digest)
+        """set_alias' look-ups: a blob's size, or the config pushed if missing.
+        In a worker thread: it asks for set_alias' token (pull and push), so
+        that the threads' first 401s all take the one token."""
+        with self._needing('push'):
+            if digest == _EMPTY_DIGEST:
+                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            return self._blob_head(digest)
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None):
         """Upload files and directories, several at a time; return their

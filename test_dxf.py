@@ -9911,6 +9911,37 @@ class TestRoundTrips:
         assert len(proxy.seen('PUT', r'/manifests/')) == 1
         assert upstream.get_alias('a') == digests
 
+    @pytest.mark.tls
+    def test_set_alias_on_token_registry_asks_for_one_token(
+            self, token_proxy, token_server, fault_env, run_cli, registries, repo, tmp_path):
+        # The config's look-up is held back, so a blob's HEAD meets the 401
+        # first: the token it fetches must serve the config push as well
+        # (pull and push), not pull alone with a second token after it.
+        reg = registries['token']
+        env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify, DXF_TIMEOUT='30',
+                        DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
+        blobs, paths = self._files(tmp_path, 3, 'sa-tok')
+        _ok(run_cli(['push-blob', repo] + paths, env))
+        del token_server.requests[:]
+        token_proxy.faults.add('HEAD', dxf._EMPTY_DIGEST.split(':')[1], 'stall', seconds=3)
+        digests = [_sha256(b) for b in blobs]
+        _ok(run_cli(['set-alias', repo, 'a'] + digests, env))
+        scopes = [' '.join(r['scopes']) for r in token_server.requests]
+        assert scopes == ['repository:%s:pull,push' % repo]
+        assert _ok(run_cli(['get-alias', repo, 'a'], env)) == _lines(*digests)
+
+    def test_set_alias_over_blobs_it_pushed_sends_the_put_alone(
+            self, proxy, upstream, closing):
+        # Every size known: no look-ups, not even the config's (the usual
+        # repository has it; a new one's refusal is the cheaper way to learn).
+        upstream.set_alias('first', upstream.push_blob(data=b'already an alias here'))
+        d = closing(dxf.DXF(proxy.host, upstream.repo, insecure=True, timeout=10))
+        digests = [d.push_blob(data=_blob(500 + i, 'known-%d' % i)) for i in range(3)]
+        proxy.reset()
+        d.set_alias('known', *digests)
+        assert _requests_of(proxy) == [('PUT', '/v2/%s/manifests/known' % upstream.repo)]
+        assert upstream.get_alias('known') == digests
+
     def test_single_file_with_alias_to_new_repo_puts_the_manifest_once(
             self, proxy, run_cli, fault_env, upstream, tmp_path):
         # push-blob FILE @ALIAS into a new repository: the empty config blob
