@@ -1319,7 +1319,7 @@ def _proxy_for(proxies, scheme, host, port):
     if not url:
         return None
     host = host.lower()
-    port = str(port or (443 if scheme == 'https' else 80))
+    target_port = str(port or (443 if scheme == 'https' else 80))
     for entry in proxies.get('no', ()):
         if entry == '*':
             return None
@@ -1331,7 +1331,7 @@ def _proxy_for(proxies, scheme, host, port):
         else:
             name, _, entry_port = entry.partition(':')
         name = name.lstrip('.')
-        if entry_port and entry_port != port:
+        if entry_port and entry_port != target_port:
             continue
         if host == name or host.endswith('.' + name) or (
                 '/' in name and _in_network(host, name)):
