@@ -2588,11 +2588,9 @@ class _AliasMethods:
                     pass
             with self.pull_blob(digest, chunk_size=_CHUNK_SIZE) as reader:
                 target.push_blob(data=reader, digest=digest, check_exists=False)
-        # The first blob alone: its requests fetch the tokens the others use.
-        if blobs:
-            copy(blobs[0])
-        _in_parallel(copy, blobs[1:], concurrency,
-                     getattr(self, '_transport', None))
+        # Threads that meet a registry's first 401 together share one token
+        # request (_Auth.fetch_token): no blob needs to go first alone.
+        _in_parallel(copy, blobs, concurrency, getattr(self, '_transport', None))
 
     def _can_mount_from(self, source):
         return False

@@ -9101,8 +9101,8 @@ class TestParallelTransfers:
         paths = [_write(tmp_path, 'c%d' % i, b) for i, b in enumerate(blobs)]
         _ok(run_cli(['push-blob', repo] + paths + ['@src'], env))
         # the fault proxy is "another registry" (another host:port); stalled
-        # uploads show three blobs going up at once (after the config blob,
-        # copied first and alone to fetch the tokens the others use)
+        # uploads show three blobs going up at once (the first PUT passes,
+        # its thread's next one stalls beside the other two)
         faults.add('PUT', '/blobs/uploads/', 'stall', seconds=60, nth=2, every=True)
         dest = '%s/%s-copy' % (proxy.host, repo)
         done = {}
