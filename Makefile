@@ -1,6 +1,6 @@
 # dxf.py: tests, lint, coverage and the README demo.  GNU make.
 #
-#   make test       the suite on .venv (python3), then on every pyenv
+#   make test       refuses merge conflict markers, then the suite on .venv (python3), then on every pyenv
 #                   CPython 3.6..3.13, each in its own .venv-3.X
 #                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600)
 #   make quick      the suite on .venv only
@@ -21,9 +21,9 @@ export PYTEST_ARGS
 PYENV_ROOT_DIR := $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(PYENV_ROOT_DIR)/versions/3.*/bin))
 
-.PHONY: test quick pydxf-test tox lint coverage demo bench clean distclean registry
+.PHONY: test quick pydxf-test tox lint coverage demo bench clean distclean registry no-conflicts
 
-test: registry
+test: no-conflicts registry
 	@.ci/test-matrix
 	@.ci/pydxf-test
 
@@ -32,6 +32,12 @@ pydxf-test: registry
 
 quick: registry $(VENV)/bin/pytest
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# An unfinished merge must not land: its markers reached the README once, and
+# pip copies the README into the package's description.
+no-conflicts:
+	@if git grep -n -I -E '^(<<<<<<<|>>>>>>>)( |$$)|^=======$$' -- . 2>/dev/null; then \
+	    echo "merge conflict markers in tracked files (above): finish the merge"; exit 1; fi
 
 # What the tests and the demo run: the registry (Debian package docker-registry),
 # skopeo (the interop tests), openssl (test certificates and tokens), and Go
