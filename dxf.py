@@ -25,9 +25,11 @@ Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
   1 Imports and metadata   2 Constants      3 Errors
   4 Digests, names and small helpers        5 HTTP transport
   6 Authentication         7 Blob streams   8 Manifests
-  9 Public API (DXFBase, DXF, OCILayout)    10 Command line
-  11 python-dxf compatibility                12 Entry point
-The command line's environment variables are documented in section 10.
+  9 Registry client (DXFBase)               10 Alias operations
+  11 Registry repository (DXF)              12 Local files, OCI layout store
+  13 Parallel workers       14 Directories as layers
+  15 Command line           16 python-dxf compatibility   17 Entry point
+The command line's environment variables are documented in section 15.
 
 Licence: MIT.
 """
@@ -2049,9 +2051,9 @@ def _choose_platform(m, platform):
 
 
 # =============================================================================
-# 9. Public API
-#    DXFBase: one registry (auth, catalog, connections).  DXF: one repository
-#    in it (blobs, aliases, manifests).  python-dxf names are kept.
+# 9. Registry client
+#    DXFBase: one registry (auth, catalog, connections).  python-dxf names
+#    are kept throughout the public classes.
 # =============================================================================
 
 
@@ -2331,6 +2333,13 @@ class DXFBase:
         """GET ``/v2/``; return ``(body text, response)``."""
         resp = self._request('GET', '')
         return resp.body.decode('utf-8', 'replace'), resp
+
+
+# =============================================================================
+# 10. Alias operations
+#    What every store does with blobs and aliases, over the primitives the
+#    registry (DXF) and the OCI layout (OCILayout) each provide.
+# =============================================================================
 
 
 class _AliasMethods:
@@ -2631,6 +2640,12 @@ class _ExistenceCheck:
         if self._error is not None:
             raise self._error
         return self._exists
+
+
+# =============================================================================
+# 11. Registry repository
+#    DXF: one repository of a registry (blobs, uploads, aliases, manifests).
+# =============================================================================
 
 
 class DXF(DXFBase, _AliasMethods):
@@ -3172,6 +3187,13 @@ class DXF(DXFBase, _AliasMethods):
         return items if iterate else list(items)
 
 
+# =============================================================================
+# 12. Local files and the OCI layout store
+#    Files that appear only once complete; OCILayout: a directory in the OCI
+#    image layout, addressed as oci:DIR.
+# =============================================================================
+
+
 class _AtomicFile:
     """A file that appears under its name only once complete and on disk.
 
@@ -3504,6 +3526,11 @@ class _LayoutRoot:
         """Nothing to close."""
 
 
+# =============================================================================
+# 13. Parallel workers
+# =============================================================================
+
+
 def _in_parallel(func, items, concurrency, transport=None):
     """``[func(item) for item in items]``, up to ``concurrency`` at a time in
     threads (the connection pool and the token cache are thread-safe).  After
@@ -3547,7 +3574,9 @@ def _in_parallel(func, items, concurrency, transport=None):
     return results
 
 
-# -- directories as layers ----------------------------------------------------
+# =============================================================================
+# 14. Directories as layers
+# =============================================================================
 # The layout oras-go's file store (content/file) writes and unpacks: a gzip
 # tar whose entries are "<title>" and "<title>/...", annotated with the tar's
 # digest (up to the end-of-archive marker) and io.deis.oras.content.unpack.
@@ -3814,7 +3843,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 
 
 # =============================================================================
-# 10. Command line
+# 15. Command line
 #     dxf COMMAND REPO ARGS...; settings come from the environment:
 #
 #     DXF_HOST            registry host[:port] (required)
@@ -4657,7 +4686,7 @@ def _fail(stderr, message, status, debug):
 
 
 # =============================================================================
-# 11. python-dxf compatibility
+# 16. python-dxf compatibility
 #     Every name and module kept for code written for python-dxf, in one
 #     place: its error names, auth_by_password, dxf.exceptions, dxf.main.
 # =============================================================================
@@ -4773,7 +4802,7 @@ def _compat_modules():
 exceptions = _compat_modules()
 
 # =============================================================================
-# 12. Entry point
+# 17. Entry point
 # =============================================================================
 
 if __name__ == '__main__':
