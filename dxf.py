@@ -117,12 +117,14 @@ _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
-# Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
-# chunks cost distribution time per PATCH (64 MiB: a 1 GiB push took 1.3x
-# as long; 256 MiB: the same as one request).
-_CHUNKED_PUSH_MIN = 512 << 20
-_CHUNKED_PUSH_SIZE = 256 << 20
-_OVERLAP_MIN = 64 << 20          # hash these files while uploading them
+# Files (and pipes) larger than this go up in PATCHes of this size, each
+# resumable, also by a later run (_UploadRecord); smaller ones in one PUT.
+# 64 MiB: under Cloudflare's 100 MB body limit, and what one interrupt may
+# still send (the body in flight is finished, never cut: see _STOP).
+# DXF_PUSH_CHUNK_SIZE or chunk_size= sets it; after a 413 it is halved,
+# down to _MIN_PUSH_CHUNK (or the registry's OCI-Chunk-Min-Length).
+_PUSH_CHUNK = 64 << 20
+_MIN_PUSH_CHUNK = 1 << 20
 _DEFAULT_TIMEOUT = 60.0          # seconds an answer (or 1 MiB of one) may take
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
@@ -389,6 +391,7 @@ def _hash_stream(f, algorithm='sha256'):
     buf = bytearray(_CHUNK_SIZE)
     view = memoryview(buf)
     while True:
+        _check_stop()         # a file hashed in a worker thread: see _STOP
         n = f.readinto(buf)
         if not n:
             break
@@ -571,7 +574,8 @@ class _Body:
     """An upload body.  Every kind answers the same four things:
 
     ``length`` (None: unknown, sent chunked), ``replayable`` (it can be sent
-    again after a failure), ``rewind()`` and ``send(write)``.  This one is
+    again after a failure: every kind dxf sends, since pipes are spooled,
+    see _Source), ``rewind()`` and ``send(write)``.  This one is
     bytes held in memory.
     """
     replayable = True
@@ -616,27 +620,6 @@ class _FileBody(_Body):
             left -= n
 
 
-class _ChunkedBody(_Body):
-    """An iterable of bytes, sent once with chunked encoding."""
-    replayable = False
-    length = None
-
-    def __init__(self, chunks, on_data=None):
-        self.chunks = chunks
-        self.on_data = on_data
-
-    def send(self, write):
-        for chunk in self.chunks:
-            if not chunk:
-                continue
-            if self.on_data:
-                self.on_data(chunk)
-            write(b'%x\r\n' % len(chunk))
-            write(chunk)
-            write(b'\r\n')
-        write(b'0\r\n\r\n')
-
-
 class _Budget:
     """How many more retries one public operation may make, and until when.
 
@@ -664,7 +647,8 @@ class _Budget:
             if self.left <= 0 or now + delay > self.deadline:
                 return False
             self.left -= 1
-        time.sleep(delay)
+        _STOP.wait(delay)      # an interrupt ends the wait (and the retries)
+        _check_stop()
         return True
 
 
@@ -900,6 +884,7 @@ class _Response:
         count); fewer only at the end.  Each call must finish within the
         timeout."""
         self._clock.allow()
+        _check_stop()         # a blob pulled in a worker thread: see _STOP
         try:
             if into is not None:
                 return self.raw.readinto(into)
@@ -1938,6 +1923,99 @@ class BlobReader:
             raise DXFDigestMismatchError(got, self.digest)
 
 
+class _Source:
+    """What an upload reads: bytes, a regular file, or a stream (a pipe, an
+    iterable of bytes) that can be read only once.
+
+    ``size`` and ``digest`` are known from the start for bytes and files
+    (``measure`` hashes them), for a stream once it has ended.  ``piece``
+    hands out any range of the bytes as a _FileBody: a stream is read
+    ahead into an anonymous temporary file, one window at a time (gone
+    whatever happens to the process), so a piece can be sent again, smaller
+    after a 413 or after a broken connection, and no stream is ever read
+    while a request body is in flight (an interrupt cannot cut one).
+    """
+
+    def __init__(self, f=None, data=None, digest=None):
+        import stat
+        self.digest, self.f, self.size, self.stream = digest, f, None, None
+        self.algorithm = split_digest(digest)[0] if digest else 'sha256'
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self.f = io.BytesIO(data)
+            self.size = len(self.f.getbuffer())
+        elif data is not None:
+            self.stream = iter(data)
+        elif stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            self.size = os.fstat(f.fileno()).st_size
+        else:
+            self.stream = iter(lambda: f.read(_CHUNK_SIZE), b'')
+        if self.stream is not None:
+            import tempfile
+            self.f = tempfile.TemporaryFile()
+            self.hash = _hash(self.algorithm)
+        self.base = self.end = 0      # the stream's bytes in self.f
+        self.on_read = None           # a stream's progress: as it is read
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.stream is not None:
+            self.f.close()
+
+    def measure(self):
+        """Hash a file (unless its digest was given) or bytes (checked)."""
+        if self.stream is None and (self.digest is None
+                                    or isinstance(self.f, io.BytesIO)):
+            self.f.seek(0)
+            self._check(_hash_stream(self.f, self.algorithm))
+
+    def _check(self, got):
+        if self.digest is not None and got != self.digest:
+            raise DXFDigestMismatchError(got, self.digest)
+        self.digest = got
+
+    def can_restart(self):
+        """Whether a new upload session can start from byte 0."""
+        return self.base == 0
+
+    def piece(self, offset, n, on_data=None):
+        """A body of up to ``n`` bytes from ``offset``; None at the end."""
+        if self.stream is not None and self.size is None and offset + n > self.end:
+            self._read_ahead(offset, n)
+        left = (self.end if self.size is None else self.size) - offset
+        if left <= 0 and offset:
+            return None
+        self.f.seek(offset - self.base)
+        return _FileBody(self.f, min(n, left), on_data)
+
+    def _read_ahead(self, offset, n):
+        """Read the stream until the window holds ``offset`` to ``offset + n``
+        (or the stream ends: then size and digest are known)."""
+        if not self.base <= offset <= self.end:
+            raise DXFProtocolError('the registry lost bytes of a stream '
+                                   'already sent; they cannot be read again')
+        self.f.seek(offset - self.base)
+        kept = self.f.read()
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(kept)
+        self.base = offset
+        while self.end < offset + n:
+            chunk = next(self.stream, None)
+            if chunk is None:
+                self.size = self.end
+                self._check(self.algorithm + ':' + self.hash.hexdigest())
+                break
+            _check_stop()
+            self.hash.update(chunk)
+            self.f.write(chunk)
+            self.end += len(chunk)
+            if self.on_read and chunk:
+                self.on_read(self.digest, chunk, None)
+        self.f.flush()
+
+
 # =============================================================================
 # 8. Manifests
 #    The manifest that backs an alias, and reading every kind users meet:
@@ -2253,6 +2331,8 @@ class DXFBase:
         Returns the _Response (its body read into ``.body`` unless
         ``stream``); a status outside ``ok`` raises the matching DXFHTTPError.
         """
+        if method != 'DELETE':      # an upload's cancel still goes out
+            _check_stop()
         url = _join(self._base, url)
         if body is not None and not isinstance(body, _Body):
             body = _Body(bytes(body))
@@ -2440,7 +2520,8 @@ class _AliasMethods:
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
             return self._blob_head(digest)
 
-    def push_blobs(self, files, alias=None, progress=None, concurrency=None):
+    def push_blobs(self, files, alias=None, progress=None, concurrency=None,
+                   chunk_size=None):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2454,6 +2535,7 @@ class _AliasMethods:
             called from several threads (each blob's calls from one thread,
             starting with ``b''``)
         :param concurrency: blobs in flight at once (default 4)
+        :param chunk_size: as for push_blob
         """
         items = list(files)
         if not items:
@@ -2470,7 +2552,8 @@ class _AliasMethods:
             config = alias is not None
             jobs = ([_EMPTY_DIGEST] if config else []) + [
                 (item,) for item in items]
-            layers = _in_parallel(lambda job: self._push_item(job, progress),
+            layers = _in_parallel(lambda job: self._push_item(job, progress,
+                                                              chunk_size),
                                   jobs, concurrency, getattr(self, '_transport', None))
             layers = layers[1:] if config else layers
             if alias is not None:
@@ -2481,7 +2564,7 @@ class _AliasMethods:
                     'utf-8'))
         return [layer['digest'] for layer in layers]
 
-    def _push_item(self, job, progress):
+    def _push_item(self, job, progress, chunk_size):
         """Push one of push_blobs' items (``(item,)``), or the empty config
         (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
         digest)."""
@@ -2490,17 +2573,20 @@ class _AliasMethods:
         item = job[0]
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
-                                              b''), progress=progress)
+                                              b''), progress=progress,
+                                    chunk_size=chunk_size)
             return _descriptor(_LAYER_TYPE, digest, self._sizes.get(digest))
         path = os.fspath(item)
         name = os.path.basename(os.path.normpath(os.path.abspath(path)))
         if not os.path.isdir(path):
-            digest = self.push_blob(path, progress=progress)
+            digest = self.push_blob(path, progress=progress,
+                                    chunk_size=chunk_size)
             return _descriptor(_LAYER_TYPE, digest, self._sizes.get(digest),
                                {_TITLE_ANNOTATION: name})
         packed, tar_digest = _pack_directory(path, name)
         try:
-            digest = self.push_blob(packed, progress=progress)
+            digest = self.push_blob(packed, progress=progress,
+                                    chunk_size=chunk_size)
             size = os.stat(packed).st_size
         finally:
             os.unlink(packed)
@@ -2605,43 +2691,6 @@ class _AliasMethods:
         return False
 
 
-class _AlreadyThere(Exception):
-    """Stops an upload the registry turned out not to need."""
-
-
-class _ExistenceCheck:
-    """Hashes a file and asks whether the registry has that blob, in a
-    second thread (hashlib and file reads release the GIL)."""
-
-    def __init__(self, dxf, path):
-        self.digest = None
-        self._exists = False
-        self._error = None
-        self._done = threading.Event()
-        threading.Thread(target=self._run, args=(dxf, path), daemon=True).start()
-
-    def _run(self, dxf, path):
-        try:
-            with dxf._needing('push'):
-                self.digest = hash_file(path)
-                self._exists = dxf._blob_head(self.digest) is not None
-        except BaseException as exc:     # handed to the uploading thread
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def found(self):
-        """True once the blob is known to be there already (no waiting)."""
-        return self._done.is_set() and self._exists
-
-    def wait(self):
-        """Wait for the answer: True if the registry has the blob."""
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._exists
-
-
 # =============================================================================
 # 11. Registry repository
 #    DXF: one repository of a registry (blobs, uploads, aliases, manifests).
@@ -2711,14 +2760,29 @@ class DXF(DXFBase, _AliasMethods):
                 message='blob %s not found in %s' % (digest, self._repo))
         return size
 
-    def _start_upload(self):
-        resp = self._request('POST', self._url('blobs', 'uploads/'),
-                             self._scope(['pull', 'push']), ok=(201, 202))
+    def _open_session(self, record):
+        """``(location, offset, chunk floor)``: the session ``record`` names,
+        where the registry says it stands, else a new one (POST)."""
+        scope = self._scope(['pull', 'push'])
+        if record.location:
+            try:
+                resp = self._request('GET', record.location, scope, ok=(204,))
+                return (_join(record.location, resp.header('Location') or
+                              record.location),
+                        _range_end(resp.header('Range')) + 1, _MIN_PUSH_CHUNK)
+            except (DXFHTTPError, DXFProtocolError):
+                pass        # forgotten or invalidated (404): start over
+        resp = self._request('POST', self._url('blobs', 'uploads/'), scope,
+                             ok=(202,))
         location = resp.header('Location')
-        if resp.status == 202 and not location:
+        if not location:
             raise DXFProtocolError('POST %s: upload session without a Location'
                                    % _path(resp.url), method='POST', url=resp.url)
-        return resp, _join(resp.url, location or '')
+        try:
+            minimum = int(resp.header('OCI-Chunk-Min-Length') or 0)
+        except ValueError:
+            minimum = 0
+        return _join(resp.url, location), 0, max(minimum, _MIN_PUSH_CHUNK)
 
     def _cancel_upload(self, location):
         try:
@@ -2739,20 +2803,20 @@ class DXF(DXFBase, _AliasMethods):
                   check_exists=True, chunk_size=None):
         """Upload a blob from a file or from ``data``; return its digest.
 
+        A file is hashed first, and not sent if the registry has it.
+
         :param filename: file to upload
         :param progress: called as pieces are sent, as python-dxf does: for
             a file ``progress(digest, b'', total)`` first, then
-            ``progress(digest, chunk, total)`` after each piece (``total`` is
-            None for a pipe); for ``data`` ``progress(digest, chunk)`` with
-            each non-empty chunk.  ``digest`` is None while it is being
-            computed in the same pass (``data`` without ``digest``; a file
-            pushed with ``check_exists=False``, or of 64 MiB and more)
+            ``progress(digest, chunk, total)`` after each piece (``digest``
+            and ``total`` are None for a pipe); for ``data``
+            ``progress(digest, chunk)`` with each non-empty chunk
         :param data: bytes, or an iterable of bytes, instead of a file
         :param digest: the digest if known (checked against the content)
         :param check_exists: skip the upload if the registry has the blob
-        :param chunk_size: send a file in requests of this many bytes, each
-            resumable after a failure (default: 256 MiB chunks for files
-            of 512 MiB and more, else one request)
+        :param chunk_size: send more than this many bytes in requests of
+            this size (default 64 MiB), each resumable, also by a later run
+            after a kill (see _UploadRecord); halved after a 413
         """
         if (filename is None) == (data is None):
             raise TypeError('push_blob needs filename or data (not both)')
@@ -2760,218 +2824,128 @@ class DXF(DXFBase, _AliasMethods):
             split_digest(digest)
         if data is not None:
             progress = _data_progress(progress)
-        with self._needing('push'):     # one token for HEAD and upload
-            if filename is None:
-                return self._upload(None, data, progress, digest, check_exists,
-                                    chunk_size)
-            with _open_input(filename) as f:
-                return self._upload(f, None, progress, digest, check_exists,
-                                    chunk_size)
 
-    def _upload(self, f, data, progress, digest, check_exists, chunk_size):
-        """The one upload engine: pick how the bytes go up once, then send
-        them in a session (POST), started again within the retry budget
-        while the source can be read again.
+        def push(_):
+            with self._needing('push'):     # one token for HEAD and upload
+                if filename is None:
+                    with _Source(data=data, digest=digest) as source:
+                        return self._upload(source, progress, check_exists,
+                                            chunk_size)
+                with _open_input(filename) as f, _Source(f, digest=digest) as source:
+                    return self._upload(source, progress, check_exists,
+                                        chunk_size)
+        # In a worker thread: Ctrl-C, raised in the main thread, then never
+        # cuts a request body (see _in_parallel).
+        return _in_parallel(push, [None], 1, self._transport)[0]
 
-        - ``whole``: the digest is known first (bytes, a file hashed ahead):
-          the body goes in the finishing PUT.
-        - ``ranges``: a file in PATCHes with Content-Range (large files, a
-          chunk_size, or a file hashed and HEADed in a second thread while
-          it goes up: _ExistenceCheck), each resumable.
-        - ``stream``: a pipe, an iterable, or a file pushed without asking
-          first: one chunked PATCH hashed as it goes, then PUT.
+    def _upload(self, source, progress, check_exists, chunk_size):
+        """The one upload engine: a _Source goes up in a session (POST), in
+        one PUT when it fits in a chunk, else in PATCHes of a chunk each
+        (_send); a new session is started within the retry budget while
+        the source can be read from its start again.
+
+        Files are hashed before anything is sent: a blob the registry has
+        costs one HEAD, and no session is ever opened for nothing.
         """
-        import stat
-        size = checker = chunks = None
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = bytes(data)
-            size = len(data)
-            got = hash_bytes(data) if digest is None else _hash_as(digest, data)
-            if digest is not None and got != digest:
-                raise DXFDigestMismatchError(got, digest)
-            digest, mode = got, 'whole'
-        elif f is not None and stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            size = os.fstat(f.fileno()).st_size
-            if digest is None and check_exists:
-                if size >= _OVERLAP_MIN and isinstance(f.name, str):
-                    # Hash (and HEAD) in a second thread while the upload
-                    # starts in this one, rather than reading the whole file
-                    # first; the upload stops once the registry has it.
-                    checker = _ExistenceCheck(self, f.name)
-                else:
-                    digest = _hash_stream(f)
-            if chunk_size is None and size >= _CHUNKED_PUSH_MIN:
-                chunk_size = _CHUNKED_PUSH_SIZE
-            if checker and not chunk_size:
-                chunk_size = size or 1
-            mode = 'ranges' if chunk_size else 'whole' if digest else 'stream'
-
-            def chunks():
-                f.seek(0)
-                return iter(lambda: f.read(_CHUNK_SIZE), b'')
-        else:
-            mode = 'stream'      # a pipe, a device or an iterable: read once
-            source = iter(lambda: f.read(_CHUNK_SIZE), b'') if f else iter(data)
-        if check_exists and digest and self._blob_head(digest) is not None:
-            return digest
-
-        def once():
-            if progress:
-                progress(digest, b'', size)
-            resp, location = self._start_upload()
-            # ranges and stream cancel the session themselves, at the
-            # Location it has moved to by then.
-            if mode == 'ranges':
-                return self._send_ranges(f, size, digest, progress,
-                                         chunk_size, resp, location, checker)
-            if mode == 'stream':
-                return self._send_stream(chunks() if chunks else source,
-                                         progress, digest, size, location)
+        source.measure()
+        if check_exists and source.digest and self._blob_head(source.digest) is not None:
+            return source.digest
+        chunk_size = chunk_size or _PUSH_CHUNK
+        record = _UploadRecord(self._base, self._repo, source.digest if (
+            source.stream is None and source.size > chunk_size) else None)
+        budget, attempt = self._transport.budget(), 0
+        while True:
             try:
-                if data is not None:
-                    self._finish_upload(location, digest, data)
-                    if progress:
-                        progress(digest, data, size)
-                else:
-                    f.seek(0)
-                    self._finish_upload(location, digest, _FileBody(
-                        f, size, progress and (lambda view: progress(
-                            digest, bytes(view), size))))
-                return digest
-            except BaseException:
-                self._cancel_upload(location)
-                raise
-        try:
-            got = self._retry_upload(once) if mode != 'stream' or chunks else once()
-        except _AlreadyThere:
-            return checker.digest
-        except DXFHTTPError:
-            # The registry checks the content against the digest: if it
-            # refuses because the file changed since it was hashed, say so
-            # rather than "bad request".
-            if mode != 'whole' or data is not None:
-                raise
-            f.seek(0)
-            now = _hash_stream(f, split_digest(digest)[0])
-            if now != digest:
-                raise DXFDigestMismatchError(now, digest) from None
-            raise
-        if size is not None:
-            self._sizes[got] = size
-        return got
+                location, offset, floor = self._open_session(record)
+                self._send(source, location, offset, max(chunk_size, floor),
+                           floor, progress, record)
+                self._sizes[source.digest] = source.size
+                return source.digest
+            except (DXFConnectionError, DXFHTTPError) as exc:
+                if getattr(exc, 'status', None) == 400 and source.stream is None:
+                    # The content does not match the digest: if the file
+                    # changed since it was hashed (or the digest given is
+                    # wrong), say so rather than "bad request".
+                    source.f.seek(0)
+                    source._check(_hash_stream(source.f, source.algorithm))
+                    raise
+                # A registry forgets a session whose connection broke (the
+                # next request on it gets 404): start again from the POST.
+                again = (exc.retryable if isinstance(exc, DXFConnectionError)
+                         else exc.status in (404,) + _RETRY_STATUSES)
+                if not (again and source.can_restart()
+                        and budget.spend(attempt=attempt)):
+                    raise
+            attempt += 1
 
-    def _send_ranges(self, f, size, digest, progress, chunk_size, resp,
-                     location, checker=None):
-        """Send a file in PATCH requests with Content-Range, then PUT.
+    def _send(self, source, location, offset, chunk, floor, progress, record):
+        """Send ``source`` from ``offset`` in session ``location``; PUT.
 
-        After a failed chunk, the session is asked where it stands (GET on
-        its Location: 204 with Range) and the upload continues from there.
-        A session the registry has forgotten (404) fails the whole attempt,
-        so _retry_upload starts over.  Without ``digest`` the file is hashed
-        as it is sent, each byte once even when resent, unless ``checker``
-        (an _ExistenceCheck) is hashing it meanwhile.
+        After a failed chunk the session is asked where it stands (GET:
+        204 with Range) and the upload goes on from there; after a 413 (a
+        proxy's body limit) the chunk is halved, down to ``floor``.  The
+        Location after each chunk goes to ``record``.  On any failure, an
+        interrupt included, the session is cancelled: by then the body in
+        flight has ended (see _STOP), so the registry takes the DELETE.
         """
         scope = self._scope(['pull', 'push'])
-        try:
-            minimum = int(resp.header('OCI-Chunk-Min-Length') or 0)
-        except ValueError:
-            minimum = 0
-        chunk_size = max(chunk_size, minimum)
-        h = None if digest or checker else _hash('sha256')
-        pos = hashed = 0      # where the body being sent is; how far h got
+        budget = self._transport.budget()
+        sent = [offset]         # how far the bytes have gone: a GET may not
+        #                         claim more
+
+        if source.stream is not None:       # progress as it is read
+            source.on_read, progress = progress, None
 
         def on_data(view):
-            nonlocal pos, hashed
-            if checker is not None and checker.found():
-                raise _AlreadyThere()
-            if h is not None and pos + len(view) > hashed:
-                h.update(view[hashed - pos:])
-                hashed = pos + len(view)
-            pos += len(view)
+            sent[0] += len(view)
             if progress:
-                progress(digest, bytes(view), size)
-        offset, budget = 0, self._transport.budget()
+                progress(source.digest, bytes(view), source.size)
+        if progress:
+            progress(source.digest, b'', source.size)
         try:
-            while offset < size:
-                n = min(chunk_size, size - offset)
-                f.seek(offset)
-                pos = offset
+            while True:
+                body = source.piece(offset, chunk, on_data)
+                if body is None:
+                    break
+                sent[0] = offset
                 try:
+                    if offset == 0 and body.length == source.size:
+                        self._finish_upload(location, source.digest, body)
+                        return source.digest
                     resp = self._request(
-                        'PATCH', location, scope, body=_FileBody(f, n, on_data),
+                        'PATCH', location, scope, body=body,
                         headers={'Content-Type': 'application/octet-stream',
-                                 'Content-Range': '%d-%d' % (offset,
-                                                             offset + n - 1)},
+                                 'Content-Range': '%d-%d' % (
+                                     offset, offset + body.length - 1)},
                         ok=(202,))
-                    offset += n
+                    offset += body.length
                 except (DXFConnectionError, DXFHTTPError) as exc:
-                    if (isinstance(exc, DXFHTTPError) and exc.status not in
-                            (416,) + _RETRY_STATUSES) or not budget.spend(0):
+                    status = getattr(exc, 'status', None)
+                    if status == 413:
+                        if chunk <= floor:
+                            raise _refusal(exc, 'refused a request body of '
+                                           '%d bytes: lower DXF_PUSH_CHUNK_SIZE '
+                                           '(chunk_size=)' % body.length) from None
+                        chunk = max(floor, min(chunk, body.length) // 2)
+                        continue
+                    if (status not in (None, 416) + _RETRY_STATUSES
+                            or not budget.spend(0)):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
-                    if offset > hashed and h is not None:
+                    if offset > sent[0]:
                         raise DXFProtocolError(
                             'GET %s: upload session claims bytes never sent'
                             % _path(location), method='GET', url=location)
                 location = _join(location, resp.header('Location') or location)
-            if h is not None:
-                digest = 'sha256:' + h.hexdigest()
-            elif checker is not None:
-                if checker.wait():
-                    raise _AlreadyThere()
-                digest = checker.digest
-            self._finish_upload(location, digest)
+                record.save(location)
+            self._finish_upload(location, source.digest)
         except BaseException:
             self._cancel_upload(location)
             raise
-        return digest
-
-    def _retry_upload(self, upload):
-        """Run ``upload()`` again from a new session when one fails midway.
-
-        A registry forgets an upload session whose connection broke (the
-        next request on it gets 404), so a retry starts from the POST.
-        """
-        budget = self._transport.budget()
-        attempt = 0
-        while True:
-            try:
-                return upload()
-            except (DXFConnectionError, DXFHTTPError) as exc:
-                again = (exc.retryable if isinstance(exc, DXFConnectionError)
-                         else exc.status in (404,) + _RETRY_STATUSES)
-                if not again or not budget.spend(attempt=attempt):
-                    raise
-            attempt += 1
-
-    def _send_stream(self, source, progress, digest, total, location):
-        """One chunked PATCH of ``source`` (an iterator of bytes) hashed as
-        it goes, then the PUT; returns the digest."""
-        algorithm = split_digest(digest)[0] if digest else 'sha256'
-        h = _hash(algorithm)
-        count = [0]
-
-        def on_data(chunk):
-            h.update(chunk)
-            count[0] += len(chunk)
-            if progress:
-                progress(digest, bytes(chunk), total)
-        try:
-            resp = self._request(
-                'PATCH', location, self._scope(['pull', 'push']),
-                headers={'Content-Type': 'application/octet-stream'},
-                body=_ChunkedBody(source, on_data), ok=(202,))
-            location = _join(location, resp.header('Location') or location)
-            got = algorithm + ':' + h.hexdigest()
-            if digest is not None and got != digest:
-                raise DXFDigestMismatchError(got, digest)
-            self._finish_upload(location, got)
-        except BaseException:
-            self._cancel_upload(location)
-            raise
-        self._sizes[got] = count[0]
-        return got
+        finally:
+            record.drop()
+        return source.digest
 
     def pull_blob(self, digest, size=False, chunk_size=None, progress=None):
         """Download a blob: return a BlobReader over its verified bytes.
@@ -3093,8 +3067,9 @@ class DXF(DXFBase, _AliasMethods):
             # missing for a moment.  Push the config if it really is missing.
             with self._transport.lock:
                 if self._blob_head(_EMPTY_DIGEST) is None:
-                    self._upload(None, _EMPTY_BLOB, None, _EMPTY_DIGEST,
-                                 False, None)
+                    self._upload(_Source(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST),
+                                 progress=None, check_exists=False,
+                                 chunk_size=None)
                     continue      # the usual case: the first alias of a repo
             time.sleep(_RETRY_BASE * (attempt + 1))
 
@@ -3241,6 +3216,53 @@ class _AtomicFile:
         return False
 
 
+class _UploadRecord:
+    """Where a file's upload session stands, so that a run killed half-way
+    (SIGKILL, a crash) can go on with it: one small file per registry,
+    repository and digest under ``$XDG_CACHE_HOME/dxf/uploads`` (else
+    ``~/.cache/dxf/uploads``), mode 0600, holding the session's Location
+    (no credentials), written after each chunk the registry took and
+    removed once the session ends.  Best effort: a cache that cannot be
+    written costs only the resume.  Without a digest it does nothing."""
+
+    def __init__(self, base, repo, digest):
+        self.location = self.path = None
+        if digest is None:
+            return
+        self.what = [base, repo, digest]
+        cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+            os.path.expanduser('~'), '.cache')
+        self.path = os.path.join(cache, 'dxf', 'uploads', hash_bytes(
+            json.dumps(self.what).encode('utf-8'))[7:39] + '.json')
+        try:
+            with open(self.path, 'rb') as f:
+                doc = json.loads(f.read(_MAX_SMALL_BODY).decode('utf-8'))
+            if doc['session'][:3] == self.what:
+                self.location = doc['session'][3]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass         # none, or torn by a kill: start a new session
+
+    def save(self, location):
+        if self.path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(json.dumps({'session': self.what + [location]}).encode(
+                    'utf-8'))
+        except OSError:
+            pass
+
+    def drop(self):
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 class _FileLock:
     """An exclusive lock on a file (flock; a no-op where there is none)."""
 
@@ -3347,8 +3369,9 @@ class OCILayout(_AliasMethods):
         return size
 
     def push_blob(self, filename=None, progress=None, data=None, digest=None,
-                  check_exists=True):
-        """Store a blob from a file or from ``data``; return its digest."""
+                  check_exists=True, chunk_size=None):
+        """Store a blob from a file or from ``data``; return its digest
+        (``chunk_size``: as DXF's, which this store has no use for)."""
         if (filename is None) == (data is None):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None and check_exists and self._blob_head(digest) is not None:
@@ -3375,6 +3398,7 @@ class OCILayout(_AliasMethods):
                 if progress:
                     progress(digest, b'', total)
                 for chunk in chunks:
+                    _check_stop()       # in a worker thread: see _STOP
                     h.update(chunk)
                     f.write(chunk)
                     if progress:
@@ -3531,15 +3555,34 @@ class _LayoutRoot:
 # =============================================================================
 
 
+# Set when the command line is interrupted (SIGINT, SIGTERM), or when the
+# main thread is while it waits for workers: they stop at the next safe
+# point, never in the middle of a request body (which would leave an upload
+# session the registry can no longer cancel: distribution 2.8.2 answers 404
+# to every later request on it), then cancel their sessions and remove
+# their temporary files.
+_STOP = threading.Event()
+
+
+def _check_stop():
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def _in_parallel(func, items, concurrency, transport=None):
     """``[func(item) for item in items]``, up to ``concurrency`` at a time in
     threads (the connection pool and the token cache are thread-safe).  After
     a failure no further item starts; the first failing item's error (in
     the order of ``items``) is raised once the running ones have ended.
     With ``transport``, the threads draw on the calling operation's retry
-    budget."""
+    budget.
+
+    Called in the main thread, it always uses a worker thread, and an
+    interrupt (KeyboardInterrupt) there stops the workers through _STOP and
+    waits for them: a second one stops at once."""
     items = list(items)
-    if concurrency <= 1 or len(items) <= 1:
+    if threading.current_thread() is not threading.main_thread() and (
+            concurrency <= 1 or len(items) <= 1):
         return [func(item) for item in items]
     if transport is not None:
         budget, plain = transport.budget(), func
@@ -3567,8 +3610,19 @@ def _in_parallel(func, items, concurrency, transport=None):
                for _ in range(min(concurrency, len(items)))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        own = not _STOP.is_set()
+        _STOP.set()
+        try:
+            for thread in threads:
+                thread.join()
+        finally:
+            if own:
+                _STOP.clear()
+        raise
     if errors:
         raise min(errors, key=lambda e: e[0])[1]
     return results
@@ -3598,6 +3652,7 @@ class _TarSink:
         self.end = None
 
     def write(self, data):
+        _check_stop()       # packed in a worker thread: see _STOP
         if self.end is not None:
             data = data[:max(0, self.end - self.size)]
         self.hash.update(data)
@@ -3864,6 +3919,9 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
 #     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
 #     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
+#     DXF_PUSH_CHUNK_SIZE bytes per upload request above which a blob goes
+#                         up in resumable chunks (default 64 MiB, at least
+#                         1 MiB; halved by itself after a 413)
 #     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
 #     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
@@ -3872,8 +3930,8 @@ _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
              'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
              'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
-             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_DEBUG')
-_EXIT_INTERRUPTED = 130
+             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_PUSH_CHUNK_SIZE',
+             'DXF_CONCURRENCY', 'DXF_DEBUG')
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
 
@@ -4034,6 +4092,8 @@ class _Settings:
         s.blob_info = _env_flag(environ, 'DXF_BLOB_INFO')
         s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE,
                                    high=1 << 30)
+        s.push_chunk_size = _env_number(environ, 'DXF_PUSH_CHUNK_SIZE', int,
+                                        None, high=1 << 40)
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
@@ -4106,7 +4166,8 @@ class _Progress:
         self._lines = {}         # thread -> _Line
         self._last = None        # the _Line drawn last
         try:
-            self.width = os.get_terminal_size(stream.fileno()).columns
+            # 0 from a terminal that does not say (a serial console)
+            self.width = os.get_terminal_size(stream.fileno()).columns or 80
         except (AttributeError, ValueError, OSError):
             self.width = 80
 
@@ -4148,6 +4209,13 @@ class _Progress:
             self.stream.write('\n')
             self.stream.flush()
             self._last = None
+
+    def interrupt(self):
+        """End the line drawn last, so that an error gets a line of its own.
+        No lock: a signal handler may call this while its thread holds it."""
+        if self._last is not None:
+            self._last = None
+            self.stream.write('\n')
 
     def finish(self):
         """End this thread's line."""
@@ -4238,11 +4306,13 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     progress = settings.progress_printer
     if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
-                               progress=progress)
+                               progress=progress,
+                               chunk_size=settings.push_chunk_size)
     else:
-        digest = dxf.push_blob(files[0], progress=progress)
+        digest = dxf.push_blob(files[0], progress=progress,
+                               chunk_size=settings.push_chunk_size)
     if progress:
-        progress.finish()
+        progress.finish_all()       # drawn from push_blob's thread
     _write_line(out, digest)
 
 
@@ -4258,7 +4328,8 @@ def _push_many(dxf, files, alias, settings, out, stdin):
     try:
         digests = dxf.push_blobs([stdin if f == '-' else f for f in files],
                                  alias=alias, progress=progress,
-                                 concurrency=settings.concurrency)
+                                 concurrency=settings.concurrency,
+                                 chunk_size=settings.push_chunk_size)
     finally:
         if progress:
             progress.finish_all()
@@ -4632,7 +4703,13 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         debug = _env_flag(environ, 'DXF_DEBUG')
     except _UsageError:
         debug = False
-    dxf = None
+    dxf = printer = None
+
+    def fail(message, status):
+        if printer is not None:     # not at the end of the progress line
+            printer.interrupt()
+        return _fail(stderr, message, status, debug)
+    restore = _catch_signals(fail)
     try:
         parser = _build_parser(stdout, argv[0] if argv and any(
             argv[0] == c[0] for c in _COMMANDS) else None)
@@ -4648,7 +4725,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         show = settings.progress
         if show is None:
             show = hasattr(stderr, 'isatty') and stderr.isatty()
-        settings.progress_printer = _Progress(stderr) if show else None
+        settings.progress_printer = printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
         if args.func is not _cmd_version:
             dxf = settings.open(getattr(args, 'repo', None)
@@ -4659,21 +4736,54 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     except _Exit as exc:
         return exc.status
     except _UsageError as exc:
-        return _fail(stderr, str(exc), errno.EINVAL, debug)
+        return fail(str(exc), errno.EINVAL)
     except DXFError as exc:
-        return _fail(stderr, str(exc), exc.exit_code, debug)
+        return fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return _fail(stderr, 'interrupted', _EXIT_INTERRUPTED, debug)
+        return fail(*_interruption())
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
     except OSError as exc:
-        return _fail(stderr, _exc_text(exc), 1, debug)
+        return fail(_exc_text(exc), 1)
     except Exception as exc:     # a bug of ours: still one line, no traceback
-        return _fail(stderr, 'internal error (%s: %s); DXF_DEBUG=1 shows where'
-                     % (type(exc).__name__, exc), _EXIT_INTERNAL, debug)
+        return fail('internal error (%s: %s); DXF_DEBUG=1 shows where'
+                    % (type(exc).__name__, exc), _EXIT_INTERNAL)
     finally:
         if dxf is not None:
             dxf.close()
+        restore()
+
+
+def _interruption():
+    """The error line and exit status for the interrupt received:
+    128 + the signal's number, as a shell reports it (130, 143)."""
+    signum = getattr(_STOP, 'signum', None) or 2      # SIGINT: Ctrl-C
+    return 'interrupted' if signum == 2 else 'terminated (SIGTERM)', 128 + signum
+
+
+def _catch_signals(fail):
+    """Have SIGINT and SIGTERM raise KeyboardInterrupt in the main thread
+    (SIGTERM would end dxf without a word or a clean-up) and set _STOP;
+    a second signal ends dxf at once.  Returns what undoes it."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None     # only the main thread may set handlers
+
+    def interrupt(signum, frame):
+        if _STOP.is_set() and getattr(_STOP, 'signum', None):
+            os._exit(fail(*_interruption()))
+        _STOP.signum = signum
+        _STOP.set()
+        raise KeyboardInterrupt
+    saved = [(n, signal.signal(n, interrupt))
+             for n in (signal.SIGINT, signal.SIGTERM)]
+
+    def restore():
+        for number, handler in saved:
+            signal.signal(number, handler)
+        _STOP.signum = None
+        _STOP.clear()
+    return restore
 
 
 def _fail(stderr, message, status, debug):

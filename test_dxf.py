@@ -3009,13 +3009,28 @@ class TestFaultProxy:
         assert proxy.errors == []
 
     def test_fault_proxy_forwards_chunked_upload(self, proxy, fault_env, run_cli, repo):
+        # dxf sends no chunked bodies (it spools pipes): http.client does.
         data = _blob(2 * 1024 * 1024 + 5, 'proxy-chunked')
-        env = fault_env()
-        assert _ok(run_cli(['push-blob', repo, '-'], env, stdin=data)) == (
-            _sha256(data).encode() + b'\n')
+        conn = http.client.HTTPConnection(proxy.host, timeout=10)
+        try:
+            conn.request('POST', '/v2/%s/blobs/uploads/' % repo, body=b'')
+            resp = conn.getresponse()
+            resp.read()
+            location = urllib.parse.urlsplit(resp.getheader('Location'))
+            pieces = (data[i:i + 65536] for i in range(0, len(data), 65536))
+            conn.request('PATCH', location.path + '?' + location.query, body=pieces,
+                         encode_chunked=True)
+            resp = conn.getresponse()
+            resp.read()
+            location = urllib.parse.urlsplit(resp.getheader('Location'))
+            conn.request('PUT', '%s?%s&digest=%s' % (location.path, location.query,
+                                                     _sha256(data)))
+            assert conn.getresponse().status == 201
+        finally:
+            conn.close()
         patch = proxy.seen('PATCH', UPLOAD)
         assert len(patch) == 1 and 'chunked' in patch[0].headers.get('Transfer-Encoding', '')
-        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], env)) == data
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], fault_env())) == data
 
     def test_fault_fires_on_nth_match_once_or_every_time(self, proxy, faults, upstream):
         digest = upstream.push_blob(data=b'nth')
@@ -6826,17 +6841,16 @@ class TestFaults:
         with upstream.pull_blob(digest) as reader:
             assert b''.join(reader) == data
 
-    def test_stdin_patch_cut_midway_fails_with_one_line(self, proxy, faults, fault_env,
-                                                        run_cli, repo):
+    def test_stdin_upload_cut_midway_is_sent_again_from_the_spool(
+            self, proxy, faults, fault_env, run_cli, repo):
+        # Data piped in is read once, into an anonymous temporary file a
+        # chunk at a time: a body cut off is sent again from there.
         data = _blob(1024 * 1024, 'stdin-cut')
-        faults.add('PATCH', UPLOAD, 'cut_request', after=100000)
-        result = run_cli(['push-blob', repo, '-'], fault_env(), stdin=data)
-        out, _ = _one_error(result, 1)
-        assert out == b''
-        # Data piped in cannot be read twice: one session, not retried.
-        assert len(proxy.seen('PATCH', UPLOAD)) == 1
+        faults.add('PUT', UPLOAD, 'cut_request', after=100000)
         assert _ok(run_cli(['push-blob', repo, '-'], fault_env(), stdin=data)) == (
             _sha256(data).encode() + b'\n')
+        assert len(proxy.seen('POST', UPLOAD)) == 2       # a new session
+        assert _ok(run_cli(['pull-blob', repo, _sha256(data)], fault_env())) == data
 
     # ---- 6. a byte flipped in transit ---------------------------------------------
 
@@ -7297,9 +7311,9 @@ class TestLargeBlobPipeline:
         assert head + out.getvalue() == data
 
 
-# ---- files of 64 MiB and more: hashed in a second thread while uploading ----
+# ---- files larger than a chunk (64 MiB): hashed first, then sent in chunks ----
 
-OVERLAPPED = 64 * 1024 * 1024 + 5    # dxf hashes files this big during the upload
+OVERLAPPED = 64 * 1024 * 1024 + 5
 
 
 @pytest.mark.slow
@@ -7324,8 +7338,13 @@ class TestOverlappedPush:
         path = _write(tmp_path, 'big', data)
         out = _ok(run_cli(['push-blob', upstream.repo, path, '@there'], fault_env()))
         assert out == _sha256(data).encode('ascii') + b'\n'
-        hexdigest = _sha256(data).split(':')[1]
-        assert proxy.seen('PUT', r'/blobs/uploads/.*' + hexdigest) == []   # never finished
+        # Hashed before anything is sent: no session is opened for it, so
+        # none is left behind (issue 16: each re-push leaked one).  The one
+        # session is the alias's empty config blob's, finished in one PUT.
+        assert len(proxy.seen('POST', r'/blobs/uploads/')) == 1
+        assert proxy.seen('PATCH') == []
+        assert [r.path for r in proxy.seen('PUT', r'/blobs/')] == [
+            r.path for r in proxy.seen('PUT', EMPTY_CONFIG['digest'].split(':')[1])]
         assert upstream.get_alias('there') == [_sha256(data)]
 
 
@@ -8263,7 +8282,8 @@ class TestCopyAliasBetweenRegistries:
         assert out == _lines(_sha256(manifest))
         to_dest = [(m, p, s) for m, h, p, s in trace if h == registries[dst].host]
         assert [s for m, p, s in to_dest if m == 'POST' and s != 401] == [202] * 4, to_dest
-        assert len([1 for m, p, s in to_dest if m == 'PATCH' and s == 202]) == 4, to_dest
+        assert len([1 for m, p, s in to_dest if m == 'PUT' and 'uploads' in p
+                    and s == 201]) == 4, to_dest
         denv = cli_env(dst)
         assert _ok(run_cli(['get-manifest', repo, 'three'], denv)) == manifest
         assert _ok(run_cli(['pull-blob', repo, '@three'], denv)) == b''.join(blobs)
@@ -9865,13 +9885,12 @@ class TestRoundTrips:
     @pytest.mark.slow
     def test_big_file_push_on_token_registry_asks_for_one_token(
             self, token_proxy, token_server, fault_env, run_cli, registries, repo, tmp_path):
-        # A file of 64 MiB and more is hashed and HEADed in a second thread
-        # while the upload starts: both meet the 401 at once, and the second
-        # takes the token the first fetched (one token request, not two).
+        # A file larger than a chunk is hashed, HEADed, then sent in chunks
+        # from push_blob's worker thread: one token serves it all.
         reg = registries['token']
         env = fault_env(token_proxy, DXF_TLSVERIFY=reg.tlsverify,
                         DXF_USERNAME=reg.username, DXF_PASSWORD=reg.password)
-        data = _blob(dxf._OVERLAP_MIN + 5, 'rt-big')
+        data = _blob(dxf._PUSH_CHUNK + 5, 'rt-big')
         path = _write(tmp_path, 'big', data)
         assert _ok(run_cli(['push-blob', repo, path], env)) == _lines(_sha256(data))
         assert len(token_server.requests) == 1, token_server.requests
