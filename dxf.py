@@ -3594,31 +3594,34 @@ def _in_parallel(func, items, concurrency, transport=None):
     errors = []
     lock = threading.Lock()
     todo = iter(range(len(items)))
+    running = [min(concurrency, len(items))]
+    done = threading.Event()
 
     def work():
         while True:
             with lock:
                 i = None if errors else next(todo, None)
-            if i is None:
-                return
+                if i is None:
+                    running[0] -= 1
+                    if not running[0]:
+                        done.set()
+                    return
             try:
                 results[i] = func(items[i])
             except BaseException as exc:     # handed to the calling thread
                 with lock:
                     errors.append((i, exc))
-    threads = [threading.Thread(target=work, daemon=True)
-               for _ in range(min(concurrency, len(items)))]
-    for thread in threads:
-        thread.start()
+    for _ in range(running[0]):
+        threading.Thread(target=work, daemon=True).start()
+    # Not Thread.join: interrupted, it may take a thread that is still
+    # running for ended (3.11: it releases the lock the thread holds).
     try:
-        for thread in threads:
-            thread.join()
+        done.wait()
     except BaseException:
         own = not _STOP.is_set()
         _STOP.set()
         try:
-            for thread in threads:
-                thread.join()
+            done.wait()
         finally:
             if own:
                 _STOP.clear()

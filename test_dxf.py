@@ -79,6 +79,7 @@ import random
 import re
 import select
 import shutil
+import signal
 import socket
 import socketserver
 import ssl
@@ -920,12 +921,22 @@ class Fault(object):
     ``endless``       answer ``status`` (200) with ``prefix`` and then
                       ``piece`` repeated, chunked, until the client goes away
                       (or ``limit`` bytes, 256 MiB, have gone)
+    ``too_large``     answer 413 to a body over ``limit`` bytes, after
+                      reading it, else forward: nginx's client_max_body_size
+                      and Cloudflare's 100 MB limit (podman#24919)
+    ``signal``        forward; once ``after`` body bytes of the requests it
+                      matches have passed (counted across them, so use
+                      ``every``), call ``then()`` (e.g. to signal a dxf
+                      process); with ``buffer``, read each body whole before
+                      forwarding it, as nginx does by default
+                      (proxy_request_buffering): a body cut off by the
+                      client never reaches the registry
 
     ``body`` and ``headers`` also take ``drop``: header names to remove.
     """
 
     ACTIONS = ('status', 'redirect', 'stall', 'cut_request', 'cut_response', 'flip',
-               'body', 'headers', 'length', 'endless')
+               'body', 'headers', 'length', 'endless', 'too_large', 'signal')
 
     def __init__(self, method, path, action, nth=1, every=False, has_header=None, **params):
         if action not in self.ACTIONS:
@@ -939,6 +950,7 @@ class Fault(object):
         self.params = params
         self.matched = 0
         self.fired = 0
+        self.bytes = 0           # body bytes seen (the signal action)
 
     def _claim(self, method, path, headers):
         """Count a match; True when the fault fires on this request."""
@@ -1004,6 +1016,21 @@ class _FaultHandler(_ProxyHandler):
         if action == 'stall':
             proxy._sleep(params.get('seconds', 5))
         chunked, body = self._request_body()
+        if action == 'too_large':
+            body = list(body)
+            if sum(len(piece) for piece in body) > params['limit']:
+                return self._answer(413, b'<html>413 Request Entity Too Large</html>',
+                                    {'Content-Type': 'text/html'})
+        if action == 'signal':
+            body = self._counted(fault, body)
+            if params.get('buffer'):
+                body = [b''.join(body)]
+                if fault.bytes >= params['after'] > fault.bytes - len(body[0]):
+                    # The signal (a kill) cut this body off: even if the
+                    # rest was already in the sockets' buffers, the proxy
+                    # forwards none of it.
+                    self.close_connection = True
+                    return
         if action in ('status', 'redirect', 'endless'):
             for _ in body:       # read the upload, so that the answer is heard
                 pass
@@ -1016,6 +1043,13 @@ class _FaultHandler(_ProxyHandler):
         if action == 'endless':
             return self._endless(params)
         self._forward(chunked, body, action, params)
+
+    def _counted(self, fault, body):
+        for piece in body:
+            before, fault.bytes = fault.bytes, fault.bytes + len(piece)
+            if before < fault.params['after'] <= fault.bytes:
+                fault.params['then']()
+            yield piece
 
     def _answer(self, status, body, headers):
         self.send_response(status)
@@ -7396,7 +7430,7 @@ class TestChunkedPush:
         assert info.value.status == 502
         assert len(proxy.seen('POST', UPLOAD)) == 1
         assert len(proxy.seen('PATCH', UPLOAD)) == 4
-        assert len(proxy.seen('DELETE', UPLOAD)) == 1
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
 
     def test_416_is_answered_by_asking_the_session(self, proxy, faults, upstream, tmp_path):
         faults.add('PATCH', UPLOAD, 'status', nth=2, status=416)
@@ -7419,9 +7453,181 @@ class TestChunkedPush:
             with pytest.raises(dxf.DXFHTTPError) as info:
                 d.push_blob(path, chunk_size=MIB)
         assert info.value.status == 400
-        assert len(proxy.seen('DELETE', UPLOAD)) == 1
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
         with pytest.raises(dxf.DXFNotFoundError):
             upstream.blob_size(_sha256(data))
+
+
+# ---- transfers that survive: interrupts, kills, 413s, nothing left behind -------
+# (issue 16).  Interrupts and kills go to a real dxf.py process, sent by the
+# fault proxy once a given number of body bytes has passed through it.
+
+
+def _open_sessions(registry, repo):
+    """The upload sessions in ``registry``'s storage that hold data.  A
+    cancelled session of distribution 2.8.2 keeps a ``hashstates`` stub;
+    one that leaks keeps ``data`` and ``startedat``."""
+    root = os.path.join(registry.storage, 'docker', 'registry', 'v2', 'repositories',
+                        *repo.split('/') + ['_uploads'])
+    if not os.path.isdir(root):
+        return []
+    return [uuid for uuid in os.listdir(root)
+            if {'data', 'startedat'} & set(os.listdir(os.path.join(root, uuid)))]
+
+
+def _spawn(argv, env, stdin=subprocess.DEVNULL):
+    """dxf.py as a process of its own (signals go to it, not to pytest)."""
+    return subprocess.Popen([sys.executable, dxf.__file__] + list(argv), env=env,
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _signal_at(faults, after, signum, method='PATCH', buffer=False):
+    """A fault sending ``signum`` to the process put in ``procs`` (returned)
+    once ``after`` bytes of upload bodies have passed the proxy."""
+    procs = []
+    faults.add(method, UPLOAD, 'signal', every=True, after=after, buffer=buffer,
+               then=lambda: procs[0].send_signal(signum))
+    return procs
+
+
+def _body_sizes(proxy):
+    return [int(r.headers.get('Content-Length') or 0)
+            for r in proxy.requests if r.method in ('PATCH', 'PUT') and '/uploads/' in r.path]
+
+
+@pytest.mark.registry
+class TestSurvive:
+
+    @pytest.fixture
+    def env(self, fault_env, tmp_path):
+        tmp = tmp_path / 'tmp'
+        tmp.mkdir()
+        return lambda **extra: fault_env(TMPDIR=str(tmp), XDG_CACHE_HOME=str(
+            tmp_path / 'cache'), DXF_RETRIES='0', **extra)
+
+    def test_repush_of_a_chunked_file_opens_no_session(self, proxy, env, run_cli, repo,
+                                                       tmp_path):
+        data = _blob(3 * MIB + 5, 'repush')
+        path = _write(tmp_path, 'big', data)
+        small = env(DXF_PUSH_CHUNK_SIZE=str(MIB))
+        for _ in range(3):
+            assert _ok(run_cli(['push-blob', repo, path], small)) == _lines(_sha256(data))
+        assert len(proxy.seen('POST', UPLOAD)) == 1          # the first push's
+        assert len(proxy.seen('PATCH', UPLOAD)) == 4
+        assert _open_sessions(proxy.registry, repo) == []
+
+    @pytest.mark.parametrize('signum,status,words', [
+        (signal.SIGINT, 130, 'interrupted'), (signal.SIGTERM, 143, 'SIGTERM')])
+    def test_interrupt_mid_chunk_finishes_it_then_cancels(
+            self, proxy, faults, env, repo, tmp_path, signum, status, words):
+        data = _blob(12 * MIB, 'interrupt')
+        path = _write(tmp_path, 'big', data)
+        procs = _signal_at(faults, 6 * MIB, signum)
+        procs.append(_spawn(['push-blob', repo, path], env(
+            DXF_PUSH_CHUNK_SIZE=str(4 * MIB), DXF_PROGRESS='1')))
+        out, err = procs[0].communicate()
+        err = err.decode('utf-8')
+        assert (procs[0].returncode, out) == (status, b'')
+        # The error starts a line of its own, after the progress line.
+        assert re.search(r'\n(dxf: error: .*)\n\Z', err).group(1).count(words) == 1, err
+        # The chunk in flight went whole; then the session was cancelled
+        # with the Location its answer gave: nothing is left.
+        assert len(proxy.seen('PATCH', UPLOAD)) == 2 and not proxy.seen('PUT')
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
+        assert _open_sessions(proxy.registry, repo) == []
+
+    def test_interrupted_directory_push_leaves_no_tar_and_no_session(
+            self, proxy, faults, env, repo, tmp_path):
+        tree = tmp_path / 'tree'
+        tree.mkdir()
+        for i in range(3):
+            (tree / ('f%d' % i)).write_bytes(_blob(3 * MIB, 'dir-%d' % i))
+        procs = _signal_at(faults, 4 * MIB, signal.SIGINT)
+        procs.append(_spawn(['push-blob', repo, str(tree), '@tree'],
+                            env(DXF_PUSH_CHUNK_SIZE=str(2 * MIB))))
+        procs[0].communicate()
+        assert procs[0].returncode == 130
+        assert os.listdir(env()['TMPDIR']) == []
+        assert _open_sessions(proxy.registry, repo) == []
+
+    def test_interrupted_stdin_push_into_a_layout_leaves_no_partial(self, tmp_path):
+        layout = tmp_path / 'layout'
+        proc = _spawn(['push-blob', 'r', '-'], {
+            'DXF_HOST': 'oci:' + str(layout), 'PATH': os.environ.get('PATH', ''),
+            'HOME': str(tmp_path)}, stdin=subprocess.PIPE)
+        proc.stdin.write(_blob(2 * MIB, 'layout-stdin'))
+        proc.stdin.flush()
+        # Bytes seen: the partial blob file has them.
+        _wait_until(lambda: [p for p in layout.rglob('*.dxf-partial') if p.stat().st_size],
+                    what='the partial blob file')
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate()
+        assert proc.returncode == 130 and b'interrupted' in err
+        assert _leftovers(str(layout)) == []
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize('source', ['file', 'pipe'])
+    def test_push_through_a_proxy_refusing_large_bodies(self, proxy, faults, env, run_cli,
+                                                        repo, tmp_path, source):
+        data = _blob(100 * MIB, 'too-large')
+        faults.add(None, UPLOAD, 'too_large', every=True, limit=32 * MIB)
+        argv, stdin = ((['push-blob', repo, _write(tmp_path, 'big', data)], b'')
+                       if source == 'file' else (['push-blob', repo, '-'], data))
+        assert _ok(run_cli(argv, env(), stdin=stdin)) == _lines(_sha256(data))
+        sizes = _body_sizes(proxy)
+        assert sizes[0] == 64 * MIB and max(sizes[1:]) <= 32 * MIB, sizes
+        assert _open_sessions(proxy.registry, repo) == []
+        proxy.reset()
+        again = env(DXF_PUSH_CHUNK_SIZE=str(16 * MIB))
+        assert _ok(run_cli(argv[:2] + ['-'], again, stdin=data)) == _lines(_sha256(data))
+        assert max(_body_sizes(proxy)) <= 16 * MIB
+
+    def test_413_that_chunks_cannot_mend_names_the_setting(self, proxy, faults, env,
+                                                           run_cli, repo, tmp_path):
+        faults.add(None, UPLOAD, 'too_large', every=True, limit=MIB // 2)
+        path = _write(tmp_path, 'f', _blob(3 * MIB, '413'))
+        _, err = _one_error(run_cli(['push-blob', repo, path], env()), (1,), '413')
+        assert 'DXF_PUSH_CHUNK_SIZE' in err
+        assert _open_sessions(proxy.registry, repo) == []
+
+    @pytest.mark.parametrize('forgotten', [False, True])
+    def test_killed_push_resumes_from_its_last_chunk(self, proxy, faults, env, repo,
+                                                     tmp_path, forgotten):
+        # Behind a proxy that buffers bodies (nginx's default), a body cut
+        # off by the kill never reaches the registry: its session stands
+        # where the last chunk left it.  (Straight to distribution 2.8.2 a
+        # cut body invalidates the session, and the rerun starts over.)
+        data = _blob(64 * MIB, 'killed')
+        path = _write(tmp_path, 'big', data)
+        run = env(DXF_PUSH_CHUNK_SIZE=str(8 * MIB))
+        procs = _signal_at(faults, 36 * MIB, signal.SIGKILL, buffer=True)
+        procs.append(_spawn(['push-blob', repo, path], run))
+        procs[0].communicate()
+        assert procs[0].returncode == -signal.SIGKILL
+        records = list((tmp_path / 'cache' / 'dxf' / 'uploads').iterdir())
+        assert len(records) == 1 and stat.S_IMODE(records[0].stat().st_mode) == 0o600
+        assert _sha256(data) in records[0].read_text()
+        if forgotten:
+            location = json.loads(records[0].read_text())['session'][3]
+            assert _http(location, 'DELETE')[0] == 204
+        proxy.reset()
+        proc = _spawn(['push-blob', repo, path], run)
+        out, err = proc.communicate()
+        assert (proc.returncode, out) == (0, _lines(_sha256(data))), err
+        sent = sum(_body_sizes(proxy))
+        assert (sent == len(data)) if forgotten else (sent < 0.6 * len(data)), sent
+        assert list((tmp_path / 'cache' / 'dxf' / 'uploads').iterdir()) == []
+        with dxf.DXF(proxy.registry.host, repo, insecure=True) as d:
+            assert _pull(d, _sha256(data)) == data
+
+    def test_progress_line_keeps_its_last_character_at_0_columns(self, monkeypatch):
+        monkeypatch.setattr(os, 'get_terminal_size', lambda fd: os.terminal_size((0, 0)))
+        stream = io.StringIO()
+        stream.fileno = lambda: 2
+        progress = dxf._Progress(stream)
+        progress(DIGEST, b'', 3)
+        progress(DIGEST, b'abc', 3)
+        assert stream.getvalue().endswith('/s\x1b[K')
 
 
 # =============================================================================
