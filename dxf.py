@@ -2644,7 +2644,8 @@ class _AliasMethods:
 
         ``target`` is another DXF (any registry) or an OCILayout.  Blobs
         already there are skipped, blobs in the same registry are mounted,
-        the rest stream through without a temporary file, ``concurrency``
+        the rest stream through (a chunk at a time, by way of an anonymous
+        temporary file: see _Source), ``concurrency``
         (default 4) at a time; manifests are copied byte for byte, so their
         digests stay the same.  Returns the manifest's digest.
         """
@@ -4650,7 +4651,7 @@ _COMMANDS = [
 
 _EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
            '2 not found, 5 integrity, 13 auth, 22 usage, 1 other, 130 '
-           'interrupted.')
+           'interrupted, 143 terminated.')
 
 
 def _build_parser(out, only=None):
