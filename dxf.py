@@ -2842,7 +2842,7 @@ class DXF(DXFBase, _AliasMethods):
     def _upload(self, source, progress, check_exists, chunk_size):
         """The one upload engine: a _Source goes up in a session (POST), in
         one PUT when it fits in a chunk, else in PATCHes of a chunk each
-        (_send); a new session is started within the retry budget while
+        and a PUT with the rest (_send); a new session is started within the retry budget while
         the source can be read from its start again.
 
         Files are hashed before anything is sent: a blob the registry has
@@ -2880,7 +2880,8 @@ class DXF(DXFBase, _AliasMethods):
             attempt += 1
 
     def _send(self, source, location, offset, chunk, floor, progress, record):
-        """Send ``source`` from ``offset`` in session ``location``; PUT.
+        """Send ``source`` from ``offset`` in session ``location``: PATCHes
+        of ``chunk`` bytes, the last piece in the PUT that ends the upload.
 
         After a failed chunk the session is asked where it stands (GET:
         204 with Range) and the upload goes on from there; after a 413 (a
@@ -2910,7 +2911,7 @@ class DXF(DXFBase, _AliasMethods):
                     break
                 sent[0] = offset
                 try:
-                    if offset == 0 and body.length == source.size:
+                    if offset + body.length == source.size:   # the last
                         self._finish_upload(location, source.digest, body)
                         return source.digest
                     resp = self._request(
