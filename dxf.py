@@ -4714,7 +4714,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         if printer is not None:     # not at the end of the progress line
             printer.interrupt()
         return _fail(stderr, message, status, debug)
-    restore = _catch_signals(fail)
+    restore = _catch_signals()
     try:
         parser = _build_parser(stdout, argv[0] if argv and any(
             argv[0] == c[0] for c in _COMMANDS) else None)
@@ -4766,17 +4766,16 @@ def _interruption():
     return 'interrupted' if signum == 2 else 'terminated (SIGTERM)', 128 + signum
 
 
-def _catch_signals(fail):
+def _catch_signals():
     """Have SIGINT and SIGTERM raise KeyboardInterrupt in the main thread
-    (SIGTERM would end dxf without a word or a clean-up) and set _STOP;
-    a second signal ends dxf at once.  Returns what undoes it."""
+    (SIGTERM would end dxf without a word or a clean-up) and set _STOP.
+    A second one interrupts the clean-up (see _in_parallel).  Returns
+    what undoes it."""
     import signal
     if threading.current_thread() is not threading.main_thread():
         return lambda: None     # only the main thread may set handlers
 
     def interrupt(signum, frame):
-        if _STOP.is_set() and getattr(_STOP, 'signum', None):
-            os._exit(fail(*_interruption()))
         _STOP.signum = signum
         _STOP.set()
         raise KeyboardInterrupt

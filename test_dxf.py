@@ -7538,6 +7538,21 @@ class TestSurvive:
         assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
         assert _open_sessions(proxy.registry, repo) == []
 
+    def test_second_interrupt_exits_at_once(self, proxy, faults, env, repo, tmp_path):
+        # The first Ctrl-C has dxf cancel its session; the proxy holds that
+        # DELETE (30 s, or until reset).  A second Ctrl-C then ends dxf at
+        # once: the session is still there when it has exited.
+        path = _write(tmp_path, 'big', _blob(12 * MIB, 'twice'))
+        procs = _signal_at(faults, 6 * MIB, signal.SIGINT)
+        faults.add('DELETE', UPLOAD, 'stall', seconds=30)
+        procs.append(_spawn(['push-blob', repo, path], env(
+            DXF_PUSH_CHUNK_SIZE=str(4 * MIB), DXF_TIMEOUT='600')))
+        _wait_until(lambda: proxy.seen('DELETE'), what='the cancel')
+        procs[0].send_signal(signal.SIGINT)
+        _, err = procs[0].communicate()
+        assert procs[0].returncode == 130 and err.count(b'dxf: error: interrupted') == 1
+        assert len(_open_sessions(proxy.registry, repo)) == 1
+
     def test_interrupted_directory_push_leaves_no_tar_and_no_session(
             self, proxy, faults, env, repo, tmp_path):
         tree = tmp_path / 'tree'
