@@ -1995,12 +1995,11 @@ class _Source:
         if not self.base <= offset <= self.end:
             raise DXFProtocolError('the registry lost bytes of a stream '
                                    'already sent; they cannot be read again')
-        self.f.seek(offset - self.base)
-        kept = self.f.read()
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(kept)
-        self.base = offset
+        if offset == self.end:      # all sent: a new window
+            self.f.seek(0)
+            self.f.truncate()
+            self.base = offset
+        self.f.seek(self.end - self.base)     # else the window grows
         while self.end < offset + n:
             chunk = next(self.stream, None)
             if chunk is None:
