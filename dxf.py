@@ -4140,8 +4140,12 @@ class _Settings:
         dxf = DXFBase(host, **options) if repo is None else DXF(
             host, repo, **options)
         if self.debug:
-            dxf._transport.trace = lambda line: self.stderr.write(
-                'dxf: %s\n' % line)
+            def trace(line):
+                printer = getattr(self, 'progress_printer', None)
+                if printer:         # not at the end of the progress line
+                    printer.interrupt()
+                self.stderr.write('dxf: %s\n' % line)
+            dxf._transport.trace = trace
         if token:
             dxf.token = token
         return dxf

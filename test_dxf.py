@@ -7526,12 +7526,14 @@ class TestSurvive:
         path = _write(tmp_path, 'big', data)
         procs = _signal_at(faults, 6 * MIB, signum)
         procs.append(_spawn(['push-blob', repo, path], env(
-            DXF_PUSH_CHUNK_SIZE=str(4 * MIB), DXF_PROGRESS='1')))
+            DXF_PUSH_CHUNK_SIZE=str(4 * MIB), DXF_PROGRESS='1', DXF_DEBUG='1')))
         out, err = procs[0].communicate()
         err = err.decode('utf-8')
         assert (procs[0].returncode, out) == (status, b'')
-        # The error starts a line of its own, after the progress line.
+        # The error (and each request traced) starts a line of its own,
+        # never at the end of the progress line.
         assert re.search(r'\n(dxf: error: .*)\n\Z', err).group(1).count(words) == 1, err
+        assert re.search(r'[^\n]dxf: ', err) is None, err
         # The chunk in flight went whole; then the session was cancelled
         # with the Location its answer gave: nothing is left.
         assert len(proxy.seen('PATCH', UPLOAD)) == 2 and not proxy.seen('PUT')
