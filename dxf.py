@@ -571,14 +571,11 @@ def _hash_as(digest, data):
 
 
 class _Body:
-    """An upload body.  Every kind answers the same four things:
-
-    ``length`` (None: unknown, sent chunked), ``replayable`` (it can be sent
-    again after a failure: every kind dxf sends, since pipes are spooled,
-    see _Source), ``rewind()`` and ``send(write)``.  This one is
-    bytes held in memory.
+    """An upload body.  Every kind answers the same three things:
+    ``length``, ``rewind()`` and ``send(write)``; every kind can be sent
+    again after a failure (pipes are read ahead into a file: _Source).
+    This one is bytes held in memory.
     """
-    replayable = True
 
     def __init__(self, data):
         self.data = data
@@ -1078,7 +1075,7 @@ class _Transport:
 
         ``body`` is None, bytes or a _Body.  Connection failures and
         408/429/5xx answers are retried with backoff (honouring Retry-After)
-        while the body can be sent again, drawing on the operation's budget;
+        (the body sent again), drawing on the operation's budget;
         redirects are followed unless ``redirects`` is False.  With ``read``
         (a size limit) the body is read too, so an answer cut short is
         retried as well; otherwise the caller streams it.
@@ -1101,8 +1098,7 @@ class _Transport:
                 if not exc.retryable:
                     raise
                 delay, failure = None, exc
-            if (body is not None and not body.replayable) or not budget.spend(
-                    delay, attempt):
+            if not budget.spend(delay, attempt):
                 if isinstance(failure, Exception):
                     raise failure
                 return failure
@@ -1116,8 +1112,7 @@ class _Transport:
         for _ in range(_MAX_REDIRECTS + 1):
             resp = self._send(method, url, headers, body)
             location = resp.header('Location')
-            if (not redirects or resp.status not in _REDIRECTS or not location
-                    or (body is not None and not body.replayable)):
+            if not redirects or resp.status not in _REDIRECTS or not location:
                 return resp
             resp.read(limit=_MAX_SMALL_BODY)
             new_url = _join(url, location)
@@ -1150,8 +1145,6 @@ class _Transport:
             target += '?' + parts.query
         errors = _transport_errors()
         for attempt in (0, 1):
-            # A body that cannot be sent again needs a connection that will
-            # not turn out to be stale half-way.
             conn, reused = self._get(key)
             started = time.time()
             try:
@@ -1166,9 +1159,8 @@ class _Transport:
                 if not isinstance(exc, errors):
                     raise     # e.g. the caller's data iterable failed
                 # A pooled connection the server has since closed fails at
-                # once: try again on a fresh one if the body can be resent.
-                if (reused and attempt == 0 and _is_stale(exc)
-                        and (body is None or body.replayable)):
+                # once: try again on a fresh one.
+                if reused and attempt == 0 and _is_stale(exc):
                     if body is not None:
                         body.rewind()
                     continue
@@ -1186,9 +1178,7 @@ class _Transport:
         names = {k.lower() for k in headers}
         if 'user-agent' not in names:
             fields['User-Agent'] = _USER_AGENT
-        if body is not None and body.length is None:
-            fields['Transfer-Encoding'] = 'chunked'
-        elif 'content-length' not in names and (
+        if 'content-length' not in names and (
                 body is not None or method in ('POST', 'PUT', 'PATCH')):
             fields['Content-Length'] = body.length if body else 0
         fields.update(headers)
@@ -2350,8 +2340,7 @@ class DXFBase:
             if resp.status == 401 and not self._credentials.own(resp.url):
                 resp.close()
                 self._credentials.check_challenger(resp)
-            if resp.status != 401 or attempt or (body is not None
-                                                 and not body.replayable):
+            if resp.status != 401 or attempt:
                 break
             resp.read()
             self._handle_401(resp, scope, authz)
