@@ -3576,8 +3576,8 @@ def _in_parallel(func, items, concurrency, transport=None):
     interrupt (KeyboardInterrupt) there stops the workers through _STOP and
     waits for them: a second one stops at once."""
     items = list(items)
-    if threading.current_thread() is not threading.main_thread() and (
-            concurrency <= 1 or len(items) <= 1):
+    if not items or (threading.current_thread() is not threading.main_thread()
+                     and (concurrency <= 1 or len(items) <= 1)):
         return [func(item) for item in items]
     if transport is not None:
         budget, plain = transport.budget(), func

@@ -7639,6 +7639,13 @@ class TestSurvive:
         with dxf.DXF(proxy.registry.host, repo, insecure=True) as d:
             assert _pull(d, _sha256(data)) == data
 
+    def test_parallel_runner_in_the_main_thread(self):
+        # It always uses a worker thread there (an interrupt then never cuts
+        # a request body); nothing to do is still nothing, at once.
+        assert dxf._in_parallel(lambda i: i, [], 4) == []
+        threads = dxf._in_parallel(lambda i: threading.current_thread(), [1, 2], 1)
+        assert threading.main_thread() not in threads
+
     def test_progress_line_keeps_its_last_character_at_0_columns(self, monkeypatch):
         monkeypatch.setattr(os, 'get_terminal_size', lambda fd: os.terminal_size((0, 0)))
         stream = io.StringIO()
