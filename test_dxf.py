@@ -7432,7 +7432,7 @@ class TestChunkedPush:
         assert info.value.status == 502
         assert len(proxy.seen('POST', UPLOAD)) == 1
         assert len(proxy.seen('PATCH', UPLOAD)) == 4
-        assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1
 
     def test_416_is_answered_by_asking_the_session(self, proxy, faults, upstream, tmp_path):
         faults.add('PATCH', UPLOAD, 'status', nth=2, status=416)
@@ -7455,7 +7455,7 @@ class TestChunkedPush:
             with pytest.raises(dxf.DXFHTTPError) as info:
                 d.push_blob(path, chunk_size=MIB)
         assert info.value.status == 400
-        assert len(proxy.seen('DELETE', UPLOAD)) == 1, err
+        assert len(proxy.seen('DELETE', UPLOAD)) == 1
         with pytest.raises(dxf.DXFNotFoundError):
             upstream.blob_size(_sha256(data))
 
