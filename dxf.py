@@ -2834,9 +2834,9 @@ class DXF(DXFBase, _AliasMethods):
 
     def _upload(self, source, progress, check_exists, chunk_size):
         """The one upload engine: a _Source goes up in a session (POST), in
-        one PUT when it fits in a chunk, else in PATCHes of a chunk each
-        and a PUT with the rest (_send); a new session is started within the retry budget while
-        the source can be read from its start again.
+        one PUT when it fits in a chunk, else in PATCHes of a chunk each and
+        a PUT with the rest (_send); a new session is started within the
+        retry budget while the source can be read from its start again.
 
         Files are hashed before anything is sent: a blob the registry has
         costs one HEAD, and no session is ever opened for nothing.
@@ -2885,9 +2885,7 @@ class DXF(DXFBase, _AliasMethods):
         """
         scope = self._scope(['pull', 'push'])
         budget = self._transport.budget()
-        sent = [offset]         # how far the bytes have gone: a GET may not
-        #                         claim more
-
+        sent = [offset]     # how far the bytes went: a GET may not claim more
         if source.stream is not None:       # progress as it is read
             source.on_read, progress = progress, None
 
@@ -2919,8 +2917,9 @@ class DXF(DXFBase, _AliasMethods):
                     if status == 413:
                         if chunk <= floor:
                             raise _refusal(exc, 'refused a request body of '
-                                           '%d bytes: lower DXF_PUSH_CHUNK_SIZE '
-                                           '(chunk_size=)' % body.length) from None
+                                           '%d bytes, the smallest chunk dxf '
+                                           'sends (DXF_PUSH_CHUNK_SIZE sets it)'
+                                           % body.length) from None
                         chunk = max(floor, min(chunk, body.length) // 2)
                         continue
                     if (status not in (None, 416) + _RETRY_STATUSES
