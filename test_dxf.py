@@ -7609,35 +7609,44 @@ class TestSurvive:
         assert 'DXF_PUSH_CHUNK_SIZE' in err
         assert _open_sessions(proxy.registry, repo) == []
 
-    @pytest.mark.parametrize('forgotten', [False, True])
+    @pytest.mark.parametrize('size,chunk,forgotten', [
+        (64 * MIB, 8 * MIB, False), (64 * MIB, 8 * MIB, True),
+        pytest.param(512 * MIB, None, False, marks=pytest.mark.slow)])
     def test_killed_push_resumes_from_its_last_chunk(self, proxy, faults, env, repo,
-                                                     tmp_path, forgotten):
+                                                     tmp_path, size, chunk, forgotten):
         # Behind a proxy that buffers bodies (nginx's default), a body cut
         # off by the kill never reaches the registry: its session stands
         # where the last chunk left it.  (Straight to distribution 2.8.2 a
         # cut body invalidates the session, and the rerun starts over.)
-        data = _blob(64 * MIB, 'killed')
-        path = _write(tmp_path, 'big', data)
-        run = env(DXF_PUSH_CHUNK_SIZE=str(8 * MIB))
-        procs = _signal_at(faults, 36 * MIB, signal.SIGKILL, buffer=True)
+        # The kill comes 9/16 of the way, in the middle of a chunk.
+        path, h = str(tmp_path / 'big'), hashlib.sha256()
+        with open(path, 'wb') as f:
+            for i in range(size // (8 * MIB)):
+                block = _blob(8 * MIB, 'killed-%d' % i)
+                h.update(block)
+                f.write(block)
+        digest = 'sha256:' + h.hexdigest()
+        run = env(DXF_PUSH_CHUNK_SIZE=str(chunk)) if chunk else env()
+        procs = _signal_at(faults, size * 9 // 16, signal.SIGKILL, buffer=True)
         procs.append(_spawn(['push-blob', repo, path], run))
         procs[0].communicate()
         assert procs[0].returncode == -signal.SIGKILL
         records = list((tmp_path / 'cache' / 'dxf' / 'uploads').iterdir())
         assert len(records) == 1 and stat.S_IMODE(records[0].stat().st_mode) == 0o600
-        assert _sha256(data) in records[0].read_text()
+        assert digest in records[0].read_text()
         if forgotten:
             location = json.loads(records[0].read_text())['session'][3]
             assert _http(location, 'DELETE')[0] == 204
         proxy.reset()
         proc = _spawn(['push-blob', repo, path], run)
         out, err = proc.communicate()
-        assert (proc.returncode, out) == (0, _lines(_sha256(data))), err
+        assert (proc.returncode, out) == (0, _lines(digest)), err
         sent = sum(_body_sizes(proxy))
-        assert (sent == len(data)) if forgotten else (sent < 0.6 * len(data)), sent
+        assert (sent == size) if forgotten else (sent < 0.6 * size), sent
         assert list((tmp_path / 'cache' / 'dxf' / 'uploads').iterdir()) == []
         with dxf.DXF(proxy.registry.host, repo, insecure=True) as d:
-            assert _pull(d, _sha256(data)) == data
+            with d.pull_blob(digest, chunk_size=MIB) as reader:     # verified
+                assert sum(len(piece) for piece in reader) == size
 
     def test_parallel_runner_in_the_main_thread(self):
         # It always uses a worker thread there (an interrupt then never cuts
