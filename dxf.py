@@ -2664,7 +2664,10 @@ class DXF(DXFBase, _AliasMethods):
 
     def _set_repo(self, repo):
         _check_repo(repo)
-        if self._host.split(':')[0].endswith('docker.io') and '/' not in repo:
+        # Docker Hub and its own subdomains, not any name ending so
+        # ('evil-docker.io' is someone else's registry).
+        name = self._host.rsplit(':', 1)[0].lower()
+        if (name == 'docker.io' or name.endswith('.docker.io')) and '/' not in repo:
             repo = 'library/' + repo
         self._repo = repo
         self._repo_path = repo + '/'

@@ -3181,6 +3181,14 @@ class TestAll:
             and (isinstance(obj, type) or callable(obj)))
         assert [name for name in public if name not in dxf.__all__] == []
 
+    @pytest.mark.parametrize('host, repo', [
+        ('registry-1.docker.io', 'library/ubuntu'), ('docker.io:443', 'library/ubuntu'),
+        ('evil-docker.io', 'ubuntu'), ('notdocker.io', 'ubuntu'),
+        ('registry-1.docker.io.evil.com', 'ubuntu')])
+    def test_library_prefix_only_on_docker_hub(self, host, repo):
+        # Constructing a DXF sends nothing.
+        assert dxf.DXF(host, 'ubuntu')._repo == repo
+
 
 # =============================================================================
 # 5. HTTP transport
