@@ -1318,13 +1318,19 @@ def _proxy_settings(environ):
 def _proxy_for(proxies, scheme, host, port):
     """``(host, port, headers)`` of the proxy to use, or None."""
     url = proxies.get(scheme)
-    if not url:
+    if not url or _bypasses_proxy(proxies.get('no', ()), host=host.lower(),
+                                  port=str(port or (443 if scheme == 'https' else 80))):
         return None
-    host = host.lower()
-    target_port = str(port or (443 if scheme == 'https' else 80))
-    for entry in proxies.get('no', ()):
+    return _proxy_address(url)
+
+
+def _bypasses_proxy(no_proxy, host, port):
+    """True when an entry of ``no_proxy`` names ``host`` (and ``port``, if
+    it says one): names, domain suffixes, IPv6 addresses bare or in
+    brackets, address ranges and ``*``."""
+    for entry in no_proxy:
         if entry == '*':
-            return None
+            return True
         if entry.startswith('['):        # [::1] or [::1]:5000
             name, _, entry_port = entry[1:].partition(']')
             entry_port = entry_port[1:]
@@ -1333,11 +1339,17 @@ def _proxy_for(proxies, scheme, host, port):
         else:
             name, _, entry_port = entry.partition(':')
         name = name.lstrip('.')
-        if entry_port and entry_port != target_port:
+        if entry_port and entry_port != port:
             continue
         if host == name or host.endswith('.' + name) or (
                 '/' in name and _in_network(host, name)):
-            return None
+            return True
+    return False
+
+
+def _proxy_address(url):
+    """``(host, port, headers)`` of the proxy URL (http only; credentials
+    in it become Proxy-Authorization)."""
     if '://' not in url:
         url = 'http://' + url
     try:
