@@ -1417,6 +1417,32 @@ def _origin(url):
 # =============================================================================
 
 
+def _token_answer(body, netloc):
+    """``(token, seconds it lives)`` from a token service's JSON answer."""
+    try:
+        doc = json.loads(body.decode('utf-8'))
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise DXFAuthError('token service %s answered something that is '
+                           'not a JSON object' % _printable(netloc))
+    # ACR sends only access_token; Harbor sends an empty access_token
+    # beside a good token (python-dxf #22, #27).
+    token = doc.get('access_token') or doc.get('token')
+    if not isinstance(token, str) or not token:
+        raise DXFAuthError('token service %s answered without a token'
+                           % _printable(netloc))
+    if not _TOKEN_RE.match(token):
+        raise DXFAuthError('token service %s sent a token that cannot go '
+                           'in a header' % _printable(netloc))
+    expires_in = doc.get('expires_in')
+    if (isinstance(expires_in, bool) or not isinstance(
+            expires_in, (int, float)) or not expires_in >= 60):
+        expires_in = 60       # the token spec's default and minimum
+    expires_in = min(expires_in, _MAX_TOKEN_LIFE)
+    return token, expires_in
+
+
 class _Auth:
     """One registry's credentials and tokens, and where they may go.
 
@@ -1524,6 +1550,31 @@ class _Auth:
                     return cached
             return self._fetch_token(scope)
 
+    def _post_refresh_token(self, parts, scope, service):
+        """The OAuth2 answer to an identity token, or None where the token
+        service has no such flow."""
+        # An identity token (docker login's "identitytoken") is an OAuth2
+        # refresh token: POST it, never following a redirect with it;
+        # token servers without the OAuth2 flow answer 404/405, then the
+        # GET flow takes it as a password.
+        post_url = urllib.parse.urlunsplit(parts)
+        self.check_secure(post_url, 'token service')
+        form = [('grant_type', 'refresh_token'),
+                ('refresh_token', self.refresh_token),
+                ('client_id', 'dxf.py'), ('scope', scope or '')]
+        if service:
+            form.append(('service', service))
+        resp = self.transport.request(
+            'POST', post_url,
+            {'Content-Type': 'application/x-www-form-urlencoded'},
+            urllib.parse.urlencode(form).encode('ascii'),
+            read=_MAX_SMALL_BODY, what='token answer', redirects=False)
+        if resp.status in _REDIRECTS:
+            raise DXFAuthError('token service %s redirected the identity '
+                               'token request; not following it'
+                               % _printable(parts.netloc))
+        return None if resp.status in (404, 405) else resp
+
     def _fetch_token(self, scope):
         realm, service = self.challenge
         parts = urllib.parse.urlsplit(realm)
@@ -1537,28 +1588,7 @@ class _Auth:
             parts._replace(query=urllib.parse.urlencode(query)))
         resp = None
         if self.refresh_token:
-            # An identity token (docker login's "identitytoken") is an OAuth2
-            # refresh token: POST it, never following a redirect with it;
-            # token servers without the OAuth2 flow answer 404/405, then the
-            # GET flow takes it as a password.
-            post_url = urllib.parse.urlunsplit(parts)
-            self.check_secure(post_url, 'token service')
-            form = [('grant_type', 'refresh_token'),
-                    ('refresh_token', self.refresh_token),
-                    ('client_id', 'dxf.py'), ('scope', scope or '')]
-            if service:
-                form.append(('service', service))
-            resp = self.transport.request(
-                'POST', post_url,
-                {'Content-Type': 'application/x-www-form-urlencoded'},
-                urllib.parse.urlencode(form).encode('ascii'),
-                read=_MAX_SMALL_BODY, what='token answer', redirects=False)
-            if resp.status in _REDIRECTS:
-                raise DXFAuthError('token service %s redirected the identity '
-                                   'token request; not following it'
-                                   % _printable(parts.netloc))
-            if resp.status in (404, 405):
-                resp = None
+            resp = self._post_refresh_token(parts, scope=scope, service=service)
         if resp is None:
             headers = {}
             if self.creds:
@@ -1575,27 +1605,7 @@ class _Auth:
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
-        try:
-            doc = json.loads(body.decode('utf-8'))
-        except (ValueError, RecursionError):
-            doc = None
-        if not isinstance(doc, dict):
-            raise DXFAuthError('token service %s answered something that is '
-                               'not a JSON object' % _printable(parts.netloc))
-        # ACR sends only access_token; Harbor sends an empty access_token
-        # beside a good token (python-dxf #22, #27).
-        token = doc.get('access_token') or doc.get('token')
-        if not isinstance(token, str) or not token:
-            raise DXFAuthError('token service %s answered without a token'
-                               % _printable(parts.netloc))
-        if not _TOKEN_RE.match(token):
-            raise DXFAuthError('token service %s sent a token that cannot go '
-                               'in a header' % _printable(parts.netloc))
-        expires_in = doc.get('expires_in')
-        if (isinstance(expires_in, bool) or not isinstance(
-                expires_in, (int, float)) or not expires_in >= 60):
-            expires_in = 60       # the token spec's default and minimum
-        expires_in = min(expires_in, _MAX_TOKEN_LIFE)
+        token, expires_in = _token_answer(body, netloc=parts.netloc)
         with self.lock:
             self.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
             self.token = token
