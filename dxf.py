@@ -109,6 +109,15 @@ _TAR_DIGEST_ANNOTATION = 'io.deis.oras.content.digest'
 _GZIP_LEVEL = 1
 _DEFAULT_CONCURRENCY = 4         # blobs moving at once (DXF_CONCURRENCY)
 _REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+_UNKNOWN_CONFIG_TYPE = 'application/vnd.unknown.config.v1+json'   # oras's
+# A media type (RFC 6838 section 4.2), for --artifact-type and --config.
+_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]{0,126}"
+                            r"/[A-Za-z0-9][\w!#$&^.+-]{0,126}\Z")
+# Tags that hold referrers, not aliases: the fallback index of OCI
+# distribution-spec 1.1 ("Referrers Tag Schema": sha256-<hex>) and cosign's
+# signatures, attestations and SBOMs (sha256-<hex>.sig, .att, .sbom).
+_REFERRERS_TAG_RE = re.compile(r'sha(?:256|512)-[a-f0-9]{64}(?:\.(?:sig|att|sbom))?\Z')
+_REFERRERS_TRIES = 5             # fallback index updates lost to other writers
 
 _CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
 _PIPELINE_MIN = 8 << 20          # BlobReader.copy_to hashes in a thread above
@@ -1953,18 +1962,97 @@ def _descriptor(media_type, digest, size, annotations=None):
     return desc
 
 
-def _alias_manifest(layers, annotations=None):
-    """The bytes of the OCI manifest backing an alias over ``layers``."""
-    manifest = {
-        'schemaVersion': 2,
-        'mediaType': _OCI_MANIFEST,
-        'artifactType': _ALIAS_ARTIFACT_TYPE,
-        'config': _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)),
-        'layers': layers,
-    }
-    if annotations:
-        manifest['annotations'] = annotations
+def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
+                    subject=None):
+    """The bytes of the OCI manifest backing an alias over ``layers``.
+
+    ``annotations`` in the form of oras's annotation file: ``$manifest``,
+    ``$config`` or a layer's title, each to a dict of strings.  ``config``
+    is a descriptor (default: the empty one), ``subject`` the descriptor of
+    the manifest this one refers to (image-spec 1.1 manifest.md).  Nothing
+    varies from run to run (no timestamp): the same inputs, the same digest.
+    """
+    extra = dict(annotations or {})
+    for key, value in extra.items():
+        if not (isinstance(key, str) and isinstance(value, dict) and all(
+                isinstance(v, str) for v in list(value) + list(value.values()))):
+            raise DXFInputError('annotations must map $manifest, $config or '
+                                'a file name to {"key": "value", ...}')
+    config = dict(config or _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)))
+    for media in (artifact_type, config['mediaType']):
+        if media is not None and not _MEDIA_TYPE_RE.match(media):
+            raise DXFInputError('invalid media type %r' % _printable(media))
+    notes = extra.pop('$manifest', None)
+    if extra.get('$config'):
+        config['annotations'] = extra['$config']
+    extra.pop('$config', None)
+    layers = [dict(layer) for layer in layers]
+    for layer in layers:
+        title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
+        if title in extra:
+            layer['annotations'] = dict(layer['annotations'], **extra.pop(title))
+    manifest = {'schemaVersion': 2, 'mediaType': _OCI_MANIFEST, 'config': config,
+                'layers': layers}
+    # A config of its own says what the artifact is (its media type), as
+    # oras writes it; the empty config needs artifactType to.
+    if artifact_type or config['mediaType'] == _EMPTY_TYPE:
+        manifest['artifactType'] = artifact_type or _ALIAS_ARTIFACT_TYPE
+    if notes:
+        manifest['annotations'] = notes
+    if extra:
+        raise DXFInputError('annotations for %s, which is not a file given'
+                            % _printable(sorted(extra)[0]))
+    if subject:
+        manifest['subject'] = subject
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _config_descriptor(config):
+    """The descriptor of a config ``(path, media type or None)``, or None."""
+    if not config:
+        return None
+    return _descriptor(config[1] or _UNKNOWN_CONFIG_TYPE, hash_file(config[0]),
+                       os.path.getsize(config[0]))
+
+
+def _referrers_tag(digest):
+    """The tag of a subject's fallback referrers index (distribution-spec
+    1.1 "Referrers Tag Schema"): algorithm truncated to 32 characters, '-',
+    encoded part truncated to 64, characters a tag cannot hold as '-'."""
+    algorithm, _, encoded = digest.partition(':')
+    return re.sub(r'[^A-Za-z0-9._-]', '-', algorithm[:32] + '-' + encoded[:64])
+
+
+def _referrer_entry(data, m, media):
+    """A referrer's descriptor in a referrers index ("Pushing Manifests with
+    Subject"): its artifactType (an image manifest without one: its config's
+    media type) and a copy of its annotations."""
+    entry = _descriptor(media, hash_bytes(data), len(data), m.get('annotations'))
+    kind = m.get('artifactType') or (m.get('config') or {}).get('mediaType')
+    if isinstance(kind, str) and kind:
+        entry['artifactType'] = kind
+    return entry
+
+
+def _referrers_list(data, content_type, what):
+    """The entries of a referrers index; anything but an OCI index (say, a
+    registry resolving the tag sha256-<hex> to the manifest sha256:<hex>,
+    oras-go#1396) is an error naming ``what``."""
+    try:
+        m, media = _parse_manifest(data, content_type)
+    except DXFManifestError:
+        media = None
+    if media != _OCI_INDEX:
+        raise DXFManifestError('%s is not a referrers index (an OCI image '
+                               'index), left as it is' % what)
+    for entry in m['manifests']:
+        _check_descriptor(entry)
+    return m['manifests']
+
+
+def _referrers_index(entries):
+    return json.dumps({'schemaVersion': 2, 'mediaType': _OCI_INDEX,
+                       'manifests': entries}, sort_keys=True).encode('utf-8')
 
 
 def _parse_manifest(data, content_type=None):
@@ -2289,8 +2377,9 @@ class DXFBase:
         resp.body = b'' if stream else resp.read()
         return resp
 
-    def _paginate(self, url, key, scope, batch_size):
-        """Yield the items of a paginated JSON list, following Link headers."""
+    def _paginate(self, url, key, scope, batch_size, kind=str):
+        """Yield the items (of type ``kind``) of a paginated JSON list,
+        following Link headers."""
         if batch_size:
             url += '?n=%d' % int(batch_size)
         url = urllib.parse.urljoin(self._base, url)
@@ -2303,7 +2392,7 @@ class DXFBase:
             if items is None and isinstance(doc, dict):
                 items = []            # distribution sends "tags": null
             if not isinstance(items, list) or not all(
-                    isinstance(i, str) for i in items):
+                    isinstance(i, kind) for i in items):
                 raise DXFManifestError('%s answer has no %s list'
                                        % (_path(url), key))
             for item in items:
@@ -2363,6 +2452,9 @@ class _AliasMethods:
             data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
             content_type = None
         m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES and _REFERRERS_TAG_RE.match(alias or ''):
+            raise DXFManifestError('%s is a referrers index (what is attached '
+                                   'to a manifest): see dxf referrers' % alias)
         if media in _INDEX_TYPES:
             data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
             m, media = _parse_manifest(data, content_type)
@@ -2385,11 +2477,18 @@ class _AliasMethods:
                 data = self._get_manifest(_choose_platform(m, platform))[0]
         return data.decode('utf-8')
 
-    def make_manifest(self, *digests, names=None):
+    def make_manifest(self, *digests, names=None, artifact_type=None,
+                      annotations=None, config=None):
         """Return the manifest (str) an alias over ``digests`` would store.
 
         :param names: file names, one per digest (or None), recorded as each
             layer's ``org.opencontainers.image.title`` (as oras does)
+        :param artifact_type: the manifest's ``artifactType`` (default
+            ``application/vnd.dxf.alias.v1``; none with a ``config``)
+        :param annotations: as oras's ``--annotation-file``: ``{"$manifest":
+            {...}, "$config": {...}, "<file name>": {...}}``
+        :param config: ``(path, media type or None)``: that file as the
+            config blob (oras's ``--config``)
         """
         if not digests:
             raise DXFInputError('an alias needs at least one blob')
@@ -2400,18 +2499,21 @@ class _AliasMethods:
             split_digest(digest)
             layers.append(_descriptor(_LAYER_TYPE, digest, self._layer_size(digest), {
                 _TITLE_ANNOTATION: name} if name else None))
-        return _alias_manifest(layers).decode('utf-8')
+        return _alias_manifest(layers, annotations, artifact_type, _config_descriptor(
+            config)).decode('utf-8')
 
     def _layer_size(self, digest):
         """A blob's size as pushed or asked for before, else asked for now."""
         size = self._sizes.get(digest)
         return self.blob_size(digest) if size is None else size
 
-    def set_alias(self, alias, *digests, names=None, concurrency=None):
+    def set_alias(self, alias, *digests, names=None, concurrency=None,
+                  artifact_type=None, annotations=None, config=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
 
-        The blobs must already be in the repository.  ``names`` as for
-        make_manifest; their sizes are looked up ``concurrency`` (4) at a time.
+        The blobs must already be in the repository (the ``config`` file is
+        uploaded).  ``names`` and the rest as for make_manifest; the sizes
+        are looked up ``concurrency`` (4) at a time.
         """
         _check_alias(alias)
         for digest in digests:
@@ -2423,11 +2525,13 @@ class _AliasMethods:
             # the manifest for want of it (as push_blobs does).  With every
             # size known, that refusal is the cheaper way to find out.
             unknown = sorted(set(digests) - set(self._sizes))
-            if unknown:
-                _in_parallel(self._look_up, [_EMPTY_DIGEST] + unknown,
-                             concurrency or _DEFAULT_CONCURRENCY,
+            if unknown or config:
+                _in_parallel(self._look_up, [(config,) if config else _EMPTY_DIGEST]
+                             + unknown, concurrency or _DEFAULT_CONCURRENCY,
                              getattr(self, '_transport', None))
-            manifest = self.make_manifest(*digests, names=names)
+            manifest = self.make_manifest(
+                *digests, names=names, artifact_type=artifact_type,
+                annotations=annotations, config=config)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
@@ -2438,9 +2542,12 @@ class _AliasMethods:
         with self._needing('push'):
             if digest == _EMPTY_DIGEST:
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            if isinstance(digest, tuple):      # (config,): upload that file
+                return self.push_blob(digest[0][0])
             return self._blob_head(digest)
 
-    def push_blobs(self, files, alias=None, progress=None, concurrency=None):
+    def push_blobs(self, files, alias=None, progress=None, concurrency=None,
+                   artifact_type=None, annotations=None, config=None):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2454,32 +2561,47 @@ class _AliasMethods:
             called from several threads (each blob's calls from one thread,
             starting with ``b''``)
         :param concurrency: blobs in flight at once (default 4)
+        :param artifact_type: for the alias's manifest, as for make_manifest;
+            so are ``annotations`` and ``config``
         """
         items = list(files)
         if not items:
             raise DXFInputError('nothing to push')
         if alias is not None:
             _check_alias(alias)
-        concurrency = concurrency or _DEFAULT_CONCURRENCY
         with self._needing('push'):
-            # The alias needs the empty config blob: it is looked for (and
-            # in a new repository uploaded) in the same batch as the blobs,
-            # so the manifest PUT is accepted the first time instead of
-            # after a 400 and a config upload.  Threads that meet the first
-            # 401 together share one token request (_Auth.fetch_token).
-            config = alias is not None
-            jobs = ([_EMPTY_DIGEST] if config else []) + [
-                (item,) for item in items]
-            layers = _in_parallel(lambda job: self._push_item(job, progress),
-                                  jobs, concurrency, getattr(self, '_transport', None))
-            layers = layers[1:] if config else layers
+            layers, manifest = self._push_artifact(
+                items, progress, concurrency, alias is not None, artifact_type,
+                annotations, config)
             if alias is not None:
-                for layer in layers:
-                    if layer['size'] is None:
-                        layer['size'] = self._layer_size(layer['digest'])
-                self._set_alias_manifest(alias, _alias_manifest(layers).decode(
-                    'utf-8'))
+                self._set_alias_manifest(alias, manifest.decode('utf-8'))
         return [layer['digest'] for layer in layers]
+
+    def _push_artifact(self, items, progress, concurrency, manifest=True,
+                       artifact_type=None, annotations=None, config=None,
+                       subject=None):
+        """Push items (as push_blobs) and the config blob; return the layer
+        descriptors and the manifest over them (not stored; None without
+        ``manifest``)."""
+        # The manifest needs its config blob: it is looked for (and in a new
+        # repository uploaded) in the same batch as the blobs, so the
+        # manifest PUT is accepted the first time instead of after a 400 and
+        # a config upload.  Threads that meet the first 401 together share
+        # one token request (_Auth.fetch_token).
+        jobs = ([(config,) if config else _EMPTY_DIGEST] if manifest else []) + [
+            (item,) for item in items]
+        layers = _in_parallel(lambda job: self._push_item(job, progress), jobs,
+                              concurrency or _DEFAULT_CONCURRENCY,
+                              getattr(self, '_transport', None))
+        if not manifest:
+            return layers, None
+        layers = layers[1:]
+        for layer in layers:
+            if layer['size'] is None:
+                layer['size'] = self._layer_size(layer['digest'])
+        return layers, _alias_manifest(
+            layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
+            annotations, artifact_type, _config_descriptor(config), subject)
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
@@ -2488,6 +2610,8 @@ class _AliasMethods:
         if job == _EMPTY_DIGEST:
             return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
         item = job[0]
+        if isinstance(item, tuple):     # the config: (path, media type)
+            return self.push_blob(item[0])
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress)
@@ -2542,6 +2666,57 @@ class _AliasMethods:
                 return layers[0][0]
         return _check_descriptor(m.get('config'))[0]
 
+    def attach(self, subject, files=(), artifact_type=None, annotations=None,
+               config=None, progress=None, concurrency=None):
+        """Attach files to a manifest as an OCI 1.1 referrer: push them and
+        a manifest whose ``subject`` is ``subject``'s; return its digest.
+
+        :param subject: an alias or a manifest digest
+        :param files: as for push_blobs (none: the empty blob, for an
+            artifact of annotations alone)
+        :param artifact_type: ``annotations``, ``config``, ``progress`` and
+            ``concurrency`` as for push_blobs
+        Where the registry does not say it lists referrers itself (no
+        ``OCI-Subject`` answer), the index tagged ``sha256-<hex>`` is updated.
+        """
+        with self._needing('push'):
+            data, content_type, digest = self._get_manifest(_check_ref(subject))
+            media = _parse_manifest(data, content_type)[1]
+            manifest = self._push_artifact(
+                list(files), progress, concurrency, True, artifact_type,
+                annotations, config, _descriptor(media, digest, len(data)))[1]
+            self._put_referrer(manifest, digest)
+        return hash_bytes(manifest)
+
+    def referrers(self, subject, artifact_type=None):
+        """Return the descriptors (``digest``, ``mediaType``, ``size``,
+        ``artifactType``, ``annotations``) of the manifests referring to
+        ``subject`` (an alias or a manifest digest), in the index's order,
+        only those of ``artifact_type`` if given."""
+        digest = (subject if ':' in _check_ref(subject)
+                  else self.get_manifest_digest(subject))
+        # The registry may have filtered them already: filtering again (on
+        # the client) does no harm where it did, and is needed where not.
+        return [e for e in self._referrer_entries(digest, artifact_type)
+                if _check_descriptor(e) and artifact_type in (None, e.get(
+                    'artifactType'))]
+
+    def resolve(self, alias):
+        """Return the digest of an alias's manifest (of what get_manifest
+        returns)."""
+        return self.get_manifest_digest(_check_alias(alias))
+
+    def _copy_referrers(self, digest, target, concurrency, seen):
+        """Copy what refers to manifest ``digest`` to target, and what
+        refers to those, and so on."""
+        for entry in self.referrers(digest):
+            if entry['digest'] not in seen:
+                seen.add(entry['digest'])
+                data, content_type, _ = self._get_manifest(entry['digest'])
+                self._copy_manifest(data, content_type, target, concurrency)
+                target._put_referrer(data, digest)
+                self._copy_referrers(entry['digest'], target, concurrency, seen)
+
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
 
@@ -2560,14 +2735,18 @@ class _AliasMethods:
         already there are skipped, blobs in the same registry are mounted,
         the rest stream through without a temporary file, ``concurrency``
         (default 4) at a time; manifests are copied byte for byte, so their
-        digests stay the same.  Returns the manifest's digest.
+        digests stay the same.  What refers to the alias's manifest (see
+        attach) goes along, and what refers to that.  Returns the manifest's
+        digest.
         """
         _check_alias(alias)
         _check_alias(target_alias or alias)
-        data, content_type, _ = self._get_manifest(alias)
-        self._copy_manifest(data, content_type, target,
-                            concurrency or _DEFAULT_CONCURRENCY)
-        return target.set_manifest(target_alias or alias, data)
+        concurrency = concurrency or _DEFAULT_CONCURRENCY
+        data, content_type, digest = self._get_manifest(alias)
+        self._copy_manifest(data, content_type, target, concurrency)
+        copied = target.set_manifest(target_alias or alias, data)
+        self._copy_referrers(digest, target, concurrency, set())
+        return copied
 
     def _copy_manifest(self, data, content_type, target, concurrency=1):
         """Copy what a manifest names (not the manifest itself) to target."""
@@ -3066,15 +3245,81 @@ class DXF(DXFBase, _AliasMethods):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
         data, _, media = _manifest_to_store(manifest)
+        self._put_manifest(alias, data, media)
+        return hash_bytes(data)
+
+    def _put_manifest(self, ref, data, media, headers=None):
         digest = hash_bytes(data)
-        resp = self._request('PUT', self._url('manifests', alias),
+        resp = self._request('PUT', self._url('manifests', ref),
                              self._scope(['pull', 'push']),
-                             headers={'Content-Type': media}, body=data,
-                             ok=(201,))
+                             headers=dict(headers or {}, **{'Content-Type': media}),
+                             body=data, ok=(201,))
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed.startswith('sha256:') and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
-        return digest
+        return resp
+
+    # -- referrers (distribution-spec 1.1) -----------------------------------
+
+    _referrers_api = None        # whether the registry has it, once known
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a ``subject`` by its digest.  A registry that
+        lists it answers ``OCI-Subject``; without that header the fallback
+        index is brought up to date ("Pushing Manifests with Subject")."""
+        data, m, media = _manifest_to_store(manifest)
+        if self._put_manifest(hash_bytes(data), data, media).header('OCI-Subject'):
+            return
+        entry, tag = _referrer_entry(data, m, media), _referrers_tag(subject)
+        for attempt in range(_REFERRERS_TRIES + 1):
+            entries, etag = self._referrers_at(tag)
+            if any(e['digest'] == entry['digest'] for e in entries):
+                return
+            if attempt == _REFERRERS_TRIES:
+                break
+            # If-Match: a registry that keeps ETags refuses (412) an index
+            # changed since it was read (the spec's advice against lost
+            # updates).  Distribution 2.8 ignores it: the next read finds an
+            # entry another writer dropped, and it is added again.
+            try:
+                self._put_manifest(tag, _referrers_index(entries + [entry]),
+                                   _OCI_INDEX, etag and {'If-Match': etag})
+            except DXFHTTPError as exc:
+                if exc.status != 412:
+                    raise
+        raise DXFError('the referrers index %s keeps changing: %s is not in '
+                       'it; attach again' % (tag, entry['digest']))
+
+    def _referrers_at(self, tag):
+        """(entries, ETag) of the fallback index at ``tag`` ([] if none)."""
+        try:
+            resp = self._request('GET', self._url('manifests', tag),
+                                 self._scope(['pull']), limit=_MAX_MANIFEST,
+                                 headers={'Accept': _ACCEPT})
+        except DXFNotFoundError:
+            return [], None
+        return (_referrers_list(resp.body, resp.header('Content-Type'),
+                                'tag %s' % tag), resp.header('ETag'))
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """What refers to ``digest``: the referrers API's answer, or where
+        the registry answers 404 but for an unknown repository, the fallback
+        index ("Listing Referrers", "Unavailable Referrers API")."""
+        query = '?' + urllib.parse.urlencode({'artifactType': artifact_type})
+        if self._referrers_api is not False:
+            try:
+                entries = list(self._paginate(
+                    self._url('referrers', digest)
+                    + (query if artifact_type else ''), 'manifests',
+                    self._scope(['pull']), None, dict))
+                self._referrers_api = True
+                return entries
+            except DXFHTTPError as exc:
+                if exc.status != 404 or any(isinstance(e, dict) and e.get(
+                        'code') == 'NAME_UNKNOWN' for e in exc.errors):
+                    raise
+                self._referrers_api = False
+        return self._referrers_at(_referrers_tag(digest))[0]
 
     def _set_alias_manifest(self, alias, manifest):
         """set_manifest for dxf's own manifests, pushing the empty config
@@ -3118,9 +3363,9 @@ class DXF(DXFBase, _AliasMethods):
     def _del_alias(self, alias):
         got = self._get_manifest(alias)
         named = self._named_by(alias, got)
-        placeholder = _alias_manifest([], {
+        placeholder = _alias_manifest([], {'$manifest': {
             'vnd.dxf.deleting': alias,
-            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
+            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')}})
         digest = hash_bytes(placeholder)
         scope = self._scope(['delete'])
         # Ask first: deleting the placeholder before it exists is 404 where
@@ -3430,13 +3675,14 @@ class OCILayout(_AliasMethods):
         return index
 
     def _update_index(self, alias, entry=None):
-        """Drop ``alias``'s entries from index.json and append ``entry``,
-        under a lock, atomically."""
+        """Drop ``alias``'s entries from index.json (None: an untagged
+        entry's of the same digest) and append ``entry``, under a lock,
+        atomically."""
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            index['manifests'] = [e for e in index['manifests']
-                                  if _ref_name(e) != alias]
+            index['manifests'] = [e for e in index['manifests'] if _ref_name(e) != alias
+                                  or alias is None and e.get('digest') != entry['digest']]
             if entry is not None:
                 index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
@@ -3467,13 +3713,35 @@ class OCILayout(_AliasMethods):
         data, m, media = _manifest_to_store(manifest)
         if ':' in alias:     # stored by digest: it must be the right one
             return self.push_blob(data=data, digest=alias)
+        return self._add_entry(alias, data, m, media)
+
+    def _add_entry(self, alias, data, m, media):
         digest = self.push_blob(data=data)
         entry = _descriptor(media, digest, len(data),
-                            {_REF_NAME_ANNOTATION: alias})
+                            alias and {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
             entry['artifactType'] = m['artifactType']
         self._update_index(alias, entry)
         return digest
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a subject: untagged in index.json, where
+        readers find it by its subject (a layout has no fallback tag)."""
+        self._add_entry(None, *_manifest_to_store(manifest))
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """The manifests in index.json whose subject is ``digest``."""
+        found = []
+        for e in self._index()['manifests']:
+            if isinstance(e, dict) and e.get('mediaType') in (
+                    _OCI_MANIFEST, _OCI_INDEX) and e.get('digest') not in [
+                    f['digest'] for f in found]:
+                data = self._get_manifest(_check_descriptor(e)[0])[0]
+                m, media = _parse_manifest(data, e['mediaType'])
+                subject = m.get('subject')
+                if isinstance(subject, dict) and subject.get('digest') == digest:
+                    found.append(_referrer_entry(data, m, media))
+        return found
 
     def _set_alias_manifest(self, alias, manifest):
         self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
@@ -4201,6 +4469,41 @@ def _resolve_refs(dxf, refs, settings, stdin):
     return blobs
 
 
+def _subject_arg(arg):
+    """attach's and referrers' SUBJECT: @ALIAS or a manifest digest."""
+    if arg.startswith('@'):
+        return _alias_arg(arg)
+    split_digest(arg)
+    return arg
+
+
+def _manifest_options(args):
+    """--artifact-type, --annotation(-file) and --config as keyword
+    arguments of push_blobs, set_alias and attach."""
+    if args.annotation and args.annotation_file:
+        raise _UsageError('give --annotation or --annotation-file, not both')
+    notes = {}
+    for item in args.annotation or ():
+        key, sep, value = item.partition('=')
+        if not (key and sep) or key in notes:
+            raise _UsageError('--annotation %s: %s' % (_printable(item), (
+                'this KEY is given twice' if sep else 'give KEY=VALUE')))
+        notes[key] = value
+    annotations = {'$manifest': notes} if notes else None
+    if args.annotation_file:
+        with _open_input(args.annotation_file) as f:
+            try:
+                annotations = _load_json(f.read(_MAX_MANIFEST), args.annotation_file)
+            except DXFManifestError as exc:
+                raise DXFInputError(str(exc)) from None
+        if not isinstance(annotations, dict):
+            raise DXFInputError('%s is not a JSON object' % args.annotation_file)
+    path, sep, media = (args.config or '').rpartition(':')
+    return dict(artifact_type=args.artifact_type, annotations=annotations,
+                config=args.config and ((path, media) if '/' in media else (
+                    args.config, None)))
+
+
 def _safe_name(title):
     """A title annotation usable as a file name in the output directory."""
     if (not isinstance(title, str) or title in ('', '.', '..')
@@ -4231,10 +4534,14 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
         alias = _alias_arg(files.pop())
+    options = _manifest_options(args)
+    if any(options.values()) and not alias:
+        raise _UsageError('--artifact-type, --annotation(-file) and --config '
+                          'describe an alias\'s manifest: give @ALIAS')
     if len(files) > 1 or alias or os.path.isdir(files[0]):
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
-        return _push_many(dxf, files, alias, settings, out, stdin)
+        return _push_many(dxf, files, alias, settings, out, stdin, options)
     progress = settings.progress_printer
     if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
@@ -4246,8 +4553,9 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     _write_line(out, digest)
 
 
-def _push_many(dxf, files, alias, settings, out, stdin):
-    """push-blob of several files, or of a directory: in parallel."""
+def _push_many(dxf, files, alias, settings, out, stdin, options, subject=None):
+    """push-blob of several files, or of a directory, and attach: in
+    parallel."""
     if files.count('-') > 1:
         raise _UsageError('- (stdin) can be given only once')
     for name in files:
@@ -4255,10 +4563,12 @@ def _push_many(dxf, files, alias, settings, out, stdin):
             raise DXFInputError('cannot read %s: no such file or directory'
                                 % name)
     progress = settings.progress_printer
+    items = [stdin if f == '-' else f for f in files]
     try:
-        digests = dxf.push_blobs([stdin if f == '-' else f for f in files],
-                                 alias=alias, progress=progress,
-                                 concurrency=settings.concurrency)
+        digests = [dxf.attach(subject, items, progress=progress, concurrency=(
+            settings.concurrency), **options)] if subject else dxf.push_blobs(
+                items, alias=alias, progress=progress,
+                concurrency=settings.concurrency, **options)
     finally:
         if progress:
             progress.finish_all()
@@ -4408,7 +4718,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             names.append(None)
     try:
         manifest = dxf.set_alias(alias, *digests, names=names,
-                                 concurrency=settings.concurrency)
+                                 concurrency=settings.concurrency,
+                                 **_manifest_options(args))
     except DXFNotFoundError as exc:
         for ref, digest, name in zip(args.refs, digests, names):
             if name is not None and digest in str(exc):
@@ -4459,7 +4770,28 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
-        _write_line(out, alias)
+        if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
+            _write_line(out, alias)
+
+
+def _cmd_attach(dxf, args, settings, out, stdin):
+    """dxf attach REPO SUBJECT [FILE...]: attach files to SUBJECT (as an OCI
+    1.1 referrer), print the new manifest's digest."""
+    _push_many(dxf, args.files, None, settings, out, stdin,
+               _manifest_options(args), _subject_arg(args.subject))
+
+
+def _cmd_referrers(dxf, args, settings, out, stdin):
+    """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
+    for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
+        _write_line(out, '%s %s' % (entry['digest'], _printable(
+            entry.get('artifactType') or '-')))
+
+
+def _cmd_resolve(dxf, args, settings, out, stdin):
+    """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
+    for alias in args.aliases:
+        _write_line(out, dxf.resolve(_check_alias(alias)))
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
@@ -4509,6 +4841,17 @@ def _cmd_version(dxf, args, settings, out, stdin):
 
 
 _REPO = ('repo', dict(metavar='REPO', help='repository name'))
+_ARTIFACT_TYPE = ('--artifact-type', dict(metavar='TYPE', help=(
+    'the manifest\'s artifactType (default application/vnd.dxf.alias.v1; '
+    'with --config none)')))
+_MANIFEST_ARGS = [_ARTIFACT_TYPE, ('--annotation', dict(
+    action='append', metavar='KEY=VALUE', help='a manifest annotation; repeat '
+    'for more')), ('--annotation-file', dict(metavar='FILE', help=(
+        'annotations as oras reads them: {"$manifest": {...}, "$config": '
+        '{...}, "FILE-NAME": {...}}'))), ('--config', dict(
+            metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
+            'type application/vnd.unknown.config.v1+json)'))]
+_SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
@@ -4520,7 +4863,8 @@ _COMMANDS = [
      'stores them), print their digests; a last @ALIAS names them all',
      [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
          'files to upload (- reads stdin), directories to store as one '
-         'layer each; a last @ALIAS points that alias at them all')))]),
+         'layer each; a last @ALIAS points that alias at them all')))]
+     + _MANIFEST_ARGS),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
      [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
@@ -4547,7 +4891,8 @@ _COMMANDS = [
      [_REPO, ('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
-          'blobs in order: digests, or files already pushed (./NAME)')))]),
+          'blobs in order: digests, or files already pushed (./NAME)')))]
+     + _MANIFEST_ARGS),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
      [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
@@ -4570,6 +4915,16 @@ _COMMANDS = [
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
+    ('attach', _cmd_attach, 'attach files (a signature, an SBOM, a note) to '
+     'SUBJECT, print the digest of the manifest that refers to it',
+     [_REPO, _SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
+         'files (- reads stdin) and directories, as for push-blob')))]
+     + _MANIFEST_ARGS),
+    ('referrers', _cmd_referrers, 'print "DIGEST ARTIFACT-TYPE" of each '
+     'manifest attached to SUBJECT', [_REPO, _SUBJECT, ('--artifact-type', dict(
+         metavar='TYPE', help='only those of this artifact type'))]),
+    ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
     ('version', _cmd_version, 'print the version', []),
 ]
@@ -4639,9 +4994,10 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         args, extra = parser.parse_known_args(argv)
         # argparse (before 3.7's parse_intermixed_args) leaves positionals
         # that follow an option unparsed: "pull-blob REPO -o F @alias".
-        if extra and hasattr(args, 'refs') and not any(
+        rest = getattr(args, 'refs', getattr(args, 'files', None))
+        if extra and rest is not None and not any(
                 a.startswith('-') for a in extra):
-            args.refs += extra
+            rest += extra
         elif extra:
             parser.error('unrecognized arguments: %s' % ' '.join(extra))
         settings = _Settings.from_environ(environ)
