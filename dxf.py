@@ -4498,10 +4498,12 @@ def _manifest_options(args):
                 raise DXFInputError(str(exc)) from None
         if not isinstance(annotations, dict):
             raise DXFInputError('%s is not a JSON object' % args.annotation_file)
+    if args.artifact_type and not _MEDIA_TYPE_RE.match(args.artifact_type):
+        raise _UsageError('invalid media type %r' % _printable(args.artifact_type))
     path, sep, media = (args.config or '').rpartition(':')
     return dict(artifact_type=args.artifact_type, annotations=annotations,
-                config=args.config and ((path, media) if '/' in media else (
-                    args.config, None)))
+                config=args.config and ((path, media) if sep and _MEDIA_TYPE_RE.match(
+                    media) else (args.config, None)))
 
 
 def _safe_name(title):
