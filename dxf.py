@@ -1964,55 +1964,41 @@ def _descriptor(media_type, digest, size, annotations=None):
 
 def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
                     subject=None):
-    """The bytes of the OCI manifest backing an alias over ``layers``.
-
-    ``annotations`` in the form of oras's annotation file: ``$manifest``,
-    ``$config`` or a layer's title, each to a dict of strings.  ``config``
-    is a descriptor (default: the empty one), ``subject`` the descriptor of
-    the manifest this one refers to (image-spec 1.1 manifest.md).  Nothing
-    varies from run to run (no timestamp): the same inputs, the same digest.
-    """
-    extra = dict(annotations or {})
-    for key, value in extra.items():
-        if not (isinstance(key, str) and isinstance(value, dict) and all(
-                isinstance(v, str) for v in list(value) + list(value.values()))):
-            raise DXFInputError('annotations must map $manifest, $config or '
-                                'a file name to {"key": "value", ...}')
-    config = dict(config or _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)))
-    for media in (artifact_type, config['mediaType']):
-        if media is not None and not _MEDIA_TYPE_RE.match(media):
-            raise DXFInputError('invalid media type %r' % _printable(media))
-    notes = extra.pop('$manifest', None)
-    if extra.get('$config'):
-        config['annotations'] = extra['$config']
-    extra.pop('$config', None)
-    layers = [dict(layer) for layer in layers]
-    for layer in layers:
-        title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
-        if title in extra:
-            layer['annotations'] = dict(layer['annotations'], **extra.pop(title))
+    """The bytes of the OCI manifest backing an alias over ``layers``; the
+    rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
+    No timestamp: the same inputs give the same digest (oras#1367)."""
+    extra = annotations or {}
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+            x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+        raise DXFInputError('annotations must map $manifest, $config or a '
+                            'file name to {"key": "value", ...}')
+    extra = dict(extra)
+    path, media = config or (None, _EMPTY_TYPE)
+    config = _descriptor(media or _UNKNOWN_CONFIG_TYPE, *(
+        (hash_file(path), os.path.getsize(path)) if path else (
+            _EMPTY_DIGEST, len(_EMPTY_BLOB))), annotations=extra.pop('$config', None))
     manifest = {'schemaVersion': 2, 'mediaType': _OCI_MANIFEST, 'config': config,
                 'layers': layers}
     # A config of its own says what the artifact is (its media type), as
     # oras writes it; the empty config needs artifactType to.
-    if artifact_type or config['mediaType'] == _EMPTY_TYPE:
+    if artifact_type or not path:
         manifest['artifactType'] = artifact_type or _ALIAS_ARTIFACT_TYPE
-    if notes:
-        manifest['annotations'] = notes
+    for media in (artifact_type, config['mediaType']):
+        if media is not None and not _MEDIA_TYPE_RE.match(media):
+            raise DXFInputError('invalid media type %r' % _printable(media))
+    if extra.get('$manifest'):
+        manifest['annotations'] = extra['$manifest']
+    extra.pop('$manifest', None)
+    for layer in layers:
+        title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
+        if title in extra:
+            layer['annotations'] = dict(layer['annotations'], **extra.pop(title))
     if extra:
         raise DXFInputError('annotations for %s, which is not a file given'
                             % _printable(sorted(extra)[0]))
     if subject:
         manifest['subject'] = subject
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
-
-
-def _config_descriptor(config):
-    """The descriptor of a config ``(path, media type or None)``, or None."""
-    if not config:
-        return None
-    return _descriptor(config[1] or _UNKNOWN_CONFIG_TYPE, hash_file(config[0]),
-                       os.path.getsize(config[0]))
 
 
 def _referrers_tag(digest):
@@ -2045,14 +2031,7 @@ def _referrers_list(data, content_type, what):
     if media != _OCI_INDEX:
         raise DXFManifestError('%s is not a referrers index (an OCI image '
                                'index), left as it is' % what)
-    for entry in m['manifests']:
-        _check_descriptor(entry)
     return m['manifests']
-
-
-def _referrers_index(entries):
-    return json.dumps({'schemaVersion': 2, 'mediaType': _OCI_INDEX,
-                       'manifests': entries}, sort_keys=True).encode('utf-8')
 
 
 def _parse_manifest(data, content_type=None):
@@ -2483,12 +2462,10 @@ class _AliasMethods:
 
         :param names: file names, one per digest (or None), recorded as each
             layer's ``org.opencontainers.image.title`` (as oras does)
-        :param artifact_type: the manifest's ``artifactType`` (default
-            ``application/vnd.dxf.alias.v1``; none with a ``config``)
-        :param annotations: as oras's ``--annotation-file``: ``{"$manifest":
-            {...}, "$config": {...}, "<file name>": {...}}``
-        :param config: ``(path, media type or None)``: that file as the
-            config blob (oras's ``--config``)
+        :param artifact_type: default application/vnd.dxf.alias.v1 (none
+            with a ``config``, ``(path, media type or None)``: that file)
+        :param annotations: as in oras's ``--annotation-file``:
+            ``{"$manifest": {...}, "$config": {...}, "<file name>": {...}}``
         """
         if not digests:
             raise DXFInputError('an alias needs at least one blob')
@@ -2499,8 +2476,8 @@ class _AliasMethods:
             split_digest(digest)
             layers.append(_descriptor(_LAYER_TYPE, digest, self._layer_size(digest), {
                 _TITLE_ANNOTATION: name} if name else None))
-        return _alias_manifest(layers, annotations, artifact_type, _config_descriptor(
-            config)).decode('utf-8')
+        return _alias_manifest(layers, annotations, artifact_type, config).decode(
+            'utf-8')
 
     def _layer_size(self, digest):
         """A blob's size as pushed or asked for before, else asked for now."""
@@ -2601,7 +2578,7 @@ class _AliasMethods:
                 layer['size'] = self._layer_size(layer['digest'])
         return layers, _alias_manifest(
             layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
-            annotations, artifact_type, _config_descriptor(config), subject)
+            annotations, artifact_type, config, subject)
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
@@ -2668,17 +2645,9 @@ class _AliasMethods:
 
     def attach(self, subject, files=(), artifact_type=None, annotations=None,
                config=None, progress=None, concurrency=None):
-        """Attach files to a manifest as an OCI 1.1 referrer: push them and
-        a manifest whose ``subject`` is ``subject``'s; return its digest.
-
-        :param subject: an alias or a manifest digest
-        :param files: as for push_blobs (none: the empty blob, for an
-            artifact of annotations alone)
-        :param artifact_type: ``annotations``, ``config``, ``progress`` and
-            ``concurrency`` as for push_blobs
-        Where the registry does not say it lists referrers itself (no
-        ``OCI-Subject`` answer), the index tagged ``sha256-<hex>`` is updated.
-        """
+        """Push files (as push_blobs, with its options) and a manifest whose
+        ``subject`` is the manifest of ``subject`` (an alias or a digest):
+        an OCI 1.1 referrer.  Return the new manifest's digest."""
         with self._needing('push'):
             data, content_type, digest = self._get_manifest(_check_ref(subject))
             media = _parse_manifest(data, content_type)[1]
@@ -2702,13 +2671,11 @@ class _AliasMethods:
                     'artifactType'))]
 
     def resolve(self, alias):
-        """Return the digest of an alias's manifest (of what get_manifest
-        returns)."""
+        """Return the digest of an alias's manifest (get_manifest's)."""
         return self.get_manifest_digest(_check_alias(alias))
 
     def _copy_referrers(self, digest, target, concurrency, seen):
-        """Copy what refers to manifest ``digest`` to target, and what
-        refers to those, and so on."""
+        """Copy what refers to ``digest`` to target, recursively."""
         for entry in self.referrers(digest):
             if entry['digest'] not in seen:
                 seen.add(entry['digest'])
@@ -3273,7 +3240,7 @@ class DXF(DXFBase, _AliasMethods):
         entry, tag = _referrer_entry(data, m, media), _referrers_tag(subject)
         for attempt in range(_REFERRERS_TRIES + 1):
             entries, etag = self._referrers_at(tag)
-            if any(e['digest'] == entry['digest'] for e in entries):
+            if any(e.get('digest') == entry['digest'] for e in entries):
                 return
             if attempt == _REFERRERS_TRIES:
                 break
@@ -3282,8 +3249,10 @@ class DXF(DXFBase, _AliasMethods):
             # updates).  Distribution 2.8 ignores it: the next read finds an
             # entry another writer dropped, and it is added again.
             try:
-                self._put_manifest(tag, _referrers_index(entries + [entry]),
-                                   _OCI_INDEX, etag and {'If-Match': etag})
+                self._put_manifest(tag, json.dumps({
+                    'schemaVersion': 2, 'mediaType': _OCI_INDEX, 'manifests':
+                    entries + [entry]}, sort_keys=True).encode('utf-8'),
+                    _OCI_INDEX, etag and {'If-Match': etag})
             except DXFHTTPError as exc:
                 if exc.status != 412:
                     raise
@@ -4471,10 +4440,7 @@ def _resolve_refs(dxf, refs, settings, stdin):
 
 def _subject_arg(arg):
     """attach's and referrers' SUBJECT: @ALIAS or a manifest digest."""
-    if arg.startswith('@'):
-        return _alias_arg(arg)
-    split_digest(arg)
-    return arg
+    return _alias_arg(arg) if arg.startswith('@') else split_digest(arg) and arg
 
 
 def _manifest_options(args):
@@ -4496,8 +4462,6 @@ def _manifest_options(args):
                 annotations = _load_json(f.read(_MAX_MANIFEST), args.annotation_file)
             except DXFManifestError as exc:
                 raise DXFInputError(str(exc)) from None
-        if not isinstance(annotations, dict):
-            raise DXFInputError('%s is not a JSON object' % args.annotation_file)
     if args.artifact_type and not _MEDIA_TYPE_RE.match(args.artifact_type):
         raise _UsageError('invalid media type %r' % _printable(args.artifact_type))
     path, sep, media = (args.config or '').rpartition(':')

@@ -10404,4 +10404,4 @@ class TestReferrers:
                        cli_env()), errno.EINVAL, 'other.txt')
         bad = _write(tmp_path, 'bad.json', b'[1]')
         _fails(run_cli(['push-blob', repo, path, '@a', '--annotation-file', bad],
-                       cli_env()), errno.EINVAL, 'bad.json')
+                       cli_env()), errno.EINVAL, '$manifest')
