@@ -4523,7 +4523,8 @@ _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 
 CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
                 'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
-                'list-aliases', 'copy-alias', 'list-repos', 'version')
+                'list-aliases', 'copy-alias', 'list-repos', 'version', 'attach', 'referrers',
+                'resolve')
 
 
 # ---- the seed README's example ------------------------------------------------
