@@ -2010,28 +2010,11 @@ def _referrers_tag(digest):
 
 
 def _referrer_entry(data, m, media):
-    """A referrer's descriptor in a referrers index ("Pushing Manifests with
-    Subject"): its artifactType (an image manifest without one: its config's
-    media type) and a copy of its annotations."""
+    """A referrer's entry in a referrers index ("Pushing Manifests with
+    Subject"): artifactType (else the config's media type), annotations."""
     entry = _descriptor(media, hash_bytes(data), len(data), m.get('annotations'))
     kind = m.get('artifactType') or (m.get('config') or {}).get('mediaType')
-    if isinstance(kind, str) and kind:
-        entry['artifactType'] = kind
-    return entry
-
-
-def _referrers_list(data, content_type, what):
-    """The entries of a referrers index; anything but an OCI index (say, a
-    registry resolving the tag sha256-<hex> to the manifest sha256:<hex>,
-    oras-go#1396) is an error naming ``what``."""
-    try:
-        m, media = _parse_manifest(data, content_type)
-    except DXFManifestError:
-        media = None
-    if media != _OCI_INDEX:
-        raise DXFManifestError('%s is not a referrers index (an OCI image '
-                               'index), left as it is' % what)
-    return m['manifests']
+    return dict(entry, artifactType=kind) if isinstance(kind, str) and kind else entry
 
 
 def _parse_manifest(data, content_type=None):
@@ -3260,15 +3243,22 @@ class DXF(DXFBase, _AliasMethods):
                        'it; attach again' % (tag, entry['digest']))
 
     def _referrers_at(self, tag):
-        """(entries, ETag) of the fallback index at ``tag`` ([] if none)."""
+        """(entries, ETag) of the fallback index at ``tag`` ([] if none).
+        Anything but an OCI index there (say, a registry resolving the tag
+        sha256-<hex> to the manifest sha256:<hex>, oras-go#1396) is an error."""
         try:
             resp = self._request('GET', self._url('manifests', tag),
                                  self._scope(['pull']), limit=_MAX_MANIFEST,
                                  headers={'Accept': _ACCEPT})
+            m, media = _parse_manifest(resp.body, resp.header('Content-Type'))
         except DXFNotFoundError:
             return [], None
-        return (_referrers_list(resp.body, resp.header('Content-Type'),
-                                'tag %s' % tag), resp.header('ETag'))
+        except DXFManifestError:
+            media = None
+        if media != _OCI_INDEX:
+            raise DXFManifestError('tag %s is not a referrers index (an OCI '
+                                   'image index), left as it is' % tag)
+        return m['manifests'], resp.header('ETag')
 
     def _referrer_entries(self, digest, artifact_type=None):
         """What refers to ``digest``: the referrers API's answer, or where
@@ -3700,17 +3690,14 @@ class OCILayout(_AliasMethods):
 
     def _referrer_entries(self, digest, artifact_type=None):
         """The manifests in index.json whose subject is ``digest``."""
-        found = []
+        found = {}
         for e in self._index()['manifests']:
-            if isinstance(e, dict) and e.get('mediaType') in (
-                    _OCI_MANIFEST, _OCI_INDEX) and e.get('digest') not in [
-                    f['digest'] for f in found]:
+            if isinstance(e, dict) and e.get('mediaType') in (_OCI_MANIFEST, _OCI_INDEX):
                 data = self._get_manifest(_check_descriptor(e)[0])[0]
                 m, media = _parse_manifest(data, e['mediaType'])
-                subject = m.get('subject')
-                if isinstance(subject, dict) and subject.get('digest') == digest:
-                    found.append(_referrer_entry(data, m, media))
-        return found
+                if isinstance(m.get('subject'), dict) and m['subject'].get('digest') == digest:
+                    found.setdefault(e['digest'], _referrer_entry(data, m, media))
+        return list(found.values())
 
     def _set_alias_manifest(self, alias, manifest):
         self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
@@ -4458,10 +4445,11 @@ def _manifest_options(args):
     annotations = {'$manifest': notes} if notes else None
     if args.annotation_file:
         with _open_input(args.annotation_file) as f:
-            try:
-                annotations = _load_json(f.read(_MAX_MANIFEST), args.annotation_file)
-            except DXFManifestError as exc:
-                raise DXFInputError(str(exc)) from None
+            data = f.read(_MAX_MANIFEST)
+        try:
+            annotations = _load_json(data, args.annotation_file)
+        except DXFManifestError as exc:
+            raise DXFInputError(str(exc)) from None
     if args.artifact_type and not _MEDIA_TYPE_RE.match(args.artifact_type):
         raise _UsageError('invalid media type %r' % _printable(args.artifact_type))
     path, sep, media = (args.config or '').rpartition(':')
@@ -4807,10 +4795,9 @@ def _cmd_version(dxf, args, settings, out, stdin):
 
 
 _REPO = ('repo', dict(metavar='REPO', help='repository name'))
-_ARTIFACT_TYPE = ('--artifact-type', dict(metavar='TYPE', help=(
+_MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
     'the manifest\'s artifactType (default application/vnd.dxf.alias.v1; '
-    'with --config none)')))
-_MANIFEST_ARGS = [_ARTIFACT_TYPE, ('--annotation', dict(
+    'with --config none)'))), ('--annotation', dict(
     action='append', metavar='KEY=VALUE', help='a manifest annotation; repeat '
     'for more')), ('--annotation-file', dict(metavar='FILE', help=(
         'annotations as oras reads them: {"$manifest": {...}, "$config": '

@@ -10406,3 +10406,17 @@ class TestReferrers:
         bad = _write(tmp_path, 'bad.json', b'[1]')
         _fails(run_cli(['push-blob', repo, path, '@a', '--annotation-file', bad],
                        cli_env()), errno.EINVAL, '$manifest')
+
+    def test_no_api_is_asked_once_per_command_and_name_unknown_is_an_error(
+            self, proxy, faults, upstream, fault_env, run_cli, tmp_path):
+        _subject(upstream)
+        sig = upstream.attach('subject', artifact_type='application/vnd.example.sig')
+        upstream.attach(sig, artifact_type='application/vnd.example.countersig')
+        _ok(run_cli(['copy-alias', upstream.repo, 'subject', 'oci:' + str(tmp_path / 'l')],
+                    fault_env()))
+        assert len(proxy.seen('GET', r'/referrers/')) == 1     # 404: remembered
+        assert len(proxy.seen('GET', r'/manifests/sha256-')) == 3
+        # A registry with the API answers 404 only for an unknown repository.
+        faults.add('GET', r'/referrers/', 'status', status=404, body=_registry_error(
+            'NAME_UNKNOWN', 'repository name not known to registry'))
+        _fails(run_cli(['referrers', upstream.repo, sig], fault_env()), errno.ENOENT)
