@@ -10089,9 +10089,10 @@ def referrers_proxy(registries):
 
 @pytest.fixture(scope='session')
 def oras_py():
-    """An interpreter that can import oras-py 0.2.43 (DXF_TEST_ORAS_PY;
-    e.g. python3 -m venv V && V/bin/pip install oras==0.2.43)."""
-    python = os.environ.get('DXF_TEST_ORAS_PY') or '/tmp/orasvenv/bin/python'
+    """An interpreter that can import oras-py 0.2.43: DXF_TEST_ORAS_PY, else
+    .venv-oras/bin/python beside dxf.py (``make test`` makes it)."""
+    python = os.environ.get('DXF_TEST_ORAS_PY') or os.path.join(
+        _HERE, '.venv-oras', 'bin', 'python')
     if not os.path.exists(python) or subprocess.run(
             [python, '-c', 'import oras.version as v; assert v.__version__ == "0.2.43"'],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
