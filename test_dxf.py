@@ -10421,3 +10421,27 @@ class TestReferrers:
         faults.add('GET', r'/referrers/', 'status', status=404, body=_registry_error(
             'NAME_UNKNOWN', 'repository name not known to registry'))
         _fails(run_cli(['referrers', upstream.repo, sig], fault_env()), errno.ENOENT)
+
+    def test_attach_with_config_lists_the_config_type(self, dxf_obj, cli_env, run_cli, repo,
+                                                      tmp_path):
+        # No artifactType (a config of its own, as oras writes it): the
+        # index lists the config's media type ("Pushing Manifests with Subject").
+        subject = _subject(dxf_obj)
+        config = _write(tmp_path, 'cfg.json', b'{"predicate": 1}')
+        out = _ok(run_cli(['attach', repo, subject, '--config',
+                           config + ':application/vnd.example.predicate+json'], cli_env()))
+        digest = out.decode('ascii').strip()
+        m = json.loads(_raw_manifest(dxf_obj, digest).decode('utf-8'))
+        assert 'artifactType' not in m
+        assert m['layers'] == [EMPTY_CONFIG]
+        assert _ok(run_cli(['referrers', repo, '@subject'], cli_env())) == (
+            '%s application/vnd.example.predicate+json\n' % digest).encode('ascii')
+
+    def test_layout_with_referrers_reads_back_with_skopeo(self, dxf_obj, cli_env, run_cli,
+                                                           repo, skopeo, tmp_path):
+        _subject(dxf_obj)
+        dxf_obj.attach('subject', artifact_type='application/vnd.example.note')
+        layout = str(tmp_path / 'layout')
+        _ok(run_cli(['copy-alias', repo, 'subject', 'oci:' + layout], cli_env()))
+        raw = skopeo.run('inspect', '--raw', 'oci:%s:subject' % layout)
+        assert raw == _raw_manifest(dxf_obj, 'subject')
