@@ -110,12 +110,10 @@ _GZIP_LEVEL = 1
 _DEFAULT_CONCURRENCY = 4         # blobs moving at once (DXF_CONCURRENCY)
 _REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 _UNKNOWN_CONFIG_TYPE = 'application/vnd.unknown.config.v1+json'   # oras's
-# A media type (RFC 6838 section 4.2), for --artifact-type and --config.
-_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]{0,126}"
-                            r"/[A-Za-z0-9][\w!#$&^.+-]{0,126}\Z")
-# Tags that hold referrers, not aliases: the fallback index of OCI
-# distribution-spec 1.1 ("Referrers Tag Schema": sha256-<hex>) and cosign's
-# signatures, attestations and SBOMs (sha256-<hex>.sig, .att, .sbom).
+# RFC 6838 section 4.2: what --artifact-type and --config's type may be
+_MEDIA_TYPE_RE = re.compile(r'[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*\Z')
+# Tags of referrers, not aliases: distribution-spec 1.1's "Referrers Tag
+# Schema" (sha256-<hex>) and cosign's sha256-<hex>.sig, .att and .sbom.
 _REFERRERS_TAG_RE = re.compile(r'sha(?:256|512)-[a-f0-9]{64}(?:\.(?:sig|att|sbom))?\Z')
 _REFERRERS_TRIES = 5             # fallback index updates lost to other writers
 
@@ -1968,8 +1966,9 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
     rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
     No timestamp: the same inputs give the same digest (oras#1367)."""
     extra = annotations or {}
-    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, dict) and all(isinstance(
-            x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+    if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
         raise DXFInputError('annotations must map $manifest, $config or a '
                             'file name to {"key": "value", ...}')
     extra = dict(extra)
@@ -2633,18 +2632,17 @@ class _AliasMethods:
         an OCI 1.1 referrer.  Return the new manifest's digest."""
         with self._needing('push'):
             data, content_type, digest = self._get_manifest(_check_ref(subject))
-            media = _parse_manifest(data, content_type)[1]
             manifest = self._push_artifact(
-                list(files), progress, concurrency, True, artifact_type,
-                annotations, config, _descriptor(media, digest, len(data)))[1]
+                list(files), progress, concurrency, True, artifact_type, annotations,
+                config, _descriptor(_parse_manifest(data, content_type)[1], digest,
+                                    len(data)))[1]
             self._put_referrer(manifest, digest)
         return hash_bytes(manifest)
 
     def referrers(self, subject, artifact_type=None):
-        """Return the descriptors (``digest``, ``mediaType``, ``size``,
-        ``artifactType``, ``annotations``) of the manifests referring to
-        ``subject`` (an alias or a manifest digest), in the index's order,
-        only those of ``artifact_type`` if given."""
+        """Return the index entries (dicts: ``digest``, ``mediaType``,
+        ``size``, ``artifactType``, ``annotations``) of the manifests whose
+        subject is ``subject`` (an alias or a digest), of ``artifact_type``."""
         digest = (subject if ':' in _check_ref(subject)
                   else self.get_manifest_digest(subject))
         # The registry may have filtered them already: filtering again (on
@@ -3264,12 +3262,12 @@ class DXF(DXFBase, _AliasMethods):
         """What refers to ``digest``: the referrers API's answer, or where
         the registry answers 404 but for an unknown repository, the fallback
         index ("Listing Referrers", "Unavailable Referrers API")."""
-        query = '?' + urllib.parse.urlencode({'artifactType': artifact_type})
+        query = artifact_type and '?' + urllib.parse.urlencode(
+            {'artifactType': artifact_type})
         if self._referrers_api is not False:
             try:
                 entries = list(self._paginate(
-                    self._url('referrers', digest)
-                    + (query if artifact_type else ''), 'manifests',
+                    self._url('referrers', digest) + (query or ''), 'manifests',
                     self._scope(['pull']), None, dict))
                 self._referrers_api = True
                 return entries
@@ -3640,8 +3638,9 @@ class OCILayout(_AliasMethods):
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            index['manifests'] = [e for e in index['manifests'] if _ref_name(e) != alias
-                                  or alias is None and e.get('digest') != entry['digest']]
+            index['manifests'] = [
+                e for e in index['manifests'] if _ref_name(e) != alias
+                or alias is None and e.get('digest') != entry['digest']]
             if entry is not None:
                 index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
@@ -3695,7 +3694,8 @@ class OCILayout(_AliasMethods):
             if isinstance(e, dict) and e.get('mediaType') in (_OCI_MANIFEST, _OCI_INDEX):
                 data = self._get_manifest(_check_descriptor(e)[0])[0]
                 m, media = _parse_manifest(data, e['mediaType'])
-                if isinstance(m.get('subject'), dict) and m['subject'].get('digest') == digest:
+                subject = m.get('subject')
+                if isinstance(subject, dict) and subject.get('digest') == digest:
                     found.setdefault(e['digest'], _referrer_entry(data, m, media))
         return list(found.values())
 
@@ -4729,8 +4729,7 @@ def _cmd_list_aliases(dxf, args, settings, out, stdin):
 
 
 def _cmd_attach(dxf, args, settings, out, stdin):
-    """dxf attach REPO SUBJECT [FILE...]: attach files to SUBJECT (as an OCI
-    1.1 referrer), print the new manifest's digest."""
+    """dxf attach REPO SUBJECT [FILE...]: print the new referrer's digest."""
     _push_many(dxf, args.files, None, settings, out, stdin,
                _manifest_options(args), _subject_arg(args.subject))
 
