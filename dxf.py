@@ -1985,9 +1985,7 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
     for media in (artifact_type, config['mediaType']):
         if media is not None and not _MEDIA_TYPE_RE.match(media):
             raise DXFInputError('invalid media type %r' % _printable(media))
-    if extra.get('$manifest'):
-        manifest['annotations'] = extra['$manifest']
-    extra.pop('$manifest', None)
+    notes = extra.pop('$manifest', None)
     for layer in layers:
         title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
         if title in extra:
@@ -1995,8 +1993,7 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
     if extra:
         raise DXFInputError('annotations for %s, which is not a file given'
                             % _printable(sorted(extra)[0]))
-    if subject:
-        manifest['subject'] = subject
+    manifest.update(kv for kv in (('annotations', notes), ('subject', subject)) if kv[1])
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
 
 

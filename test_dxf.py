@@ -10445,3 +10445,15 @@ class TestReferrers:
         _ok(run_cli(['copy-alias', repo, 'subject', 'oci:' + layout], cli_env()))
         raw = skopeo.run('inspect', '--raw', 'oci:%s:subject' % layout)
         assert raw == _raw_manifest(dxf_obj, 'subject')
+
+    def test_index_changed_since_read_412_is_read_again(self, proxy, faults, upstream,
+                                                          fault_env, run_cli):
+        # A registry keeping ETags refuses a stale If-Match with 412.
+        _subject(upstream)
+        faults.add('PUT', r'/manifests/sha256-', 'status', status=412)
+        digest = _ok(run_cli(['attach', upstream.repo, '@subject'], fault_env())).strip()
+        assert len(proxy.seen('PUT', r'/manifests/sha256-')) == 2
+        assert [e['digest'] for e in upstream.referrers('subject')] == [digest.decode()]
+        faults.add('PUT', r'/manifests/sha256-', 'status', status=412, every=True)
+        _fails(run_cli(['attach', upstream.repo, '@subject', '--annotation', 'n=2'],
+                       fault_env()), 1, 'keeps changing')
