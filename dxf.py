@@ -4432,13 +4432,10 @@ def _manifest_options(args):
     arguments of push_blobs, set_alias and attach."""
     if args.annotation and args.annotation_file:
         raise _UsageError('give --annotation or --annotation-file, not both')
-    notes = {}
-    for item in args.annotation or ():
-        key, sep, value = item.partition('=')
-        if not (key and sep) or key in notes:
-            raise _UsageError('--annotation %s: %s' % (_printable(item), (
-                'this KEY is given twice' if sep else 'give KEY=VALUE')))
-        notes[key] = value
+    pairs = [item.partition('=') for item in args.annotation or ()]
+    notes = dict((key, value) for key, _, value in pairs)
+    if len(notes) < len(pairs) or not all(key and sep for key, sep, _ in pairs):
+        raise _UsageError('give --annotation KEY=VALUE, each KEY once')
     annotations = {'$manifest': notes} if notes else None
     if args.annotation_file:
         with _open_input(args.annotation_file) as f:

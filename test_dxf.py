@@ -10346,7 +10346,7 @@ class TestReferrers:
         assert dxf_obj.get_alias('b') == [_sha256(b'annotated')]
 
     @pytest.mark.parametrize('args, words', [
-        (['--annotation', 'k=1', '--annotation', 'k=2'], ['twice']),
+        (['--annotation', 'k=1', '--annotation', 'k=2'], ['each KEY once']),
         (['--annotation', 'novalue'], ['KEY=VALUE']),
         (['--annotation', 'k=v', '--annotation-file', 'f.json'], ['not both']),
         (['--artifact-type', 'not a type'], ['media type']),
