@@ -10369,11 +10369,11 @@ class TestReferrers:
                                                          closing):
         # oras-py 0.2.43 keys layer annotations by the path given (here the
         # file name, as oras's own CLI keys them by title).
-        _write(tmp_path, 'data.txt', b'compared with oras-py')
+        data = _write(tmp_path, 'data.txt', b'compared with oras-py')
         notes = {'$manifest': {'org.opencontainers.image.description': 'both'},
                  '$config': {'config.note': 'c'},
                  'data.txt': {'layer.note': 'l', 'another': 'x'}}
-        _write(tmp_path, 'notes.json', json.dumps(notes).encode('utf-8'))
+        path = _write(tmp_path, 'notes.json', json.dumps(notes).encode('utf-8'))
         script = ('import oras.client; c = oras.client.OrasClient(insecure=True); '
                   'c.push(files=["data.txt"], target="%s/%s-oras:v1", '
                   'annotation_file="notes.json")' % (registries['open'].host, repo))
@@ -10382,15 +10382,8 @@ class TestReferrers:
         theirs = json.loads(closing(dxf.DXF(registries['open'].host, repo + '-oras',
                                             insecure=True)).get_manifest('v1'))
         env = cli_env()
-        cwd = os.getcwd()
-        os.chdir(str(tmp_path))
-        try:
-            _ok(run_cli(['push-blob', repo, 'data.txt', '@v1', '--annotation-file',
-                         'notes.json'], env))
-            _ok(run_cli(['attach', repo, '@v1', 'data.txt', '--annotation-file',
-                         'notes.json'], env))
-        finally:
-            os.chdir(cwd)
+        _ok(run_cli(['push-blob', repo, data, '@v1', '--annotation-file', path], env))
+        _ok(run_cli(['attach', repo, '@v1', data, '--annotation-file', path], env))
         for ours in (json.loads(dxf_obj.get_manifest('v1')), json.loads(
                 dxf_obj.get_manifest(dxf_obj.referrers('v1')[0]['digest']))):
             assert ours['annotations'] == theirs['annotations']
