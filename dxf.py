@@ -109,6 +109,13 @@ _TAR_DIGEST_ANNOTATION = 'io.deis.oras.content.digest'
 _GZIP_LEVEL = 1
 _DEFAULT_CONCURRENCY = 4         # blobs moving at once (DXF_CONCURRENCY)
 _REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+_UNKNOWN_CONFIG_TYPE = 'application/vnd.unknown.config.v1+json'   # oras's
+# RFC 6838 section 4.2: what --artifact-type and --config's type may be
+_MEDIA_TYPE_RE = re.compile(r'[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*\Z')
+# Tags of referrers, not aliases: distribution-spec 1.1's "Referrers Tag
+# Schema" (sha256-<hex>) and cosign's sha256-<hex>.sig, .att and .sbom.
+_REFERRERS_TAG_RE = re.compile(r'sha(?:256|512)-[a-f0-9]{64}(?:\.(?:sig|att|sbom))?\Z')
+_REFERRERS_TRIES = 5             # fallback index updates lost to other writers
 
 _CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
 _PIPELINE_MIN = 8 << 20          # BlobReader.copy_to hashes in a thread above
@@ -1975,18 +1982,57 @@ def _descriptor(media_type, digest, size, annotations=None):
     return desc
 
 
-def _alias_manifest(layers, annotations=None):
-    """The bytes of the OCI manifest backing an alias over ``layers``."""
-    manifest = {
-        'schemaVersion': 2,
-        'mediaType': _OCI_MANIFEST,
-        'artifactType': _ALIAS_ARTIFACT_TYPE,
-        'config': _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)),
-        'layers': layers,
-    }
-    if annotations:
-        manifest['annotations'] = annotations
+def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
+                    subject=None):
+    """The bytes of the OCI manifest backing an alias over ``layers``; the
+    rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
+    No timestamp: the same inputs give the same digest (oras#1367)."""
+    extra = annotations or {}
+    if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+        raise DXFInputError('annotations must map $manifest, $config or a '
+                            'file name to {"key": "value", ...}')
+    extra = dict(extra)
+    path, media = config or (None, _EMPTY_TYPE)
+    config = _descriptor(media or _UNKNOWN_CONFIG_TYPE, *(
+        (hash_file(path), os.path.getsize(path)) if path else (
+            _EMPTY_DIGEST, len(_EMPTY_BLOB))), annotations=extra.pop('$config', None))
+    manifest = {'schemaVersion': 2, 'mediaType': _OCI_MANIFEST, 'config': config,
+                'layers': layers}
+    # A config of its own says what the artifact is (its media type), as
+    # oras writes it; the empty config needs artifactType to.
+    if artifact_type or not path:
+        manifest['artifactType'] = artifact_type or _ALIAS_ARTIFACT_TYPE
+    for media in (artifact_type, config['mediaType']):
+        if media is not None and not _MEDIA_TYPE_RE.match(media):
+            raise DXFInputError('invalid media type %r' % _printable(media))
+    notes = extra.pop('$manifest', None)
+    for layer in layers:
+        title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
+        if title in extra:
+            layer['annotations'] = dict(layer['annotations'], **extra.pop(title))
+    if extra:
+        raise DXFInputError('annotations for %s, which is not a file given'
+                            % _printable(sorted(extra)[0]))
+    manifest.update(kv for kv in (('annotations', notes), ('subject', subject)) if kv[1])
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _referrers_tag(digest):
+    """The tag of a subject's fallback referrers index (distribution-spec
+    1.1 "Referrers Tag Schema"): algorithm truncated to 32 characters, '-',
+    encoded part truncated to 64, characters a tag cannot hold as '-'."""
+    algorithm, _, encoded = digest.partition(':')
+    return re.sub(r'[^A-Za-z0-9._-]', '-', algorithm[:32] + '-' + encoded[:64])
+
+
+def _referrer_entry(data, m, media):
+    """A referrer's entry in a referrers index ("Pushing Manifests with
+    Subject"): artifactType (else the config's media type), annotations."""
+    entry = _descriptor(media, hash_bytes(data), len(data), m.get('annotations'))
+    kind = m.get('artifactType') or (m.get('config') or {}).get('mediaType')
+    return dict(entry, artifactType=kind) if isinstance(kind, str) and kind else entry
 
 
 def _parse_manifest(data, content_type=None):
@@ -2311,8 +2357,9 @@ class DXFBase:
         resp.body = b'' if stream else resp.read()
         return resp
 
-    def _paginate(self, url, key, scope, batch_size):
-        """Yield the items of a paginated JSON list, following Link headers."""
+    def _paginate(self, url, key, scope, batch_size, kind=str):
+        """Yield the items (of type ``kind``) of a paginated JSON list,
+        following Link headers."""
         if batch_size:
             url += '?n=%d' % int(batch_size)
         url = urllib.parse.urljoin(self._base, url)
@@ -2325,7 +2372,7 @@ class DXFBase:
             if items is None and isinstance(doc, dict):
                 items = []            # distribution sends "tags": null
             if not isinstance(items, list) or not all(
-                    isinstance(i, str) for i in items):
+                    isinstance(i, kind) for i in items):
                 raise DXFManifestError('%s answer has no %s list'
                                        % (_path(url), key))
             for item in items:
@@ -2385,6 +2432,9 @@ class _AliasMethods:
             data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
             content_type = None
         m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES and _REFERRERS_TAG_RE.match(alias or ''):
+            raise DXFManifestError('%s is a referrers index (what is attached '
+                                   'to a manifest): see dxf referrers' % alias)
         if media in _INDEX_TYPES:
             data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
             m, media = _parse_manifest(data, content_type)
@@ -2407,11 +2457,16 @@ class _AliasMethods:
                 data = self._get_manifest(_choose_platform(m, platform))[0]
         return data.decode('utf-8')
 
-    def make_manifest(self, *digests, names=None):
+    def make_manifest(self, *digests, names=None, artifact_type=None,
+                      annotations=None, config=None):
         """Return the manifest (str) an alias over ``digests`` would store.
 
         :param names: file names, one per digest (or None), recorded as each
             layer's ``org.opencontainers.image.title`` (as oras does)
+        :param artifact_type: default application/vnd.dxf.alias.v1 (none
+            with a ``config``, ``(path, media type or None)``: that file)
+        :param annotations: as in oras's ``--annotation-file``:
+            ``{"$manifest": {...}, "$config": {...}, "<file name>": {...}}``
         """
         if not digests:
             raise DXFInputError('an alias needs at least one blob')
@@ -2422,18 +2477,21 @@ class _AliasMethods:
             split_digest(digest)
             layers.append(_descriptor(_LAYER_TYPE, digest, self._layer_size(digest), {
                 _TITLE_ANNOTATION: name} if name else None))
-        return _alias_manifest(layers).decode('utf-8')
+        return _alias_manifest(layers, annotations, artifact_type, config).decode(
+            'utf-8')
 
     def _layer_size(self, digest):
         """A blob's size as pushed or asked for before, else asked for now."""
         size = self._sizes.get(digest)
         return self.blob_size(digest) if size is None else size
 
-    def set_alias(self, alias, *digests, names=None, concurrency=None):
+    def set_alias(self, alias, *digests, names=None, concurrency=None,
+                  artifact_type=None, annotations=None, config=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
 
-        The blobs must already be in the repository.  ``names`` as for
-        make_manifest; their sizes are looked up ``concurrency`` (4) at a time.
+        The blobs must already be in the repository (the ``config`` file is
+        uploaded).  ``names`` and the rest as for make_manifest; the sizes
+        are looked up ``concurrency`` (4) at a time.
         """
         _check_alias(alias)
         for digest in digests:
@@ -2445,11 +2503,13 @@ class _AliasMethods:
             # the manifest for want of it (as push_blobs does).  With every
             # size known, that refusal is the cheaper way to find out.
             unknown = sorted(set(digests) - set(self._sizes))
-            if unknown:
-                _in_parallel(self._look_up, [_EMPTY_DIGEST] + unknown,
-                             concurrency or _DEFAULT_CONCURRENCY,
+            if unknown or config:
+                _in_parallel(self._look_up, [(config,) if config else _EMPTY_DIGEST]
+                             + unknown, concurrency or _DEFAULT_CONCURRENCY,
                              getattr(self, '_transport', None))
-            manifest = self.make_manifest(*digests, names=names)
+            manifest = self.make_manifest(
+                *digests, names=names, artifact_type=artifact_type,
+                annotations=annotations, config=config)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
@@ -2460,9 +2520,12 @@ class _AliasMethods:
         with self._needing('push'):
             if digest == _EMPTY_DIGEST:
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            if isinstance(digest, tuple):      # (config,): upload that file
+                return self.push_blob(digest[0][0])
             return self._blob_head(digest)
 
-    def push_blobs(self, files, alias=None, progress=None, concurrency=None):
+    def push_blobs(self, files, alias=None, progress=None, concurrency=None,
+                   artifact_type=None, annotations=None, config=None):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2476,32 +2539,47 @@ class _AliasMethods:
             called from several threads (each blob's calls from one thread,
             starting with ``b''``)
         :param concurrency: blobs in flight at once (default 4)
+        :param artifact_type: for the alias's manifest, as for make_manifest;
+            so are ``annotations`` and ``config``
         """
         items = list(files)
         if not items:
             raise DXFInputError('nothing to push')
         if alias is not None:
             _check_alias(alias)
-        concurrency = concurrency or _DEFAULT_CONCURRENCY
         with self._needing('push'):
-            # The alias needs the empty config blob: it is looked for (and
-            # in a new repository uploaded) in the same batch as the blobs,
-            # so the manifest PUT is accepted the first time instead of
-            # after a 400 and a config upload.  Threads that meet the first
-            # 401 together share one token request (_Auth.fetch_token).
-            config = alias is not None
-            jobs = ([_EMPTY_DIGEST] if config else []) + [
-                (item,) for item in items]
-            layers = _in_parallel(lambda job: self._push_item(job, progress),
-                                  jobs, concurrency, getattr(self, '_transport', None))
-            layers = layers[1:] if config else layers
+            layers, manifest = self._push_artifact(
+                items, progress, concurrency, alias is not None, artifact_type,
+                annotations, config)
             if alias is not None:
-                for layer in layers:
-                    if layer['size'] is None:
-                        layer['size'] = self._layer_size(layer['digest'])
-                self._set_alias_manifest(alias, _alias_manifest(layers).decode(
-                    'utf-8'))
+                self._set_alias_manifest(alias, manifest.decode('utf-8'))
         return [layer['digest'] for layer in layers]
+
+    def _push_artifact(self, items, progress, concurrency, manifest=True,
+                       artifact_type=None, annotations=None, config=None,
+                       subject=None):
+        """Push items (as push_blobs) and the config blob; return the layer
+        descriptors and the manifest over them (not stored; None without
+        ``manifest``)."""
+        # The manifest needs its config blob: it is looked for (and in a new
+        # repository uploaded) in the same batch as the blobs, so the
+        # manifest PUT is accepted the first time instead of after a 400 and
+        # a config upload.  Threads that meet the first 401 together share
+        # one token request (_Auth.fetch_token).
+        jobs = ([(config,) if config else _EMPTY_DIGEST] if manifest else []) + [
+            (item,) for item in items]
+        layers = _in_parallel(lambda job: self._push_item(job, progress), jobs,
+                              concurrency or _DEFAULT_CONCURRENCY,
+                              getattr(self, '_transport', None))
+        if not manifest:
+            return layers, None
+        layers = layers[1:]
+        for layer in layers:
+            if layer['size'] is None:
+                layer['size'] = self._layer_size(layer['digest'])
+        return layers, _alias_manifest(
+            layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
+            annotations, artifact_type, config, subject)
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
@@ -2510,6 +2588,8 @@ class _AliasMethods:
         if job == _EMPTY_DIGEST:
             return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
         item = job[0]
+        if isinstance(item, tuple):     # the config: (path, media type)
+            return self.push_blob(item[0])
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress)
@@ -2564,6 +2644,46 @@ class _AliasMethods:
                 return layers[0][0]
         return _check_descriptor(m.get('config'))[0]
 
+    def attach(self, subject, files=(), artifact_type=None, annotations=None,
+               config=None, progress=None, concurrency=None):
+        """Push files (as push_blobs, with its options) and a manifest whose
+        ``subject`` is the manifest of ``subject`` (an alias or a digest):
+        an OCI 1.1 referrer.  Return the new manifest's digest."""
+        with self._needing('push'):
+            data, content_type, digest = self._get_manifest(_check_ref(subject))
+            manifest = self._push_artifact(
+                list(files), progress, concurrency, True, artifact_type, annotations,
+                config, _descriptor(_parse_manifest(data, content_type)[1], digest,
+                                    len(data)))[1]
+            self._put_referrer(manifest, digest)
+        return hash_bytes(manifest)
+
+    def referrers(self, subject, artifact_type=None):
+        """Return the index entries (dicts: ``digest``, ``mediaType``,
+        ``size``, ``artifactType``, ``annotations``) of the manifests whose
+        subject is ``subject`` (an alias or a digest), of ``artifact_type``."""
+        digest = (subject if ':' in _check_ref(subject)
+                  else self.get_manifest_digest(subject))
+        # The registry may have filtered them already: filtering again (on
+        # the client) does no harm where it did, and is needed where not.
+        return [e for e in self._referrer_entries(digest, artifact_type)
+                if _check_descriptor(e) and artifact_type in (None, e.get(
+                    'artifactType'))]
+
+    def resolve(self, alias):
+        """Return the digest of an alias's manifest (get_manifest's)."""
+        return self.get_manifest_digest(_check_alias(alias))
+
+    def _copy_referrers(self, digest, target, concurrency, seen):
+        """Copy what refers to ``digest`` to target, recursively."""
+        for entry in self.referrers(digest):
+            if entry['digest'] not in seen:
+                seen.add(entry['digest'])
+                data, content_type, _ = self._get_manifest(entry['digest'])
+                self._copy_manifest(data, content_type, target, concurrency)
+                target._put_referrer(data, digest)
+                self._copy_referrers(entry['digest'], target, concurrency, seen)
+
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
 
@@ -2582,14 +2702,18 @@ class _AliasMethods:
         already there are skipped, blobs in the same registry are mounted,
         the rest stream through without a temporary file, ``concurrency``
         (default 4) at a time; manifests are copied byte for byte, so their
-        digests stay the same.  Returns the manifest's digest.
+        digests stay the same.  What refers to the alias's manifest (see
+        attach) goes along, and what refers to that.  Returns the manifest's
+        digest.
         """
         _check_alias(alias)
         _check_alias(target_alias or alias)
-        data, content_type, _ = self._get_manifest(alias)
-        self._copy_manifest(data, content_type, target,
-                            concurrency or _DEFAULT_CONCURRENCY)
-        return target.set_manifest(target_alias or alias, data)
+        concurrency = concurrency or _DEFAULT_CONCURRENCY
+        data, content_type, digest = self._get_manifest(alias)
+        self._copy_manifest(data, content_type, target, concurrency)
+        copied = target.set_manifest(target_alias or alias, data)
+        self._copy_referrers(digest, target, concurrency, set())
+        return copied
 
     def _copy_manifest(self, data, content_type, target, concurrency=1):
         """Copy what a manifest names (not the manifest itself) to target."""
@@ -3091,15 +3215,90 @@ class DXF(DXFBase, _AliasMethods):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
         data, _, media = _manifest_to_store(manifest)
+        self._put_manifest(alias, data, media)
+        return hash_bytes(data)
+
+    def _put_manifest(self, ref, data, media, headers=None):
         digest = hash_bytes(data)
-        resp = self._request('PUT', self._url('manifests', alias),
+        resp = self._request('PUT', self._url('manifests', ref),
                              self._scope(['pull', 'push']),
-                             headers={'Content-Type': media}, body=data,
-                             ok=(201,))
+                             headers=dict(headers or {}, **{'Content-Type': media}),
+                             body=data, ok=(201,))
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed.startswith('sha256:') and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
-        return digest
+        return resp
+
+    # -- referrers (distribution-spec 1.1) -----------------------------------
+
+    _referrers_api = None        # whether the registry has it, once known
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a ``subject`` by its digest.  A registry that
+        lists it answers ``OCI-Subject``; without that header the fallback
+        index is brought up to date ("Pushing Manifests with Subject")."""
+        data, m, media = _manifest_to_store(manifest)
+        if self._put_manifest(hash_bytes(data), data, media).header('OCI-Subject'):
+            return
+        entry, tag = _referrer_entry(data, m, media), _referrers_tag(subject)
+        for attempt in range(_REFERRERS_TRIES + 1):
+            entries, etag = self._referrers_at(tag)
+            if any(e.get('digest') == entry['digest'] for e in entries):
+                return
+            if attempt == _REFERRERS_TRIES:
+                break
+            # If-Match: a registry that keeps ETags refuses (412) an index
+            # changed since it was read (the spec's advice against lost
+            # updates).  Distribution 2.8 ignores it: the next read finds an
+            # entry another writer dropped, and it is added again.
+            try:
+                self._put_manifest(tag, json.dumps({
+                    'schemaVersion': 2, 'mediaType': _OCI_INDEX, 'manifests':
+                    entries + [entry]}, sort_keys=True).encode('utf-8'),
+                    _OCI_INDEX, etag and {'If-Match': etag})
+            except DXFHTTPError as exc:
+                if exc.status != 412:
+                    raise
+        raise DXFError('the referrers index %s keeps changing: %s is not in '
+                       'it; attach again' % (tag, entry['digest']))
+
+    def _referrers_at(self, tag):
+        """(entries, ETag) of the fallback index at ``tag`` ([] if none).
+        Anything but an OCI index there (say, a registry resolving the tag
+        sha256-<hex> to the manifest sha256:<hex>, oras-go#1396) is an error."""
+        try:
+            resp = self._request('GET', self._url('manifests', tag),
+                                 self._scope(['pull']), limit=_MAX_MANIFEST,
+                                 headers={'Accept': _ACCEPT})
+            m, media = _parse_manifest(resp.body, resp.header('Content-Type'))
+        except DXFNotFoundError:
+            return [], None
+        except DXFManifestError:
+            media = None
+        if media != _OCI_INDEX:
+            raise DXFManifestError('tag %s is not a referrers index (an OCI '
+                                   'image index), left as it is' % tag)
+        return m['manifests'], resp.header('ETag')
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """What refers to ``digest``: the referrers API's answer, or where
+        the registry answers 404 but for an unknown repository, the fallback
+        index ("Listing Referrers", "Unavailable Referrers API")."""
+        query = artifact_type and '?' + urllib.parse.urlencode(
+            {'artifactType': artifact_type})
+        if self._referrers_api is not False:
+            try:
+                entries = list(self._paginate(
+                    self._url('referrers', digest) + (query or ''), 'manifests',
+                    self._scope(['pull']), None, dict))
+                self._referrers_api = True
+                return entries
+            except DXFHTTPError as exc:
+                if exc.status != 404 or any(isinstance(e, dict) and e.get(
+                        'code') == 'NAME_UNKNOWN' for e in exc.errors):
+                    raise
+                self._referrers_api = False
+        return self._referrers_at(_referrers_tag(digest))[0]
 
     def _set_alias_manifest(self, alias, manifest):
         """set_manifest for dxf's own manifests, pushing the empty config
@@ -3143,9 +3342,9 @@ class DXF(DXFBase, _AliasMethods):
     def _del_alias(self, alias):
         got = self._get_manifest(alias)
         named = self._named_by(alias, got)
-        placeholder = _alias_manifest([], {
+        placeholder = _alias_manifest([], {'$manifest': {
             'vnd.dxf.deleting': alias,
-            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
+            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')}})
         digest = hash_bytes(placeholder)
         scope = self._scope(['delete'])
         # Ask first: deleting the placeholder before it exists is 404 where
@@ -3455,13 +3654,15 @@ class OCILayout(_AliasMethods):
         return index
 
     def _update_index(self, alias, entry=None):
-        """Drop ``alias``'s entries from index.json and append ``entry``,
-        under a lock, atomically."""
+        """Drop ``alias``'s entries from index.json (None: an untagged
+        entry's of the same digest) and append ``entry``, under a lock,
+        atomically."""
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            index['manifests'] = [e for e in index['manifests']
-                                  if _ref_name(e) != alias]
+            index['manifests'] = [
+                e for e in index['manifests'] if _ref_name(e) != alias
+                or alias is None and e.get('digest') != entry['digest']]
             if entry is not None:
                 index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
@@ -3492,13 +3693,33 @@ class OCILayout(_AliasMethods):
         data, m, media = _manifest_to_store(manifest)
         if ':' in alias:     # stored by digest: it must be the right one
             return self.push_blob(data=data, digest=alias)
+        return self._add_entry(alias, data, m, media)
+
+    def _add_entry(self, alias, data, m, media):
         digest = self.push_blob(data=data)
         entry = _descriptor(media, digest, len(data),
-                            {_REF_NAME_ANNOTATION: alias})
+                            alias and {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
             entry['artifactType'] = m['artifactType']
         self._update_index(alias, entry)
         return digest
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a subject: untagged in index.json, where
+        readers find it by its subject (a layout has no fallback tag)."""
+        self._add_entry(None, *_manifest_to_store(manifest))
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """The manifests in index.json whose subject is ``digest``."""
+        found = {}
+        for e in self._index()['manifests']:
+            if isinstance(e, dict) and e.get('mediaType') in (_OCI_MANIFEST, _OCI_INDEX):
+                data = self._get_manifest(_check_descriptor(e)[0])[0]
+                m, media = _parse_manifest(data, e['mediaType'])
+                subject = m.get('subject')
+                if isinstance(subject, dict) and subject.get('digest') == digest:
+                    found.setdefault(e['digest'], _referrer_entry(data, m, media))
+        return list(found.values())
 
     def _set_alias_manifest(self, alias, manifest):
         self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
@@ -4226,6 +4447,36 @@ def _resolve_refs(dxf, refs, settings, stdin):
     return blobs
 
 
+def _subject_arg(arg):
+    """attach's and referrers' SUBJECT: @ALIAS or a manifest digest."""
+    return _alias_arg(arg) if arg.startswith('@') else split_digest(arg) and arg
+
+
+def _manifest_options(args):
+    """--artifact-type, --annotation(-file) and --config as keyword
+    arguments of push_blobs, set_alias and attach."""
+    if args.annotation and args.annotation_file:
+        raise _UsageError('give --annotation or --annotation-file, not both')
+    pairs = [item.partition('=') for item in args.annotation or ()]
+    notes = dict((key, value) for key, _, value in pairs)
+    if len(notes) < len(pairs) or not all(key and sep for key, sep, _ in pairs):
+        raise _UsageError('give --annotation KEY=VALUE, each KEY once')
+    annotations = {'$manifest': notes} if notes else None
+    if args.annotation_file:
+        with _open_input(args.annotation_file) as f:
+            data = f.read(_MAX_MANIFEST)
+        try:
+            annotations = _load_json(data, args.annotation_file)
+        except DXFManifestError as exc:
+            raise DXFInputError(str(exc)) from None
+    if args.artifact_type and not _MEDIA_TYPE_RE.match(args.artifact_type):
+        raise _UsageError('invalid media type %r' % _printable(args.artifact_type))
+    path, sep, media = (args.config or '').rpartition(':')
+    return dict(artifact_type=args.artifact_type, annotations=annotations,
+                config=args.config and ((path, media) if sep and _MEDIA_TYPE_RE.match(
+                    media) else (args.config, None)))
+
+
 def _safe_name(title):
     """A title annotation usable as a file name in the output directory."""
     if (not isinstance(title, str) or title in ('', '.', '..')
@@ -4256,10 +4507,14 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
         alias = _alias_arg(files.pop())
+    options = _manifest_options(args)
+    if any(options.values()) and not alias:
+        raise _UsageError('--artifact-type, --annotation(-file) and --config '
+                          'describe an alias\'s manifest: give @ALIAS')
     if len(files) > 1 or alias or os.path.isdir(files[0]):
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
-        return _push_many(dxf, files, alias, settings, out, stdin)
+        return _push_many(dxf, files, alias, settings, out, stdin, options)
     progress = settings.progress_printer
     if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
@@ -4271,8 +4526,9 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     _write_line(out, digest)
 
 
-def _push_many(dxf, files, alias, settings, out, stdin):
-    """push-blob of several files, or of a directory: in parallel."""
+def _push_many(dxf, files, alias, settings, out, stdin, options, subject=None):
+    """push-blob of several files, or of a directory, and attach: in
+    parallel."""
     if files.count('-') > 1:
         raise _UsageError('- (stdin) can be given only once')
     for name in files:
@@ -4280,10 +4536,12 @@ def _push_many(dxf, files, alias, settings, out, stdin):
             raise DXFInputError('cannot read %s: no such file or directory'
                                 % name)
     progress = settings.progress_printer
+    items = [stdin if f == '-' else f for f in files]
     try:
-        digests = dxf.push_blobs([stdin if f == '-' else f for f in files],
-                                 alias=alias, progress=progress,
-                                 concurrency=settings.concurrency)
+        digests = [dxf.attach(subject, items, progress=progress, concurrency=(
+            settings.concurrency), **options)] if subject else dxf.push_blobs(
+                items, alias=alias, progress=progress,
+                concurrency=settings.concurrency, **options)
     finally:
         if progress:
             progress.finish_all()
@@ -4433,7 +4691,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             names.append(None)
     try:
         manifest = dxf.set_alias(alias, *digests, names=names,
-                                 concurrency=settings.concurrency)
+                                 concurrency=settings.concurrency,
+                                 **_manifest_options(args))
     except DXFNotFoundError as exc:
         for ref, digest, name in zip(args.refs, digests, names):
             if name is not None and digest in str(exc):
@@ -4484,7 +4743,27 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
-        _write_line(out, alias)
+        if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
+            _write_line(out, alias)
+
+
+def _cmd_attach(dxf, args, settings, out, stdin):
+    """dxf attach REPO SUBJECT [FILE...]: print the new referrer's digest."""
+    _push_many(dxf, args.files, None, settings, out, stdin,
+               _manifest_options(args), _subject_arg(args.subject))
+
+
+def _cmd_referrers(dxf, args, settings, out, stdin):
+    """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
+    for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
+        _write_line(out, '%s %s' % (entry['digest'], _printable(
+            entry.get('artifactType') or '-')))
+
+
+def _cmd_resolve(dxf, args, settings, out, stdin):
+    """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
+    for alias in args.aliases:
+        _write_line(out, dxf.resolve(_check_alias(alias)))
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
@@ -4534,6 +4813,16 @@ def _cmd_version(dxf, args, settings, out, stdin):
 
 
 _REPO = ('repo', dict(metavar='REPO', help='repository name'))
+_MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
+    'the manifest\'s artifactType (default application/vnd.dxf.alias.v1; '
+    'with --config none)'))), ('--annotation', dict(
+    action='append', metavar='KEY=VALUE', help='a manifest annotation; repeat '
+    'for more')), ('--annotation-file', dict(metavar='FILE', help=(
+        'annotations as oras reads them: {"$manifest": {...}, "$config": '
+        '{...}, "FILE-NAME": {...}}'))), ('--config', dict(
+            metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
+            'type application/vnd.unknown.config.v1+json)'))]
+_SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
@@ -4545,7 +4834,8 @@ _COMMANDS = [
      'stores them), print their digests; a last @ALIAS names them all',
      [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
          'files to upload (- reads stdin), directories to store as one '
-         'layer each; a last @ALIAS points that alias at them all')))]),
+         'layer each; a last @ALIAS points that alias at them all')))]
+     + _MANIFEST_ARGS),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
      [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
@@ -4572,7 +4862,8 @@ _COMMANDS = [
      [_REPO, ('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
-          'blobs in order: digests, or files already pushed (./NAME)')))]),
+          'blobs in order: digests, or files already pushed (./NAME)')))]
+     + _MANIFEST_ARGS),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
      [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
@@ -4595,6 +4886,16 @@ _COMMANDS = [
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
+    ('attach', _cmd_attach, 'attach files (a signature, an SBOM, a note) to '
+     'SUBJECT, print the digest of the manifest that refers to it',
+     [_REPO, _SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
+         'files (- reads stdin) and directories, as for push-blob')))]
+     + _MANIFEST_ARGS),
+    ('referrers', _cmd_referrers, 'print "DIGEST ARTIFACT-TYPE" of each '
+     'manifest attached to SUBJECT', [_REPO, _SUBJECT, ('--artifact-type', dict(
+         metavar='TYPE', help='only those of this artifact type'))]),
+    ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
     ('version', _cmd_version, 'print the version', []),
 ]
@@ -4664,9 +4965,10 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         args, extra = parser.parse_known_args(argv)
         # argparse (before 3.7's parse_intermixed_args) leaves positionals
         # that follow an option unparsed: "pull-blob REPO -o F @alias".
-        if extra and hasattr(args, 'refs') and not any(
+        rest = getattr(args, 'refs', getattr(args, 'files', None))
+        if extra and rest is not None and not any(
                 a.startswith('-') for a in extra):
-            args.refs += extra
+            rest += extra
         elif extra:
             parser.error('unrecognized arguments: %s' % ' '.join(extra))
         settings = _Settings.from_environ(environ)

@@ -4531,7 +4531,8 @@ _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 
 CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
                 'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
-                'list-aliases', 'copy-alias', 'list-repos', 'version')
+                'list-aliases', 'copy-alias', 'list-repos', 'version', 'attach', 'referrers',
+                'resolve')
 
 
 # ---- the seed README's example ------------------------------------------------
@@ -9962,3 +9963,498 @@ class TestRoundTrips:
         assert len(puts) == 1
         assert upstream.get_alias('a') == [_sha256(data)]
         assert len(proxy.seen('POST', r'/blobs/uploads/')) == 2     # the file, the config
+
+
+# =============================================================================
+# 17. Referrers (OCI 1.1): attach, referrers, resolve, annotations
+#     Against distribution 2.8.2 (no referrers API: the fallback tag) and a
+#     ReferrersProxy in front of it that has the API.
+# =============================================================================
+
+_REFERRERS_PATH_RE = re.compile(r'^/v2/(.+)/referrers/([^/]+)$')
+_REFERRERS_TAG_PATH_RE = re.compile(r'^/v2/.+/manifests/sha(256|512)-[0-9a-f]{64}$')
+SIGSTORE_BUNDLE = 'application/vnd.dev.sigstore.bundle.v0.3+json'
+
+
+def _index_entry(manifest_bytes):
+    """What distribution-spec 1.1 says a referrers index holds for a manifest
+    ("Listing Referrers"): mediaType, digest, size, artifactType (else the
+    config's media type) and a copy of its annotations."""
+    m = json.loads(manifest_bytes.decode('utf-8'))
+    entry = {'mediaType': m['mediaType'], 'digest': _sha256(manifest_bytes),
+             'size': len(manifest_bytes),
+             'artifactType': m.get('artifactType') or m['config']['mediaType']}
+    if m.get('annotations'):
+        entry['annotations'] = m['annotations']
+    return entry
+
+
+def _index_json(*entries):
+    return json.dumps({'schemaVersion': 2, 'mediaType': OCI_INDEX,
+                       'manifests': list(entries)}, sort_keys=True).encode('utf-8')
+
+
+class _ReferrersHandler(_FaultHandler):
+    """distribution-spec 1.1 in front of 2.8.2, which lacks it.
+
+    With ``api``: ``GET /v2/<name>/referrers/<digest>`` answers 200 with an
+    OCI index of the manifests PUT through the proxy with that subject,
+    filtered by ``?artifactType=`` with ``OCI-Filters-Applied`` ("Listing
+    Referrers"), and a manifest PUT with a subject is answered with
+    ``OCI-Subject`` ("Pushing Manifests with Subject").
+    With ``race``: the first PUT of a referrers tag is held until a second
+    arrives; both go to the registry in that order and only then are
+    answered: two writers that read the same index, the second overwriting
+    the first's update (2.8 ignores If-Match).
+    """
+
+    def _dispatch(self, fault):
+        proxy = self.server.owner
+        url = urllib.parse.urlsplit(self.path)
+        found = _REFERRERS_PATH_RE.match(url.path)
+        if fault is None and found and self.command == 'GET' and proxy.api:
+            wanted = urllib.parse.parse_qs(url.query).get('artifactType')
+            entries = [e for repo, subject, e in proxy.referrers
+                       if (repo, subject) == found.groups()
+                       and (not wanted or e['artifactType'] == wanted[0])]
+            headers = {'Content-Type': OCI_INDEX}
+            if wanted:
+                headers['OCI-Filters-Applied'] = 'artifactType'
+            return self._answer(200, _index_json(*entries), headers)
+        manifest = _MANIFEST_PATH_RE.match(url.path)
+        if fault is None and manifest and self.command == 'PUT':
+            body = b''.join(self._request_body()[1])
+            held = proxy.race and _REFERRERS_TAG_PATH_RE.match(url.path)
+            turn = self._wait_turn() if held else None
+            status, headers, answer = self._put_upstream(body)
+            if turn:
+                with proxy.cond:
+                    proxy.forwarded = turn
+                    proxy.cond.notify_all()
+                    proxy.cond.wait_for(lambda: proxy.forwarded >= 2, 30)
+            subject = json.loads(body.decode('utf-8')).get('subject')
+            if proxy.api and subject and status == 201:
+                proxy.referrers.append((manifest.group(1), subject['digest'],
+                                        _index_entry(body)))
+                headers['OCI-Subject'] = subject['digest']
+            return self._answer(status, answer, headers)
+        return _FaultHandler._dispatch(self, fault)
+
+    def _wait_turn(self):
+        """The first two PUTs: in order, the first once the second came."""
+        proxy = self.server.owner
+        with proxy.cond:
+            proxy.puts += 1
+            turn = proxy.puts
+            proxy.cond.notify_all()
+            if turn > 2:
+                return None
+            proxy.cond.wait_for(lambda: proxy.puts >= 2 and proxy.forwarded == turn - 1,
+                                30)
+        return turn
+
+    def _put_upstream(self, body):
+        conn = self.server.owner._connect()
+        try:
+            headers = dict((k, v) for k, v in self.headers.items()
+                           if k.lower() not in _HOP_BY_HOP and k.lower() != 'content-length')
+            conn.request('PUT', self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            answer = resp.read()
+            keep = dict((k, v) for k, v in resp.getheaders()
+                        if k.lower() not in _HOP_BY_HOP and k.lower() != 'content-length')
+            return resp.status, keep, answer
+        finally:
+            conn.close()
+
+
+class ReferrersProxy(FaultProxy):
+    """A FaultProxy whose handler is _ReferrersHandler (``api``, ``race``);
+    ``referrers`` holds (repo, subject digest, index entry) of each manifest
+    with a subject PUT through it."""
+
+    def __init__(self, registry, api=True, race=False):
+        self.api, self.race = api, race
+        self.referrers = []
+        self.cond = threading.Condition()
+        self.puts = self.forwarded = 0
+        FaultProxy.__init__(self, registry)
+        self._thread.server.RequestHandlerClass = _ReferrersHandler
+
+
+@pytest.fixture
+def referrers_proxy(registries):
+    """A function (api=True, race=False) -> a ReferrersProxy for this test."""
+    made = []
+
+    def make(**options):
+        made.append(ReferrersProxy(registries['open'], **options))
+        return made[-1]
+    yield make
+    for p in made:
+        p.stop()
+
+
+@pytest.fixture(scope='session')
+def oras_py():
+    """An interpreter that can import oras-py 0.2.43: DXF_TEST_ORAS_PY, else
+    .venv-oras/bin/python beside dxf.py (``make test`` makes it)."""
+    python = os.environ.get('DXF_TEST_ORAS_PY') or os.path.join(
+        _HERE, '.venv-oras', 'bin', 'python')
+    if not os.path.exists(python) or subprocess.run(
+            [python, '-c', 'import oras.version as v; assert v.__version__ == "0.2.43"'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        _unavailable('oras-py 0.2.43 not found (set DXF_TEST_ORAS_PY to a python '
+                     'that has it: pip install oras==0.2.43)')
+    return python
+
+
+def _subject(d, alias='subject', data=b'the subject'):
+    """Push an alias to attach to; return its manifest's digest."""
+    d.set_alias(alias, d.push_blob(data=data))
+    return _sha256(d.get_manifest(alias).encode('utf-8'))
+
+
+def _tags(d):
+    return sorted(d.list_aliases())
+
+
+def _raw_manifest(d, ref):
+    return d.get_manifest(ref).encode('utf-8')
+
+
+class TestReferrers:
+
+    def test_referrers_tag_follows_the_spec_table(self):
+        # distribution-spec 1.1 "Referrers Tag Schema", its three examples.
+        assert dxf._referrers_tag('sha256:' + 'a' * 64) == 'sha256-' + 'a' * 64
+        assert dxf._referrers_tag('sha512:' + 'a' * 128) == 'sha512-' + 'a' * 64
+        odd = ('test+algorithm+using+algorithm+separators+and+lots+of+characters+to+'
+               'excercise+overall+truncation:alsoSome=InTheEncodedSectionToShowHyphen'
+               'ReplacementAndLotsAndLotsOfCharactersToExcerciseEncodedTruncation')
+        assert dxf._referrers_tag(odd) == ('test-algorithm-using-algorithm-s-alsoSome-In'
+                                           'TheEncodedSectionToShowHyphenReplacementAnd'
+                                           'LotsAndLot')
+
+    def test_attach_once_twice_and_again_writes_the_exact_index(self, dxf_obj, tmp_path):
+        subject = _subject(dxf_obj)
+        tag = 'sha256-' + subject.split(':')[1]
+        sig = _write(tmp_path, 'sig.txt', b'a signature')
+        one = dxf_obj.attach('subject', [sig], artifact_type='application/vnd.example.sig')
+        first = _raw_manifest(dxf_obj, one)
+        assert json.loads(first.decode('utf-8'))['subject'] == {
+            'mediaType': OCI_MANIFEST, 'digest': subject,
+            'size': len(_raw_manifest(dxf_obj, 'subject'))}
+        assert _raw_manifest(dxf_obj, tag) == _index_json(_index_entry(first))
+        two = dxf_obj.attach(subject, annotations={'$manifest': {'note': 'hello'}})
+        second = _raw_manifest(dxf_obj, two)
+        assert json.loads(second.decode('utf-8'))['artifactType'] == ALIAS_ARTIFACT
+        assert _raw_manifest(dxf_obj, tag) == _index_json(_index_entry(first),
+                                                          _index_entry(second))
+        # The same inputs, the same digest (no timestamp); listed once.
+        again = dxf_obj.attach('subject', [sig], artifact_type='application/vnd.example.sig')
+        assert again == one
+        assert _raw_manifest(dxf_obj, tag) == _index_json(_index_entry(first),
+                                                          _index_entry(second))
+        assert [e['digest'] for e in dxf_obj.referrers('subject')] == [one, two]
+        assert dxf_obj.referrers(subject, 'application/vnd.example.sig') == [
+            _index_entry(first)]
+
+    def test_second_attach_puts_with_if_match_on_the_etag(self, proxy, upstream, closing):
+        d = closing(dxf.DXF(proxy.host, upstream.repo, insecure=True, timeout=10))
+        _subject(d)
+        d.attach('subject', annotations={'$manifest': {'n': '1'}})
+        assert not proxy.seen('PUT', r'/manifests/sha256-')[0].headers.get('If-Match')
+        proxy.reset()
+        d.attach('subject', annotations={'$manifest': {'n': '2'}})
+        etag = proxy.seen('GET', r'/manifests/sha256-')[0]
+        put = proxy.seen('PUT', r'/manifests/sha256-')
+        assert len(put) == 1 and put[0].headers.get('If-Match')
+        assert put[0].headers['If-Match'].strip('"').startswith('sha256:')
+        assert etag
+
+    def test_attach_keeps_a_cosign_style_entry(self, dxf_obj):
+        subject = _subject(dxf_obj)
+        tag = 'sha256-' + subject.split(':')[1]
+        # cosign 2.x's manifest for a bundle, pushed by digest (distribution
+        # 2.8 refuses an index naming a manifest it lacks), listed by hand.
+        bundle = dxf_obj.push_blob(data=b'{"mediaType": "a sigstore bundle"}')
+        dxf_obj.push_blob(data=b'{}')
+        signature = json.dumps({
+            'schemaVersion': 2, 'mediaType': OCI_MANIFEST, 'artifactType': SIGSTORE_BUNDLE,
+            'config': EMPTY_CONFIG, 'layers': [{'mediaType': SIGSTORE_BUNDLE,
+                                                'digest': bundle, 'size': 34}],
+            'subject': {'mediaType': OCI_MANIFEST, 'digest': subject, 'size': len(
+                _raw_manifest(dxf_obj, 'subject'))}}).encode('utf-8')
+        dxf_obj.set_manifest(_sha256(signature), signature)
+        theirs = {'mediaType': OCI_MANIFEST, 'digest': _sha256(signature),
+                  'size': len(signature), 'artifactType': SIGSTORE_BUNDLE,
+                  'annotations': {'dev.sigstore.bundle.predicateType':
+                                  'https://sigstore.dev/cosign/sign/v1'}}
+        dxf_obj.set_manifest(tag, json.dumps({'schemaVersion': 2, 'mediaType': OCI_INDEX,
+                                              'manifests': [theirs]}))
+        mine = dxf_obj.attach('subject', artifact_type='application/vnd.example.note')
+        assert _raw_manifest(dxf_obj, tag) == _index_json(
+            theirs, _index_entry(_raw_manifest(dxf_obj, mine)))
+        assert [(e['digest'], e['artifactType']) for e in dxf_obj.referrers('subject')] == [
+            (theirs['digest'], SIGSTORE_BUNDLE), (mine, 'application/vnd.example.note')]
+
+    def test_wrong_content_at_the_tag_attach_refuses_referrers_fails(
+            self, dxf_obj, cli_env, run_cli, repo):
+        # A registry resolving sha256-<hex> to the manifest sha256:<hex>
+        # (oras-go#1396): here the subject's own manifest is at the tag.
+        subject = _subject(dxf_obj)
+        tag = 'sha256-' + subject.split(':')[1]
+        dxf_obj.set_manifest(tag, _raw_manifest(dxf_obj, 'subject'))
+        before = _raw_manifest(dxf_obj, tag)
+        env = cli_env()
+        _fails(run_cli(['attach', repo, '@subject'], env), 1, tag, 'not a referrers index')
+        assert _raw_manifest(dxf_obj, tag) == before
+        _fails(run_cli(['referrers', repo, subject], env), 1, tag)
+
+    def test_api_path_writes_no_tag_and_lists_by_the_api(
+            self, referrers_proxy, upstream, closing, run_cli, fault_env):
+        api = referrers_proxy()
+        d = closing(dxf.DXF(api.host, upstream.repo, insecure=True, timeout=10))
+        _subject(d)
+        sbom = d.attach('subject', artifact_type='application/spdx+json')
+        note = d.attach('subject', annotations={'$manifest': {'k': 'v'}})
+        assert _tags(upstream) == ['subject']
+        assert not api.seen(None, r'/manifests/sha256-')
+        out = _ok(run_cli(['referrers', upstream.repo, '@subject'], fault_env(api)))
+        assert out == ('%s application/spdx+json\n%s %s\n' % (
+            sbom, note, ALIAS_ARTIFACT)).encode('ascii')
+        out = _ok(run_cli(['referrers', upstream.repo, '@subject', '--artifact-type',
+                           'application/spdx+json'], fault_env(api)))
+        assert out == ('%s application/spdx+json\n' % sbom).encode('ascii')
+        assert api.seen('GET', r'/referrers/.*artifactType=application%2Fspdx')
+
+    def test_referrers_without_api_filters_on_the_client(self, dxf_obj, cli_env, run_cli,
+                                                          repo):
+        _subject(dxf_obj)
+        dxf_obj.attach('subject', artifact_type='application/vnd.a')
+        b = dxf_obj.attach('subject', artifact_type='application/vnd.b')
+        out = _ok(run_cli(['referrers', repo, '@subject', '--artifact-type',
+                           'application/vnd.b'], cli_env()))
+        assert out == ('%s application/vnd.b\n' % b).encode('ascii')
+
+    def test_referrers_none_prints_nothing(self, dxf_obj, cli_env, run_cli, repo):
+        _subject(dxf_obj)
+        assert _ok(run_cli(['referrers', repo, '@subject'], cli_env())) == b''
+
+    def test_two_concurrent_attaches_are_both_listed(self, referrers_proxy, upstream,
+                                                     closing):
+        race = referrers_proxy(api=False, race=True)
+        subject = _subject(upstream)
+        results, errors = {}, []
+
+        def attach(name):
+            try:
+                d = closing(dxf.DXF(race.host, upstream.repo, insecure=True, timeout=30))
+                results[name] = d.attach('subject', annotations={'$manifest': {'n': name}})
+            except Exception as exc:        # reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=attach, args=(n,)) for n in ('a', 'b')]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert race.puts >= 3          # the race happened; one writer added again
+        listed = [e['digest'] for e in upstream.referrers(subject)]
+        assert sorted(listed) == sorted(results.values())
+
+    def test_copy_alias_takes_referrers_of_referrers_to_repo_registry_and_layout(
+            self, dxf_obj, connect, referrers_proxy, closing, tmp_path, cli_env, run_cli,
+            repo):
+        _subject(dxf_obj, data=b'copied with what is attached')
+        sig = dxf_obj.attach('subject', [_write(tmp_path, 'sig', b'signature')],
+                             artifact_type='application/vnd.example.sig')
+        countersig = dxf_obj.attach(sig, artifact_type='application/vnd.example.countersig')
+        expect = [(sig, 'application/vnd.example.sig')]
+        env = cli_env()
+        layout = str(tmp_path / 'layout')
+        other = repo + '-copy'
+        api = referrers_proxy()
+        for dest in (other, '%s/%s' % (api.host, repo + '-api'), 'oci:' + layout):
+            _ok(run_cli(['copy-alias', repo, 'subject', dest], env))
+        for host, name in ((env['DXF_HOST'], other), (api.host, repo + '-api'),
+                           ('oci:' + layout, repo)):
+            there = dict(env, DXF_HOST=host)
+            out = _ok(run_cli(['referrers', name, '@subject'], there))
+            assert out == _lines(*['%s %s' % e for e in expect]).replace(b'\n', b'\n')
+            out = _ok(run_cli(['referrers', name, sig], there))
+            assert out == ('%s application/vnd.example.countersig\n' % countersig).encode()
+            assert _ok(run_cli(['pull-blob', name, '@subject'], there)) == (
+                b'copied with what is attached')
+        assert not api.seen('PUT', r'/manifests/sha256-')       # the API: no tag
+        index = json.loads((tmp_path / 'layout' / 'index.json').read_text())
+        untagged = [e['digest'] for e in index['manifests'] if not e.get('annotations')]
+        assert sorted(untagged) == sorted([sig, countersig])
+
+    def test_sha512_subject_in_a_layout(self, tmp_path):
+        layout = dxf.OCILayout(str(tmp_path / 'layout'))
+        blob = layout.push_blob(data=b'sha512 subject')
+        manifest = json.loads(layout.make_manifest(blob))
+        data = json.dumps(manifest, sort_keys=True).encode('utf-8')
+        digest = 'sha512:' + hashlib.sha512(data).hexdigest()
+        layout.push_blob(data=dxf._EMPTY_BLOB, digest=dxf._EMPTY_DIGEST)
+        assert layout.set_manifest(digest, data) == digest
+        note = layout.attach(digest, annotations={'$manifest': {'about': 'sha512'}})
+        assert [e['digest'] for e in layout.referrers(digest)] == [note]
+        ref = json.loads(layout.get_manifest(note))
+        assert ref['subject'] == {'mediaType': OCI_MANIFEST, 'digest': digest,
+                                  'size': len(data)}
+        assert not any(e.get('annotations') for e in layout._index()['manifests'])
+
+    def test_list_aliases_hides_referrers_tags_get_alias_names_them(
+            self, dxf_obj, cli_env, run_cli, repo):
+        subject = _subject(dxf_obj)
+        dxf_obj.attach('subject')
+        hexd = subject.split(':')[1]
+        for suffix in ('.sig', '.att', '.sbom'):   # cosign's
+            dxf_obj.set_manifest('sha256-' + hexd + suffix, _raw_manifest(dxf_obj, 'subject'))
+        env = cli_env()
+        assert _ok(run_cli(['list-aliases', repo], env)) == b'subject\n'
+        _fails(run_cli(['get-alias', repo, 'sha256-' + hexd], env), 1, 'referrers index')
+
+    def test_resolve_prints_the_digest_of_get_manifest(self, dxf_obj, cli_env, run_cli,
+                                                      repo, fault_env, faults, proxy):
+        _subject(dxf_obj)
+        dxf_obj.set_alias('two', dxf_obj.push_blob(data=b'two'))
+        env = cli_env()
+        expect = [_sha256(_ok(run_cli(['get-manifest', repo, a], env))) for a in
+                  ('subject', 'two')]
+        assert _ok(run_cli(['resolve', repo, 'subject', 'two'], env)) == _lines(*expect)
+        # ECR sends no Docker-Content-Digest: the body is hashed.
+        faults.add(None, r'/manifests/', 'headers', every=True,
+                   drop=['Docker-Content-Digest'])
+        assert _ok(run_cli(['resolve', repo, 'two'], fault_env())) == _lines(expect[1])
+        assert dxf_obj.resolve('two') == expect[1]
+
+    def test_annotations_and_config_on_push_blob_and_set_alias(self, dxf_obj, cli_env,
+                                                              run_cli, repo, tmp_path):
+        env = cli_env()
+        data = _write(tmp_path, 'data.txt', b'annotated')
+        config = _write(tmp_path, 'config.json', b'{"k": 1}')
+        _ok(run_cli(['push-blob', repo, data, '@a', '--annotation', 'a=1',
+                     '--annotation', 'b=x=y', '--config',
+                     config + ':application/vnd.example.config+json'], env))
+        m = json.loads(_raw_manifest(dxf_obj, 'a').decode('utf-8'))
+        assert m['annotations'] == {'a': '1', 'b': 'x=y'}
+        assert 'artifactType' not in m
+        assert m['config'] == {'mediaType': 'application/vnd.example.config+json',
+                               'digest': _sha256(b'{"k": 1}'), 'size': 8}
+        assert dxf_obj.get_digest('a') == _sha256(b'{"k": 1}')
+        _ok(run_cli(['set-alias', repo, 'b', data, '--artifact-type',
+                     'application/vnd.example.b', '--config', config], env))
+        m = json.loads(_raw_manifest(dxf_obj, 'b').decode('utf-8'))
+        assert m['artifactType'] == 'application/vnd.example.b'
+        assert m['config']['mediaType'] == 'application/vnd.unknown.config.v1+json'
+        assert dxf_obj.get_alias('b') == [_sha256(b'annotated')]
+
+    @pytest.mark.parametrize('args, words', [
+        (['--annotation', 'k=1', '--annotation', 'k=2'], ['each KEY once']),
+        (['--annotation', 'novalue'], ['KEY=VALUE']),
+        (['--annotation', 'k=v', '--annotation-file', 'f.json'], ['not both']),
+        (['--artifact-type', 'not a type'], ['media type']),
+    ])
+    def test_bad_annotation_options_are_input_errors(self, cli_env, run_cli, repo,
+                                                     tmp_path, args, words):
+        path = _write(tmp_path, 'f', b'x')
+        for argv in (['push-blob', repo, path, '@a'], ['set-alias', repo, 'a', path],
+                     ['attach', repo, 'sha256:' + 'a' * 64, path]):
+            _fails(run_cli(argv + args, cli_env()), errno.EINVAL, *words)
+
+    def test_manifest_options_without_alias_are_refused(self, cli_env, run_cli, repo,
+                                                        tmp_path):
+        path = _write(tmp_path, 'f', b'x')
+        _fails(run_cli(['push-blob', repo, path, '--annotation', 'k=v'], cli_env()),
+               errno.EINVAL, '@ALIAS')
+
+    def test_annotation_file_writes_what_oras_py_writes(self, oras_py, dxf_obj, registries,
+                                                         cli_env, run_cli, repo, tmp_path,
+                                                         closing):
+        # oras-py 0.2.43 keys layer annotations by the path given (here the
+        # file name, as oras's own CLI keys them by title).
+        data = _write(tmp_path, 'data.txt', b'compared with oras-py')
+        notes = {'$manifest': {'org.opencontainers.image.description': 'both'},
+                 '$config': {'config.note': 'c'},
+                 'data.txt': {'layer.note': 'l', 'another': 'x'}}
+        path = _write(tmp_path, 'notes.json', json.dumps(notes).encode('utf-8'))
+        script = ('import oras.client; c = oras.client.OrasClient(insecure=True); '
+                  'c.push(files=["data.txt"], target="%s/%s-oras:v1", '
+                  'annotation_file="notes.json")' % (registries['open'].host, repo))
+        subprocess.run([oras_py, '-c', script], cwd=str(tmp_path), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        theirs = json.loads(closing(dxf.DXF(registries['open'].host, repo + '-oras',
+                                            insecure=True)).get_manifest('v1'))
+        env = cli_env()
+        _ok(run_cli(['push-blob', repo, data, '@v1', '--annotation-file', path], env))
+        _ok(run_cli(['attach', repo, '@v1', data, '--annotation-file', path], env))
+        for ours in (json.loads(dxf_obj.get_manifest('v1')), json.loads(
+                dxf_obj.get_manifest(dxf_obj.referrers('v1')[0]['digest']))):
+            assert ours['annotations'] == theirs['annotations']
+            assert ours['config']['annotations'] == theirs['config']['annotations']
+            assert [(l['digest'], l['annotations']) for l in ours['layers']] == [
+                (l['digest'], l['annotations']) for l in theirs['layers']]
+
+    def test_annotation_file_naming_no_file_is_an_input_error(self, cli_env, run_cli, repo,
+                                                              tmp_path):
+        path = _write(tmp_path, 'f', b'x')
+        notes = _write(tmp_path, 'n.json', b'{"other.txt": {"k": "v"}}')
+        _fails(run_cli(['push-blob', repo, path, '@a', '--annotation-file', notes],
+                       cli_env()), errno.EINVAL, 'other.txt')
+        bad = _write(tmp_path, 'bad.json', b'[1]')
+        _fails(run_cli(['push-blob', repo, path, '@a', '--annotation-file', bad],
+                       cli_env()), errno.EINVAL, '$manifest')
+
+    def test_no_api_is_asked_once_per_command_and_name_unknown_is_an_error(
+            self, proxy, faults, upstream, fault_env, run_cli, tmp_path):
+        _subject(upstream)
+        sig = upstream.attach('subject', artifact_type='application/vnd.example.sig')
+        upstream.attach(sig, artifact_type='application/vnd.example.countersig')
+        _ok(run_cli(['copy-alias', upstream.repo, 'subject', 'oci:' + str(tmp_path / 'l')],
+                    fault_env()))
+        assert len(proxy.seen('GET', r'/referrers/')) == 1     # 404: remembered
+        assert len(proxy.seen('GET', r'/manifests/sha256-')) == 3
+        # A registry with the API answers 404 only for an unknown repository.
+        faults.add('GET', r'/referrers/', 'status', status=404, body=_registry_error(
+            'NAME_UNKNOWN', 'repository name not known to registry'))
+        _fails(run_cli(['referrers', upstream.repo, sig], fault_env()), errno.ENOENT)
+
+    def test_attach_with_config_lists_the_config_type(self, dxf_obj, cli_env, run_cli, repo,
+                                                      tmp_path):
+        # No artifactType (a config of its own, as oras writes it): the
+        # index lists the config's media type ("Pushing Manifests with Subject").
+        subject = _subject(dxf_obj)
+        config = _write(tmp_path, 'cfg.json', b'{"predicate": 1}')
+        out = _ok(run_cli(['attach', repo, subject, '--config',
+                           config + ':application/vnd.example.predicate+json'], cli_env()))
+        digest = out.decode('ascii').strip()
+        m = json.loads(_raw_manifest(dxf_obj, digest).decode('utf-8'))
+        assert 'artifactType' not in m
+        assert m['layers'] == [EMPTY_CONFIG]
+        assert _ok(run_cli(['referrers', repo, '@subject'], cli_env())) == (
+            '%s application/vnd.example.predicate+json\n' % digest).encode('ascii')
+
+    def test_layout_with_referrers_reads_back_with_skopeo(self, dxf_obj, cli_env, run_cli,
+                                                           repo, skopeo, tmp_path):
+        _subject(dxf_obj)
+        dxf_obj.attach('subject', artifact_type='application/vnd.example.note')
+        layout = str(tmp_path / 'layout')
+        _ok(run_cli(['copy-alias', repo, 'subject', 'oci:' + layout], cli_env()))
+        raw = skopeo.run('inspect', '--raw', 'oci:%s:subject' % layout)
+        assert raw == _raw_manifest(dxf_obj, 'subject')
+
+    def test_index_changed_since_read_412_is_read_again(self, proxy, faults, upstream,
+                                                          fault_env, run_cli):
+        # A registry keeping ETags refuses a stale If-Match with 412.
+        _subject(upstream)
+        faults.add('PUT', r'/manifests/sha256-', 'status', status=412)
+        digest = _ok(run_cli(['attach', upstream.repo, '@subject'], fault_env())).strip()
+        assert len(proxy.seen('PUT', r'/manifests/sha256-')) == 2
+        assert [e['digest'] for e in upstream.referrers('subject')] == [digest.decode()]
+        faults.add('PUT', r'/manifests/sha256-', 'status', status=412, every=True)
+        _fails(run_cli(['attach', upstream.repo, '@subject', '--annotation', 'n=2'],
+                       fault_env()), 1, 'keeps changing')
