@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.parse
 
-__version__ = '1.0.0'
+__version__ = '1.1.0'
 __license__ = 'MIT'
 
 __all__ = [
