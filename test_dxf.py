@@ -94,7 +94,11 @@ import zlib
 
 from collections.abc import Mapping
 
-import pytest
+try:
+    import pytest
+except ImportError:     # `python3 test_dxf.py --serve` (make demo) needs only the registry
+    if __name__ != '__main__':
+        raise
 
 import dxf
 from dxf import DXF, DXFBase
@@ -9954,3 +9958,34 @@ class TestRoundTrips:
         assert len(puts) == 1
         assert upstream.get_alias('a') == [_sha256(data)]
         assert len(proxy.seen('POST', r'/blobs/uploads/')) == 2     # the file, the config
+
+
+# =============================================================================
+# 17. The first hour and the hundredth script (issue 18): make demo without
+#     pytest, errors that say what to do, --format json, login/logout,
+#     client certificates, Warning headers, python-dxf parity
+# =============================================================================
+
+class TestFirstHour:
+
+    def test_serve_runs_where_pytest_cannot_be_imported(self, tmp_path):
+        # make demo runs `python3 test_dxf.py --serve` with whatever python3
+        # is first on PATH; a pytest.py that fails stands for "no pytest".
+        if not REGISTRY_BINARY:
+            _unavailable('docker-registry not found')
+        (tmp_path / 'nopytest').mkdir()
+        (tmp_path / 'nopytest' / 'pytest.py').write_text('raise ImportError("no pytest")\n')
+        env = dict(os.environ, PYTHONPATH=str(tmp_path / 'nopytest'))
+        proc = subprocess.Popen([sys.executable, os.path.join(_HERE, 'test_dxf.py'), '--serve',
+                                 str(tmp_path / 'reg')], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            host = proc.stdout.readline().decode().strip()
+            assert host.startswith('127.0.0.1:'), proc.stderr.read().decode()
+            conn = http.client.HTTPConnection(host, timeout=10)
+            conn.request('GET', '/v2/')
+            assert conn.getresponse().status == 200
+            conn.close()
+        finally:
+            proc.terminate()
+            proc.communicate()
