@@ -362,7 +362,11 @@ def split_digest(digest):
     :raises DXFInputError: the digest is malformed
     """
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
-        raise DXFInputError('invalid digest %r' % (_printable(digest),))
+        # the two slips people make: a bare hex digest, an alias without @
+        hint = ('' if not isinstance(digest, str) else
+                '; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', digest)
+                else '; an alias is written @%s' % digest if _TAG_RE.match(digest) else '')
+        raise DXFInputError('invalid digest %r%s' % (_printable(digest), hint))
     method, _, encoded = digest.partition(':')
     if method not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(method)
@@ -415,8 +419,8 @@ def _check_repo(repo):
 
 def _check_alias(alias):
     if not isinstance(alias, str) or not _TAG_RE.match(alias):
-        raise DXFInputError('invalid alias %r (letters, digits, . _ -, at '
-                            'most 128)' % (_printable(alias),))
+        raise DXFInputError('invalid alias %r (at most 128 letters, digits and '
+                            '. _ -, not starting with . or -)' % (_printable(alias),))
     return alias
 
 
@@ -1557,9 +1561,10 @@ class _Auth:
                                           what='token answer')
         body = resp.read()
         if resp.status in (401, 403):
-            raise DXFUnauthorizedError(resp.method, url, resp.status,
-                                       _registry_errors(body),
+            exc = DXFUnauthorizedError(resp.method, url, resp.status, _registry_errors(body),
                                        'token service refused the credentials')
+            exc.registry = urllib.parse.urlsplit(self.base).netloc   # whose realm
+            raise exc
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
@@ -3909,10 +3914,10 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         number = kind(value)
     except ValueError:
         number = -1
-    low = 0 if zero else 1e-3
+    low = 0 if zero else 1 if kind is int else 1e-3
     if not low <= number <= high:     # NaN fails too
-        raise _UsageError('%s must be a number from %g to %d, not %r'
-                          % (name, low, high, _printable(value)))
+        raise _UsageError('%s must be a %s from %g to %d, not %r' % (
+            name, 'whole number' if kind is int else 'number', low, high, _printable(value)))
     return number
 
 
@@ -4037,6 +4042,7 @@ class _Settings:
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
+        s.sent = {}          # registry host -> where its credentials came from
         return s
 
     def open(self, repo, host=None):
@@ -4047,20 +4053,30 @@ class _Settings:
             raise _UsageError('DXF_HOST is not set (the registry host[:port], '
                               'or oci:DIRECTORY)')
         if host.startswith('oci:'):
-            root = host[len('oci:'):] or '.'
+            root = _oci_root(host)
             if repo is None:
+                if not os.path.isdir(root):
+                    there = os.path.exists(root)
+                    raise (DXFInputError if there else DXFNotFoundError)('%s: %s' % (
+                        host, 'not a directory' if there else 'no such directory'))
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            if not (username or password or self.authorization):
+            # where the credentials come from, for the message of a refusal
+            source = ('DXF_AUTHORIZATION' if self.authorization else 'DXF_USERNAME' + (
+                '' if password else ' (DXF_PASSWORD is not set)') if username
+                else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
+            if not source:
                 # docker login's credentials, looked up only when needed
                 found = _docker_config_credentials(dxf._host, self.environ)
                 if found and found[0] == '<token>':
                     identity = found[1]
                 elif found:
                     username, password = found
+                source = found and 'the docker config for ' + dxf._host
+            self.sent[dxf._host] = source
             dxf.authenticate(username, password, response=response,
                              authorization=self.authorization,
                              identity_token=identity)
@@ -4080,7 +4096,18 @@ class _Settings:
                 'dxf: %s\n' % line)
         if token:
             dxf.token = token
+            self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def hint(self, exc):
+        """What a refusal (401/403) by a registry this command spoke to means."""
+        host = getattr(exc, 'registry', None) or urllib.parse.urlsplit(exc.url).netloc
+        if host not in self.sent:
+            return ''
+        if not self.sent[host]:
+            return ('; no credentials were sent to %s: set DXF_USERNAME and DXF_PASSWORD, '
+                    'or run dxf login %s' % (host, host))
+        return '; %s refused the credentials from %s' % (host, self.sent[host])
 
 
 class _Line:
@@ -4171,6 +4198,10 @@ def _human(n):
         n /= 1024.0
 
 
+def _warn(settings, text):
+    settings.stderr.write('dxf: warning: %s\n' % _printable(text, 1000))
+
+
 def _write_line(out, text):
     out.write(text.encode('utf-8') + b'\n')
 
@@ -4182,14 +4213,23 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
+def _read_manifest(stdin):
+    """The manifest a command given no DIGEST|@ALIAS reads from stdin."""
+    if getattr(stdin, 'isatty', bool)():     # not a silent wait for a paste
+        raise _UsageError('no DIGEST or @ALIAS given: name one, or pipe a manifest in')
+    manifest = stdin.read(_MAX_MANIFEST + 1)
+    if len(manifest) > _MAX_MANIFEST or not manifest.strip():
+        raise DXFInputError('stdin holds no manifest (%s): give DIGEST or @ALIAS' % (
+            'empty' if not manifest.strip() else 'larger than 4 MiB'))
+    return manifest
+
+
 def _resolve_refs(dxf, refs, settings, stdin):
     """Expand digests and @aliases (or a manifest on stdin) into the layer
     descriptors they name, in order (a digest: ``{'digest': digest}``)."""
     if not refs:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        if len(manifest) > _MAX_MANIFEST:
-            raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return dxf.get_descriptors(manifest=manifest, platform=settings.platform)
+        return dxf.get_descriptors(manifest=_read_manifest(stdin),
+                                   platform=settings.platform)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
@@ -4307,6 +4347,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
         name = title or digest.split(':')[1]
         if used.setdefault(name, digest) != digest:
             name = digest.split(':')[1]   # two blobs, one title: keep both
+            _warn(settings, 'two blobs are titled %s: %s is saved as %s'
+                  % (_printable(title), digest[:19], name))
         unpack = (bool(title) and name == title
                   and annotations.get(_UNPACK_ANNOTATION) == 'true')
         if (name, unpack) not in [(n, u) for n, u, _ in plan]:
@@ -4334,8 +4376,11 @@ def _pull_directory(dxf, desc, path, settings):
     import shutil
     import tempfile
     directory, name = os.path.split(path)
-    work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
-                            suffix='.dxf-partial')
+    try:
+        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
+                                suffix='.dxf-partial')
+    except OSError as exc:      # the rule _AtomicFile follows for a file
+        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(exc))) from exc
     try:
         archive = os.path.join(work, 'layer')
         with open(archive, 'wb') as f:
@@ -4441,8 +4486,7 @@ def _cmd_get_digest(dxf, args, settings, out, stdin):
     """dxf get-digest REPO [ALIAS...]: print each alias's config digest
     (a dxf alias's first blob, as python-dxf)."""
     if not args.aliases:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        _write_line(out, dxf.get_digest(manifest=manifest,
+        _write_line(out, dxf.get_digest(manifest=_read_manifest(stdin),
                                         platform=settings.platform))
     for alias in args.aliases:
         _write_line(out, dxf.get_digest(_check_alias(alias),
@@ -4457,9 +4501,18 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 
 
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
-    """dxf list-aliases REPO: print the repository's aliases."""
-    for alias in dxf.list_aliases(iterate=True):
-        _write_line(out, alias)
+    """dxf list-aliases REPO: print the repository's aliases.  None is
+    ENOENT, on a layout as on a registry (which cannot tell "no aliases"
+    from "no repository")."""
+    found = False
+    try:
+        for alias in dxf.list_aliases(iterate=True):
+            found = True
+            _write_line(out, alias)
+    except DXFNotFoundError:
+        pass
+    if not found:
+        raise DXFNotFoundError('no aliases in %s (or no such repository)' % args.repo)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
@@ -4469,7 +4522,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         raise _UsageError('DEST %r is not a repository; for a directory say '
                           'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
-        target = _oci_layout(dest[len('oci:'):] or '.', args.repo, flat=True)
+        target = _oci_layout(_oci_root(dest), args.repo, flat=True)
     else:
         first, _, rest = dest.partition('/')
         # docker's rule: a first component with a dot or a port is a host
@@ -4482,6 +4535,14 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
                                         args.dest_alias and _check_alias(
                                             args.dest_alias),
                                         concurrency=settings.concurrency))
+
+
+def _oci_root(spec):
+    """The directory of ``oci:DIR``; an empty one is refused, not taken as
+    the current directory (an unset $DIR would litter it)."""
+    if spec == 'oci:':
+        raise _UsageError('oci: needs a directory (oci:DIR); is a variable in it unset?')
+    return spec[len('oci:'):]
 
 
 def _oci_layout(root, repo, flat):
@@ -4518,7 +4579,7 @@ _COMMANDS = [
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]),
     ('pull-blob', _cmd_pull_blob,
@@ -4574,9 +4635,12 @@ _COMMANDS = [
     ('version', _cmd_version, 'print the version', []),
 ]
 
-_EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
-           '2 not found, 5 integrity, 13 auth, 22 usage, 1 other, 130 '
-           'interrupted.')
+# The exit statuses, one meaning each (README "Exit status" lists the same).
+_EXIT_STATUSES = ((0, 'ok'), (errno.ENOENT, 'not found'), (errno.EIO, 'integrity'),
+                  (errno.EACCES, 'auth'), (errno.EINVAL, 'usage'), (1, 'other'),
+                  (_EXIT_INTERNAL, 'internal error'), (_EXIT_INTERRUPTED, 'interrupted'))
+_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(_ENV_VARS), ', '.join(
+    '%d %s' % pair for pair in _EXIT_STATUSES))
 
 
 def _build_parser(out, only=None):
@@ -4607,7 +4671,8 @@ def _build_parser(out, only=None):
     for name, func, text, arguments in _COMMANDS:
         if only and name != only:
             continue
-        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG, usage=(
+            'dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]' if name == 'push-blob' else None))
         for dest, options in arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
@@ -4632,7 +4697,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         debug = _env_flag(environ, 'DXF_DEBUG')
     except _UsageError:
         debug = False
-    dxf = None
+    dxf = settings = None
     try:
         parser = _build_parser(stdout, argv[0] if argv and any(
             argv[0] == c[0] for c in _COMMANDS) else None)
@@ -4661,13 +4726,15 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     except _UsageError as exc:
         return _fail(stderr, str(exc), errno.EINVAL, debug)
     except DXFError as exc:
-        return _fail(stderr, str(exc), exc.exit_code, debug)
+        hint = settings.hint(exc) if settings and isinstance(exc, DXFUnauthorizedError) else ''
+        return _fail(stderr, str(exc) + hint, exc.exit_code, debug)
     except KeyboardInterrupt:
         return _fail(stderr, 'interrupted', _EXIT_INTERRUPTED, debug)
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
-    except OSError as exc:
-        return _fail(stderr, _exc_text(exc), 1, debug)
+    except OSError as exc:      # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
+        return _fail(stderr, '%s: %s' % (exc.filename, _exc_text(exc)) if exc.filename
+                     else _exc_text(exc), errno.EINVAL if exc.filename else 1, debug)
     except Exception as exc:     # a bug of ours: still one line, no traceback
         return _fail(stderr, 'internal error (%s: %s); DXF_DEBUG=1 shows where'
                      % (type(exc).__name__, exc), _EXIT_INTERNAL, debug)

@@ -7674,7 +7674,7 @@ class TestLayoutCLI:
         _fails(run_cli(['set-alias', repo, 'x', _sha256(b'never pushed')], env), errno.ENOENT)
         path = _write(tmp_path, 'never-pushed', b'not in the layout')
         _fails(run_cli(['set-alias', repo, 'y', path], env), errno.ENOENT)
-        assert _ok(run_cli(['list-aliases', repo], env)) == b''
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT)     # none, as a registry
 
     def test_layout_get_alias_several_aliases_one_digest_per_line(self, oci_env, run_cli, repo):
         env = oci_env()
@@ -7715,7 +7715,7 @@ class TestLayoutCLI:
         _ok(run_cli(['set-alias', repo, 'p', da], env))
         _ok(run_cli(['set-alias', repo, 'q', db, da], env))
         assert _ok(run_cli(['del-alias', repo, 'p', 'q'], env)) == _lines(da, db, da)
-        assert _ok(run_cli(['list-aliases', repo], env)) == b''
+        _fails(run_cli(['list-aliases', repo], env), errno.ENOENT)     # none left
         assert _ok(run_cli(['pull-blob', repo, da, db], env)) == (
             _blob(100, 'ods1') + _blob(100, 'ods2'))
 
@@ -9989,3 +9989,161 @@ class TestFirstHour:
         finally:
             proc.terminate()
             proc.communicate()
+
+    # ---- errors that say what to do ----
+
+    def test_401_says_no_credentials_were_sent_and_what_to_set(self, cli_env, run_cli, repo):
+        env = cli_env('basic')
+        del env['DXF_USERNAME'], env['DXF_PASSWORD']
+        host = env['DXF_HOST']
+        _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
+               'no credentials were sent to ' + host, 'DXF_USERNAME and DXF_PASSWORD',
+               'dxf login ' + host)
+
+    def test_401_names_dxf_username_when_the_password_is_wrong_or_unset(
+            self, cli_env, run_cli, repo):
+        env = cli_env('basic')
+        env['DXF_PASSWORD'] = 'Secr3tBad'
+        line = _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
+                      env['DXF_HOST'] + ' refused the credentials from DXF_USERNAME')
+        assert 'Secr3tBad' not in line
+        del env['DXF_PASSWORD']
+        _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
+               'from DXF_USERNAME (DXF_PASSWORD is not set)')
+
+    def test_401_names_the_docker_config_and_the_token_service_refusal(
+            self, cli_env, run_cli, repo, docker_config):
+        env = docker_config.env(cli_env('token'))
+        host = env['DXF_HOST']
+        docker_config.write({'auths': {host: {'username': 'fred', 'password': 'wrong'}}})
+        _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
+               'GET /token -> 401', host + ' refused the credentials from the docker '
+               'config for ' + host)
+
+    def test_401_with_dxf_token_says_tokens_expire(self, cli_env, run_cli, repo):
+        env = cli_env('token')
+        del env['DXF_USERNAME'], env['DXF_PASSWORD']
+        env['DXF_TOKEN'] = 'not-a-token'
+        _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
+               'from DXF_TOKEN', 'dxf auth')
+
+    def test_copy_alias_names_the_registry_that_refused(self, cli_env, registries, run_cli,
+                                                        repo):
+        env = cli_env('tls')      # https with no auth, the same CA as basic's
+        digest = _cli_push(run_cli, env, repo, b'copy me')
+        _ok(run_cli(['set-alias', repo, 'a', digest], env))
+        basic = registries['basic']
+        _fails(run_cli(['copy-alias', repo, 'a', basic.host + '/' + repo], env),
+               errno.EACCES, 'no credentials were sent to ' + basic.host)
+
+    @pytest.mark.parametrize('ref, words', [
+        ('set1', ['invalid digest', 'an alias is written @set1']),
+        ('ab' * 32, ['did you mean sha256:' + 'ab' * 32]),
+        ('@.hidden', ["invalid alias '.hidden'", 'not starting with . or -']),
+    ])
+    def test_bad_reference_suggests_the_fix(self, oci_env, run_cli, repo, ref, words):
+        _fails(run_cli(['pull-blob', repo, ref], oci_env()), errno.EINVAL, *words)
+
+    def test_pull_blob_without_reference_on_a_terminal_refuses(self, tmp_path):
+        # A silent wait for a manifest typed on the terminal looked like a hang.
+        import pty
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(_HERE, 'dxf.py'), 'pull-blob', 'a/b'],
+                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={'PATH': os.environ.get('PATH', ''), 'DXF_HOST': 'oci:' + str(tmp_path)})
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert proc.returncode == errno.EINVAL
+        _error_line(err.decode(), 'no DIGEST or @ALIAS given', 'pipe a manifest in')
+
+    @pytest.mark.parametrize('command', ['pull-blob', 'get-alias', 'get-digest', 'blob-size'])
+    def test_empty_stdin_is_einval(self, oci_env, run_cli, repo, command):
+        _fails(run_cli([command, repo], oci_env(), stdin=b''), errno.EINVAL,
+               'stdin holds no manifest (empty)')
+
+    @pytest.mark.parametrize('command', [['list-repos'], ['push-blob', 'a/b', '-'],
+                                         ['copy-alias', 'a/b', 'x', 'oci:']])
+    def test_empty_oci_path_is_refused(self, run_cli, tmp_path, monkeypatch, command):
+        monkeypatch.chdir(tmp_path)
+        host = 'oci:' if command[0] != 'copy-alias' else 'oci:' + str(tmp_path)
+        _fails(run_cli(command, {'DXF_HOST': host}, stdin=b'x'), errno.EINVAL,
+               'oci: needs a directory')
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_list_repos_on_a_missing_directory_or_a_file_fails_naming_it(
+            self, run_cli, tmp_path):
+        missing, plain = str(tmp_path / 'missing'), _write(tmp_path, 'plain', b'x')
+        _fails(run_cli(['list-repos'], {'DXF_HOST': 'oci:' + missing}), errno.ENOENT,
+               'oci:%s: no such directory' % missing)
+        _fails(run_cli(['list-repos'], {'DXF_HOST': 'oci:' + plain}), errno.EINVAL,
+               'oci:%s: not a directory' % plain)
+
+    def test_file_errors_name_the_path(self, run_cli, tmp_path):
+        plain = _write(tmp_path, 'plain', b'x')
+        _fails(run_cli(['push-blob', 'a/b', '-'], {'DXF_HOST': 'oci:' + plain}, stdin=b'x'),
+               errno.EINVAL, os.path.join(plain, 'a'), 'not a directory')
+
+    def test_pull_into_a_folder_it_cannot_write_is_one_rule_naming_the_path(
+            self, oci_env, run_cli, repo, tmp_path):
+        # /proc takes no new files, even from root (who ignores permissions).
+        if not os.path.isdir('/proc/self'):
+            pytest.skip('needs /proc')
+        env = oci_env()
+        tree = tmp_path / 'tree'
+        tree.mkdir()
+        (tree / 'f').write_bytes(b'in a directory')
+        plain = _write(tmp_path, 'plain.dat', b'a file')
+        _ok(run_cli(['push-blob', repo, str(tree), plain, '@both'], env))
+        for ref in ('@both',):
+            line = _fails(run_cli(['pull-blob', repo, '-o', '/proc/', ref], env),
+                          errno.EINVAL, 'cannot write /proc/')
+            assert '/proc/tree' in line or '/proc/plain.dat' in line, line
+
+    def test_whole_number_variables_say_so(self, oci_env, run_cli, repo):
+        for name, high in (('DXF_CONCURRENCY', 64), ('DXF_CHUNK_SIZE', 1 << 30)):
+            _fails(run_cli(['list-aliases', repo], oci_env(**{name: '1.5'})), errno.EINVAL,
+                   '%s must be a whole number from 1 to %d' % (name, high))
+
+    def test_list_aliases_with_blobs_but_no_alias_is_enoent_on_registry_and_layout(
+            self, cli_env, oci_env, run_cli, repo):
+        lines = []
+        for env in (cli_env('open'), oci_env()):
+            _cli_push(run_cli, env, repo, b'a blob, no alias')
+            lines.append(_fails(run_cli(['list-aliases', repo], env), errno.ENOENT,
+                                'no aliases in ' + repo))
+        assert lines[0] == lines[1]
+
+    def test_push_blob_usage_shows_one_alias_after_the_files(self, run_cli):
+        status, out, err = run_cli(['push-blob', '--help'], {})
+        assert status == 0
+        assert b'usage: dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]\n' in out
+        assert b'[@ALIAS] [' not in out
+
+    def test_help_lists_every_exit_status_of_the_readme(self, run_cli):
+        with open(os.path.join(_HERE, 'README.md')) as f:
+            readme = f.read().split('## Exit status', 1)[1].split('\n## ', 1)[0]
+        documented = [int(n) for n in re.findall(r'^\| (\d+)', readme, re.M)]
+        assert sorted(documented) == sorted(code for code, _ in dxf._EXIT_STATUSES)
+        out = run_cli(['--help'], {})[1].decode()
+        for code, meaning in dxf._EXIT_STATUSES:
+            assert '%d %s' % (code, meaning) in ' '.join(out.split())
+
+    def test_pull_to_directory_says_when_a_title_is_taken(self, oci_env, run_cli, repo,
+                                                           tmp_path):
+        env = oci_env()
+        (tmp_path / 'a').mkdir()
+        (tmp_path / 'b').mkdir()
+        first = _write(tmp_path / 'a', 'same.dat', b'first')
+        second = _write(tmp_path / 'b', 'same.dat', b'second')
+        _ok(run_cli(['push-blob', repo, first, second, '@two'], env))
+        status, out, err = run_cli(['pull-blob', repo, '-o', str(tmp_path / 'out') + '/',
+                                    '@two'], env)
+        hexdigest = _sha256(b'second').split(':')[1]
+        assert (status, out) == (0, b'')
+        assert err == 'dxf: warning: two blobs are titled same.dat: %s is saved as %s\n' % (
+            _sha256(b'second')[:19], hexdigest)
+        assert (tmp_path / 'out' / hexdigest).read_bytes() == b'second'
