@@ -2445,7 +2445,8 @@ class _AliasMethods:
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
             return self._blob_head(digest)
 
-    def push_blobs(self, files, alias=None, progress=None, concurrency=None):
+    def push_blobs(self, files, alias=None, progress=None, concurrency=None,
+                   descriptors=False):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2459,6 +2460,7 @@ class _AliasMethods:
             called from several threads (each blob's calls from one thread,
             starting with ``b''``)
         :param concurrency: blobs in flight at once (default 4)
+        :param descriptors: return the layer descriptors, not the digests
         """
         items = list(files)
         if not items:
@@ -2484,7 +2486,7 @@ class _AliasMethods:
                         layer['size'] = self._layer_size(layer['digest'])
                 self._set_alias_manifest(alias, _alias_manifest(layers).decode(
                     'utf-8'))
-        return [layer['digest'] for layer in layers]
+        return layers if descriptors else [layer['digest'] for layer in layers]
 
     def _push_item(self, job, progress):
         """Push one of push_blobs' items (``(item,)``), or the empty config
@@ -4206,6 +4208,19 @@ def _write_line(out, text):
     out.write(text.encode('utf-8') + b'\n')
 
 
+def _emit(out, settings, text, desc=None, **fields):
+    """One line of a command's data: ``text``, or with --format json one
+    JSON object: the descriptor's known fields, its title, and ``fields``."""
+    if settings.json:
+        doc = {k: desc[k] for k in ('digest', 'size', 'mediaType', 'annotations')
+               if desc and desc.get(k) is not None}
+        doc['title'] = doc.get('annotations', {}).get(_TITLE_ANNOTATION)
+        doc.update(fields)
+        text = json.dumps({k: v for k, v in doc.items() if v is not None}, sort_keys=True)
+    if text is not None:      # (pull-blob -o prints nothing as text)
+        _write_line(out, text)
+
+
 def _alias_arg(arg):
     if not arg.startswith('@'):
         raise _UsageError('invalid alias %r: aliases start with @'
@@ -4271,7 +4286,7 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
         alias = _alias_arg(files.pop())
-    if len(files) > 1 or alias or os.path.isdir(files[0]):
+    if len(files) > 1 or alias or os.path.isdir(files[0]) or settings.json:
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
         return _push_many(dxf, files, alias, settings, out, stdin)
@@ -4296,14 +4311,14 @@ def _push_many(dxf, files, alias, settings, out, stdin):
                                 % name)
     progress = settings.progress_printer
     try:
-        digests = dxf.push_blobs([stdin if f == '-' else f for f in files],
-                                 alias=alias, progress=progress,
-                                 concurrency=settings.concurrency)
+        layers = dxf.push_blobs([stdin if f == '-' else f for f in files],
+                                alias=alias, progress=progress,
+                                concurrency=settings.concurrency, descriptors=True)
     finally:
         if progress:
             progress.finish_all()
-    for digest in digests:
-        _write_line(out, digest)
+    for path, layer in zip(files, layers):
+        _emit(out, settings, layer['digest'], layer, path=path)
 
 
 def _copy_blob(dxf, digest, out, settings):
@@ -4319,22 +4334,26 @@ def _copy_blob(dxf, digest, out, settings):
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
+    if settings.json and not args.output:
+        raise _UsageError('--format json needs -o PATH: stdout carries the blobs')
     if args.output:
         _check_output(args.output)
         if os.path.isdir(args.output):
-            return _pull_to_directory(dxf, args, settings, stdin)
+            return _pull_to_directory(dxf, args, settings, stdin, out)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output:
         with _AtomicFile(args.output) as f:
             for desc in blobs:
                 _copy_blob(dxf, desc['digest'], f, settings)
+        for desc in blobs:
+            _emit(out, settings, None, desc, path=args.output)
     else:
         for desc in blobs:
             _copy_blob(dxf, desc['digest'], out, settings)
     out.flush()
 
 
-def _pull_to_directory(dxf, args, settings, stdin):
+def _pull_to_directory(dxf, args, settings, stdin, out):
     """pull-blob -o DIR: one file per blob, several at a time, named by its
     title annotation when that is a plain file name (never a path: no
     "../"), else by its digest.  A directory layer (as oras pushes it) is
@@ -4368,6 +4387,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
     finally:
         if settings.progress_printer:
             settings.progress_printer.finish_all()
+    for name, _, desc in plan:
+        _emit(out, settings, None, desc, path=os.path.join(args.output, name))
 
 
 def _pull_directory(dxf, desc, path, settings):
@@ -4419,9 +4440,9 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
-        _write_line(out, str(sum(desc['size'] if 'size' in desc else
-                                 dxf.blob_size(desc['digest'])
-                                 for desc in blobs)))
+        size = sum(desc['size'] if 'size' in desc else dxf.blob_size(desc['digest'])
+                   for desc in blobs)
+        _emit(out, settings, str(size), None, size=size, ref=ref)
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -4466,13 +4487,9 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
-    if not args.aliases:
-        for desc in _resolve_refs(dxf, [], settings, stdin):
-            _write_line(out, desc['digest'])
-    for alias in args.aliases:
-        for digest in dxf.get_alias(_check_alias(alias),
-                                    platform=settings.platform):
-            _write_line(out, digest)
+    for alias in args.aliases or [None]:
+        for desc in _resolve_refs(dxf, alias and ['@' + _check_alias(alias)], settings, stdin):
+            _emit(out, settings, desc['digest'], desc, alias=alias)
 
 
 def _cmd_del_alias(dxf, args, settings, out, stdin):
@@ -4508,7 +4525,7 @@ def _cmd_list_aliases(dxf, args, settings, out, stdin):
     try:
         for alias in dxf.list_aliases(iterate=True):
             found = True
-            _write_line(out, alias)
+            _emit(out, settings, alias, alias=alias)
     except DXFNotFoundError:
         pass
     if not found:
@@ -4531,10 +4548,11 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         else:
             target = settings.open(dest)
     with target:
-        _write_line(out, dxf.copy_alias(_check_alias(args.alias), target,
-                                        args.dest_alias and _check_alias(
-                                            args.dest_alias),
-                                        concurrency=settings.concurrency))
+        digest = dxf.copy_alias(_check_alias(args.alias), target, args.dest_alias and
+                                _check_alias(args.dest_alias),
+                                concurrency=settings.concurrency)
+    _emit(out, settings, digest, None, digest=digest, target=dest,
+          alias=args.dest_alias or args.alias)
 
 
 def _oci_root(spec):
@@ -4561,7 +4579,7 @@ def _oci_layout(root, repo, flat):
 def _cmd_list_repos(dxf, args, settings, out, stdin):
     """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
-        _write_line(out, repo)
+        _emit(out, settings, repo, repo=repo)
 
 
 def _cmd_version(dxf, args, settings, out, stdin):
@@ -4570,6 +4588,9 @@ def _cmd_version(dxf, args, settings, out, stdin):
 
 
 _REPO = ('repo', dict(metavar='REPO', help='repository name'))
+# The commands that take --format json (one JSON object per line, _emit).
+_JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
+                  'blob-size', 'copy-alias')
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
@@ -4676,6 +4697,9 @@ def _build_parser(out, only=None):
         for dest, options in arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
+        if name in _JSON_COMMANDS:
+            p.add_argument('--format', choices=('text', 'json'), default='text', help=(
+                'json: one JSON object per line (digest, size, mediaType, title, ...)'))
         p.set_defaults(func=func)
     return parser
 
@@ -4715,6 +4739,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
+        settings.json = getattr(args, 'format', None) == 'json'
         if args.func is not _cmd_version:
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not _cmd_list_repos else None)

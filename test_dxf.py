@@ -10147,3 +10147,52 @@ class TestFirstHour:
         assert err == 'dxf: warning: two blobs are titled same.dat: %s is saved as %s\n' % (
             _sha256(b'second')[:19], hexdigest)
         assert (tmp_path / 'out' / hexdigest).read_bytes() == b'second'
+
+    # ---- --format json ----
+
+    @staticmethod
+    def _json(result):
+        return [json.loads(line) for line in _ok(result).decode().splitlines()]
+
+    @pytest.mark.parametrize('where', ['registry', 'layout'])
+    def test_format_json_one_object_per_line_for_each_data_command(
+            self, cli_env, oci_env, run_cli, repo, tmp_path, where):
+        env = cli_env('open') if where == 'registry' else oci_env()
+        data = _write(tmp_path, 'data.bin', b'json me')
+        tree = tmp_path / 'tree'
+        tree.mkdir()
+        (tree / 'leaf').write_bytes(b'leaf')
+        j = lambda *argv: self._json(run_cli(list(argv) + ['--format', 'json'], env))  # noqa
+        pushed = j('push-blob', repo, data, str(tree), '@al')
+        digest = _sha256(b'json me')
+        assert pushed[0] == {'digest': digest, 'size': 7, 'mediaType': 'application/octet-stream',
+                             'title': 'data.bin', 'path': data,
+                             'annotations': {'org.opencontainers.image.title': 'data.bin'}}
+        assert pushed[1]['mediaType'] == 'application/vnd.oci.image.layer.v1.tar+gzip'
+        assert pushed[1]['title'] == 'tree'
+        listed = j('get-alias', repo, 'al')
+        assert listed == [{k: v for k, v in dict(p, alias='al').items() if k != 'path'}
+                          for p in pushed]
+        assert j('list-aliases', repo) == [{'alias': 'al'}]
+        assert {'repo': repo} in j('list-repos')
+        assert j('blob-size', repo, '@al', digest) == [
+            {'ref': '@al', 'size': 7 + pushed[1]['size']}, {'ref': digest, 'size': 7}]
+        out = str(tmp_path / 'out') + '/'
+        pulled = j('pull-blob', repo, '-o', out, '@al')
+        assert [p['path'] for p in pulled] == [out + 'data.bin', out + 'tree']
+        assert [p['digest'] for p in pulled] == [p['digest'] for p in pushed]
+        one = j('pull-blob', repo, '-o', str(tmp_path / 'one'), digest)
+        assert one == [{'digest': digest, 'path': str(tmp_path / 'one')}]
+        copied = j('copy-alias', repo, 'al', repo + '-copy', 'al2')
+        assert copied[0]['alias'] == 'al2' and copied[0]['target'] == repo + '-copy'
+        assert copied[0]['digest'].startswith('sha256:')
+
+    def test_format_json_errors_stay_one_line_with_the_same_status(self, oci_env, run_cli,
+                                                                     repo):
+        env = oci_env()
+        _cli_push(run_cli, env, repo, b'x')
+        text = _fails(run_cli(['get-alias', repo, 'nope'], env), errno.ENOENT)
+        assert _fails(run_cli(['get-alias', repo, 'nope', '--format', 'json'], env),
+                      errno.ENOENT) == text
+        _fails(run_cli(['pull-blob', repo, '@nope', '--format', 'json'], env), errno.EINVAL,
+               '--format json needs -o PATH')
