@@ -1646,6 +1646,90 @@ def _basic(username, password):
         username, password or '')).encode('utf-8')).decode('ascii')
 
 
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.docker')
+    path = os.path.join(directory, 'config.json')
+    try:
+        with open(path, 'rb') as f:
+            config = json.loads(f.read().decode('utf-8'))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
+    if not isinstance(config, dict):
+        raise DXFInputError('%s is not a JSON object' % path)
+    names = [host.lower()]
+    server = host
+    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+        names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
+
+    def lookup(table):
+        if isinstance(table, dict):
+            for key, value in table.items():
+                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
+                if bare in names or bare.split('/')[0] == names[0]:
+                    return key, value
+        return None, None
+    key, helper = lookup(config.get('credHelpers'))
+    if not helper:
+        helper = config.get('credsStore')
+    if isinstance(helper, str) and helper:
+        found = _credential_helper(helper, key or server, environ)
+        if found:
+            return found
+    _, entry = lookup(config.get('auths'))
+    if not isinstance(entry, dict):
+        return None
+    if entry.get('identitytoken'):
+        return '<token>', entry['identitytoken']
+    if entry.get('auth'):
+        try:
+            user, _, password = base64.b64decode(entry['auth']).decode(
+                'utf-8').partition(':')
+        except (ValueError, UnicodeDecodeError):
+            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
+        return user, password
+    if entry.get('username'):
+        return entry['username'], entry.get('password', '')
+    return None
+
+
+def _credential_helper(name, server, environ):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
+    import subprocess
+    program = 'docker-credential-' + name
+    try:
+        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DXFAuthError('credential helper %s failed: %s'
+                           % (program, _exc_text(exc))) from exc
+    if done.returncode != 0:
+        if b'credentials not found' in done.stdout + done.stderr:
+            return None      # the helper's "no entry", not an error
+        raise DXFAuthError('credential helper %s failed: %s' % (
+            program, _printable((done.stderr or done.stdout).decode(
+                'utf-8', 'replace').strip().split('\n')[0])))
+    try:
+        doc = json.loads(done.stdout.decode('utf-8'))
+        return doc['Username'], doc['Secret']
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise DXFAuthError('credential helper %s answered something that is '
+                           'not its JSON' % program) from None
+
+
 class _Needing:
     """One public operation in this thread: the extra token actions it
     needs, and its retry budget (``transport.operation()``)."""
@@ -3921,90 +4005,6 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         raise _UsageError('%s must be a %s from %g to %d, not %r' % (
             name, 'whole number' if kind is int else 'number', low, high, _printable(value)))
     return number
-
-
-def _docker_config_credentials(host, environ):
-    """Credentials for ``host`` from docker's config.json, or None.
-
-    Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
-    """
-    directory = environ.get('DOCKER_CONFIG') or os.path.join(
-        environ.get('HOME') or os.path.expanduser('~'), '.docker')
-    path = os.path.join(directory, 'config.json')
-    try:
-        with open(path, 'rb') as f:
-            config = json.loads(f.read().decode('utf-8'))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, dict):
-        raise DXFInputError('%s is not a JSON object' % path)
-    names = [host.lower()]
-    server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
-        names.append('index.docker.io/v1')
-        # docker login stores Hub credentials under this key, and docker
-        # asks helpers for it (ResolveAuthConfig in docker/cli's
-        # cli/command/registry.go: registry.IndexServer).
-        server = 'https://index.docker.io/v1/'
-
-    def lookup(table):
-        if isinstance(table, dict):
-            for key, value in table.items():
-                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
-                if bare in names or bare.split('/')[0] == names[0]:
-                    return key, value
-        return None, None
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
-        if found:
-            return found
-    _, entry = lookup(config.get('auths'))
-    if not isinstance(entry, dict):
-        return None
-    if entry.get('identitytoken'):
-        return '<token>', entry['identitytoken']
-    if entry.get('auth'):
-        try:
-            user, _, password = base64.b64decode(entry['auth']).decode(
-                'utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
-            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
-        return user, password
-    if entry.get('username'):
-        return entry['username'], entry.get('password', '')
-    return None
-
-
-def _credential_helper(name, server, environ):
-    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
-    import subprocess
-    program = 'docker-credential-' + name
-    try:
-        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(environ), timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DXFAuthError('credential helper %s failed: %s'
-                           % (program, _exc_text(exc))) from exc
-    if done.returncode != 0:
-        if b'credentials not found' in done.stdout + done.stderr:
-            return None      # the helper's "no entry", not an error
-        raise DXFAuthError('credential helper %s failed: %s' % (
-            program, _printable((done.stderr or done.stdout).decode(
-                'utf-8', 'replace').strip().split('\n')[0])))
-    try:
-        doc = json.loads(done.stdout.decode('utf-8'))
-        return doc['Username'], doc['Secret']
-    except (ValueError, RecursionError, KeyError, TypeError):
-        raise DXFAuthError('credential helper %s answered something that is '
-                           'not its JSON' % program) from None
 
 
 class _Settings:
