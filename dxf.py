@@ -1646,13 +1646,10 @@ def _basic(username, password):
         username, password or '')).encode('utf-8')).decode('ascii')
 
 
-def _docker_config_credentials(host, environ):
-    """Credentials for ``host`` from docker's config.json, or None.
-
-    Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
-    """
+def _docker_config(host, environ):
+    """``(path, config or None, server, lookup)``: docker's config.json, the
+    key docker files ``host`` under, and ``lookup(table)`` -> ``(key, value)``
+    of ``host``'s entry in one of its tables."""
     directory = environ.get('DOCKER_CONFIG') or os.path.join(
         environ.get('HOME') or os.path.expanduser('~'), '.docker')
     path = os.path.join(directory, 'config.json')
@@ -1660,10 +1657,10 @@ def _docker_config_credentials(host, environ):
         with open(path, 'rb') as f:
             config = json.loads(f.read().decode('utf-8'))
     except FileNotFoundError:
-        return None
+        config = None
     except (OSError, ValueError, RecursionError) as exc:
         raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, dict):
+    if not isinstance(config, (dict, type(None))):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
     server = host
@@ -1681,6 +1678,46 @@ def _docker_config_credentials(host, environ):
                 if bare in names or bare.split('/')[0] == names[0]:
                     return key, value
         return None, None
+    return path, config, server, lookup
+
+
+def _docker_config_store(host, environ, username=None, secret=None):
+    """dxf login (``username``) or logout: store or erase ``host``'s
+    credentials through the config's credential helper if it names one, else
+    in its ``auths``.  config.json is replaced atomically, mode 0600, every
+    key dxf does not know kept."""
+    path, config, server, lookup = _docker_config(host, environ)
+    config = config or {}
+    key, helper = lookup(config.get('credHelpers'))
+    helper, server = helper or config.get('credsStore'), key or server
+    auths = config.setdefault('auths', {})
+    key = lookup(auths)[0] or server
+    if isinstance(helper, str) and helper:
+        _credential_helper(helper, server, environ, 'store' if username else 'erase', json.dumps(
+            {'ServerURL': server, 'Username': username, 'Secret': secret}) if username else server)
+    auths.pop(key, None)
+    if username:     # with a helper, docker too leaves an empty entry
+        auths[key] = {} if helper else {'auth': _basic(username, secret)[len('Basic '):]}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.dxf-partial'
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
+        json.dump(config, f, indent='\t')
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)       # an old file of that name kept its mode
+    os.replace(tmp, path)
+
+
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    path, config, server, lookup = _docker_config(host, environ)
+    if config is None:
+        return None
     key, helper = lookup(config.get('credHelpers'))
     if not helper:
         helper = config.get('credsStore')
@@ -1705,12 +1742,13 @@ def _docker_config_credentials(host, environ):
     return None
 
 
-def _credential_helper(name, server, environ):
-    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
+def _credential_helper(name, server, environ, action='get', data=None):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials (or
+    run its ``store``/``erase`` with ``data``)."""
     import subprocess
     program = 'docker-credential-' + name
     try:
-        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
+        done = subprocess.run([program, action], input=(data or server).encode('utf-8'),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=dict(environ), timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -1722,6 +1760,8 @@ def _credential_helper(name, server, environ):
         raise DXFAuthError('credential helper %s failed: %s' % (
             program, _printable((done.stderr or done.stdout).decode(
                 'utf-8', 'replace').strip().split('\n')[0])))
+    if action != 'get':
+        return None
     try:
         doc = json.loads(done.stdout.decode('utf-8'))
         return doc['Username'], doc['Secret']
@@ -4045,6 +4085,7 @@ class _Settings:
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
         s.sent = {}          # registry host -> where its credentials came from
+        s.source = None      # ... when not from the environment (dxf login)
         return s
 
     def open(self, repo, host=None):
@@ -4067,7 +4108,7 @@ class _Settings:
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
             # where the credentials come from, for the message of a refusal
-            source = ('DXF_AUTHORIZATION' if self.authorization else 'DXF_USERNAME' + (
+            source = self.source or ('DXF_AUTHORIZATION' if self.authorization else 'DXF_USERNAME' + (
                 '' if password else ' (DXF_PASSWORD is not set)') if username
                 else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
             if not source:
@@ -4582,6 +4623,34 @@ def _cmd_list_repos(dxf, args, settings, out, stdin):
         _emit(out, settings, repo, repo=repo)
 
 
+def _cmd_login(dxf, args, settings, out, stdin):
+    """dxf login HOST [-u USER] [--password-stdin]: check the credentials with
+    an authenticated GET /v2/, then keep them in docker's config."""
+    import getpass
+    tty = getattr(stdin, 'isatty', bool)()
+    if tty and not (args.username or settings.username):
+        settings.stderr.write('Username: ')
+        settings.stderr.flush()
+    user = args.username or settings.username or (tty and stdin.readline().decode().strip())
+    password = (stdin.read().decode('utf-8').rstrip('\r\n') if args.password_stdin
+                else settings.password or (tty and getpass.getpass('Password: ')))
+    if not (user and password):     # never a password on the command line
+        raise _UsageError('login needs a user (-u USER) and a password (--password-stdin, '
+                          'DXF_PASSWORD, or a terminal to type it on)')
+    settings.username, settings.password, settings.source = user, password, 'dxf login'
+    settings.authorization = settings.token = None
+    settings.sent[args.host] = settings.source
+    with settings.open(None, host=args.host) as base:
+        if base.authenticate(user, password):       # a token: now try it
+            base.api_version_check()
+    _docker_config_store(args.host, settings.environ, user, password)
+
+
+def _cmd_logout(dxf, args, settings, out, stdin):
+    """dxf logout HOST: remove HOST's credentials from docker's config."""
+    _docker_config_store(args.host, settings.environ)
+
+
 def _cmd_version(dxf, args, settings, out, stdin):
     """dxf version: print dxf.py's version."""
     _write_line(out, 'dxf.py ' + __version__)
@@ -4653,6 +4722,16 @@ _COMMANDS = [
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
+    ('login', _cmd_login, 'check credentials for HOST and keep them in docker\'s '
+     'config (or its credential helper) for later commands',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]')),
+      ('--username', dict(flags=('-u',), metavar='USER', help=(
+          'default: DXF_USERNAME, else asked on the terminal'))),
+      ('--password-stdin', dict(action='store_true', help=(
+          'read the password from stdin (default: DXF_PASSWORD, else asked '
+          'on the terminal)')))]),
+    ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
     ('version', _cmd_version, 'print the version', []),
 ]
 
@@ -4740,7 +4819,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         settings.progress_printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
         settings.json = getattr(args, 'format', None) == 'json'
-        if args.func is not _cmd_version:
+        if args.func not in (_cmd_version, _cmd_login, _cmd_logout):
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not _cmd_list_repos else None)
         args.func(dxf, args, settings, stdout, stdin)

@@ -4527,7 +4527,7 @@ _HERE = os.path.dirname(os.path.abspath(dxf.__file__))
 
 CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'del-blob',
                 'set-alias', 'get-alias', 'del-alias', 'get-digest', 'get-manifest',
-                'list-aliases', 'copy-alias', 'list-repos', 'version')
+                'list-aliases', 'copy-alias', 'list-repos', 'login', 'logout', 'version')
 
 
 # ---- the seed README's example ------------------------------------------------
@@ -5011,7 +5011,7 @@ class TestCLICommands:
         out = _ok(run_cli([command, '--help'], {})).decode('utf-8')
         assert 'usage' in out.lower()
         assert 'dxf ' + command in out
-        if command != 'list-repos' and command != 'version':
+        if command not in ('list-repos', 'login', 'logout', 'version'):
             assert 'REPO' in out
 
 
@@ -10196,3 +10196,84 @@ class TestFirstHour:
                       errno.ENOENT) == text
         _fails(run_cli(['pull-blob', repo, '@nope', '--format', 'json'], env), errno.EINVAL,
                '--format json needs -o PATH')
+
+    # ---- dxf login / logout ----
+
+    @pytest.mark.parametrize('mode', ['basic', 'token'])
+    def test_login_checks_writes_config_0600_keeping_keys_and_logout_removes(
+            self, cli_env, run_cli, repo, docker_config, mode):
+        env = docker_config.env(cli_env(mode))
+        host = env['DXF_HOST']
+        docker_config.write({'auths': {'other.example': {'auth': 'eDp5'}}, 'psFormat': 'x'})
+        _fails(run_cli(['login', host, '-u', TEST_USERNAME, '--password-stdin'], env,
+                       stdin=b'Secr3tBad\n'), errno.EACCES, 'from dxf login')
+        with open(docker_config.path) as f:
+            assert json.load(f) == {'auths': {'other.example': {'auth': 'eDp5'}},
+                                    'psFormat': 'x'}
+        _ok(run_cli(['login', host, '-u', TEST_USERNAME, '--password-stdin'], env,
+                    stdin=TEST_PASSWORD.encode() + b'\n'))
+        assert stat.S_IMODE(os.stat(docker_config.path).st_mode) == 0o600
+        with open(docker_config.path) as f:
+            config = json.load(f)
+        assert config['psFormat'] == 'x' and config['auths']['other.example'] == {'auth': 'eDp5'}
+        assert base64.b64decode(config['auths'][host]['auth']).decode() == '%s:%s' % (
+            TEST_USERNAME, TEST_PASSWORD)
+        _cli_push(run_cli, env, repo, b'pushed after login')    # no DXF_* credentials
+        _ok(run_cli(['logout', host], env))
+        with open(docker_config.path) as f:
+            assert host not in json.load(f)['auths']
+        _fails(run_cli(['push-blob', repo, '-'], env, stdin=b'x'), errno.EACCES,
+               'no credentials were sent')
+
+    def test_login_and_logout_go_through_the_configured_helper(
+            self, cli_env, run_cli, docker_config):
+        env = docker_config.env(cli_env('basic'))
+        host = env['DXF_HOST']
+        docker_config.write({'credsStore': 'fake'})
+        docker_config.helper('fake')
+        env['DXF_PASSWORD'] = TEST_PASSWORD
+        _ok(run_cli(['login', host, '-u', TEST_USERNAME], env))
+        with open(docker_config.path) as f:
+            assert json.load(f) == {'credsStore': 'fake', 'auths': {host: {}}}
+        _ok(run_cli(['logout', host], env))
+        stored = {'ServerURL': host, 'Username': TEST_USERNAME, 'Secret': TEST_PASSWORD}
+        assert docker_config.asked('fake') == ['store ' + json.dumps(stored), 'erase ' + host]
+
+    def test_login_never_takes_a_password_argument_and_needs_one(self, run_cli, tmp_path):
+        env = {'DOCKER_CONFIG': str(tmp_path)}
+        _fails(run_cli(['login', 'h.example', '-u', 'fred', '-p', 'pw'], env), errno.EINVAL,
+               'unrecognized arguments')
+        _fails(run_cli(['login', 'h.example', '-u', 'fred'], env), errno.EINVAL,
+               'login needs a user')
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_login_asks_on_a_terminal(self, registries, tmp_path):
+        # the password is typed, not echoed; stdout stays empty
+        import pty
+        reg = registries['basic']
+        pid, master = pty.fork()
+        if pid == 0:      # the child: dxf login with the pty as its terminal
+            os.execve(sys.executable, [sys.executable, os.path.join(_HERE, 'dxf.py'), 'login',
+                                       reg.host], {'PATH': os.environ.get('PATH', ''),
+                                                   'DOCKER_CONFIG': str(tmp_path),
+                                                   'DXF_TLSVERIFY': reg.tlsverify})
+        seen = b''
+        for answer, prompt in ((TEST_USERNAME, b'Username: '), (TEST_PASSWORD, b'Password: ')):
+            while prompt not in seen:
+                seen += os.read(master, 1024)
+            seen = seen.split(prompt, 1)[1]
+            os.write(master, answer.encode() + b'\n')
+        rest = b''
+        try:
+            while True:
+                chunk = os.read(master, 1024)
+                if not chunk:
+                    break
+                rest += chunk
+        except OSError:       # EIO: the child closed the terminal
+            pass
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, rest
+        assert TEST_PASSWORD.encode() not in seen + rest
+        with open(str(tmp_path / 'config.json')) as f:
+            assert reg.host in json.load(f)['auths']
