@@ -1021,6 +1021,7 @@ class _Transport:
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.trace = None     # trace(line): one line per request (no headers)
+        self.warn = None      # warn(text): each text of a "Warning: 299 - text" header
         self._ssl_context = None
         self._pool = {}
         self._lock = threading.Lock()
@@ -1180,6 +1181,10 @@ class _Transport:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
                         raw.status, 1000 * (time.time() - started)))
+                for value in (raw.msg.get_all('Warning') or ()) if self.warn else ():
+                    # distribution-spec "Warnings": shown, never acted on
+                    for text in re.findall(r'299\s+\S+\s+"((?:[^"\\]|\\.)*)"', value):
+                        self.warn(re.sub(r'\\(.)', r'\1', text))
             except BaseException as exc:
                 conn.close()
                 if not isinstance(exc, errors):
@@ -4086,6 +4091,7 @@ class _Settings:
         s.debug = _env_flag(environ, 'DXF_DEBUG')
         s.sent = {}          # registry host -> where its credentials came from
         s.source = None      # ... when not from the environment (dxf login)
+        s.warned, s.lock = set(), threading.Lock()
         return s
 
     def open(self, repo, host=None):
@@ -4137,10 +4143,18 @@ class _Settings:
         if self.debug:
             dxf._transport.trace = lambda line: self.stderr.write(
                 'dxf: %s\n' % line)
+        dxf._transport.warn = self.warning
         if token:
             dxf.token = token
             self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def warning(self, text):
+        """Each registry Warning once per command (on stderr)."""
+        with self.lock:
+            if text not in self.warned:
+                self.warned.add(text)
+                _warn(self, text)
 
     def hint(self, exc):
         """What a refusal (401/403) by a registry this command spoke to means."""

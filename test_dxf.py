@@ -10277,3 +10277,15 @@ class TestFirstHour:
         assert TEST_PASSWORD.encode() not in seen + rest
         with open(str(tmp_path / 'config.json')) as f:
             assert reg.host in json.load(f)['auths']
+
+    # ---- Warning headers ----
+
+    def test_registry_warnings_are_shown_once_each(self, proxy, run_cli, fault_env, repo):
+        warning = '299 - "this registry is deprecated", 299 - "say \\"bye\\""'
+        proxy.faults.add(None, r'/v2/', 'headers', every=True, headers={'Warning': warning})
+        env = fault_env()
+        status, out, err = run_cli(['push-blob', repo, '-'], env, stdin=b'warned')
+        assert (status, out) == (0, _lines(_sha256(b'warned')))
+        assert err == ('dxf: warning: this registry is deprecated\n'
+                       'dxf: warning: say "bye"\n')
+        assert len(proxy.requests) > 2    # several answers carried them
