@@ -1022,7 +1022,8 @@ class _Transport:
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.trace = None     # trace(line): one line per request (no headers)
         self.warn = None      # warn(text): each text of a "Warning: 299 - text" header
-        self._ssl_context = None
+        self._ssl_contexts = {}   # with the client certificate (True) or not
+        self.cert = None      # ((certfile, keyfile), the one origin it is shown to)
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
@@ -1037,8 +1038,8 @@ class _Transport:
         return (getattr(self.local, 'budget', None)
                 or _Budget(self.retries, _MAX_RETRY_TIME))
 
-    def _context(self):
-        if self._ssl_context is None:
+    def _context(self, cert=False):
+        if cert not in self._ssl_contexts:
             try:
                 import ssl
             except ImportError:
@@ -1059,8 +1060,14 @@ class _Transport:
                         self.tlsverify, _exc_text(exc))) from exc
             else:
                 ctx = ssl.create_default_context()
-            self._ssl_context = ctx
-        return self._ssl_context
+            try:
+                if cert:
+                    ctx.load_cert_chain(*self.cert[0])
+            except (OSError, ssl.SSLError) as exc:
+                raise DXFInputError('cannot load the client certificate %s: %s' % (
+                    ' and '.join(filter(None, self.cert[0])), _exc_text(exc))) from exc
+            self._ssl_contexts[cert] = ctx
+        return self._ssl_contexts[cert]
 
     def _get(self, key):
         """A pooled connection (checked that the server has neither closed
@@ -1075,7 +1082,9 @@ class _Transport:
                 return conn, True
             conn.close()
         scheme, host, port = key
-        context = self._context() if scheme == 'https' else None
+        # A client certificate is a credential: for the registry's origin only.
+        context = self._context(bool(self.cert) and (scheme, host, port or 443) ==
+                                self.cert[1]) if scheme == 'https' else None
         proxy = _proxy_for(self.proxies, scheme, host, port)
         return _new_connection(scheme, host, port, self.timeout, context,
                                proxy), False
@@ -2246,11 +2255,13 @@ class DXFBase:
     :param retries: how many times a failed request is tried again (5)
     :param proxies: where to read ``http_proxy``, ``https_proxy`` and
         ``no_proxy`` from (default ``os.environ``)
+    :param cert: ``(certfile, keyfile)`` (keyfile None: in certfile), a TLS
+        client certificate shown to the registry's own origin only
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         for what, value in (('registry host', host), ('auth host', auth_host)):
             m = _HOST_RE.match(value) if isinstance(value, str) else None
             if (value is not None or what == 'registry host') and (
@@ -2266,6 +2277,7 @@ class DXFBase:
         if bundle:
             tlsverify = bundle[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
+        self._transport.cert = cert and (tuple(cert), _origin(self._base))
         self._credentials = _Auth(self._transport, self._base, auth_host,
                                   allow_insecure_auth)
         self._repo = None
@@ -2793,9 +2805,9 @@ class DXF(DXFBase, _AliasMethods):
 
     def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
-                         allow_insecure_auth, retries, proxies)
+                         allow_insecure_auth, retries, proxies, cert=cert)
         self._set_repo(repo)
 
     def _set_repo(self, repo):
@@ -4001,6 +4013,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
 #     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
 #     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
+#     DXF_CERT, DXF_KEY   a TLS client certificate and its key (for the
+#                         registry's origin only; the key may be in DXF_CERT)
 #     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
@@ -4008,7 +4022,8 @@ _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
              'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
              'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
-             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_DEBUG')
+             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_CERT',
+             'DXF_KEY', 'DXF_DEBUG')
 _EXIT_INTERRUPTED = 130
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
@@ -4074,6 +4089,10 @@ class _Settings:
                 name, s.tlsverify = bundle
                 if not os.path.isfile(s.tlsverify):
                     raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
+        s.cert = environ.get('DXF_CERT') and (environ['DXF_CERT'], environ.get('DXF_KEY') or None)
+        for name, path in zip(('DXF_CERT', 'DXF_KEY'), s.cert or ()):
+            if path and not os.path.isfile(path):
+                raise _UsageError('%s: no such file: %s' % (name, path))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -4136,7 +4155,7 @@ class _Settings:
         options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
-                       proxies=self.environ,
+                       proxies=self.environ, cert=self.cert,
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(host, **options) if repo is None else DXF(
             host, repo, **options)

@@ -10289,3 +10289,111 @@ class TestFirstHour:
         assert err == ('dxf: warning: this registry is deprecated\n'
                        'dxf: warning: say "bye"\n')
         assert len(proxy.requests) > 2    # several answers carried them
+
+    # ---- client certificates ----
+
+    @pytest.fixture
+    def client_cert(self, tls_files, tmp_path):
+        """(certfile, keyfile) of a client certificate the test CA signed."""
+        key, csr, cert = (str(tmp_path / n) for n in ('client.key', 'client.csr', 'client.pem'))
+        _run(['openssl', 'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+              '-nodes', '-keyout', key, '-subj', '/CN=dxf-client', '-out', csr])
+        _run(['openssl', 'x509', '-req', '-in', csr, '-CA', tls_files.ca_cert, '-CAkey',
+              tls_files.ca_key, '-set_serial', _serial(), '-days', '2', '-sha256', '-out', cert])
+        return cert, key
+
+    def test_client_certificate_opens_a_registry_that_requires_one(
+            self, tls_files, client_cert, run_cli, repo, tmp_path):
+        class MutualTLSRegistry(RegistryProcess):
+            def _write_config(self, port):
+                RegistryProcess._write_config(self, port)
+                with open(self.config) as f:
+                    text = f.read()
+                with open(self.config, 'w') as f:     # distribution's http.tls.clientcas
+                    f.write(text.replace('    key: ', '    clientcas: [%s]\n    key: '
+                                         % json.dumps(tls_files.ca_cert), 1))
+
+            def _answers(self):
+                if self.proc.poll() is not None:
+                    return 'exited'
+                ctx = _client_context(tls_files.ca_cert)
+                ctx.load_cert_chain(*client_cert)
+                conn = http.client.HTTPSConnection(self.host, timeout=2, context=ctx)
+                try:
+                    conn.request('GET', '/v2/')
+                    return 'up' if conn.getresponse().status == 200 else None
+                except (OSError, http.client.HTTPException):
+                    return None
+                finally:
+                    conn.close()
+        if not REGISTRY_BINARY:
+            _unavailable('docker-registry not found')
+        reg = MutualTLSRegistry('tls', str(tmp_path / 'mtls'), REGISTRY_BINARY, tls_files)
+        try:
+            reg.start()
+            env = {'DXF_HOST': reg.host, 'DXF_TLSVERIFY': tls_files.ca_cert,
+                   'DXF_RETRIES': '0', 'DXF_CERT': client_cert[0], 'DXF_KEY': client_cert[1]}
+            digest = _cli_push(run_cli, env, repo, b'behind mutual TLS')
+            assert _ok(run_cli(['pull-blob', repo, digest], env)) == b'behind mutual TLS'
+            both = str(tmp_path / 'both.pem')
+            with open(both, 'wb') as out:
+                for path in client_cert:
+                    with open(path, 'rb') as f:
+                        out.write(f.read())
+            assert _ok(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT=both, DXF_KEY='')))
+            _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT='', DXF_KEY='')), 1)
+            _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT=str(tmp_path / 'no'))),
+                   errno.EINVAL, 'DXF_CERT: no such file')
+            _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_KEY=tls_files.ca_cert)),
+                   errno.EINVAL, 'cannot load the client certificate ' + client_cert[0])
+        finally:
+            reg.stop()
+
+    def test_client_certificate_goes_only_to_the_registry_origin(
+            self, tls_files, client_cert):
+        # The registry sends a Bearer challenge naming a token service on
+        # another origin and redirects the blob there: both ask for a client
+        # certificate (CERT_OPTIONAL), and only the registry may get one.
+        blob = b'where does the certificate go'
+        digest = _sha256(blob)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner = self.server.owner
+                owner.seen.append((self.path, bool(self.connection.getpeercert())))
+                status, headers, body = owner.answer(self)
+                self.send_response(status)
+                for name, value in dict(headers, **{'Content-Length': len(body)}).items():
+                    self.send_header(name, str(value))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Origin(object):
+            def __init__(self, answer):
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+                ctx.load_verify_locations(tls_files.ca_cert)
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+                self.seen, self.answer = [], answer
+                self.thread = _ServerThread(Handler, self, ctx)
+                self.url = 'https://127.0.0.1:%d' % self.thread.port
+
+        other = Origin(lambda h: (200, {}, b'{"token": "t0k"}') if h.path.startswith('/token')
+                       else (200, {}, blob))
+        registry = Origin(lambda h: (
+            (401, {'WWW-Authenticate': 'Bearer realm="%s/token",service="s"' % other.url}, b'')
+            if not h.headers.get('Authorization')
+            else (307, {'Location': other.url + '/storage/blob'}, b'')))
+        try:
+            with DXF(registry.url[len('https://'):], 'a/b', tlsverify=tls_files.ca_cert,
+                     cert=client_cert, retries=0) as d:
+                assert b''.join(d.pull_blob(digest)) == blob
+        finally:
+            other.thread.stop()
+            registry.thread.stop()
+        assert [s for s in registry.seen] == [('/v2/a/b/blobs/' + digest, True)] * 2
+        assert [p.split('?')[0] for p, _ in other.seen] == ['/token', '/storage/blob']
+        assert not any(sent for _, sent in other.seen)
