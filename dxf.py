@@ -72,6 +72,7 @@ __all__ = [
     'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
     'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
     'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
+    'PaginatingResponse',
 ]
 
 # =============================================================================
@@ -4936,6 +4937,46 @@ class DXFDigestNotAvailableForSchema1(DXFManifestError):
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
 DXFBase.auth_by_password = DXFBase.authenticate
+
+
+def _manifest_response(dxf, alias, method):
+    """A manifest request's answer as python-dxf's requests.Response:
+    ``status_code``, ``headers`` (case-insensitive), ``text``."""
+    resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
+                        headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
+    view = _ErrorResponse(resp.status, resp.reason, resp.url)
+    view.headers, view.content = resp.headers, resp.body or b''
+    return view
+
+
+def _get_manifest_and_response(self, alias):
+    """python-dxf: ``(manifest, response)``; prefer get_manifest."""
+    response = _manifest_response(self, alias, 'GET')
+    return response.text, response
+
+
+def _head_manifest_and_response(self, alias):
+    """python-dxf: ``(digest, response)``; prefer get_manifest_digest."""
+    response = _manifest_response(self, alias, 'HEAD')
+    return response.headers.get('Docker-Content-Digest'), response
+
+
+DXF.get_manifest_and_response = _get_manifest_and_response
+DXF.head_manifest_and_response = _head_manifest_and_response
+
+
+class PaginatingResponse:
+    """python-dxf: the items under JSON key ``header`` of a paginated list
+    at ``path`` (``req_meth`` '_request': in the repository); prefer
+    list_aliases or list_repos with iterate=True."""
+
+    def __init__(self, dxf_obj, req_meth, path, header, **kwargs):
+        if req_meth == '_request':
+            path = dxf_obj._url(path)
+        self._items = dxf_obj._paginate(path, header, None, kwargs.get('params', {}).get('n'))
+
+    def __iter__(self):
+        return self._items
 
 
 # python-dxf compatibility: python-dxf is a package, and its users import
