@@ -69,10 +69,9 @@ __all__ = [
     'DXFManifestError', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound',
     'DXFMountFailed',
     # python-dxf compatibility names
-    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError', 'PaginatingResponse',
     'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
     'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
-    'PaginatingResponse',
 ]
 
 # =============================================================================
@@ -363,8 +362,7 @@ def split_digest(digest):
     :raises DXFInputError: the digest is malformed
     """
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
-        # the two slips people make: a bare hex digest, an alias without @
-        hint = ('' if not isinstance(digest, str) else
+        hint = ('' if not isinstance(digest, str) else     # the usual slips:
                 '; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', digest)
                 else '; an alias is written @%s' % digest if _TAG_RE.match(digest) else '')
         raise DXFInputError('invalid digest %r%s' % (_printable(digest), hint))
@@ -1662,9 +1660,8 @@ def _basic(username, password):
 
 
 def _docker_config(host, environ):
-    """``(path, config or None, server, lookup)``: docker's config.json, the
-    key docker files ``host`` under, and ``lookup(table)`` -> ``(key, value)``
-    of ``host``'s entry in one of its tables."""
+    """``(path, config or None, the key docker files host under, lookup)``;
+    ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
     directory = environ.get('DOCKER_CONFIG') or os.path.join(
         environ.get('HOME') or os.path.expanduser('~'), '.docker')
     path = os.path.join(directory, 'config.json')
@@ -1697,10 +1694,9 @@ def _docker_config(host, environ):
 
 
 def _docker_config_store(host, environ, username=None, secret=None):
-    """dxf login (``username``) or logout: store or erase ``host``'s
-    credentials through the config's credential helper if it names one, else
-    in its ``auths``.  config.json is replaced atomically, mode 0600, every
-    key dxf does not know kept."""
+    """dxf login (``username``) or logout: store or erase host's credentials
+    with the config's credential helper, else in ``auths``; config.json is
+    replaced atomically, mode 0600, keeping every key dxf does not know."""
     path, config, server, lookup = _docker_config(host, environ)
     config = config or {}
     key, helper = lookup(config.get('credHelpers'))
@@ -1714,13 +1710,10 @@ def _docker_config_store(host, environ, username=None, secret=None):
     if username:     # with a helper, docker too leaves an empty entry
         auths[key] = {} if helper else {'auth': _basic(username, secret)[len('Basic '):]}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.dxf-partial'
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
-        json.dump(config, f, indent='\t')
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)       # an old file of that name kept its mode
-    os.replace(tmp, path)
+    atomic = _AtomicFile(path)
+    with atomic as f:
+        os.chmod(atomic.tmp, 0o600)        # before a secret is in it
+        f.write(json.dumps(config, indent='\t').encode('utf-8'))
 
 
 def _docker_config_credentials(host, environ):
@@ -4063,8 +4056,8 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         number = -1
     low = 0 if zero else 1 if kind is int else 1e-3
     if not low <= number <= high:     # NaN fails too
-        raise _UsageError('%s must be a %s from %g to %d, not %r' % (
-            name, 'whole number' if kind is int else 'number', low, high, _printable(value)))
+        raise _UsageError('%s must be a %s from %g to %d, not %r' % (name, 'whole number'
+                          if kind is int else 'number', low, high, _printable(value)))
     return number
 
 
@@ -4091,9 +4084,6 @@ class _Settings:
                 if not os.path.isfile(s.tlsverify):
                     raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
         s.cert = environ.get('DXF_CERT') and (environ['DXF_CERT'], environ.get('DXF_KEY') or None)
-        for name, path in zip(('DXF_CERT', 'DXF_KEY'), s.cert or ()):
-            if path and not os.path.isfile(path):
-                raise _UsageError('%s: no such file: %s' % (name, path))
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -4133,9 +4123,9 @@ class _Settings:
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            # where the credentials come from, for the message of a refusal
-            source = self.source or ('DXF_AUTHORIZATION' if self.authorization else 'DXF_USERNAME' + (
-                '' if password else ' (DXF_PASSWORD is not set)') if username
+            source = self.source or (     # where they come from, for a refusal's message
+                'DXF_AUTHORIZATION' if self.authorization else
+                'DXF_USERNAME' + ('' if password else ' (DXF_PASSWORD is not set)') if username
                 else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
             if not source:
                 # docker login's credentials, looked up only when needed
@@ -4178,13 +4168,11 @@ class _Settings:
 
     def hint(self, exc):
         """What a refusal (401/403) by a registry this command spoke to means."""
-        host = getattr(exc, 'registry', None) or urllib.parse.urlsplit(exc.url).netloc
-        if host not in self.sent:
-            return ''
-        if not self.sent[host]:
-            return ('; no credentials were sent to %s: set DXF_USERNAME and DXF_PASSWORD, '
-                    'or run dxf login %s' % (host, host))
-        return '; %s refused the credentials from %s' % (host, self.sent[host])
+        host = getattr(exc, 'registry', None) or urllib.parse.urlsplit(exc.url or '').netloc
+        source = self.sent.get(host)
+        return ('; %s refused the credentials from %s' % (host, source) if source else
+                '; no credentials were sent to %s: set DXF_USERNAME and DXF_PASSWORD, '
+                'or run dxf login %s' % (host, host))
 
 
 class _Line:
@@ -4593,14 +4581,11 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 
 
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
-    """dxf list-aliases REPO: print the repository's aliases.  None is
-    ENOENT, on a layout as on a registry (which cannot tell "no aliases"
-    from "no repository")."""
-    found = False
+    """dxf list-aliases REPO: print the repository's aliases."""
+    found = False     # none is ENOENT everywhere: a registry cannot tell it from no repo
     try:
         for alias in dxf.list_aliases(iterate=True):
-            found = True
-            _emit(out, settings, alias, alias=alias)
+            found = _emit(out, settings, alias, alias=alias) or True
     except DXFNotFoundError:
         pass
     if not found:
@@ -4631,8 +4616,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
 
 
 def _oci_root(spec):
-    """The directory of ``oci:DIR``; an empty one is refused, not taken as
-    the current directory (an unset $DIR would litter it)."""
+    """The directory of ``oci:DIR``; not '.' for an empty one (an unset $DIR)."""
     if spec == 'oci:':
         raise _UsageError('oci: needs a directory (oci:DIR); is a variable in it unset?')
     return spec[len('oci:'):]
@@ -4661,16 +4645,13 @@ def _cmd_login(dxf, args, settings, out, stdin):
     """dxf login HOST [-u USER] [--password-stdin]: check the credentials with
     an authenticated GET /v2/, then keep them in docker's config."""
     import getpass
-    tty = getattr(stdin, 'isatty', bool)()
-    if tty and not (args.username or settings.username):
-        settings.stderr.write('Username: ')
-        settings.stderr.flush()
-    user = args.username or settings.username or (tty and stdin.readline().decode().strip())
+    user = args.username or settings.username
     password = (stdin.read().decode('utf-8').rstrip('\r\n') if args.password_stdin
-                else settings.password or (tty and getpass.getpass('Password: ')))
+                else settings.password or (getattr(stdin, 'isatty', bool)()
+                                           and getpass.getpass('Password: ')))
     if not (user and password):     # never a password on the command line
-        raise _UsageError('login needs a user (-u USER) and a password (--password-stdin, '
-                          'DXF_PASSWORD, or a terminal to type it on)')
+        raise _UsageError('login needs a user (-u USER or DXF_USERNAME) and a password '
+                          '(--password-stdin, DXF_PASSWORD, or a terminal to type it on)')
     settings.username, settings.password, settings.source = user, password, 'dxf login'
     settings.authorization = settings.token = None
     settings.sent[args.host] = settings.source
@@ -4756,14 +4737,11 @@ _COMMANDS = [
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
-    ('login', _cmd_login, 'check credentials for HOST and keep them in docker\'s '
-     'config (or its credential helper) for later commands',
+    ('login', _cmd_login, 'check credentials for HOST, keep them in docker\'s config',
      [('host', dict(metavar='HOST', help='the registry, host[:port]')),
-      ('--username', dict(flags=('-u',), metavar='USER', help=(
-          'default: DXF_USERNAME, else asked on the terminal'))),
+      ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
       ('--password-stdin', dict(action='store_true', help=(
-          'read the password from stdin (default: DXF_PASSWORD, else asked '
-          'on the terminal)')))]),
+          'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
     ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
      [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
     ('version', _cmd_version, 'print the version', []),
@@ -4940,8 +4918,7 @@ DXFBase.auth_by_password = DXFBase.authenticate
 
 
 def _manifest_response(dxf, alias, method):
-    """A manifest request's answer as python-dxf's requests.Response:
-    ``status_code``, ``headers`` (case-insensitive), ``text``."""
+    """A manifest's answer as a requests.Response: status_code, headers, text."""
     resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
                         headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
     view = _ErrorResponse(resp.status, resp.reason, resp.url)
@@ -4966,14 +4943,12 @@ DXF.head_manifest_and_response = _head_manifest_and_response
 
 
 class PaginatingResponse:
-    """python-dxf: the items under JSON key ``header`` of a paginated list
-    at ``path`` (``req_meth`` '_request': in the repository); prefer
-    list_aliases or list_repos with iterate=True."""
+    """python-dxf: the ``header`` items of a paginated list at ``path`` (in
+    the repository for '_request'); prefer list_aliases(iterate=True)."""
 
     def __init__(self, dxf_obj, req_meth, path, header, **kwargs):
-        if req_meth == '_request':
-            path = dxf_obj._url(path)
-        self._items = dxf_obj._paginate(path, header, None, kwargs.get('params', {}).get('n'))
+        self._items = dxf_obj._paginate(dxf_obj._url(path) if req_meth == '_request' else path,
+                                        header, None, kwargs.get('params', {}).get('n'))
 
     def __iter__(self):
         return self._items

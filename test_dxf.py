@@ -10248,21 +10248,20 @@ class TestFirstHour:
         assert os.listdir(str(tmp_path)) == []
 
     def test_login_asks_on_a_terminal(self, registries, tmp_path):
-        # the password is typed, not echoed; stdout stays empty
+        # getpass asks on the terminal, which does not echo the password
         import pty
         reg = registries['basic']
         pid, master = pty.fork()
         if pid == 0:      # the child: dxf login with the pty as its terminal
             os.execve(sys.executable, [sys.executable, os.path.join(_HERE, 'dxf.py'), 'login',
-                                       reg.host], {'PATH': os.environ.get('PATH', ''),
+                                       reg.host, '-u', TEST_USERNAME],
+                      {'PATH': os.environ.get('PATH', ''),
                                                    'DOCKER_CONFIG': str(tmp_path),
                                                    'DXF_TLSVERIFY': reg.tlsverify})
         seen = b''
-        for answer, prompt in ((TEST_USERNAME, b'Username: '), (TEST_PASSWORD, b'Password: ')):
-            while prompt not in seen:
-                seen += os.read(master, 1024)
-            seen = seen.split(prompt, 1)[1]
-            os.write(master, answer.encode() + b'\n')
+        while b'Password: ' not in seen:
+            seen += os.read(master, 1024)
+        os.write(master, TEST_PASSWORD.encode() + b'\n')
         rest = b''
         try:
             while True:
@@ -10342,8 +10341,9 @@ class TestFirstHour:
                         out.write(f.read())
             assert _ok(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT=both, DXF_KEY='')))
             _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT='', DXF_KEY='')), 1)
-            _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT=str(tmp_path / 'no'))),
-                   errno.EINVAL, 'DXF_CERT: no such file')
+            missing = str(tmp_path / 'no')
+            _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_CERT=missing)),
+                   errno.EINVAL, 'client certificate %s and ' % missing, 'no such file')
             _fails(run_cli(['pull-blob', repo, digest], dict(env, DXF_KEY=tls_files.ca_cert)),
                    errno.EINVAL, 'cannot load the client certificate ' + client_cert[0])
         finally:
