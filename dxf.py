@@ -1660,7 +1660,7 @@ def _basic(username, password):
 
 
 def _docker_config(host, environ):
-    """``(path, config or None, the key docker files host under, lookup)``;
+    """``(path, config ({} if none), the key docker files host under, lookup)``;
     ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
     directory = environ.get('DOCKER_CONFIG') or os.path.join(
         environ.get('HOME') or os.path.expanduser('~'), '.docker')
@@ -1669,10 +1669,10 @@ def _docker_config(host, environ):
         with open(path, 'rb') as f:
             config = json.loads(f.read().decode('utf-8'))
     except FileNotFoundError:
-        config = None
+        config = {}
     except (OSError, ValueError, RecursionError) as exc:
         raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, (dict, type(None))):
+    if not isinstance(config, dict):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
     server = host
@@ -1698,7 +1698,6 @@ def _docker_config_store(host, environ, username=None, secret=None):
     with the config's credential helper, else in ``auths``; config.json is
     replaced atomically, mode 0600, keeping every key dxf does not know."""
     path, config, server, lookup = _docker_config(host, environ)
-    config = config or {}
     key, helper = lookup(config.get('credHelpers'))
     helper, server = helper or config.get('credsStore'), key or server
     auths = config.setdefault('auths', {})
@@ -1724,8 +1723,6 @@ def _docker_config_credentials(host, environ):
     ``credsStore``, then inline ``auths`` entries (as docker and oras do).
     """
     path, config, server, lookup = _docker_config(host, environ)
-    if config is None:
-        return None
     key, helper = lookup(config.get('credHelpers'))
     if not helper:
         helper = config.get('credsStore')
@@ -4099,8 +4096,8 @@ class _Settings:
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
-        s.sent = {}          # registry host -> where its credentials came from
-        s.source = None      # ... when not from the environment (dxf login)
+        # registry host -> where its credentials came from; source: dxf login's
+        s.sent, s.source = {}, None
         s.warned, s.lock = set(), threading.Lock()
         return s
 
@@ -4198,7 +4195,7 @@ class _Progress:
         self._lines = {}         # thread -> _Line
         self._last = None        # the _Line drawn last
         try:
-            self.width = os.get_terminal_size(stream.fileno()).columns
+            self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
             self.width = 80
 
@@ -4220,7 +4217,9 @@ class _Progress:
         line.drawn, line.shown = now, line.done
         self._last = line
         rate = line.done / max(now - line.start, 1e-6)
-        text = '%s %s' % ((line.digest or 'upload')[:19], _human(line.done))
+        name = line.digest or 'upload'      # 8 hex digits on a narrow terminal, so
+        text = '%s %s' % (name[:19] if self.width > 60 else name.split(':')[-1][:8],
+                          _human(line.done))        # the percentage fits in 40 columns
         total = line.total
         if total:
             text += ' / %s %3d%%' % (_human(total), 100 * line.done // max(total, 1))
@@ -4652,9 +4651,9 @@ def _cmd_login(dxf, args, settings, out, stdin):
     if not (user and password):     # never a password on the command line
         raise _UsageError('login needs a user (-u USER or DXF_USERNAME) and a password '
                           '(--password-stdin, DXF_PASSWORD, or a terminal to type it on)')
-    settings.username, settings.password, settings.source = user, password, 'dxf login'
-    settings.authorization = settings.token = None
-    settings.sent[args.host] = settings.source
+    settings.username, settings.password, settings.authorization, settings.token = (
+        user, password, None, None)
+    settings.sent[args.host] = settings.source = 'dxf login'
     with settings.open(None, host=args.host) as base:
         if base.authenticate(user, password):       # a token: now try it
             base.api_version_check()

@@ -10446,3 +10446,37 @@ class TestFirstHour:
                                         and not m.name.startswith('_')
                                         and not hasattr(getattr(ours, name), m.name)]
         assert missing == []
+
+    # ---- progress ----
+
+    def test_progress_on_a_40_column_terminal_keeps_the_percentage(self, cli_env, repo,
+                                                                   tmp_path):
+        import fcntl
+        import pty
+        import struct
+        import termios
+        data = _blob(300000, 'narrow')
+        path = _write(tmp_path, 'narrow.bin', data)
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 40, 0, 0))
+        try:
+            proc = subprocess.Popen([sys.executable, os.path.join(_HERE, 'dxf.py'), 'push-blob',
+                                     repo, path], env=cli_env('open'), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=slave)
+        finally:
+            os.close(slave)
+        err = b''
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:      # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(master)
+        assert proc.communicate(timeout=60)[0] == _lines(_sha256(data))
+        [states] = _progress_lines(err.decode().replace('\r\n', '\n'))
+        assert all(len(state) < 40 for state in states), states
+        hex8 = _sha256(data).split(':')[1][:8]
+        assert states[-1].startswith(hex8 + ' 293.0 KiB / 293.0 KiB 100%'), states[-1]
