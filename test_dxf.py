@@ -9966,7 +9966,19 @@ class TestRoundTrips:
 #     client certificates, Warning headers, python-dxf parity
 # =============================================================================
 
-class TestFirstHour:
+def _read_to_eof(fd):
+    """What a pty master reads until the child closes the terminal (EIO)."""
+    chunks = [b'']
+    while chunks[-1] is not None:
+        try:
+            chunks.append(os.read(fd, 65536) or None)
+        except OSError:
+            chunks.append(None)
+    return b''.join(chunks[:-1])
+
+
+class TestHundredthScript:
+    """Issue 18: the first hour and the hundredth script."""
 
     def test_serve_runs_where_pytest_cannot_be_imported(self, tmp_path):
         # make demo runs `python3 test_dxf.py --serve` with whatever python3
@@ -10262,15 +10274,7 @@ class TestFirstHour:
         while b'Password: ' not in seen:
             seen += os.read(master, 1024)
         os.write(master, TEST_PASSWORD.encode() + b'\n')
-        rest = b''
-        try:
-            while True:
-                chunk = os.read(master, 1024)
-                if not chunk:
-                    break
-                rest += chunk
-        except OSError:       # EIO: the child closed the terminal
-            pass
+        rest = _read_to_eof(master)
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0, rest
         assert TEST_PASSWORD.encode() not in seen + rest
@@ -10465,15 +10469,7 @@ class TestFirstHour:
                                     stdout=subprocess.PIPE, stderr=slave)
         finally:
             os.close(slave)
-        err = b''
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:      # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            err += chunk
+        err = _read_to_eof(master)
         os.close(master)
         assert proc.communicate(timeout=60)[0] == _lines(_sha256(data))
         [states] = _progress_lines(err.decode().replace('\r\n', '\n'))
