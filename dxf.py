@@ -4581,14 +4581,8 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
-    found = False     # none is ENOENT everywhere: a registry cannot tell it from no repo
-    try:
-        for alias in dxf.list_aliases(iterate=True):
-            found = _emit(out, settings, alias, alias=alias) or True
-    except DXFNotFoundError:
-        pass
-    if not found:
-        raise DXFNotFoundError('no aliases in %s (or no such repository)' % args.repo)
+    for alias in dxf.list_aliases(iterate=True):
+        _emit(out, settings, alias, alias=alias)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
