@@ -1703,8 +1703,9 @@ def _docker_config_store(host, environ, username=None, secret=None):
     auths = config.setdefault('auths', {})
     key = lookup(auths)[0] or server
     if isinstance(helper, str) and helper:
-        _credential_helper(helper, server, environ, 'store' if username else 'erase', json.dumps(
-            {'ServerURL': server, 'Username': username, 'Secret': secret}) if username else server)
+        _credential_helper(helper, server, environ, action='store' if username else 'erase',
+                           data=username and json.dumps(
+                               {'ServerURL': server, 'Username': username, 'Secret': secret}))
     auths.pop(key, None)
     if username:     # with a helper, docker too leaves an empty entry
         auths[key] = {} if helper else {'auth': _basic(username, secret)[len('Basic '):]}
