@@ -4336,6 +4336,8 @@ def _cmd_auth(dxf, args, settings, out, stdin):
         if action not in ('pull', 'push', 'delete', '*'):
             raise _UsageError('invalid action %r (pull, push, delete or *)'
                               % _printable(action))
+    settings.sent[dxf._host] = ('DXF_AUTHORIZATION' if settings.authorization else
+                                'DXF_USERNAME' if settings.username else None)
     token = dxf.authenticate(settings.username, settings.password,
                              actions=args.actions or None,
                              authorization=settings.authorization)

@@ -10023,6 +10023,14 @@ class TestHundredthScript:
         _fails(run_cli(['blob-size', repo, _sha256(b'x')], env), errno.EACCES,
                'from DXF_USERNAME (DXF_PASSWORD is not set)')
 
+    def test_401_of_dxf_auth_names_its_credentials(self, cli_env, run_cli, repo):
+        env = cli_env('token')
+        env['DXF_PASSWORD'] = 'Secr3tBad'
+        _fails(run_cli(['auth', repo], env), errno.EACCES, 'from DXF_USERNAME')
+        del env['DXF_USERNAME'], env['DXF_PASSWORD']
+        env['DXF_AUTHORIZATION'] = 'Basic ' + base64.b64encode(b'fred:Secr3tBad').decode()
+        _fails(run_cli(['auth', repo], env), errno.EACCES, 'from DXF_AUTHORIZATION')
+
     def test_401_names_the_docker_config_and_the_token_service_refusal(
             self, cli_env, run_cli, repo, docker_config):
         env = docker_config.env(cli_env('token'))
