@@ -10269,6 +10269,12 @@ class TestHundredthScript:
                'login needs a user')
         assert os.listdir(str(tmp_path)) == []
 
+    def test_login_sends_no_password_over_plain_http_to_another_host(self, run_cli, tmp_path):
+        env = {'DOCKER_CONFIG': str(tmp_path), 'DXF_INSECURE': '1', 'DXF_RETRIES': '0'}
+        _fails(run_cli(['login', 'registry.invalid', '-u', 'fred', '--password-stdin'], env,
+                       stdin=b'pw\n'), errno.EACCES, 'not sending credentials over plain http')
+        assert os.listdir(str(tmp_path)) == []
+
     def test_login_asks_on_a_terminal(self, registries, tmp_path):
         # getpass asks on the terminal, which does not echo the password
         import pty
