@@ -1698,6 +1698,8 @@ def _docker_config_store(host, environ, username=None, secret=None):
     with the config's credential helper, else in ``auths``; config.json is
     replaced atomically, mode 0600, keeping every key dxf does not know."""
     path, config, server, lookup = _docker_config(host, environ)
+    if not (username or config):
+        return           # logout with no config: nothing to erase, no file to make
     key, helper = lookup(config.get('credHelpers'))
     helper, server = helper or config.get('credsStore'), key or server
     auths = config.setdefault('auths', {})

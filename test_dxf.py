@@ -10268,6 +10268,8 @@ class TestHundredthScript:
         _fails(run_cli(['login', 'h.example', '-u', 'fred'], env), errno.EINVAL,
                'login needs a user')
         assert os.listdir(str(tmp_path)) == []
+        _ok(run_cli(['logout', 'h.example'], env))      # logged in nowhere: nothing to do
+        assert os.listdir(str(tmp_path)) == []
 
     def test_login_sends_no_password_over_plain_http_to_another_host(self, run_cli, tmp_path):
         env = {'DOCKER_CONFIG': str(tmp_path), 'DXF_INSECURE': '1', 'DXF_RETRIES': '0'}
