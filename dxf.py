@@ -362,9 +362,9 @@ def split_digest(digest):
     :raises DXFInputError: the digest is malformed
     """
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
-        hint = ('' if not isinstance(digest, str) else     # the usual slips:
-                '; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', digest)
-                else '; an alias is written @%s' % digest if _TAG_RE.match(digest) else '')
+        hint = ('; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', str(digest))
+                else '; an alias is written @%s' % digest if isinstance(digest, str)
+                and _TAG_RE.match(digest) else '')      # the usual slips
         raise DXFInputError('invalid digest %r%s' % (_printable(digest), hint))
     method, _, encoded = digest.partition(':')
     if method not in _DIGEST_HEX:
@@ -2249,8 +2249,7 @@ class DXFBase:
     :param retries: how many times a failed request is tried again (5)
     :param proxies: where to read ``http_proxy``, ``https_proxy`` and
         ``no_proxy`` from (default ``os.environ``)
-    :param cert: ``(certfile, keyfile)`` (keyfile None: in certfile), a TLS
-        client certificate shown to the registry's own origin only
+    :param cert: ``(certfile, keyfile or None)``: for the registry's origin only
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
@@ -4099,9 +4098,8 @@ class _Settings:
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
-        # registry host -> where its credentials came from; source: dxf login's
-        s.sent, s.source = {}, None
-        s.warned, s.lock = set(), threading.Lock()
+        # sent: registry host -> where its credentials came from (source: dxf login's)
+        s.sent, s.source, s.warned, s.lock = {}, None, set(), threading.Lock()
         return s
 
     def open(self, repo, host=None):
@@ -4182,21 +4180,21 @@ class _Line:
         self.done = self.drawn = self.shown = 0
         self.start = now
         self.digest = self.total = None
+        self.ended = False
 
 
 class _Progress:
     """One line per blob on stderr, redrawn in place: bytes, rate, ETA.
 
-    Blobs moving at once (one per thread) share the bottom line, each
-    redrawing its own state there; a blob's line is left behind, in its
-    final state, when it ends.
-    """
+    Each blob moving (one per thread) has a line of its own, under the
+    earlier ones: the cursor stays on the bottom line and goes up to redraw
+    another.  A blob's line is left in its final state when it ends."""
 
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
         self._lines = {}         # thread -> _Line
-        self._last = None        # the _Line drawn last
+        self._rows = []          # _Lines on screen, top down, from the first still moving
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
@@ -4218,7 +4216,9 @@ class _Progress:
 
     def _draw(self, line, now):
         line.drawn, line.shown = now, line.done
-        self._last = line
+        if line not in self._rows:       # its first drawing: a new bottom line
+            self.stream.write('\n' if self._rows else '')
+            self._rows.append(line)
         rate = line.done / max(now - line.start, 1e-6)
         name = line.digest or 'upload'      # 8 hex digits on a narrow terminal, so
         text = '%s %s' % (name[:19] if self.width > 60 else name.split(':')[-1][:8],
@@ -4229,19 +4229,21 @@ class _Progress:
         text += ' %s/s' % _human(rate)
         if total and rate and line.done < total:
             text += ' ETA %ds' % -(-(total - line.done) // rate)   # round up
+        up = len(self._rows) - 1 - self._rows.index(line)
+        move = ('\x1b[%d%%s' % up) if up else '%.0s'    # cursor up, then back down
         # Wider than the terminal, each redraw would leave a wrapped line.
-        self.stream.write('\r' + text[:self.width - 1] + '\x1b[K')
+        self.stream.write(move % 'A' + '\r' + text[:self.width - 1] + '\x1b[K' + move % 'B')
         self.stream.flush()
 
     def _end(self, line):
         if line.done:
-            # Another blob drew meanwhile, or the last bytes are not shown.
-            if self._last is not line or line.shown != line.done:
-                self._draw(line, time.time() if line.shown != line.done
-                           else line.drawn)
-            self.stream.write('\n')
+            if line.shown != line.done:        # the last bytes are not shown yet
+                self._draw(line, time.time())
+            line.ended = True
+            while self._rows and self._rows[0].ended:    # final: never redrawn
+                self._rows.pop(0)
+            self.stream.write('' if self._rows else '\n')     # all final: a new line
             self.stream.flush()
-            self._last = None
 
     def finish(self):
         """End this thread's line."""

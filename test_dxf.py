@@ -6156,17 +6156,25 @@ class TestProxies:
 # ---- DXF_PROGRESS ---------------------------------------------------------------------------
 
 def _progress_lines(err):
-    """Split progress output into lines, each a list of its \\r-redrawn states."""
+    """Each progress line's redrawn states, as a terminal shows them: \\r ...
+    ESC[K redraws a line, \\n opens one below, ESC[nA and ESC[nB move up, down."""
     assert 'dxf: error' not in err and 'Traceback' not in err, err
     assert err.endswith('\n'), repr(err[-200:])
-    lines = []
-    for line in err[:-1].split('\n'):
-        assert line.startswith('\r'), repr(line[:100])
-        states = line[1:].split('\r')
-        for state in states:
-            assert state.endswith('\x1b[K'), repr(state)     # erase the rest of the line
-        lines.append([s[:-3] for s in states])
-    return lines
+    pattern = r'\x1b\[(\d+)([AB])|(\n)|\r([^\r\n\x1b]*)\x1b\[K'
+    assert re.sub(pattern, '', err) == '', repr(err[:300])    # nothing else
+    lines, row = [[]], 0
+    for n, way, newline, state in re.findall(pattern, err):
+        if n:
+            row += int(n) if way == 'B' else -int(n)
+            assert 0 <= row < len(lines), repr(err[:300])
+        elif newline:
+            row += 1
+            if row == len(lines):
+                lines.append([])
+        else:
+            lines[row].append(state)
+    assert lines[-1] == [] and row == len(lines) - 1, repr(err[-300:])
+    return lines[:-1]
 
 
 @pytest.mark.registry
@@ -10494,3 +10502,41 @@ class TestHundredthScript:
         assert all(len(state) < 40 for state in states), states
         hex8 = _sha256(data).split(':')[1][:8]
         assert states[-1].startswith(hex8 + ' 293.0 KiB / 293.0 KiB 100%'), states[-1]
+
+    def test_progress_gives_each_blob_in_flight_a_line_of_its_own(self):
+        # Two threads, each a blob, drawing in turns: the first blob's
+        # redraw goes up to its own line instead of taking the bottom one.
+        import queue
+        err = io.StringIO()
+        progress = dxf._Progress(err)
+        a, b = _sha256(b'a'), _sha256(b'b')
+
+        def worker(jobs):
+            for job in iter(jobs.get, None):
+                job[0]()
+                job[1].set()
+        queues = [queue.Queue(), queue.Queue()]
+        threads = [threading.Thread(target=worker, args=(q,)) for q in queues]
+        for thread in threads:
+            thread.start()
+
+        def run(which, *call):
+            done = threading.Event()
+            queues[which].put((lambda: progress(*call), done))
+            done.wait()
+        run(0, a, b'', 2000)
+        run(0, a, b'x' * 1000, 2000)
+        run(1, b, b'', 10)
+        run(1, b, b'y' * 10, 10)
+        run(0, a, b'x' * 1000, 2000)
+        for q in queues:
+            q.put(None)
+        for thread in threads:
+            thread.join()
+        progress.finish_all()
+        first, second = _progress_lines(err.getvalue())
+        assert {s.split()[0] for s in first} == {a[:19]}      # (redraws are throttled)
+        assert first[-1].startswith(a[:19] + ' 2.0 KiB / 2.0 KiB 100% ')
+        assert {s.split()[0] for s in second} == {b[:19]}
+        assert second[-1].startswith(b[:19] + ' 10 B / 10 B 100% ')
+        assert '\x1b[1A' in err.getvalue()
