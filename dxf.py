@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.parse
 
-__version__ = '1.0.0'
+__version__ = '1.1.0'
 __license__ = 'MIT'
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
     'DXFManifestError', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound',
     'DXFMountFailed',
     # python-dxf compatibility names
-    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError', 'PaginatingResponse',
     'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
     'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
 ]
@@ -369,7 +369,10 @@ def split_digest(digest):
     :raises DXFInputError: the digest is malformed
     """
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
-        raise DXFInputError('invalid digest %r' % (_printable(digest),))
+        hint = ('; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', str(digest))
+                else '; an alias is written @%s' % digest if isinstance(digest, str)
+                and _TAG_RE.match(digest) else '')      # the usual slips
+        raise DXFInputError('invalid digest %r%s' % (_printable(digest), hint))
     method, _, encoded = digest.partition(':')
     if method not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(method)
@@ -422,8 +425,8 @@ def _check_repo(repo):
 
 def _check_alias(alias):
     if not isinstance(alias, str) or not _TAG_RE.match(alias):
-        raise DXFInputError('invalid alias %r (letters, digits, . _ -, at '
-                            'most 128)' % (_printable(alias),))
+        raise DXFInputError('invalid alias %r (at most 128 letters, digits and '
+                            '. _ -, not starting with . or -)' % (_printable(alias),))
     return alias
 
 
@@ -1024,7 +1027,9 @@ class _Transport:
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.trace = None     # trace(line): one line per request (no headers)
-        self._ssl_context = None
+        self.warn = None      # warn(text): each text of a "Warning: 299 - text" header
+        self._ssl_contexts = {}   # with the client certificate (True) or not
+        self.cert = None      # ((certfile, keyfile), the one origin it is shown to)
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
@@ -1039,8 +1044,8 @@ class _Transport:
         return (getattr(self.local, 'budget', None)
                 or _Budget(self.retries, _MAX_RETRY_TIME))
 
-    def _context(self):
-        if self._ssl_context is None:
+    def _context(self, cert=False):
+        if cert not in self._ssl_contexts:
             try:
                 import ssl
             except ImportError:
@@ -1061,8 +1066,14 @@ class _Transport:
                         self.tlsverify, _exc_text(exc))) from exc
             else:
                 ctx = ssl.create_default_context()
-            self._ssl_context = ctx
-        return self._ssl_context
+            try:
+                if cert:
+                    ctx.load_cert_chain(*self.cert[0])
+            except (OSError, ssl.SSLError) as exc:
+                raise DXFInputError('cannot load the client certificate %s: %s' % (
+                    ' and '.join(filter(None, self.cert[0])), _exc_text(exc))) from exc
+            self._ssl_contexts[cert] = ctx
+        return self._ssl_contexts[cert]
 
     def _get(self, key):
         """A pooled connection (checked that the server has neither closed
@@ -1077,7 +1088,9 @@ class _Transport:
                 return conn, True
             conn.close()
         scheme, host, port = key
-        context = self._context() if scheme == 'https' else None
+        # A client certificate is a credential: for the registry's origin only.
+        context = self._context(bool(self.cert) and (scheme, host, port or 443) ==
+                                self.cert[1]) if scheme == 'https' else None
         proxy = _proxy_for(self.proxies, scheme, host, port)
         return _new_connection(scheme, host, port, self.timeout, context,
                                proxy), False
@@ -1183,6 +1196,10 @@ class _Transport:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
                         raw.status, 1000 * (time.time() - started)))
+                for value in (raw.msg.get_all('Warning') or ()) if self.warn else ():
+                    # distribution-spec "Warnings": shown, never acted on
+                    for text in re.findall(r'299\s+\S+\s+"((?:[^"\\]|\\.)*)"', value):
+                        self.warn(re.sub(r'\\(.)', r'\1', text))
             except BaseException as exc:
                 conn.close()
                 if not isinstance(exc, errors):
@@ -1606,9 +1623,10 @@ class _Auth:
                                           what='token answer')
         body = resp.read()
         if resp.status in (401, 403):
-            raise DXFUnauthorizedError(resp.method, url, resp.status,
-                                       _registry_errors(body),
+            exc = DXFUnauthorizedError(resp.method, url, resp.status, _registry_errors(body),
                                        'token service refused the credentials')
+            exc.registry = urllib.parse.urlsplit(self.base).netloc   # whose realm
+            raise exc
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
@@ -1668,6 +1686,125 @@ class _Auth:
 def _basic(username, password):
     return 'Basic ' + base64.b64encode(('%s:%s' % (
         username, password or '')).encode('utf-8')).decode('ascii')
+
+
+def _docker_config(host, environ):
+    """``(path, config ({} if none), the key docker files host under, lookup)``;
+    ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.docker')
+    path = os.path.join(directory, 'config.json')
+    try:
+        with open(path, 'rb') as f:
+            config = json.loads(f.read().decode('utf-8'))
+    except FileNotFoundError:
+        config = {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
+    if not isinstance(config, dict):
+        raise DXFInputError('%s is not a JSON object' % path)
+    names = [host.lower()]
+    server = host
+    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+        names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
+
+    def lookup(table):
+        if isinstance(table, dict):
+            for key, value in table.items():
+                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
+                if bare in names or bare.split('/')[0] == names[0]:
+                    return key, value
+        return None, None
+    return path, config, server, lookup
+
+
+def _docker_config_store(host, environ, username=None, secret=None):
+    """dxf login (``username``) or logout: store or erase host's credentials
+    with the config's credential helper, else in ``auths``; config.json is
+    replaced atomically, mode 0600, keeping every key dxf does not know."""
+    path, config, server, lookup = _docker_config(host, environ)
+    if not (username or config):
+        return           # logout with no config: nothing to erase, no file to make
+    key, helper = lookup(config.get('credHelpers'))
+    helper, server = helper or config.get('credsStore'), key or server
+    auths = config.setdefault('auths', {})
+    key = lookup(auths)[0] or server
+    if isinstance(helper, str) and helper:
+        _credential_helper(helper, server, environ, action='store' if username else 'erase',
+                           data=username and json.dumps(
+                               {'ServerURL': server, 'Username': username, 'Secret': secret}))
+    auths.pop(key, None)
+    if username:     # with a helper, docker too leaves an empty entry
+        auths[key] = {} if helper else {'auth': _basic(username, secret)[len('Basic '):]}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic = _AtomicFile(path)
+    with atomic as f:
+        os.chmod(atomic.tmp, 0o600)        # before a secret is in it
+        f.write(json.dumps(config, indent='\t').encode('utf-8'))
+
+
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    path, config, server, lookup = _docker_config(host, environ)
+    key, helper = lookup(config.get('credHelpers'))
+    if not helper:
+        helper = config.get('credsStore')
+    if isinstance(helper, str) and helper:
+        found = _credential_helper(helper, key or server, environ)
+        if found:
+            return found
+    _, entry = lookup(config.get('auths'))
+    if not isinstance(entry, dict):
+        return None
+    if entry.get('identitytoken'):
+        return '<token>', entry['identitytoken']
+    if entry.get('auth'):
+        try:
+            user, _, password = base64.b64decode(entry['auth']).decode(
+                'utf-8').partition(':')
+        except (ValueError, UnicodeDecodeError):
+            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
+        return user, password
+    if entry.get('username'):
+        return entry['username'], entry.get('password', '')
+    return None
+
+
+def _credential_helper(name, server, environ, action='get', data=None):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials (or
+    run its ``store``/``erase`` with ``data``)."""
+    import subprocess
+    program = 'docker-credential-' + name
+    try:
+        done = subprocess.run([program, action], input=(data or server).encode('utf-8'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DXFAuthError('credential helper %s failed: %s'
+                           % (program, _exc_text(exc))) from exc
+    if done.returncode != 0:
+        if b'credentials not found' in done.stdout + done.stderr:
+            return None      # the helper's "no entry", not an error
+        raise DXFAuthError('credential helper %s failed: %s' % (
+            program, _printable((done.stderr or done.stdout).decode(
+                'utf-8', 'replace').strip().split('\n')[0])))
+    if action != 'get':
+        return None
+    try:
+        doc = json.loads(done.stdout.decode('utf-8'))
+        return doc['Username'], doc['Secret']
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise DXFAuthError('credential helper %s answered something that is '
+                           'not its JSON' % program) from None
 
 
 class _Needing:
@@ -2180,11 +2317,12 @@ class DXFBase:
     :param retries: how many times a failed request is tried again (5)
     :param proxies: where to read ``http_proxy``, ``https_proxy`` and
         ``no_proxy`` from (default ``os.environ``)
+    :param cert: ``(certfile, keyfile or None)``: for the registry's origin only
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         for what, value in (('registry host', host), ('auth host', auth_host)):
             m = _HOST_RE.match(value) if isinstance(value, str) else None
             if (value is not None or what == 'registry host') and (
@@ -2200,6 +2338,7 @@ class DXFBase:
         if bundle:
             tlsverify = bundle[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
+        self._transport.cert = cert and (tuple(cert), _origin(self._base))
         self._credentials = _Auth(self._transport, self._base, auth_host,
                                   allow_insecure_auth)
         self._repo = None
@@ -2525,7 +2664,8 @@ class _AliasMethods:
             return self._blob_head(digest)
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None,
-                   artifact_type=None, annotations=None, config=None):
+                   artifact_type=None, annotations=None, config=None,
+                   descriptors=False):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2541,6 +2681,7 @@ class _AliasMethods:
         :param concurrency: blobs in flight at once (default 4)
         :param artifact_type: for the alias's manifest, as for make_manifest;
             so are ``annotations`` and ``config``
+        :param descriptors: return the layer descriptors, not the digests
         """
         items = list(files)
         if not items:
@@ -2553,7 +2694,7 @@ class _AliasMethods:
                 annotations, config)
             if alias is not None:
                 self._set_alias_manifest(alias, manifest.decode('utf-8'))
-        return [layer['digest'] for layer in layers]
+        return layers if descriptors else [layer['digest'] for layer in layers]
 
     def _push_artifact(self, items, progress, concurrency, manifest=True,
                        artifact_type=None, annotations=None, config=None,
@@ -2803,9 +2944,9 @@ class DXF(DXFBase, _AliasMethods):
 
     def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
-                         allow_insecure_auth, retries, proxies)
+                         allow_insecure_auth, retries, proxies, cert=cert)
         self._set_repo(repo)
 
     def _set_repo(self, repo):
@@ -4111,6 +4252,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
 #     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
 #     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
+#     DXF_CERT, DXF_KEY   a TLS client certificate and its key (for the
+#                         registry's origin only; the key may be in DXF_CERT)
 #     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
@@ -4118,7 +4261,8 @@ _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
              'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
              'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
-             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_DEBUG')
+             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_CERT',
+             'DXF_KEY', 'DXF_DEBUG')
 _EXIT_INTERRUPTED = 130
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
@@ -4155,95 +4299,11 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         number = kind(value)
     except ValueError:
         number = -1
-    low = 0 if zero else 1e-3
+    low = 0 if zero else 1 if kind is int else 1e-3
     if not low <= number <= high:     # NaN fails too
-        raise _UsageError('%s must be a number from %g to %d, not %r'
-                          % (name, low, high, _printable(value)))
+        raise _UsageError('%s must be a %s from %g to %d, not %r' % (name, 'whole number'
+                          if kind is int else 'number', low, high, _printable(value)))
     return number
-
-
-def _docker_config_credentials(host, environ):
-    """Credentials for ``host`` from docker's config.json, or None.
-
-    Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
-    """
-    directory = environ.get('DOCKER_CONFIG') or os.path.join(
-        environ.get('HOME') or os.path.expanduser('~'), '.docker')
-    path = os.path.join(directory, 'config.json')
-    try:
-        with open(path, 'rb') as f:
-            config = json.loads(f.read().decode('utf-8'))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, dict):
-        raise DXFInputError('%s is not a JSON object' % path)
-    names = [host.lower()]
-    server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
-        names.append('index.docker.io/v1')
-        # docker login stores Hub credentials under this key, and docker
-        # asks helpers for it (ResolveAuthConfig in docker/cli's
-        # cli/command/registry.go: registry.IndexServer).
-        server = 'https://index.docker.io/v1/'
-
-    def lookup(table):
-        if isinstance(table, dict):
-            for key, value in table.items():
-                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
-                if bare in names or bare.split('/')[0] == names[0]:
-                    return key, value
-        return None, None
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
-        if found:
-            return found
-    _, entry = lookup(config.get('auths'))
-    if not isinstance(entry, dict):
-        return None
-    if entry.get('identitytoken'):
-        return '<token>', entry['identitytoken']
-    if entry.get('auth'):
-        try:
-            user, _, password = base64.b64decode(entry['auth']).decode(
-                'utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
-            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
-        return user, password
-    if entry.get('username'):
-        return entry['username'], entry.get('password', '')
-    return None
-
-
-def _credential_helper(name, server, environ):
-    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
-    import subprocess
-    program = 'docker-credential-' + name
-    try:
-        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(environ), timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DXFAuthError('credential helper %s failed: %s'
-                           % (program, _exc_text(exc))) from exc
-    if done.returncode != 0:
-        if b'credentials not found' in done.stdout + done.stderr:
-            return None      # the helper's "no entry", not an error
-        raise DXFAuthError('credential helper %s failed: %s' % (
-            program, _printable((done.stderr or done.stdout).decode(
-                'utf-8', 'replace').strip().split('\n')[0])))
-    try:
-        doc = json.loads(done.stdout.decode('utf-8'))
-        return doc['Username'], doc['Secret']
-    except (ValueError, RecursionError, KeyError, TypeError):
-        raise DXFAuthError('credential helper %s answered something that is '
-                           'not its JSON' % program) from None
 
 
 class _Settings:
@@ -4268,6 +4328,7 @@ class _Settings:
                 name, s.tlsverify = bundle
                 if not os.path.isfile(s.tlsverify):
                     raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
+        s.cert = environ.get('DXF_CERT') and (environ['DXF_CERT'], environ.get('DXF_KEY') or None)
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -4283,6 +4344,8 @@ class _Settings:
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
+        # sent: registry host -> where its credentials came from (source: dxf login's)
+        s.sent, s.source, s.warned, s.lock = {}, None, set(), threading.Lock()
         return s
 
     def open(self, repo, host=None):
@@ -4293,20 +4356,30 @@ class _Settings:
             raise _UsageError('DXF_HOST is not set (the registry host[:port], '
                               'or oci:DIRECTORY)')
         if host.startswith('oci:'):
-            root = host[len('oci:'):] or '.'
+            root = _oci_root(host)
             if repo is None:
+                if not os.path.isdir(root):
+                    there = os.path.exists(root)
+                    raise (DXFInputError if there else DXFNotFoundError)('%s: %s' % (
+                        host, 'not a directory' if there else 'no such directory'))
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            if not (username or password or self.authorization):
+            source = self.source or (     # where they come from, for a refusal's message
+                'DXF_AUTHORIZATION' if self.authorization else
+                'DXF_USERNAME' + ('' if password else ' (DXF_PASSWORD is not set)') if username
+                else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
+            if not source:
                 # docker login's credentials, looked up only when needed
                 found = _docker_config_credentials(dxf._host, self.environ)
                 if found and found[0] == '<token>':
                     identity = found[1]
                 elif found:
                     username, password = found
+                source = found and 'the docker config for ' + dxf._host
+            self.sent[dxf._host] = source
             dxf.authenticate(username, password, response=response,
                              authorization=self.authorization,
                              identity_token=identity)
@@ -4317,16 +4390,33 @@ class _Settings:
         options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
-                       proxies=self.environ,
+                       proxies=self.environ, cert=self.cert,
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(host, **options) if repo is None else DXF(
             host, repo, **options)
         if self.debug:
             dxf._transport.trace = lambda line: self.stderr.write(
                 'dxf: %s\n' % line)
+        dxf._transport.warn = self.warning
         if token:
             dxf.token = token
+            self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def warning(self, text):
+        """Each registry Warning once per command (on stderr)."""
+        with self.lock:
+            if text not in self.warned:
+                self.warned.add(text)
+                _warn(self, text)
+
+    def hint(self, exc):
+        """What a refusal (401/403) by a registry this command spoke to means."""
+        host = getattr(exc, 'registry', None) or urllib.parse.urlsplit(exc.url or '').netloc
+        source = self.sent.get(host)
+        return ('; %s refused the credentials from %s' % (host, source) if source else
+                '; no credentials were sent to %s: set DXF_USERNAME and DXF_PASSWORD, '
+                'or run dxf login %s' % (host, host))
 
 
 class _Line:
@@ -4336,23 +4426,23 @@ class _Line:
         self.done = self.drawn = self.shown = 0
         self.start = now
         self.digest = self.total = None
+        self.ended = False
 
 
 class _Progress:
     """One line per blob on stderr, redrawn in place: bytes, rate, ETA.
 
-    Blobs moving at once (one per thread) share the bottom line, each
-    redrawing its own state there; a blob's line is left behind, in its
-    final state, when it ends.
-    """
+    Each blob moving (one per thread) has a line of its own, under the
+    earlier ones: the cursor stays on the bottom line and goes up to redraw
+    another.  A blob's line is left in its final state when it ends."""
 
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
         self._lines = {}         # thread -> _Line
-        self._last = None        # the _Line drawn last
+        self._rows = []          # _Lines on screen, top down, from the first still moving
         try:
-            self.width = os.get_terminal_size(stream.fileno()).columns
+            self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
             self.width = 80
 
@@ -4372,28 +4462,34 @@ class _Progress:
 
     def _draw(self, line, now):
         line.drawn, line.shown = now, line.done
-        self._last = line
+        if line not in self._rows:       # its first drawing: a new bottom line
+            self.stream.write('\n' if self._rows else '')
+            self._rows.append(line)
         rate = line.done / max(now - line.start, 1e-6)
-        text = '%s %s' % ((line.digest or 'upload')[:19], _human(line.done))
+        name = line.digest or 'upload'      # 8 hex digits on a narrow terminal, so
+        text = '%s %s' % (name[:19] if self.width > 60 else name.split(':')[-1][:8],
+                          _human(line.done))        # the percentage fits in 40 columns
         total = line.total
         if total:
             text += ' / %s %3d%%' % (_human(total), 100 * line.done // max(total, 1))
         text += ' %s/s' % _human(rate)
         if total and rate and line.done < total:
             text += ' ETA %ds' % -(-(total - line.done) // rate)   # round up
+        up = len(self._rows) - 1 - self._rows.index(line)
+        move = ('\x1b[%d%%s' % up) if up else '%.0s'    # cursor up, then back down
         # Wider than the terminal, each redraw would leave a wrapped line.
-        self.stream.write('\r' + text[:self.width - 1] + '\x1b[K')
+        self.stream.write(move % 'A' + '\r' + text[:self.width - 1] + '\x1b[K' + move % 'B')
         self.stream.flush()
 
     def _end(self, line):
         if line.done:
-            # Another blob drew meanwhile, or the last bytes are not shown.
-            if self._last is not line or line.shown != line.done:
-                self._draw(line, time.time() if line.shown != line.done
-                           else line.drawn)
-            self.stream.write('\n')
+            if line.shown != line.done:        # the last bytes are not shown yet
+                self._draw(line, time.time())
+            line.ended = True
+            while self._rows and self._rows[0].ended:    # final: never redrawn
+                self._rows.pop(0)
+            self.stream.write('' if self._rows else '\n')     # all final: a new line
             self.stream.flush()
-            self._last = None
 
     def finish(self):
         """End this thread's line."""
@@ -4417,8 +4513,25 @@ def _human(n):
         n /= 1024.0
 
 
+def _warn(settings, text):
+    settings.stderr.write('dxf: warning: %s\n' % _printable(text, 1000))
+
+
 def _write_line(out, text):
     out.write(text.encode('utf-8') + b'\n')
+
+
+def _emit(out, settings, text, desc=None, **fields):
+    """One line of a command's data: ``text``, or with --format json one
+    JSON object: the descriptor's known fields, its title, and ``fields``."""
+    if settings.json:
+        doc = {k: desc[k] for k in ('digest', 'size', 'mediaType', 'annotations')
+               if desc and desc.get(k) is not None}
+        doc['title'] = doc.get('annotations', {}).get(_TITLE_ANNOTATION)
+        doc.update(fields)
+        text = json.dumps({k: v for k, v in doc.items() if v is not None}, sort_keys=True)
+    if text is not None:      # (pull-blob -o prints nothing as text)
+        _write_line(out, text)
 
 
 def _alias_arg(arg):
@@ -4428,14 +4541,23 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
+def _read_manifest(stdin):
+    """The manifest a command given no DIGEST|@ALIAS reads from stdin."""
+    if getattr(stdin, 'isatty', bool)():     # not a silent wait for a paste
+        raise _UsageError('no DIGEST or @ALIAS given: name one, or pipe a manifest in')
+    manifest = stdin.read(_MAX_MANIFEST + 1)
+    if len(manifest) > _MAX_MANIFEST or not manifest.strip():
+        raise DXFInputError('stdin holds no manifest (%s): give DIGEST or @ALIAS' % (
+            'empty' if not manifest.strip() else 'larger than 4 MiB'))
+    return manifest
+
+
 def _resolve_refs(dxf, refs, settings, stdin):
     """Expand digests and @aliases (or a manifest on stdin) into the layer
     descriptors they name, in order (a digest: ``{'digest': digest}``)."""
     if not refs:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        if len(manifest) > _MAX_MANIFEST:
-            raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return dxf.get_descriptors(manifest=manifest, platform=settings.platform)
+        return dxf.get_descriptors(manifest=_read_manifest(stdin),
+                                   platform=settings.platform)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
@@ -4494,6 +4616,8 @@ def _cmd_auth(dxf, args, settings, out, stdin):
         if action not in ('pull', 'push', 'delete', '*'):
             raise _UsageError('invalid action %r (pull, push, delete or *)'
                               % _printable(action))
+    settings.sent[dxf._host] = ('DXF_AUTHORIZATION' if settings.authorization else
+                                'DXF_USERNAME' if settings.username else None)
     token = dxf.authenticate(settings.username, settings.password,
                              actions=args.actions or None,
                              authorization=settings.authorization)
@@ -4511,7 +4635,7 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     if any(options.values()) and not alias:
         raise _UsageError('--artifact-type, --annotation(-file) and --config '
                           'describe an alias\'s manifest: give @ALIAS')
-    if len(files) > 1 or alias or os.path.isdir(files[0]):
+    if len(files) > 1 or alias or os.path.isdir(files[0]) or settings.json:
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
         return _push_many(dxf, files, alias, settings, out, stdin, options)
@@ -4538,15 +4662,20 @@ def _push_many(dxf, files, alias, settings, out, stdin, options, subject=None):
     progress = settings.progress_printer
     items = [stdin if f == '-' else f for f in files]
     try:
-        digests = [dxf.attach(subject, items, progress=progress, concurrency=(
-            settings.concurrency), **options)] if subject else dxf.push_blobs(
-                items, alias=alias, progress=progress,
-                concurrency=settings.concurrency, **options)
+        if subject:
+            digest = dxf.attach(subject, items, progress=progress,
+                                concurrency=settings.concurrency, **options)
+        else:
+            layers = dxf.push_blobs(items, alias=alias, progress=progress,
+                                    concurrency=settings.concurrency,
+                                    descriptors=True, **options)
     finally:
         if progress:
             progress.finish_all()
-    for digest in digests:
-        _write_line(out, digest)
+    if subject:
+        return _emit(out, settings, digest, digest=digest)
+    for path, layer in zip(files, layers):
+        _emit(out, settings, layer['digest'], layer, path=path)
 
 
 def _copy_blob(dxf, digest, out, settings):
@@ -4562,22 +4691,26 @@ def _copy_blob(dxf, digest, out, settings):
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
+    if settings.json and not args.output:
+        raise _UsageError('--format json needs -o PATH: stdout carries the blobs')
     if args.output:
         _check_output(args.output)
         if os.path.isdir(args.output):
-            return _pull_to_directory(dxf, args, settings, stdin)
+            return _pull_to_directory(dxf, args, settings, stdin, out)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
     if args.output:
         with _AtomicFile(args.output) as f:
             for desc in blobs:
                 _copy_blob(dxf, desc['digest'], f, settings)
+        for desc in blobs:
+            _emit(out, settings, None, desc, path=args.output)
     else:
         for desc in blobs:
             _copy_blob(dxf, desc['digest'], out, settings)
     out.flush()
 
 
-def _pull_to_directory(dxf, args, settings, stdin):
+def _pull_to_directory(dxf, args, settings, stdin, out):
     """pull-blob -o DIR: one file per blob, several at a time, named by its
     title annotation when that is a plain file name (never a path: no
     "../"), else by its digest.  A directory layer (as oras pushes it) is
@@ -4590,6 +4723,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
         name = title or digest.split(':')[1]
         if used.setdefault(name, digest) != digest:
             name = digest.split(':')[1]   # two blobs, one title: keep both
+            _warn(settings, 'two blobs are titled %s: %s is saved as %s'
+                  % (_printable(title), digest[:19], name))
         unpack = (bool(title) and name == title
                   and annotations.get(_UNPACK_ANNOTATION) == 'true')
         if (name, unpack) not in [(n, u) for n, u, _ in plan]:
@@ -4609,6 +4744,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
     finally:
         if settings.progress_printer:
             settings.progress_printer.finish_all()
+    for name, _, desc in plan:
+        _emit(out, settings, None, desc, path=os.path.join(args.output, name))
 
 
 def _pull_directory(dxf, desc, path, settings):
@@ -4617,8 +4754,11 @@ def _pull_directory(dxf, desc, path, settings):
     import shutil
     import tempfile
     directory, name = os.path.split(path)
-    work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
-                            suffix='.dxf-partial')
+    try:
+        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
+                                suffix='.dxf-partial')
+    except OSError as exc:      # the rule _AtomicFile follows for a file
+        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(exc))) from exc
     try:
         archive = os.path.join(work, 'layer')
         with open(archive, 'wb') as f:
@@ -4657,9 +4797,9 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
-        _write_line(out, str(sum(desc['size'] if 'size' in desc else
-                                 dxf.blob_size(desc['digest'])
-                                 for desc in blobs)))
+        size = sum(desc['size'] if 'size' in desc else dxf.blob_size(desc['digest'])
+                   for desc in blobs)
+        _emit(out, settings, str(size), None, size=size, ref=ref)
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -4705,13 +4845,9 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
-    if not args.aliases:
-        for desc in _resolve_refs(dxf, [], settings, stdin):
-            _write_line(out, desc['digest'])
-    for alias in args.aliases:
-        for digest in dxf.get_alias(_check_alias(alias),
-                                    platform=settings.platform):
-            _write_line(out, digest)
+    for alias in args.aliases or [None]:
+        for desc in _resolve_refs(dxf, alias and ['@' + _check_alias(alias)], settings, stdin):
+            _emit(out, settings, desc['digest'], desc, alias=alias)
 
 
 def _cmd_del_alias(dxf, args, settings, out, stdin):
@@ -4725,8 +4861,7 @@ def _cmd_get_digest(dxf, args, settings, out, stdin):
     """dxf get-digest REPO [ALIAS...]: print each alias's config digest
     (a dxf alias's first blob, as python-dxf)."""
     if not args.aliases:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        _write_line(out, dxf.get_digest(manifest=manifest,
+        _write_line(out, dxf.get_digest(manifest=_read_manifest(stdin),
                                         platform=settings.platform))
     for alias in args.aliases:
         _write_line(out, dxf.get_digest(_check_alias(alias),
@@ -4744,7 +4879,7 @@ def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
         if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
-            _write_line(out, alias)
+            _emit(out, settings, alias, alias=alias)
 
 
 def _cmd_attach(dxf, args, settings, out, stdin):
@@ -4756,14 +4891,16 @@ def _cmd_attach(dxf, args, settings, out, stdin):
 def _cmd_referrers(dxf, args, settings, out, stdin):
     """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
     for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
-        _write_line(out, '%s %s' % (entry['digest'], _printable(
-            entry.get('artifactType') or '-')))
+        _emit(out, settings, '%s %s' % (entry['digest'], _printable(
+            entry.get('artifactType') or '-')), entry,
+            artifactType=entry.get('artifactType'))
 
 
 def _cmd_resolve(dxf, args, settings, out, stdin):
     """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
     for alias in args.aliases:
-        _write_line(out, dxf.resolve(_check_alias(alias)))
+        digest = dxf.resolve(_check_alias(alias))
+        _emit(out, settings, digest, digest=digest, alias=alias)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
@@ -4773,7 +4910,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         raise _UsageError('DEST %r is not a repository; for a directory say '
                           'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
-        target = _oci_layout(dest[len('oci:'):] or '.', args.repo, flat=True)
+        target = _oci_layout(_oci_root(dest), args.repo, flat=True)
     else:
         first, _, rest = dest.partition('/')
         # docker's rule: a first component with a dot or a port is a host
@@ -4782,10 +4919,18 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         else:
             target = settings.open(dest)
     with target:
-        _write_line(out, dxf.copy_alias(_check_alias(args.alias), target,
-                                        args.dest_alias and _check_alias(
-                                            args.dest_alias),
-                                        concurrency=settings.concurrency))
+        digest = dxf.copy_alias(_check_alias(args.alias), target, args.dest_alias and
+                                _check_alias(args.dest_alias),
+                                concurrency=settings.concurrency)
+    _emit(out, settings, digest, None, digest=digest, target=dest,
+          alias=args.dest_alias or args.alias)
+
+
+def _oci_root(spec):
+    """The directory of ``oci:DIR``; not '.' for an empty one (an unset $DIR)."""
+    if spec == 'oci:':
+        raise _UsageError('oci: needs a directory (oci:DIR); is a variable in it unset?')
+    return spec[len('oci:'):]
 
 
 def _oci_layout(root, repo, flat):
@@ -4804,7 +4949,32 @@ def _oci_layout(root, repo, flat):
 def _cmd_list_repos(dxf, args, settings, out, stdin):
     """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
-        _write_line(out, repo)
+        _emit(out, settings, repo, repo=repo)
+
+
+def _cmd_login(dxf, args, settings, out, stdin):
+    """dxf login HOST [-u USER] [--password-stdin]: check the credentials with
+    an authenticated GET /v2/, then keep them in docker's config."""
+    import getpass
+    user = args.username or settings.username
+    password = (stdin.read().decode('utf-8').rstrip('\r\n') if args.password_stdin
+                else settings.password or (getattr(stdin, 'isatty', bool)()
+                                           and getpass.getpass('Password: ')))
+    if not (user and password):     # never a password on the command line
+        raise _UsageError('login needs a user (-u USER or DXF_USERNAME) and a password '
+                          '(--password-stdin, DXF_PASSWORD, or a terminal to type it on)')
+    settings.username, settings.password, settings.authorization, settings.token = (
+        user, password, None, None)
+    settings.sent[args.host] = settings.source = 'dxf login'
+    with settings.open(None, host=args.host) as base:
+        if base.authenticate(user, password):       # a token: now try it
+            base.api_version_check()
+    _docker_config_store(args.host, settings.environ, user, password)
+
+
+def _cmd_logout(dxf, args, settings, out, stdin):
+    """dxf logout HOST: remove HOST's credentials from docker's config."""
+    _docker_config_store(args.host, settings.environ)
 
 
 def _cmd_version(dxf, args, settings, out, stdin):
@@ -4823,6 +4993,9 @@ _MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
             metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
             'type application/vnd.unknown.config.v1+json)'))]
 _SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
+# The commands that take --format json (one JSON object per line, _emit).
+_JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
+                  'blob-size', 'copy-alias', 'attach', 'referrers', 'resolve')
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
@@ -4832,7 +5005,7 @@ _COMMANDS = [
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]
      + _MANIFEST_ARGS),
@@ -4897,12 +5070,22 @@ _COMMANDS = [
     ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
      [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
+    ('login', _cmd_login, 'check credentials for HOST, keep them in docker\'s config',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]')),
+      ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
+      ('--password-stdin', dict(action='store_true', help=(
+          'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
+    ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
     ('version', _cmd_version, 'print the version', []),
 ]
 
-_EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
-           '2 not found, 5 integrity, 13 auth, 22 usage, 1 other, 130 '
-           'interrupted.')
+# The exit statuses, one meaning each (README "Exit status" lists the same).
+_EXIT_STATUSES = ((0, 'ok'), (errno.ENOENT, 'not found'), (errno.EIO, 'integrity'),
+                  (errno.EACCES, 'auth'), (errno.EINVAL, 'usage'), (1, 'other'),
+                  (_EXIT_INTERNAL, 'internal error'), (_EXIT_INTERRUPTED, 'interrupted'))
+_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(_ENV_VARS), ', '.join(
+    '%d %s' % pair for pair in _EXIT_STATUSES))
 
 
 def _build_parser(out, only=None):
@@ -4933,10 +5116,14 @@ def _build_parser(out, only=None):
     for name, func, text, arguments in _COMMANDS:
         if only and name != only:
             continue
-        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG, usage=(
+            'dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]' if name == 'push-blob' else None))
         for dest, options in arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
+        if name in _JSON_COMMANDS:
+            p.add_argument('--format', choices=('text', 'json'), default='text', help=(
+                'json: one JSON object per line (digest, size, mediaType, title, ...)'))
         p.set_defaults(func=func)
     return parser
 
@@ -4958,7 +5145,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         debug = _env_flag(environ, 'DXF_DEBUG')
     except _UsageError:
         debug = False
-    dxf = None
+    dxf = settings = None
     try:
         parser = _build_parser(stdout, argv[0] if argv and any(
             argv[0] == c[0] for c in _COMMANDS) else None)
@@ -4977,7 +5164,8 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
-        if args.func is not _cmd_version:
+        settings.json = getattr(args, 'format', None) == 'json'
+        if args.func not in (_cmd_version, _cmd_login, _cmd_logout):
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not _cmd_list_repos else None)
         args.func(dxf, args, settings, stdout, stdin)
@@ -4988,13 +5176,15 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     except _UsageError as exc:
         return _fail(stderr, str(exc), errno.EINVAL, debug)
     except DXFError as exc:
-        return _fail(stderr, str(exc), exc.exit_code, debug)
+        hint = settings.hint(exc) if settings and isinstance(exc, DXFUnauthorizedError) else ''
+        return _fail(stderr, str(exc) + hint, exc.exit_code, debug)
     except KeyboardInterrupt:
         return _fail(stderr, 'interrupted', _EXIT_INTERRUPTED, debug)
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
-    except OSError as exc:
-        return _fail(stderr, _exc_text(exc), 1, debug)
+    except OSError as exc:      # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
+        return _fail(stderr, '%s: %s' % (exc.filename, _exc_text(exc)) if exc.filename
+                     else _exc_text(exc), errno.EINVAL if exc.filename else 1, debug)
     except Exception as exc:     # a bug of ours: still one line, no traceback
         return _fail(stderr, 'internal error (%s: %s); DXF_DEBUG=1 shows where'
                      % (type(exc).__name__, exc), _EXIT_INTERNAL, debug)
@@ -5059,6 +5249,43 @@ class DXFDigestNotAvailableForSchema1(DXFManifestError):
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
 DXFBase.auth_by_password = DXFBase.authenticate
+
+
+def _manifest_response(dxf, alias, method):
+    """A manifest's answer as a requests.Response: status_code, headers, text."""
+    resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
+                        headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
+    view = _ErrorResponse(resp.status, resp.reason, resp.url)
+    view.headers, view.content = resp.headers, resp.body or b''
+    return view
+
+
+def _get_manifest_and_response(self, alias):
+    """python-dxf: ``(manifest, response)``; prefer get_manifest."""
+    response = _manifest_response(self, alias, 'GET')
+    return response.text, response
+
+
+def _head_manifest_and_response(self, alias):
+    """python-dxf: ``(digest, response)``; prefer get_manifest_digest."""
+    response = _manifest_response(self, alias, 'HEAD')
+    return response.headers.get('Docker-Content-Digest'), response
+
+
+DXF.get_manifest_and_response = _get_manifest_and_response
+DXF.head_manifest_and_response = _head_manifest_and_response
+
+
+class PaginatingResponse:
+    """python-dxf: the ``header`` items of a paginated list at ``path`` (in
+    the repository for '_request'); prefer list_aliases(iterate=True)."""
+
+    def __init__(self, dxf_obj, req_meth, path, header, **kwargs):
+        self._items = dxf_obj._paginate(dxf_obj._url(path) if req_meth == '_request' else path,
+                                        header, None, kwargs.get('params', {}).get('n'))
+
+    def __iter__(self):
+        return self._items
 
 
 # python-dxf compatibility: python-dxf is a package, and its users import
