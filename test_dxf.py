@@ -3668,6 +3668,22 @@ class TestHostileAnswers:
         out, _ = _one_error(result, status, *((words,) if words else ()))
         assert out == b''
 
+    @pytest.mark.parametrize('to_file', [False, True], ids=['stdout', 'file'])
+    def test_content_length_beyond_what_arrived_is_a_broken_answer(
+            self, wire, wire_env, run_cli, tmp_path, to_file):
+        # Issue 16: 23 digits of Content-Length, the blob's 5 bytes, close.
+        # The bytes hash to the digest, but the answer is cut short: retried
+        # once (DXF_RETRIES=1), then one line; nothing at FILE.
+        data = WIRE_DATA[1]
+        wire.answer = lambda req: [b'HTTP/1.1 200 OK\r\nContent-Length: '
+                                   b'99999999999999999999999\r\n\r\n' + data, WIRE_CLOSE]
+        target = str(tmp_path / 'out')
+        argv = ['pull-blob', WIRE_REPO, _sha256(data)] + (['-o', target] if to_file else [])
+        _one_error(run_cli(argv, wire_env(DXF_RETRIES='1')), errno.EIO,
+                   '99999999999999999999999')
+        assert [r.method for r in wire.requests] == ['GET', 'GET']
+        assert os.listdir(str(tmp_path)) == []
+
     def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
         _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
         wire.script['GET /v2/wire/test/tags/list'] = _wire_reply(200, b'{"tags": ["a"]}')
