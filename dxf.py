@@ -116,6 +116,10 @@ _PIPELINE_BUFFERS = 3            # buffers in flight, of at most:
 _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
+# Blobs this big go in ranges over several connections, and the first range
+# is this big (issue 19): one connection's window and loss recovery cap it
+# on long paths, as blob storage (S3, CDNs) caps each connection.
+_RANGED_MIN = 32 << 20
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
 # chunks cost distribution time per PATCH (64 MiB: a 1 GiB push took 1.3x
@@ -1746,6 +1750,24 @@ def _write_all(out, data):
         view = view[n:]
 
 
+def _content_range(resp, digest, start, end, size):
+    """The blob's size from a 206 answer to ``Range: bytes=start-(end-1)``
+    (``end`` None: to the end), once its Content-Range is the range asked
+    for (clipped at the blob's end) of a blob of ``size`` (None: unknown)."""
+    m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
+    total = m and int(m.group(3))
+    if not (m and resp.status == 206 and int(m.group(1)) == start
+            and size in (None, total)
+            and int(m.group(2)) == min(end or total, total) - 1):
+        resp.close()
+        raise DXFProtocolError('blob %s: registry answered the request for '
+                               'bytes %d- with %d and Content-Range %r' % (
+                                   digest, start, resp.status, _printable(
+                                       resp.header('Content-Range'), 80)),
+                               method='GET', url=resp.url)
+    return total
+
+
 class BlobReader:
     """An iterator over a blob's bytes, verified against its digest.
 
@@ -1754,12 +1776,15 @@ class BlobReader:
     ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
     raised instead.  ``size`` is the blob's length when the registry said it.
     A connection that breaks mid-blob is resumed with a range request.
+    ``response`` may begin at ``offset``, the bytes before it hashed into
+    ``hashed`` (a range request resuming a pull into a file).
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
-                 expected_size=None, reopen=None, budget=None):
+                 expected_size=None, reopen=None, budget=None, offset=0,
+                 hashed=None):
         self.digest = digest
-        self.size = response.length
+        self.size = None if response.length is None else offset + response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
         self._copy_size = chunk_size or _CHUNK_SIZE
         if (expected_size is not None and self.size is not None
@@ -1770,9 +1795,9 @@ class BlobReader:
         if self.size is None:
             self.size = expected_size
         self._resp = response
-        self._hash = _new_hash(digest)
+        self._hash = hashed or _new_hash(digest)
         self._progress = progress
-        self._done = 0
+        self._done = offset
         self._ahead = None        # look-ahead piece when the size is unknown
         self._finished = False
         self._reopen = reopen     # reopen(offset) -> response from offset
@@ -1906,12 +1931,7 @@ class BlobReader:
         self._resp.close()
         resp = self._resp = self._reopen(self._done)
         if resp.status == 206:
-            expected = 'bytes %d-%d/%d' % (self._done, self.size - 1, self.size)
-            if (resp.header('Content-Range') or '').strip() != expected:
-                resp.close()
-                raise DXFConnectionError('blob %s: registry answered the '
-                                         'range request with the wrong range'
-                                         % self.digest)
+            _content_range(resp, self.digest, self._done, None, self.size)
             return
         # A 200 starts over: read the prefix again and check it hashes the
         # same as the bytes already handed out.
@@ -2609,6 +2629,13 @@ class _AliasMethods:
     def _can_mount_from(self, source):
         return False
 
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``, which appears only once
+        verified; return its size."""
+        with _AtomicFile(path) as f, self.pull_blob(digest, progress=progress) as r:
+            r.copy_to(f)
+        return r.size
+
 
 class _AlreadyThere(Exception):
     """Stops an upload the registry turned out not to need."""
@@ -3000,6 +3027,109 @@ class DXF(DXFBase, _AliasMethods):
                             self._transport.budget())
         return (reader, reader.size) if size else reader
 
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``, which appears only once
+        every byte is verified.  A pull that failed or was killed resumes
+        from what it kept beside ``path`` (see _Partial); a blob of 32 MiB
+        or more comes in ranges over up to ``concurrency`` connections
+        (default 4) when the registry answers range requests with 206.
+        Returns the blob's size.
+        """
+        digest = _one_digest(digest)
+        with self._needing(), _Partial(path, digest) as part:
+            while True:
+                part.hash_prefix()
+                try:
+                    self._fill(part, progress, concurrency or _DEFAULT_CONCURRENCY)
+                    return part.finish()
+                except DXFIntegrityError:
+                    if not part.resumed:
+                        raise
+                    part.resumed = False     # corrupted: once more, afresh
+                    part.restart()
+
+    def _fill(self, part, progress, concurrency):
+        """Fetch what ``part`` lacks: one stream, or ranges in parallel."""
+        url, scope = self._url('blobs', part.digest), self._scope(['pull'])
+        start, size = part.hashed, part.size or self._sizes.get(part.digest)
+        if size is not None and start >= size:
+            part.size = size
+            return
+        # A blob that may be big is asked for in ranges, the first one of
+        # _RANGED_MIN bytes; the answer says whether the registry has them.
+        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
+        end = start + _RANGED_MIN if ranged else None
+        headers = {'Range': 'bytes=%d-%s' % (start, end - 1 if end else '')}
+        resp = self._request('GET', url, scope, ok=(200, 206, 416), stream=True,
+                             headers=headers if start or end else None)
+        if resp.status == 416:          # nothing to range over: 0 bytes
+            resp.close()
+            resp = self._request('GET', url, scope, stream=True)
+        if resp.status == 206:
+            size = part.size = _content_range(resp, part.digest, start, end, size)
+        else:
+            part.restart()              # a 200 to a range request: anew
+            start = 0
+        if resp.status == 200 or end is None or end >= size:
+            part.stream_from(start)
+            reader = BlobReader(resp, part.digest, None, progress, size,
+                                lambda offset: self._request(
+                                    'GET', url, scope, ok=(200, 206), stream=True,
+                                    headers={'Range': 'bytes=%d-' % offset}),
+                                self._transport.budget(), start, part.hash)
+            reader.copy_to(part.file)        # verified
+            part.hashed = part.size = reader._done
+            return
+        self._fill_ranges(part, resp, end, progress, concurrency, scope)
+
+    def _fill_ranges(self, part, first, end, progress, concurrency, scope):
+        """The rest of ``part`` after ``first`` (a 206 answer ending at
+        ``end``) in pieces, several at a time, each written at its offset and
+        asked again from where it broke within the operation's budget.  The
+        complete prefix is hashed as it grows, by whichever thread is free.
+        Further requests go where the first was redirected, if it was."""
+        size, where, budget = part.size, first.url, self._transport.budget()
+        piece = max(_RANGED_MIN // 4, (size - end) // (concurrency * 4))
+        pieces, at = [(part.hashed, end, first)], end
+        for a, b in part.ranges + [(size, size)]:
+            pieces += [(x, min(x + piece, a), None) for x in range(at, a, piece)]
+            at = max(at, b)
+        part.save()
+        if progress:
+            progress(part.digest, b'', size)
+
+        def fetch(item):
+            start, stop, resp = item
+            buf = bytearray(_CHUNK_SIZE)
+            with open(part.name, 'r+b', buffering=0) as f:
+                f.seek(start)
+                while start < stop:
+                    if resp is None:
+                        resp = self._request('GET', where, scope, ok=(200, 206), stream=True,
+                                             headers={'Range': 'bytes=%d-%d' % (start, stop - 1)})
+                        _content_range(resp, part.digest, start, stop, size)
+                    try:
+                        n = resp.chunk(0, memoryview(buf)[:stop - start])
+                        if not n:
+                            raise DXFSizeMismatchError(start, stop, message=(
+                                'blob %s: a range ended at byte %d of %d'
+                                % (part.digest, start, stop)))
+                    except (DXFConnectionError, DXFSizeMismatchError):
+                        resp.close()      # broken or cut short: ask again
+                        resp = None
+                        if not budget.spend():
+                            raise
+                        continue
+                    _write_all(f, memoryview(buf)[:n])
+                    part.add(start, start + n, save=True)
+                    start += n
+                    part.hash_prefix(block=False)
+                    if progress:
+                        progress(part.digest, bytes(buf[:n]), size)
+                resp.release()
+        _in_parallel(fetch, pieces, concurrency, self._transport)
+        part.hash_prefix()
+
     def del_blob(self, digest):
         """Delete a blob from the repository."""
         split_digest(digest)
@@ -3244,6 +3374,135 @@ class _AtomicFile:
                 except OSError:
                     pass      # the error on its way out says more
         return False
+
+
+class _Partial:
+    """A blob on its way to the file ``path``, kept when a pull fails or is
+    killed (issue 16): ``.NAME.<hex>.dxf-partial`` beside ``path`` and its
+    record ``....ranges`` (JSON: digest, size, the byte ranges complete;
+    ``tail``: also from there to the file's end, written as one stream).
+    A rerun hashes the complete prefix again and fetches what is missing;
+    the digest is checked over every byte before the file is renamed into
+    place, and both files go then (or once their bytes fail the digest).
+    """
+
+    def __init__(self, path, digest):
+        head, name = os.path.split(os.path.abspath(path))
+        self.path, self.digest = path, digest
+        self.name = os.path.join(head, '.%s.%s.dxf-partial' % (
+            name, digest.split(':')[1][:32]))
+        self.record = self.name + '.ranges'
+        self.lock = threading.Lock()          # ranges and the record
+        self.hash_lock = threading.Lock()     # hash and hashed
+
+    def __enter__(self):
+        flags = (os.O_RDWR | os.O_CREAT | getattr(os, 'O_BINARY', 0)
+                 | getattr(os, 'O_CLOEXEC', 0))
+        try:
+            self.file = os.fdopen(os.open(self.name, flags, 0o666), 'r+b')
+            self.reader = open(self.name, 'rb', buffering=0)   # no stale read-ahead
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s'
+                                % (self.path, exc.strerror or exc)) from exc
+        try:
+            import fcntl       # two pulls to one file take turns
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        try:
+            with open(self.record) as f:
+                state = json.load(f)
+            if state['digest'] != self.digest:
+                raise ValueError(self.record)
+            self.size, ranges = state['size'], state['ranges']
+            if state.get('tail') is not None:
+                ranges.append((state['tail'], os.fstat(self.file.fileno()).st_size))
+            self.restart(keep=ranges)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.size = None
+            self.restart()
+        self.resumed = bool(self.ranges)
+        return self
+
+    def restart(self, keep=()):
+        """Forget all but the ranges ``keep``; hash from the start."""
+        self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
+        for start, end in keep:
+            self.add(int(start), int(end))
+        if not keep:
+            self.file.truncate(0)
+        self.reader.seek(0)
+
+    def add(self, start, end, save=False):
+        """Count bytes [start, end) as complete (and say so in the record)."""
+        with self.lock:
+            merged = []
+            for a, b in sorted(self.ranges + [(start, end)]):
+                if merged and a <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+                else:
+                    merged.append((a, b))
+            self.ranges = merged
+        if save:
+            self.save()
+
+    def prefix(self):
+        return self.ranges[0][1] if self.ranges and not self.ranges[0][0] else 0
+
+    def save(self, tail=None):
+        with self.lock:
+            with open(self.record + '.new', 'w') as f:
+                json.dump({'digest': self.digest, 'size': self.size,
+                           'ranges': self.ranges, 'tail': tail}, f)
+            os.replace(self.record + '.new', self.record)
+
+    def stream_from(self, start):
+        """Make the file end at ``start``, to write the rest as one stream."""
+        self.ranges = self.ranges[:1] if start else []
+        self.file.truncate(start)
+        self.file.seek(start)
+        self.save(tail=start)
+
+    def hash_prefix(self, block=True):
+        """Hash the complete prefix not hashed yet, read back from the file;
+        without ``block``, only if no other thread is doing it."""
+        if not self.hash_lock.acquire(block):
+            return
+        try:
+            end = self.prefix()
+            while self.hashed < end:
+                data = self.reader.read(min(_CHUNK_SIZE, end - self.hashed))
+                if not data:
+                    break     # shorter than its record: the digest will say
+                self.hash.update(data)
+                self.hashed += len(data)
+        finally:
+            self.hash_lock.release()
+
+    def finish(self):
+        """Check the digest, then put the file in place."""
+        got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
+        if self.hashed != self.size or got != self.digest:
+            raise DXFDigestMismatchError(got, self.digest)
+        self.file.truncate(self.size)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.name, self.path)
+        os.unlink(self.record)
+        return self.size
+
+    def __exit__(self, exc_type, exc, tb):
+        self.file.close()
+        self.reader.close()
+        # Kept to resume from, unless nothing came or what came is wrong.
+        if exc_type and (not self.ranges or issubclass(
+                exc_type, DXFIntegrityError)):
+            for name in (self.name, self.record):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
 
 
 class _FileLock:
@@ -4100,7 +4359,7 @@ class _Line:
 class _Progress:
     """One line per blob on stderr, redrawn in place: bytes, rate, ETA.
 
-    Blobs moving at once (one per thread) share the bottom line, each
+    Blobs moving at once (a ranged pull's threads draw one) share the bottom line, each
     redrawing its own state there; a blob's line is left behind, in its
     final state, when it ends.
     """
@@ -4108,7 +4367,7 @@ class _Progress:
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
-        self._lines = {}         # thread -> _Line
+        self._lines = {}         # digest (else thread) -> _Line
         self._last = None        # the _Line drawn last
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns
@@ -4117,12 +4376,13 @@ class _Progress:
 
     def __call__(self, digest, chunk, total=None):
         now = time.time()
+        key = digest or threading.get_ident()
         with self._lock:
-            line = self._lines.get(threading.get_ident())
+            line = self._lines.get(key)
             if not chunk or line is None:          # a new blob starts
                 if line is not None:
                     self._end(line)
-                line = self._lines[threading.get_ident()] = _Line(now)
+                line = self._lines[key] = _Line(now)
             line.done += len(chunk)
             line.digest, line.total = digest, total
             if now - line.drawn < 0.2 and (total is None or line.done < total):
@@ -4154,10 +4414,10 @@ class _Progress:
             self.stream.flush()
             self._last = None
 
-    def finish(self):
-        """End this thread's line."""
+    def finish(self, digest):
+        """End this blob's line."""
         with self._lock:
-            line = self._lines.pop(threading.get_ident(), None)
+            line = self._lines.pop(digest, None)
             if line is not None:
                 self._end(line)
 
@@ -4247,7 +4507,7 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     else:
         digest = dxf.push_blob(files[0], progress=progress)
     if progress:
-        progress.finish()
+        progress.finish_all()
     _write_line(out, digest)
 
 
@@ -4279,7 +4539,16 @@ def _copy_blob(dxf, digest, out, settings):
             _write_line(settings.stdout, '%s %s' % (digest, reader.size))
         reader.copy_to(out)
     if progress:
-        progress.finish()
+        progress.finish(digest)
+
+
+def _pull_file(dxf, digest, path, settings, concurrency):
+    progress = settings.progress_printer
+    size = dxf.pull_blob_to(digest, path, progress, concurrency)
+    if settings.blob_info:
+        _write_line(settings.stdout, '%s %s' % (digest, size))
+    if progress:
+        progress.finish(digest)
 
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
@@ -4289,7 +4558,10 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
         if os.path.isdir(args.output):
             return _pull_to_directory(dxf, args, settings, stdin)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
-    if args.output:
+    if args.output and len(blobs) == 1:
+        _pull_file(dxf, blobs[0]['digest'], args.output, settings,
+                   settings.concurrency)
+    elif args.output:
         with _AtomicFile(args.output) as f:
             for desc in blobs:
                 _copy_blob(dxf, desc['digest'], f, settings)
@@ -4320,11 +4592,12 @@ def _pull_to_directory(dxf, args, settings, stdin):
     def pull(item):
         name, unpack, desc = item
         path = os.path.join(args.output, name)
+        # ranges over several connections for a blob alone
+        concurrency = settings.concurrency if len(plan) == 1 else 1
         if unpack:
-            _pull_directory(dxf, desc, path, settings)
+            _pull_directory(dxf, desc, path, settings, concurrency)
         else:
-            with _AtomicFile(path) as f:
-                _copy_blob(dxf, desc['digest'], f, settings)
+            _pull_file(dxf, desc['digest'], path, settings, concurrency)
     try:
         _in_parallel(pull, plan, settings.concurrency,
                      getattr(dxf, '_transport', None))
@@ -4333,18 +4606,21 @@ def _pull_to_directory(dxf, args, settings, stdin):
             settings.progress_printer.finish_all()
 
 
-def _pull_directory(dxf, desc, path, settings):
+def _pull_directory(dxf, desc, path, settings, concurrency):
     """Download a directory layer, unpack it beside ``path`` and, once all
     is checked, put it at ``path`` (replacing what was there)."""
     import shutil
     import tempfile
     directory, name = os.path.split(path)
+    # The download resumes as a file's does: its partial is named by the
+    # layer's name, not by the work directory's random one.
+    layer = os.path.join(directory, '.%s.dxf-layer' % name)
+    _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
     work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
                             suffix='.dxf-partial')
     try:
         archive = os.path.join(work, 'layer')
-        with open(archive, 'wb') as f:
-            _copy_blob(dxf, desc['digest'], f, settings)     # verified
+        os.rename(layer, archive)
         tree = os.path.join(work, 'tree')
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(

@@ -79,6 +79,7 @@ import random
 import re
 import select
 import shutil
+import signal
 import socket
 import socketserver
 import ssl
@@ -915,6 +916,10 @@ class Fault(object):
     ``body``          forward; replace the body with ``body`` (Content-Length
                       fixed), optionally the status with ``status``
     ``headers``       forward; set ``headers`` (dict) on the answer
+    ``kill``          forward, counting the body bytes sent over every
+                      request the rule fires on (``every=True``): once
+                      ``after`` have gone, call ``kill()`` (e.g. SIGKILL a
+                      dxf process and wait for it), then close the connection
     ``length``        forward; announce ``length`` as Content-Length, send
                       the real (shorter) body, then close the connection
     ``endless``       answer ``status`` (200) with ``prefix`` and then
@@ -925,7 +930,7 @@ class Fault(object):
     """
 
     ACTIONS = ('status', 'redirect', 'stall', 'cut_request', 'cut_response', 'flip',
-               'body', 'headers', 'length', 'endless')
+               'body', 'headers', 'length', 'endless', 'kill')
 
     def __init__(self, method, path, action, nth=1, every=False, has_header=None, **params):
         if action not in self.ACTIONS:
@@ -1103,6 +1108,7 @@ class _FaultHandler(_ProxyHandler):
         return value
 
     def _relay(self, resp, action, params):
+        proxy = self.server.owner
         status, reason = resp.status, resp.reason
         headers = []
         for name, value in resp.getheaders():
@@ -1145,6 +1151,15 @@ class _FaultHandler(_ProxyHandler):
             data = resp.read(65536)
             if not data:
                 break
+            if action == 'kill':
+                with proxy._lock:
+                    sent = params['sent'] = params.get('sent', 0) + len(data)
+                if sent > params['after']:
+                    params['kill']()
+                    self.close_connection = True
+                    return
+            with proxy._lock:
+                proxy.body_bytes += len(data)
             if flip is not None and pos <= flip < pos + len(data):
                 data = bytearray(data)
                 data[flip - pos] ^= 0xff
@@ -1192,6 +1207,7 @@ class FaultProxy(object):
         self.requests = []
         self.errors = []
         self.endless_sent = 0
+        self.body_bytes = 0       # answer bodies relayed (not ``body``/``length``)
         self.generation = 0       # bumped by reset()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -1230,6 +1246,7 @@ class FaultProxy(object):
         del self.requests[:]
         del self.errors[:]
         self.endless_sent = 0
+        self.body_bytes = 0
 
     def stop(self):
         self._wake.set()
@@ -1254,12 +1271,12 @@ class _OriginHandler(_Handler):
         if data is None:
             return self._reply(404, {'errors': [{'code': 'BLOB_UNKNOWN', 'message': path}]})
         headers = [('Content-Type', 'application/octet-stream')]
-        match = re.match(r'bytes=(\d+)-$', self.headers.get('Range', ''))
-        if match and int(match.group(1)) < len(data):
+        match = re.match(r'bytes=(\d+)-(\d*)$', self.headers.get('Range', ''))
+        if origin.ranges and match and int(match.group(1)) < len(data):
             start = int(match.group(1))
-            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, len(data) - 1,
-                                                                 len(data))))
-            return self._reply(206, data[start:], headers)
+            end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, end, len(data))))
+            return self._reply(206, data[start:end + 1], headers)
         return self._reply(200, data, headers)
 
     do_HEAD = do_GET
@@ -1269,13 +1286,15 @@ class OriginServer(object):
     """A second origin (plain http on its own port) that records what it gets.
 
     ``blobs`` maps digest -> bytes: a GET of any path ending in that digest
-    gets them (ranges too).  ``answers`` maps an exact path to
+    gets them (ranges too, unless ``ranges`` is False: then a 200 to every
+    ``Range``, as a server without them answers).  ``answers`` maps an exact path to
     ``(status, headers dict, body)``, e.g. a broken token service at
     '/token'.  ``requests`` lists SeenRequest.
     """
 
     def __init__(self):
         self.blobs = {}
+        self.ranges = True
         self.answers = {}
         self.requests = []
         self._thread = _ServerThread(_OriginHandler, self)
@@ -6782,7 +6801,10 @@ class TestFaults:
                           fault_env(DXF_RETRIES='5')))
         assert out.read_bytes() == data
         ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
-        assert ranges == [None, 'bytes=%d-' % cut, 'bytes=%d-' % (2 * cut)]
+        # The first asks for a range too: its answer says whether the blob
+        # is big enough to come over several connections (issue 19).
+        assert ranges == ['bytes=0-%d' % (dxf._RANGED_MIN - 1), 'bytes=%d-' % cut,
+                          'bytes=%d-' % (2 * cut)]
 
     @pytest.mark.slow
     def test_blob_get_cut_without_retries_fails_and_leaves_no_file(
@@ -7311,6 +7333,196 @@ class TestLargeBlobPipeline:
                 head = reader.read(12345)        # copy_to continues a partial read
                 reader.copy_to(out)
         assert head + out.getvalue() == data
+
+
+# ---- pulls into files that survive a kill, and ranged pulls (issues 16, 19) ----
+
+RESUMED = 24 * MIB + 5      # kills land after 18 MiB: loopback's socket buffers
+#                             (a few MiB) cannot make a rerun fetch 60%
+
+
+def _partials(directory, digest):
+    """The resumable partial of ``digest`` and its record, as dxf names them."""
+    return sorted(n for n in os.listdir(str(directory))
+                  if n.endswith(('.%s.dxf-partial' % digest[7:39],
+                                 '.%s.dxf-partial.ranges' % digest[7:39])))
+
+
+def _killed_pull(faults, env, argv, after, ranged_min=None):
+    """``dxf.py`` with ``argv`` in a process of its own, SIGKILLed once the
+    proxy has sent ``after`` bytes of blob bodies (all connections counted):
+    a point chosen by bytes seen, not by time.  ``ranged_min`` lowers the
+    size of blob pulled in ranges."""
+    code = 'import sys, dxf\n%ssys.exit(dxf.main())' % (
+        'dxf._RANGED_MIN = %d\n' % ranged_min if ranged_min else '')
+    procs = []
+    fault = faults.add('GET', BLOB_GET, 'kill', every=True, after=after,
+                       kill=lambda: procs[0].kill())
+    procs.append(subprocess.Popen([sys.executable, '-c', code] + argv, cwd=_HERE, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    procs[0].communicate()
+    assert procs[0].returncode == -signal.SIGKILL, fault
+    faults.remove(fault)
+
+
+@pytest.mark.registry
+class TestResumablePulls:
+    """pull-blob -o keeps what it verified-so-far beside the target, named by
+    the target and the digest, and a rerun asks only for the rest."""
+
+    def _setup(self, kind, run_cli, fault_env, repo, tmp_path):
+        """Push a blob (a file, or a directory holding it); return
+        (data, digest, argv, where the result appears, the output directory)."""
+        data = _blob(RESUMED, 'resume-' + kind)
+        out = tmp_path / 'out'
+        out.mkdir()
+        src = tmp_path / 'src'
+        src.mkdir()
+        (src / 'blob.bin').write_bytes(data)
+        env = fault_env()
+        if kind == 'file':
+            digest = _cli_push(run_cli, env, repo, data)
+            return data, digest, ['-o', str(out / 'blob.bin'), digest], out / 'blob.bin', out
+        pushed = str(src / 'blob.bin') if kind == 'dir' else str(src)
+        digest = _ok(run_cli(['push-blob', repo, pushed, '@a'], env)).decode().strip()
+        result = out / 'blob.bin' if kind == 'dir' else out / 'src' / 'blob.bin'
+        return data, digest, ['-o', str(out) + os.sep, '@a'], result, out
+
+    @pytest.mark.parametrize('kind', ['file', 'dir', 'layer'])
+    def test_killed_pull_resumes_with_a_range(self, proxy, faults, fault_env, run_cli, repo,
+                                             tmp_path, kind):
+        data, digest, args, result, out = self._setup(kind, run_cli, fault_env, repo, tmp_path)
+        env = fault_env(DXF_CONCURRENCY='1')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB)
+        assert not result.exists()
+        assert len(_partials(out, digest)) == 2
+        proxy.reset()
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        assert proxy.body_bytes < 0.6 * len(data)
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert len(ranges) == 1 and int(re.match(r'bytes=(\d+)-$', ranges[0]).group(1)) > 0
+        assert os.listdir(str(out)) == [result.relative_to(out).parts[0]]
+
+    def test_corrupted_partial_is_fetched_again_and_ends_verified(
+            self, proxy, faults, fault_env, run_cli, repo, tmp_path):
+        data, digest, args, result, out = self._setup('file', run_cli, fault_env, repo,
+                                                      tmp_path)
+        env = fault_env(DXF_CONCURRENCY='1')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB)
+        partial = out / _partials(out, digest)[0]
+        _corrupt(str(partial), 1000)
+        proxy.reset()
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert len(ranges) == 2 and ranges[0].startswith('bytes=') and ranges[1] is None
+        assert os.listdir(str(out)) == ['blob.bin']
+
+    def test_killed_ranged_pull_fetches_only_the_missing_ranges(
+            self, proxy, faults, fault_env, run_cli, repo, tmp_path, monkeypatch):
+        data, digest, args, result, out = self._setup('file', run_cli, fault_env, repo,
+                                                      tmp_path)
+        env = fault_env(DXF_CONCURRENCY='4')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB,
+                     ranged_min=MIB)
+        record = json.loads((out / _partials(out, digest)[1]).read_text())
+        assert record['size'] == len(data) and len(record['ranges']) >= 1
+        proxy.reset()
+        monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        assert proxy.body_bytes < 0.6 * len(data)
+        assert all(r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET))
+        assert os.listdir(str(out)) == ['blob.bin']
+
+
+RANGED = 4 * MIB + 5         # with _RANGED_MIN at 1 MiB: the first range, then pieces
+
+
+@pytest.mark.registry
+class TestRangedPulls:
+    """Issue 19: a large blob to a file in ranges over several connections,
+    each range checked, the whole verified before the file appears."""
+
+    @pytest.fixture(autouse=True)
+    def _small_threshold(self, monkeypatch):
+        monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+
+    def _pull(self, run_cli, env, upstream, tmp_path):
+        data = _blob(RANGED, 'ranged')
+        digest = upstream.push_blob(data=data)
+        (tmp_path / 'out').mkdir()
+        target = tmp_path / 'out' / 'blob.bin'
+        result = run_cli(['pull-blob', upstream.repo, '-o', str(target), digest], env)
+        return data, digest, target, result
+
+    def _ranges(self, seen):
+        return [tuple(int(x) for x in re.match(r'bytes=(\d+)-(\d+)$', r.headers['Range'])
+                      .groups()) for r in seen]
+
+    def test_ranges_cover_the_blob_once_over_several_connections(
+            self, proxy, fault_env, run_cli, upstream, tmp_path):
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        ranges = sorted(self._ranges(proxy.seen('GET', BLOB_GET)))
+        # 1 MiB first, then pieces of a quarter of it at least: 1 + 3 requests
+        # or more, end to end with neither gap nor overlap.
+        assert ranges[0] == (0, MIB - 1) and len(ranges) >= 4
+        assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert ranges[-1][1] == len(data) - 1
+        assert os.listdir(str(target.parent)) == ['blob.bin']
+
+    def test_redirect_is_followed_once_and_ranges_go_there_without_credentials(
+            self, proxy, faults, origin, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'redirect', every=True, to=origin.url)
+        origin.blobs[_sha256(_blob(RANGED, 'ranged'))] = _blob(RANGED, 'ranged')
+        data, digest, target, result = self._pull(
+            run_cli, fault_env(DXF_TOKEN='secret-token'), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        assert len(proxy.seen('GET', BLOB_GET)) == 1
+        assert len(origin.requests) >= 4
+        assert not any(r.headers.get('Authorization') for r in origin.requests)
+
+    def test_200_to_every_range_is_one_connection(self, proxy, faults, origin, fault_env,
+                                                  run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'redirect', every=True, to=origin.url)
+        origin.ranges = False
+        origin.blobs[_sha256(_blob(RANGED, 'ranged'))] = _blob(RANGED, 'ranged')
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        assert [r.headers.get('Range') for r in origin.requests] == ['bytes=0-%d' % (MIB - 1)]
+
+    def test_range_cut_off_midway_is_asked_again_from_where_it_broke(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'cut_response', nth=3, after=100000)
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        seen = proxy.seen('GET', BLOB_GET)
+        cut = self._ranges([r for r in seen if r.fault])[0]
+        assert (cut[0] + 100000, cut[1]) in self._ranges(seen)
+        assert os.listdir(str(target.parent)) == ['blob.bin']
+
+    def test_one_corrupted_range_fails_and_leaves_nothing(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'flip', nth=2, offset=10)
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _fails(result, errno.EIO, 'digest')
+        assert os.listdir(str(target.parent)) == []
+
+    def test_206_with_a_wrong_content_range_is_refused(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'headers', nth=2,
+                   headers={'Content-Range': 'bytes 0-9/%d' % RANGED})
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _fails(result, 1, 'Content-Range')
+        assert not target.exists()
+        # what arrived is kept to resume from, under its documented name
+        assert sorted(os.listdir(str(target.parent))) == _partials(target.parent, digest)
 
 
 # ---- files of 64 MiB and more: hashed in a second thread while uploading ----
