@@ -116,9 +116,8 @@ _PIPELINE_BUFFERS = 3            # buffers in flight, of at most:
 _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
-# Blobs this big go in ranges over several connections, and the first range
-# is this big (issue 19): one connection's window and loss recovery cap it
-# on long paths, as blob storage (S3, CDNs) caps each connection.
+# Blobs this big come in ranges over several connections, the first this
+# big (issue 19): on long paths, and from S3 or a CDN, a connection is capped.
 _RANGED_MIN = 32 << 20
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
@@ -894,10 +893,8 @@ class _Response:
         if value is None or self.header('Transfer-Encoding') or not re.match(
                 r'[0-9]+\Z', value):
             return None
-        # However many digits, a length: a body that ends before it is cut
-        # short (issue 16).  Past 30 digits any will do; int() refuses more
-        # than 4300 on 3.11+.
-        return min(int(value[:31]), 10 ** 30)
+        # Any digits make a length: a body short of it is cut (issue 16).
+        return min(int(value[:31]), 10 ** 30)   # int() takes <= 4300 digits
 
     def _fail(self, exc):
         self.close()
@@ -1751,21 +1748,17 @@ def _write_all(out, data):
 
 
 def _content_range(resp, digest, start, end, size):
-    """The blob's size from a 206 answer to ``Range: bytes=start-(end-1)``
-    (``end`` None: to the end), once its Content-Range is the range asked
-    for (clipped at the blob's end) of a blob of ``size`` (None: unknown)."""
+    """The blob's size from a 206 answer to bytes ``start`` to before ``end``
+    (None: the end), refused unless it is that range of a blob of ``size``."""
     m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
     total = m and int(m.group(3))
-    if not (m and resp.status == 206 and int(m.group(1)) == start
-            and size in (None, total)
-            and int(m.group(2)) == min(end or total, total) - 1):
-        resp.close()
-        raise DXFProtocolError('blob %s: registry answered the request for '
-                               'bytes %d- with %d and Content-Range %r' % (
-                                   digest, start, resp.status, _printable(
-                                       resp.header('Content-Range'), 80)),
-                               method='GET', url=resp.url)
-    return total
+    if m and resp.status == 206 and size in (None, total) and (int(m.group(1)), int(
+            m.group(2))) == (start, min(end or total, total) - 1):
+        return total
+    resp.close()
+    raise DXFProtocolError('blob %s: refusing answer %d with Content-Range %r to a '
+                           'request from byte %d' % (digest, resp.status, _printable(
+                               resp.header('Content-Range'), 80), start), 'GET', resp.url)
 
 
 class BlobReader:
@@ -1776,8 +1769,7 @@ class BlobReader:
     ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
     raised instead.  ``size`` is the blob's length when the registry said it.
     A connection that breaks mid-blob is resumed with a range request.
-    ``response`` may begin at ``offset``, the bytes before it hashed into
-    ``hashed`` (a range request resuming a pull into a file).
+    ``response`` may start at ``offset``, the bytes before it in ``hashed``.
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
@@ -3016,25 +3008,29 @@ class DXF(DXFBase, _AliasMethods):
         :param progress: ``progress(digest, chunk, total)`` as bytes arrive
         """
         digest = _one_digest(digest)
-        url, scope = self._url('blobs', digest), self._scope(['pull'])
-
-        def reopen(offset):
-            return self._request('GET', url, scope, ok=(200, 206), stream=True,
-                                 headers={'Range': 'bytes=%d-' % offset})
-        reader = BlobReader(self._request('GET', url, scope, stream=True),
-                            digest, chunk_size, progress,
-                            self._sizes.get(digest), reopen,
-                            self._transport.budget())
+        reader = self._reader(digest, self._blob_get(digest), chunk_size=chunk_size,
+                              progress=progress)
         return (reader, reader.size) if size else reader
 
+    def _blob_get(self, digest, start=None, end=None, ok=(200,), url=None):
+        """GET a blob (bytes ``start`` to before ``end``: a range request)."""
+        return self._request(
+            'GET', url or self._url('blobs', digest), self._scope(['pull']),
+            ok=ok, stream=True, headers=None if start is None else {
+                'Range': 'bytes=%d-%s' % (start, '' if end is None else end - 1)})
+
+    def _reader(self, digest, resp, **options):
+        """A BlobReader on ``resp`` that resumes with range requests."""
+        return BlobReader(resp, digest, expected_size=self._sizes.get(digest),
+                          reopen=lambda offset: self._blob_get(
+                              digest, offset, ok=(200, 206)),
+                          budget=self._transport.budget(), **options)
+
     def pull_blob_to(self, digest, path, progress=None, concurrency=None):
-        """Download a blob into the file ``path``, which appears only once
-        every byte is verified.  A pull that failed or was killed resumes
-        from what it kept beside ``path`` (see _Partial); a blob of 32 MiB
-        or more comes in ranges over up to ``concurrency`` connections
-        (default 4) when the registry answers range requests with 206.
-        Returns the blob's size.
-        """
+        """Download a blob into the file ``path``, where it appears verified;
+        return its size.  Resumes what a failed or killed pull kept (see
+        _Partial); 32 MiB or more come in ranges over up to ``concurrency``
+        connections (default 4) if the registry has them."""
         digest = _one_digest(digest)
         with self._needing(), _Partial(path, digest) as part:
             while True:
@@ -3049,67 +3045,61 @@ class DXF(DXFBase, _AliasMethods):
                     part.restart()
 
     def _fill(self, part, progress, concurrency):
-        """Fetch what ``part`` lacks: one stream, or ranges in parallel."""
-        url, scope = self._url('blobs', part.digest), self._scope(['pull'])
+        """Fetch what ``part`` lacks: a 206 to a range of _RANGED_MIN bytes
+        says the rest can come in ranges, else it comes as one stream (all of
+        it after a 200: the registry has no ranges)."""
         start, size = part.hashed, part.size or self._sizes.get(part.digest)
         if size is not None and start >= size:
             part.size = size
             return
-        # A blob that may be big is asked for in ranges, the first one of
-        # _RANGED_MIN bytes; the answer says whether the registry has them.
         ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
         end = start + _RANGED_MIN if ranged else None
-        headers = {'Range': 'bytes=%d-%s' % (start, end - 1 if end else '')}
-        resp = self._request('GET', url, scope, ok=(200, 206, 416), stream=True,
-                             headers=headers if start or end else None)
-        if resp.status == 416:          # nothing to range over: 0 bytes
+        resp = self._blob_get(part.digest, start if start or end else None, end,
+                              ok=(200, 206, 416))
+        if resp.status == 416:          # no byte to range over: 0 bytes
             resp.close()
-            resp = self._request('GET', url, scope, stream=True)
+            resp = self._blob_get(part.digest)
         if resp.status == 206:
             size = part.size = _content_range(resp, part.digest, start, end, size)
+            if end and end < size:
+                return self._fill_ranges(part, resp, end, progress, concurrency)
         else:
-            part.restart()              # a 200 to a range request: anew
+            part.restart()
             start = 0
-        if resp.status == 200 or end is None or end >= size:
-            part.stream_from(start)
-            reader = BlobReader(resp, part.digest, None, progress, size,
-                                lambda offset: self._request(
-                                    'GET', url, scope, ok=(200, 206), stream=True,
-                                    headers={'Range': 'bytes=%d-' % offset}),
-                                self._transport.budget(), start, part.hash)
-            reader.copy_to(part.file)        # verified
-            part.hashed = part.size = reader._done
-            return
-        self._fill_ranges(part, resp, end, progress, concurrency, scope)
+        part.ranges = [(0, start)] if start else []
+        part.file.truncate(start)
+        part.file.seek(start)
+        part.save(tail=start)
+        reader = self._reader(part.digest, resp, progress=progress, offset=start,
+                              hashed=part.hash)
+        reader.copy_to(part.file)        # verified
+        part.hashed = part.size = reader._done
 
-    def _fill_ranges(self, part, first, end, progress, concurrency, scope):
-        """The rest of ``part`` after ``first`` (a 206 answer ending at
-        ``end``) in pieces, several at a time, each written at its offset and
-        asked again from where it broke within the operation's budget.  The
-        complete prefix is hashed as it grows, by whichever thread is free.
-        Further requests go where the first was redirected, if it was."""
-        size, where, budget = part.size, first.url, self._transport.budget()
-        piece = max(_RANGED_MIN // 4, (size - end) // (concurrency * 4))
+    def _fill_ranges(self, part, first, end, progress, concurrency):
+        """The rest after ``first`` (the 206 up to ``end``), pieces written at
+        their offsets, asked where ``first`` was (redirected or not) again
+        from where they broke; a free thread hashes the complete prefix."""
+        size, budget = part.size, self._transport.budget()
+        step = max(_RANGED_MIN // 4, (size - end) // (concurrency * 4))
         pieces, at = [(part.hashed, end, first)], end
         for a, b in part.ranges + [(size, size)]:
-            pieces += [(x, min(x + piece, a), None) for x in range(at, a, piece)]
+            pieces += [(x, min(x + step, a), None) for x in range(at, a, step)]
             at = max(at, b)
-        part.save()
         if progress:
             progress(part.digest, b'', size)
 
-        def fetch(item):
-            start, stop, resp = item
-            buf = bytearray(_CHUNK_SIZE)
+        def fetch(piece):
+            start, stop, resp = piece
+            buf = memoryview(bytearray(_CHUNK_SIZE))
             with open(part.name, 'r+b', buffering=0) as f:
                 f.seek(start)
                 while start < stop:
                     if resp is None:
-                        resp = self._request('GET', where, scope, ok=(200, 206), stream=True,
-                                             headers={'Range': 'bytes=%d-%d' % (start, stop - 1)})
+                        resp = self._blob_get(part.digest, start, stop, (200, 206),
+                                              first.url)
                         _content_range(resp, part.digest, start, stop, size)
                     try:
-                        n = resp.chunk(0, memoryview(buf)[:stop - start])
+                        n = resp.chunk(0, buf[:stop - start])
                         if not n:
                             raise DXFSizeMismatchError(start, stop, message=(
                                 'blob %s: a range ended at byte %d of %d'
@@ -3120,7 +3110,7 @@ class DXF(DXFBase, _AliasMethods):
                         if not budget.spend():
                             raise
                         continue
-                    _write_all(f, memoryview(buf)[:n])
+                    _write_all(f, buf[:n])
                     part.add(start, start + n, save=True)
                     start += n
                     part.hash_prefix(block=False)
@@ -3377,14 +3367,11 @@ class _AtomicFile:
 
 
 class _Partial:
-    """A blob on its way to the file ``path``, kept when a pull fails or is
-    killed (issue 16): ``.NAME.<hex>.dxf-partial`` beside ``path`` and its
-    record ``....ranges`` (JSON: digest, size, the byte ranges complete;
-    ``tail``: also from there to the file's end, written as one stream).
-    A rerun hashes the complete prefix again and fetches what is missing;
-    the digest is checked over every byte before the file is renamed into
-    place, and both files go then (or once their bytes fail the digest).
-    """
+    """A blob on its way to ``path``, kept if the pull fails (issue 16):
+    ``.NAME.<hex>.dxf-partial`` and its record ``....ranges`` (JSON: digest,
+    size, the byte ranges complete; ``tail``: and from there to the file's
+    end).  Both go once the file is in place, or if nothing came or the
+    digest fails; a rerun hashes the complete prefix and fetches the rest."""
 
     def __init__(self, path, digest):
         head, name = os.path.split(os.path.abspath(path))
@@ -3392,8 +3379,7 @@ class _Partial:
         self.name = os.path.join(head, '.%s.%s.dxf-partial' % (
             name, digest.split(':')[1][:32]))
         self.record = self.name + '.ranges'
-        self.lock = threading.Lock()          # ranges and the record
-        self.hash_lock = threading.Lock()     # hash and hashed
+        self.lock, self.hash_lock = threading.Lock(), threading.Lock()
 
     def __enter__(self):
         flags = (os.O_RDWR | os.O_CREAT | getattr(os, 'O_BINARY', 0)
@@ -3405,49 +3391,39 @@ class _Partial:
             raise DXFInputError('cannot write %s: %s'
                                 % (self.path, exc.strerror or exc)) from exc
         try:
-            import fcntl       # two pulls to one file take turns
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        try:
             with open(self.record) as f:
                 state = json.load(f)
             if state['digest'] != self.digest:
                 raise ValueError(self.record)
-            self.size, ranges = state['size'], state['ranges']
-            if state.get('tail') is not None:
-                ranges.append((state['tail'], os.fstat(self.file.fileno()).st_size))
-            self.restart(keep=ranges)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self.size = None
-            self.restart()
-        self.resumed = bool(self.ranges)
+            self.size, tail = state['size'], state['tail']
+            ranges = [(int(a), int(b)) for a, b in state['ranges'] + (
+                [] if tail is None else [(tail, os.fstat(self.file.fileno()).st_size)])]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.size, ranges = None, []
+        self.restart(keep=ranges)
+        self.resumed = bool(ranges)
         return self
 
     def restart(self, keep=()):
         """Forget all but the ranges ``keep``; hash from the start."""
         self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
         for start, end in keep:
-            self.add(int(start), int(end))
+            self.add(start, end)
         if not keep:
             self.file.truncate(0)
         self.reader.seek(0)
 
     def add(self, start, end, save=False):
-        """Count bytes [start, end) as complete (and say so in the record)."""
+        """Count bytes [start, end) complete (``save``: in the record too)."""
         with self.lock:
             merged = []
             for a, b in sorted(self.ranges + [(start, end)]):
                 if merged and a <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-                else:
-                    merged.append((a, b))
+                    a, b = merged[-1][0], max(b, merged.pop()[1])
+                merged.append((a, b))
             self.ranges = merged
         if save:
             self.save()
-
-    def prefix(self):
-        return self.ranges[0][1] if self.ranges and not self.ranges[0][0] else 0
 
     def save(self, tail=None):
         with self.lock:
@@ -3456,20 +3432,14 @@ class _Partial:
                            'ranges': self.ranges, 'tail': tail}, f)
             os.replace(self.record + '.new', self.record)
 
-    def stream_from(self, start):
-        """Make the file end at ``start``, to write the rest as one stream."""
-        self.ranges = self.ranges[:1] if start else []
-        self.file.truncate(start)
-        self.file.seek(start)
-        self.save(tail=start)
-
     def hash_prefix(self, block=True):
         """Hash the complete prefix not hashed yet, read back from the file;
-        without ``block``, only if no other thread is doing it."""
+        without ``block``, only if no other thread is at it."""
         if not self.hash_lock.acquire(block):
             return
         try:
-            end = self.prefix()
+            ranges = self.ranges
+            end = ranges[0][1] if ranges and not ranges[0][0] else 0
             while self.hashed < end:
                 data = self.reader.read(min(_CHUNK_SIZE, end - self.hashed))
                 if not data:
@@ -3480,7 +3450,7 @@ class _Partial:
             self.hash_lock.release()
 
     def finish(self):
-        """Check the digest, then put the file in place."""
+        """Check the digest, put the file in place; return its size."""
         got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
         if self.hashed != self.size or got != self.digest:
             raise DXFDigestMismatchError(got, self.digest)
@@ -3495,9 +3465,7 @@ class _Partial:
     def __exit__(self, exc_type, exc, tb):
         self.file.close()
         self.reader.close()
-        # Kept to resume from, unless nothing came or what came is wrong.
-        if exc_type and (not self.ranges or issubclass(
-                exc_type, DXFIntegrityError)):
+        if exc_type and (not self.ranges or issubclass(exc_type, DXFIntegrityError)):
             for name in (self.name, self.record):
                 try:
                     os.unlink(name)
