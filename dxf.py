@@ -3465,7 +3465,8 @@ class _Partial:
     def __exit__(self, exc_type, exc, tb):
         self.file.close()
         self.reader.close()
-        if exc_type and (not self.ranges or issubclass(exc_type, DXFIntegrityError)):
+        if exc_type and (issubclass(exc_type, (DXFIntegrityError, OSError))
+                         or not os.path.getsize(self.name)):    # OSError: disk full
             for name in (self.name, self.record):
                 try:
                     os.unlink(name)
@@ -4038,6 +4039,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                         source = tar.extractfile(member)
                         for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
                             out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())    # on disk before the rename
                 elif member.issym():
                     target = member.linkname
                     up = os.path.normpath(os.path.join(*parts[:-1], target))
@@ -4064,6 +4067,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DXFIntegrityError('layer %s is not a gzip tar: %s' % (
             label, _exc_text(exc))) from exc
+    except OSError as exc:       # a full disk, say: the caller removes it all
+        raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
     real_tree = os.path.realpath(tree)
     for member, path in links:      # chains of links, now all made
         real = os.path.realpath(path)

@@ -7437,6 +7437,56 @@ class TestResumablePulls:
         assert os.listdir(str(out)) == ['blob.bin']
 
 
+@pytest.mark.registry
+@pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs RLIMIT_FSIZE')
+@pytest.mark.parametrize('kind', ['file', 'layer'])
+def test_pull_that_would_fill_the_disk_is_one_line_and_leaves_nothing(
+        fault_env, run_cli, repo, tmp_path, kind):
+    # Issue 16.  A full disk, made deterministic: RLIMIT_FSIZE in the dxf
+    # process, with SIGXFSZ ignored, fails every write past 1 MiB with EFBIG
+    # (setrlimit(2)), as ENOSPC would fail it: the same OSError path.  A
+    # layer of 4 MiB of zeros is a few KiB packed, so its download fits and
+    # its unpacking does not.
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'zeros.bin').write_bytes(b'\0' * (4 * MIB) if kind == 'layer' else _blob(4 * MIB))
+    env = fault_env()
+    _ok(run_cli(['push-blob', repo, str(src if kind == 'layer' else src / 'zeros.bin'), '@a'],
+                env))
+    out = tmp_path / 'out'
+    out.mkdir()
+    code = ('import resource, signal, sys, dxf\n'
+            'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n'
+            'sys.exit(dxf.main())' % (MIB, MIB))
+    proc = subprocess.run([sys.executable, '-c', code, 'pull-blob', repo, '-o', str(out) + '/',
+                           '@a'], cwd=_HERE, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    _one_error((proc.returncode, proc.stdout, proc.stderr.decode()), 1, 'too large')
+    assert os.listdir(str(out)) == []
+
+
+@pytest.mark.registry
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='names fds through /proc')
+def test_unpacked_files_are_fsynced_before_the_tree_is_renamed(cli_env, run_cli, repo,
+                                                               tmp_path, monkeypatch):
+    # Issue 16: each file of a directory layer is on disk before the rename
+    # that makes the tree appear (seen as the paths os.fsync is given).
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in ('a', 'b', 'c'):
+        (src / name).write_bytes(name.encode() * 1000)
+    env = cli_env('open')
+    _ok(run_cli(['push-blob', repo, str(src), '@a'], env))
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(
+        os.readlink('/proc/self/fd/%d' % fd)) or fsync(fd))
+    _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path / 'out') + '/', '@a'], env))
+    unpacked = [p for p in synced if os.sep + 'tree' + os.sep in p]
+    assert sorted(os.path.basename(p) for p in unpacked) == ['a', 'b', 'c']
+    assert all('.dxf-partial' + os.sep in p for p in unpacked)
+
+
 RANGED = 4 * MIB + 5         # with _RANGED_MIN at 1 MiB: the first range, then pieces
 
 
