@@ -7354,7 +7354,7 @@ def _killed_pull(faults, env, argv, after, ranged_min=None):
     a point chosen by bytes seen, not by time.  ``ranged_min`` lowers the
     size of blob pulled in ranges."""
     code = 'import sys, dxf\n%ssys.exit(dxf.main())' % (
-        'dxf._RANGED_MIN = %d\n' % ranged_min if ranged_min else '')
+        'dxf._RANGED_MIN, dxf._RANGED_RTT = %d, 0\n' % ranged_min if ranged_min else '')
     procs = []
     fault = faults.add('GET', BLOB_GET, 'kill', every=True, after=after,
                        kill=lambda: procs[0].kill())
@@ -7430,6 +7430,7 @@ class TestResumablePulls:
         assert record['size'] == len(data) and len(record['ranges']) >= 1
         proxy.reset()
         monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+        monkeypatch.setattr(dxf, '_RANGED_RTT', 0)
         _ok(run_cli(['pull-blob', repo] + args, env))
         assert result.read_bytes() == data
         assert proxy.body_bytes < 0.6 * len(data)
@@ -7487,6 +7488,22 @@ def test_unpacked_files_are_fsynced_before_the_tree_is_renamed(cli_env, run_cli,
     assert all('.dxf-partial' + os.sep in p for p in unpacked)
 
 
+@pytest.mark.registry
+def test_range_answered_at_once_means_one_stream(proxy, fault_env, run_cli, upstream,
+                                                 tmp_path, monkeypatch):
+    # Issue 19: ranges pay on long paths; an answer that comes sooner than
+    # _RANGED_RTT (loopback) has the blob come as one stream, as before.
+    monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+    monkeypatch.setattr(dxf, '_RANGED_RTT', 3600)
+    data = _blob(4 * MIB + 5, 'one-stream')
+    digest = upstream.push_blob(data=data)
+    target = tmp_path / 'blob.bin'
+    _ok(run_cli(['pull-blob', upstream.repo, '-o', str(target), digest], fault_env()))
+    assert target.read_bytes() == data
+    assert [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)] == [
+        'bytes=0-%d' % (MIB - 1), None]
+
+
 RANGED = 4 * MIB + 5         # with _RANGED_MIN at 1 MiB: the first range, then pieces
 
 
@@ -7497,7 +7514,9 @@ class TestRangedPulls:
 
     @pytest.fixture(autouse=True)
     def _small_threshold(self, monkeypatch):
+        # 1 MiB, and ranges however soon the first answer comes (loopback)
         monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+        monkeypatch.setattr(dxf, '_RANGED_RTT', 0)
 
     def _pull(self, run_cli, env, upstream, tmp_path):
         data = _blob(RANGED, 'ranged')
