@@ -3035,19 +3035,18 @@ class DXF(DXFBase, _AliasMethods):
         """Download a blob into the file ``path``, where it appears verified;
         return its size.  Resumes what a failed or killed pull kept (see
         _Partial); 32 MiB or more come in ranges over up to ``concurrency``
-        connections (default 4) if the registry has them."""
+        connections (default 4) on long paths, if the registry has them."""
         digest = _one_digest(digest)
         with self._needing(), _Partial(path, digest) as part:
-            while True:
-                part.hash_prefix()
+            for again in (part.resumed, False):
                 try:
+                    part.hash_prefix()
                     self._fill(part, progress, concurrency or _DEFAULT_CONCURRENCY)
                     return part.finish()
                 except DXFIntegrityError:
-                    if not part.resumed:
+                    if not again:
                         raise
-                    part.resumed = False     # corrupted: once more, afresh
-                    part.restart()
+                    part.restart()      # a corrupted partial: once more, afresh
 
     def _fill(self, part, progress, concurrency):
         """Fetch what ``part`` lacks: a 206 to a range of _RANGED_MIN bytes,
@@ -3075,7 +3074,6 @@ class DXF(DXFBase, _AliasMethods):
             start = 0
         part.ranges = [(0, start)] if start else []
         part.file.truncate(start)
-        part.file.seek(start)
         part.save(tail=start)
         reader = self._reader(part.digest, resp, progress=progress, offset=start,
                               hashed=part.hash)
@@ -3108,10 +3106,9 @@ class DXF(DXFBase, _AliasMethods):
                     try:
                         n = resp.chunk(0, buf[:stop - start])
                         if not n:
-                            raise DXFSizeMismatchError(start, stop, message=(
-                                'blob %s: a range ended at byte %d of %d'
-                                % (part.digest, start, stop)))
-                    except (DXFConnectionError, DXFSizeMismatchError):
+                            raise DXFConnectionError('blob %s: a range ended at byte %d'
+                                                     % (part.digest, start))
+                    except DXFConnectionError:
                         resp.close()      # broken or cut short: ask again
                         resp = None
                         if not budget.spend():
@@ -3382,32 +3379,27 @@ class _Partial:
 
     def __init__(self, path, digest):
         head, name = os.path.split(os.path.abspath(path))
-        self.path, self.digest = path, digest
+        self.path, self.digest, self.lock = path, digest, threading.Lock()
         self.name = os.path.join(head, '.%s.%s.dxf-partial' % (
             name, digest.split(':')[1][:32]))
-        self.record = self.name + '.ranges'
-        self.lock, self.hash_lock = threading.Lock(), threading.Lock()
+        self.record, self.hash_lock = self.name + '.ranges', threading.Lock()
 
     def __enter__(self):
-        flags = (os.O_RDWR | os.O_CREAT | getattr(os, 'O_BINARY', 0)
-                 | getattr(os, 'O_CLOEXEC', 0))
-        try:
-            self.file = os.fdopen(os.open(self.name, flags, 0o666), 'r+b')
+        try:        # appending: a stream writes from where it is truncated
+            self.file = open(self.name, 'a+b')
             self.reader = open(self.name, 'rb', buffering=0)   # no stale read-ahead
         except OSError as exc:
-            raise DXFInputError('cannot write %s: %s'
-                                % (self.path, exc.strerror or exc)) from exc
+            raise DXFInputError('cannot write %s: %s' % (self.path, _exc_text(exc))) from exc
         try:
             with open(self.record) as f:
                 state = json.load(f)
             if state['digest'] != self.digest:
                 raise ValueError(self.record)
-            self.size, tail = state['size'], state['tail']
-            ranges = [(int(a), int(b)) for a, b in state['ranges'] + (
-                [] if tail is None else [(tail, os.fstat(self.file.fileno()).st_size)])]
+            tail = [] if state['tail'] is None else [(state['tail'], os.path.getsize(self.name))]
+            self.size, ranges = state['size'], [(int(a), int(b)) for a, b in state['ranges'] + tail]
         except (OSError, ValueError, KeyError, TypeError):
             self.size, ranges = None, []
-        self.restart(keep=ranges)
+        self.restart(ranges)
         self.resumed = bool(ranges)
         return self
 
@@ -3442,18 +3434,13 @@ class _Partial:
     def hash_prefix(self, block=True):
         """Hash the complete prefix not hashed yet, read back from the file;
         without ``block``, only if no other thread is at it."""
-        if not self.hash_lock.acquire(block):
-            return
-        try:
+        if self.hash_lock.acquire(block):
             ranges = self.ranges
             end = ranges[0][1] if ranges and not ranges[0][0] else 0
             while self.hashed < end:
                 data = self.reader.read(min(_PIPELINE_PIECE, end - self.hashed))
-                if not data:
-                    break     # shorter than its record: the digest will say
                 self.hash.update(data)
-                self.hashed += len(data)
-        finally:
+                self.hashed += len(data) or end    # none: the digest will say
             self.hash_lock.release()
 
     def finish(self):
@@ -3464,7 +3451,6 @@ class _Partial:
         self.file.truncate(self.size)
         self.file.flush()
         os.fsync(self.file.fileno())
-        self.file.close()
         os.replace(self.name, self.path)
         os.unlink(self.record)
         return self.size
