@@ -3075,9 +3075,9 @@ class DXF(DXFBase, _AliasMethods):
         part.ranges = [(0, start)] if start else []
         part.file.truncate(start)
         part.save(tail=start)
-        reader = self._reader(part.digest, resp, progress=progress, offset=start,
-                              hashed=part.hash)
-        reader.copy_to(part.file)        # verified
+        with self._reader(part.digest, resp, progress=progress, offset=start,
+                          hashed=part.hash) as reader:
+            reader.copy_to(part.file)        # verified
         part.hashed = part.size = reader._done
 
     def _fill_ranges(self, part, first, end, progress, concurrency):
@@ -3108,13 +3108,13 @@ class DXF(DXFBase, _AliasMethods):
                         if not n:
                             raise DXFConnectionError('blob %s: a range ended at byte %d'
                                                      % (part.digest, start))
-                    except DXFConnectionError:
+                        _write_all(f, buf[:n])
+                    except BaseException as exc:
                         resp.close()      # broken or cut short: ask again
                         resp = None
-                        if not budget.spend():
+                        if not isinstance(exc, DXFConnectionError) or not budget.spend():
                             raise
                         continue
-                    _write_all(f, buf[:n])
                     part.add(start, start + n, save=True)
                     start += n
                     part.hash_prefix(block=False)

@@ -7440,7 +7440,7 @@ class TestResumablePulls:
 
 @pytest.mark.registry
 @pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs RLIMIT_FSIZE')
-@pytest.mark.parametrize('kind', ['file', 'layer'])
+@pytest.mark.parametrize('kind', ['file', 'ranged', 'layer'])
 def test_pull_that_would_fill_the_disk_is_one_line_and_leaves_nothing(
         fault_env, run_cli, repo, tmp_path, kind):
     # Issue 16.  A full disk, made deterministic: RLIMIT_FSIZE in the dxf
@@ -7459,7 +7459,8 @@ def test_pull_that_would_fill_the_disk_is_one_line_and_leaves_nothing(
     code = ('import resource, signal, sys, dxf\n'
             'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
             'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n'
-            'sys.exit(dxf.main())' % (MIB, MIB))
+            'dxf._RANGED_MIN, dxf._RANGED_RTT = %d, 0\n'
+            'sys.exit(dxf.main())' % (MIB, MIB, MIB // 2 if kind == 'ranged' else 32 * MIB))
     proc = subprocess.run([sys.executable, '-c', code, 'pull-blob', repo, '-o', str(out) + '/',
                            '@a'], cwd=_HERE, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
