@@ -116,10 +116,9 @@ _PIPELINE_BUFFERS = 3            # buffers in flight, of at most:
 _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
-# Blobs this big come in ranges over several connections, the first this
-# big (issue 19): on long paths, and from S3 or a CDN, a connection is capped.
-# Not where that range's answer came sooner than _RANGED_RTT seconds: on
-# loopback one stream costs less CPU (256 MiB -o FILE: 1.42 s, 4 ranges 2.13).
+# Blobs this big come in ranges over several connections (issue 19: on long
+# paths, from S3 or a CDN, one is capped), unless the first range came within
+# _RANGED_RTT s: on loopback 4 ranges cost CPU (256 MiB: 2.13 s, one 1.42).
 _RANGED_MIN = 32 << 20
 _RANGED_RTT = 0.005
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
@@ -2627,8 +2626,7 @@ class _AliasMethods:
         return False
 
     def pull_blob_to(self, digest, path, progress=None, concurrency=None):
-        """Download a blob into the file ``path``, which appears only once
-        verified; return its size."""
+        """Download a blob into the file ``path``; return its size."""
         with _AtomicFile(path) as f, self.pull_blob(digest, progress=progress) as r:
             r.copy_to(f)
         return r.size
@@ -4578,8 +4576,7 @@ def _pull_directory(dxf, desc, path, settings, concurrency):
     import shutil
     import tempfile
     directory, name = os.path.split(path)
-    # The download resumes as a file's does: its partial is named by the
-    # layer's name, not by the work directory's random one.
+    # Its partial is named by the layer, not the work directory: resumable.
     layer = os.path.join(directory, '.%s.dxf-layer' % name)
     _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
     work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
