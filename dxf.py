@@ -117,10 +117,10 @@ _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
 # Blobs this big come in ranges over several connections (issue 19: on long
-# paths, from S3 or a CDN, one is capped), unless the first range came within
-# _RANGED_RTT s: on loopback 4 ranges cost CPU (256 MiB: 2.13 s, one 1.42).
+# paths, from S3 or a CDN, one is capped), if the first eighth came slower than
+# _RANGED_RATE bytes/s: on loopback 4 ranges cost CPU (256 MiB: 2.13 s, one 1.42).
 _RANGED_MIN = 32 << 20
-_RANGED_RTT = 0.005
+_RANGED_RATE = 32 << 20
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
 # chunks cost distribution time per PATCH (64 MiB: a 1 GiB push took 1.3x
@@ -1196,9 +1196,7 @@ class _Transport:
                         body.rewind()
                     continue
                 raise _connection_error(method, url, exc, None, conn.clock) from exc
-            resp = _Response(self, key, conn, raw, method, url)
-            resp.elapsed = time.time() - started      # until its head came
-            return resp
+            return _Response(self, key, conn, raw, method, url)
 
     @staticmethod
     def _write(conn, method, target, headers, body):
@@ -3047,9 +3045,9 @@ class DXF(DXFBase, _AliasMethods):
                     part.restart()      # a corrupted partial: once more, afresh
 
     def _fill(self, part, progress, concurrency):
-        """Fetch what ``part`` lacks: a 206 to a range of _RANGED_MIN bytes,
-        slow to come, says the rest comes in ranges, else as one stream (all
-        of it after a 200: the registry has no ranges)."""
+        """Fetch what ``part`` lacks: after a 206 to a range of _RANGED_MIN
+        bytes whose first eighth came slower than _RANGED_RATE, the rest in
+        ranges; else as one stream (all of it after a 200: no ranges here)."""
         start, size = part.hashed, part.size or self._sizes.get(part.digest)
         if size is not None and start >= size:
             part.size = size
@@ -3060,10 +3058,15 @@ class DXF(DXFBase, _AliasMethods):
                               ok=(200, 206, 416))
         if resp.status == 206 and end:
             size = part.size = _content_range(resp, part.digest, start, end, size)
-            if end < size and resp.elapsed >= _RANGED_RTT:
-                return self._fill_ranges(part, resp, end, progress, concurrency)
+            if end < size:
+                began, sample = time.monotonic(), start + _RANGED_MIN // 8
+                resp = self._fetch(part, start, sample, resp, end, progress)
+                if sample - start < _RANGED_RATE * (time.monotonic() - began):
+                    return self._fill_ranges(part, (sample, end, resp), progress,
+                                             concurrency)
+                start = part.hashed
         if resp.status == 416 or (resp.status == 206 and end and end < size):
-            resp.close()        # 0 bytes to range over, or a short path
+            resp.close()        # 0 bytes to range over, or a fast path
             resp = self._blob_get(part.digest, start or None, ok=(200, 206))
         if resp.status == 206:
             size = part.size = _content_range(resp, part.digest, start, None, size)
@@ -3073,54 +3076,57 @@ class DXF(DXFBase, _AliasMethods):
         part.ranges = [(0, start)] if start else []
         part.file.truncate(start)
         part.save(tail=start)
-        with self._reader(part.digest, resp, progress=progress, offset=start,
-                          hashed=part.hash) as reader:
+        with self._reader(part.digest, resp, offset=start, hashed=part.hash,
+                          progress=progress and (lambda d, c, t: c and progress(d, c, t))
+                          ) as reader:       # a line begun by the sample goes on
             reader.copy_to(part.file)        # verified
         part.hashed = part.size = reader._done
 
-    def _fill_ranges(self, part, first, end, progress, concurrency):
-        """The rest after ``first`` (the 206 up to ``end``), pieces written at
-        their offsets, asked where ``first`` was (redirected or not) again
-        from where they broke; a free thread hashes the complete prefix."""
-        size, budget = part.size, self._transport.budget()
-        step = max(_RANGED_MIN // 4, (size - end) // (concurrency * 4))
-        pieces, at = [(part.hashed, end, first)], end
+    def _fill_ranges(self, part, first, progress, concurrency):
+        """The rest of ``part`` in pieces over several connections, the
+        first one ``(start, stop, its answer)``, each piece asked again from
+        where it broke; a free thread hashes the complete prefix."""
+        size, url, at = part.size, first[2].url, first[1]
+        step = max(_RANGED_MIN // 4, (size - at) // (concurrency * 4))
+        pieces = [first]
         for a, b in part.ranges + [(size, size)]:
             pieces += [(x, min(x + step, a), None) for x in range(at, a, step)]
             at = max(at, b)
-        if progress:
-            progress(part.digest, b'', size)
-
-        def fetch(piece):
-            start, stop, resp = piece
-            buf = memoryview(bytearray(_PIPELINE_PIECE))
-            with open(part.name, 'r+b', buffering=0) as f:
-                f.seek(start)
-                while start < stop:
-                    if resp is None:
-                        resp = self._blob_get(part.digest, start, stop, (200, 206),
-                                              first.url)
-                        _content_range(resp, part.digest, start, stop, size)
-                    try:
-                        n = resp.chunk(0, buf[:stop - start])
-                        if not n:
-                            raise DXFConnectionError('blob %s: a range ended at byte %d'
-                                                     % (part.digest, start))
-                        _write_all(f, buf[:n])
-                    except BaseException as exc:
-                        resp.close()      # broken or cut short: ask again
-                        resp = None
-                        if not isinstance(exc, DXFConnectionError) or not budget.spend():
-                            raise
-                        continue
-                    part.add(start, start + n, save=True)
-                    start += n
-                    part.hash_prefix(block=False)
-                    if progress:
-                        progress(part.digest, bytes(buf[:n]), size)
-                resp.release()
-        _in_parallel(fetch, pieces, concurrency, self._transport)
+        _in_parallel(lambda piece: self._fetch(part, *piece, url=url, progress=progress
+                                               ).release(), pieces, concurrency,
+                     self._transport)
         part.hash_prefix()
+
+    def _fetch(self, part, start, stop, resp, until=None, progress=None, url=None):
+        """Write bytes ``start`` to ``stop`` of ``part`` from ``resp`` (None:
+        ask ``url`` for them, up to ``until``), asking again from where it
+        broke within the operation's budget; return the answer, not read to
+        its end if ``until`` is beyond ``stop``."""
+        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
+        with open(part.name, 'r+b', buffering=0) as f:
+            f.seek(start)
+            while start < stop:
+                if resp is None:
+                    resp = self._blob_get(part.digest, start, until or stop, (200, 206), url)
+                    _content_range(resp, part.digest, start, until or stop, part.size)
+                try:
+                    n = resp.chunk(0, buf[:stop - start])
+                    if not n:
+                        raise DXFConnectionError('blob %s: a range ended at byte %d'
+                                                 % (part.digest, start))
+                    _write_all(f, buf[:n])
+                except BaseException as exc:
+                    resp.close()      # broken or cut short: ask again
+                    resp = None
+                    if not isinstance(exc, DXFConnectionError) or not budget.spend():
+                        raise
+                    continue
+                part.add(start, start + n, save=True)
+                start += n
+                part.hash_prefix(block=False)
+                if progress:
+                    progress(part.digest, bytes(buf[:n]), part.size)
+        return resp
 
     def del_blob(self, digest):
         """Delete a blob from the repository."""

@@ -7354,7 +7354,7 @@ def _killed_pull(faults, env, argv, after, ranged_min=None):
     a point chosen by bytes seen, not by time.  ``ranged_min`` lowers the
     size of blob pulled in ranges."""
     code = 'import sys, dxf\n%ssys.exit(dxf.main())' % (
-        'dxf._RANGED_MIN, dxf._RANGED_RTT = %d, 0\n' % ranged_min if ranged_min else '')
+        'dxf._RANGED_MIN, dxf._RANGED_RATE = %d, 1 << 60\n' % ranged_min if ranged_min else '')
     procs = []
     fault = faults.add('GET', BLOB_GET, 'kill', every=True, after=after,
                        kill=lambda: procs[0].kill())
@@ -7430,7 +7430,7 @@ class TestResumablePulls:
         assert record['size'] == len(data) and len(record['ranges']) >= 1
         proxy.reset()
         monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
-        monkeypatch.setattr(dxf, '_RANGED_RTT', 0)
+        monkeypatch.setattr(dxf, '_RANGED_RATE', 1 << 60)
         _ok(run_cli(['pull-blob', repo] + args, env))
         assert result.read_bytes() == data
         assert proxy.body_bytes < 0.6 * len(data)
@@ -7459,7 +7459,7 @@ def test_pull_that_would_fill_the_disk_is_one_line_and_leaves_nothing(
     code = ('import resource, signal, sys, dxf\n'
             'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
             'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n'
-            'dxf._RANGED_MIN, dxf._RANGED_RTT = %d, 0\n'
+            'dxf._RANGED_MIN, dxf._RANGED_RATE = %d, 1 << 60\n'
             'sys.exit(dxf.main())' % (MIB, MIB, MIB // 2 if kind == 'ranged' else 32 * MIB))
     proc = subprocess.run([sys.executable, '-c', code, 'pull-blob', repo, '-o', str(out) + '/',
                            '@a'], cwd=_HERE, env=env, stdout=subprocess.PIPE,
@@ -7492,17 +7492,17 @@ def test_unpacked_files_are_fsynced_before_the_tree_is_renamed(cli_env, run_cli,
 @pytest.mark.registry
 def test_range_answered_at_once_means_one_stream(proxy, fault_env, run_cli, upstream,
                                                  tmp_path, monkeypatch):
-    # Issue 19: ranges pay on long paths; an answer that comes sooner than
-    # _RANGED_RTT (loopback) has the blob come as one stream, as before.
+    # Issue 19: ranges pay on long paths; a first range whose first eighth
+    # comes faster than _RANGED_RATE (loopback) has the rest come as one stream.
     monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
-    monkeypatch.setattr(dxf, '_RANGED_RTT', 3600)
+    monkeypatch.setattr(dxf, '_RANGED_RATE', 0)
     data = _blob(4 * MIB + 5, 'one-stream')
     digest = upstream.push_blob(data=data)
     target = tmp_path / 'blob.bin'
     _ok(run_cli(['pull-blob', upstream.repo, '-o', str(target), digest], fault_env()))
     assert target.read_bytes() == data
     assert [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)] == [
-        'bytes=0-%d' % (MIB - 1), None]
+        'bytes=0-%d' % (MIB - 1), 'bytes=%d-' % (MIB // 8)]
 
 
 RANGED = 4 * MIB + 5         # with _RANGED_MIN at 1 MiB: the first range, then pieces
@@ -7515,9 +7515,9 @@ class TestRangedPulls:
 
     @pytest.fixture(autouse=True)
     def _small_threshold(self, monkeypatch):
-        # 1 MiB, and ranges however soon the first answer comes (loopback)
+        # 1 MiB, and ranges however fast the first comes (loopback)
         monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
-        monkeypatch.setattr(dxf, '_RANGED_RTT', 0)
+        monkeypatch.setattr(dxf, '_RANGED_RATE', 1 << 60)
 
     def _pull(self, run_cli, env, upstream, tmp_path):
         data = _blob(RANGED, 'ranged')
@@ -7566,9 +7566,11 @@ class TestRangedPulls:
         assert target.read_bytes() == data
         assert [r.headers.get('Range') for r in origin.requests] == ['bytes=0-%d' % (MIB - 1)]
 
+    # nth=1: the first range, during its first eighth (timed); 3: a piece
+    @pytest.mark.parametrize('nth', [1, 3])
     def test_range_cut_off_midway_is_asked_again_from_where_it_broke(
-            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
-        faults.add('GET', BLOB_GET, 'cut_response', nth=3, after=100000)
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path, nth):
+        faults.add('GET', BLOB_GET, 'cut_response', nth=nth, after=100000)
         data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
         _ok(result)
         assert target.read_bytes() == data
