@@ -23,7 +23,7 @@ PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(PYENV_ROOT_DIR)/versions/3.*/bin))
 
 .PHONY: test quick pydxf-test tox lint coverage demo bench clean distclean registry no-conflicts
 
-test: no-conflicts registry
+test: no-conflicts registry .venv-oras/bin/python
 	@.ci/test-matrix
 	@.ci/pydxf-test
 
@@ -60,6 +60,12 @@ registry:
 	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$missing >/dev/null; }; \
 	fi
 
+# oras-py 0.2.43, whose annotation-file manifests the referrers tests compare
+# with dxf's (test_dxf.py's oras_py fixture; DXF_TEST_ORAS_PY names another).
+.venv-oras/bin/python:
+	$(PYTHON) -m venv .venv-oras
+	.venv-oras/bin/python -m pip install -q oras==0.2.43
+
 $(VENV)/bin/pytest:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q pytest
@@ -91,4 +97,4 @@ clean:
 	rm -rf build dist *.egg-info .coverage htmlcov .pytest_cache __pycache__ bench/__pycache__
 
 distclean: clean
-	rm -rf .venv .venv-3.* .venv-pydxf .tox
+	rm -rf .venv .venv-3.* .venv-pydxf .venv-oras .tox

@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.parse
 
-__version__ = '1.0.0'
+__version__ = '1.1.0'
 __license__ = 'MIT'
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
     'DXFManifestError', 'DXFUnsupportedSchemaType', 'DXFPlatformDataNotFound',
     'DXFMountFailed',
     # python-dxf compatibility names
-    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError',
+    'DXFUnexpectedError', 'DXFUnexpectedStatusCodeError', 'PaginatingResponse',
     'DXFUnexpectedKeyTypeError', 'DXFDisallowedSignatureAlgorithmError',
     'DXFSignatureChainNotImplementedError', 'DXFDigestNotAvailableForSchema1',
 ]
@@ -109,6 +109,13 @@ _TAR_DIGEST_ANNOTATION = 'io.deis.oras.content.digest'
 _GZIP_LEVEL = 1
 _DEFAULT_CONCURRENCY = 4         # blobs moving at once (DXF_CONCURRENCY)
 _REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+_UNKNOWN_CONFIG_TYPE = 'application/vnd.unknown.config.v1+json'   # oras's
+# RFC 6838 section 4.2: what --artifact-type and --config's type may be
+_MEDIA_TYPE_RE = re.compile(r'[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*\Z')
+# Tags of referrers, not aliases: distribution-spec 1.1's "Referrers Tag
+# Schema" (sha256-<hex>) and cosign's sha256-<hex>.sig, .att and .sbom.
+_REFERRERS_TAG_RE = re.compile(r'sha(?:256|512)-[a-f0-9]{64}(?:\.(?:sig|att|sbom))?\Z')
+_REFERRERS_TRIES = 5             # fallback index updates lost to other writers
 
 _CHUNK_SIZE = 1 << 20            # read/write size for blob bodies
 _PIPELINE_MIN = 8 << 20          # BlobReader.copy_to hashes in a thread above
@@ -116,6 +123,11 @@ _PIPELINE_BUFFERS = 3            # buffers in flight, of at most:
 _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
+# Blobs this big come in ranges over several connections (issue 19: on long
+# paths, from S3 or a CDN, one is capped), if the first eighth came slower than
+# _RANGED_RATE bytes/s: on loopback 4 ranges cost CPU (256 MiB: 2.13 s, one 1.42).
+_RANGED_MIN = 32 << 20
+_RANGED_RATE = 32 << 20
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # Files (and pipes) larger than this go up in PATCHes of this size, each
 # resumable, also by a later run (_UploadRecord); smaller ones in one PUT.
@@ -369,7 +381,10 @@ def split_digest(digest):
     :raises DXFInputError: the digest is malformed
     """
     if not isinstance(digest, str) or not _DIGEST_LIKE_RE.match(digest):
-        raise DXFInputError('invalid digest %r' % (_printable(digest),))
+        hint = ('; did you mean sha256:%s?' % digest if re.match(r'[0-9a-f]{64}\Z', str(digest))
+                else '; an alias is written @%s' % digest if isinstance(digest, str)
+                and _TAG_RE.match(digest) else '')      # the usual slips
+        raise DXFInputError('invalid digest %r%s' % (_printable(digest), hint))
     method, _, encoded = digest.partition(':')
     if method not in _DIGEST_HEX:
         raise DXFUnexpectedDigestMethodError(method)
@@ -423,8 +438,8 @@ def _check_repo(repo):
 
 def _check_alias(alias):
     if not isinstance(alias, str) or not _TAG_RE.match(alias):
-        raise DXFInputError('invalid alias %r (letters, digits, . _ -, at '
-                            'most 128)' % (_printable(alias),))
+        raise DXFInputError('invalid alias %r (at most 128 letters, digits and '
+                            '. _ -, not starting with . or -)' % (_printable(alias),))
     return alias
 
 
@@ -840,7 +855,8 @@ def _ascii_host(host):
 def _transport_errors():
     """What a connection raises while a request or its answer is under way."""
     import http.client
-    return (OSError, http.client.HTTPException)
+    # OverflowError: http.client's read() of a Content-Length beyond ssize_t
+    return (OSError, http.client.HTTPException, OverflowError)
 
 
 class _Response:
@@ -872,9 +888,11 @@ class _Response:
     def length(self):
         """Content-Length as an int, or None."""
         value = self.header('Content-Length')
-        if value is None or self.header('Transfer-Encoding'):
+        if value is None or self.header('Transfer-Encoding') or not re.match(
+                r'[0-9]+\Z', value):
             return None
-        return int(value) if re.match(r'[0-9]{1,18}\Z', value) else None
+        # Any digits make a length: a body short of it is cut (issue 16).
+        return min(int(value[:31]), 10 ** 30)   # int() takes <= 4300 digits
 
     def _fail(self, exc):
         self.close()
@@ -1004,7 +1022,9 @@ class _Transport:
         self.timeout = _DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = _DEFAULT_RETRIES if retries is None else retries
         self.trace = None     # trace(line): one line per request (no headers)
-        self._ssl_context = None
+        self.warn = None      # warn(text): each text of a "Warning: 299 - text" header
+        self._ssl_contexts = {}   # with the client certificate (True) or not
+        self.cert = None      # ((certfile, keyfile), the one origin it is shown to)
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
@@ -1019,8 +1039,8 @@ class _Transport:
         return (getattr(self.local, 'budget', None)
                 or _Budget(self.retries, _MAX_RETRY_TIME))
 
-    def _context(self):
-        if self._ssl_context is None:
+    def _context(self, cert=False):
+        if cert not in self._ssl_contexts:
             try:
                 import ssl
             except ImportError:
@@ -1041,8 +1061,14 @@ class _Transport:
                         self.tlsverify, _exc_text(exc))) from exc
             else:
                 ctx = ssl.create_default_context()
-            self._ssl_context = ctx
-        return self._ssl_context
+            try:
+                if cert:
+                    ctx.load_cert_chain(*self.cert[0])
+            except (OSError, ssl.SSLError) as exc:
+                raise DXFInputError('cannot load the client certificate %s: %s' % (
+                    ' and '.join(filter(None, self.cert[0])), _exc_text(exc))) from exc
+            self._ssl_contexts[cert] = ctx
+        return self._ssl_contexts[cert]
 
     def _get(self, key):
         """A pooled connection (checked that the server has neither closed
@@ -1057,7 +1083,9 @@ class _Transport:
                 return conn, True
             conn.close()
         scheme, host, port = key
-        context = self._context() if scheme == 'https' else None
+        # A client certificate is a credential: for the registry's origin only.
+        context = self._context(bool(self.cert) and (scheme, host, port or 443) ==
+                                self.cert[1]) if scheme == 'https' else None
         proxy = _proxy_for(self.proxies, scheme, host, port)
         return _new_connection(scheme, host, port, self.timeout, context,
                                proxy), False
@@ -1159,6 +1187,10 @@ class _Transport:
                     self.trace('%s %s://%s%s -> %d (%.0f ms)' % (
                         method, parts.scheme, parts.netloc, parts.path,
                         raw.status, 1000 * (time.time() - started)))
+                for value in (raw.msg.get_all('Warning') or ()) if self.warn else ():
+                    # distribution-spec "Warnings": shown, never acted on
+                    for text in re.findall(r'299\s+\S+\s+"((?:[^"\\]|\\.)*)"', value):
+                        self.warn(re.sub(r'\\(.)', r'\1', text))
             except BaseException as exc:
                 conn.close()
                 if not isinstance(exc, errors):
@@ -1298,13 +1330,19 @@ def _proxy_settings(environ):
 def _proxy_for(proxies, scheme, host, port):
     """``(host, port, headers)`` of the proxy to use, or None."""
     url = proxies.get(scheme)
-    if not url:
+    if not url or _bypasses_proxy(proxies.get('no', ()), host=host.lower(),
+                                  port=str(port or (443 if scheme == 'https' else 80))):
         return None
-    host = host.lower()
-    target_port = str(port or (443 if scheme == 'https' else 80))
-    for entry in proxies.get('no', ()):
+    return _proxy_address(url)
+
+
+def _bypasses_proxy(no_proxy, host, port):
+    """True when an entry of ``no_proxy`` names ``host`` (and ``port``, if
+    it says one): names, domain suffixes, IPv6 addresses bare or in
+    brackets, address ranges and ``*``."""
+    for entry in no_proxy:
         if entry == '*':
-            return None
+            return True
         if entry.startswith('['):        # [::1] or [::1]:5000
             name, _, entry_port = entry[1:].partition(']')
             entry_port = entry_port[1:]
@@ -1313,11 +1351,17 @@ def _proxy_for(proxies, scheme, host, port):
         else:
             name, _, entry_port = entry.partition(':')
         name = name.lstrip('.')
-        if entry_port and entry_port != target_port:
+        if entry_port and entry_port != port:
             continue
         if host == name or host.endswith('.' + name) or (
                 '/' in name and _in_network(host, name)):
-            return None
+            return True
+    return False
+
+
+def _proxy_address(url):
+    """``(host, port, headers)`` of the proxy URL (http only; credentials
+    in it become Proxy-Authorization)."""
     if '://' not in url:
         url = 'http://' + url
     try:
@@ -1383,6 +1427,32 @@ def _origin(url):
 #    WWW-Authenticate challenges; HTTP Basic; the Bearer token flow of
 #    distribution's token spec with a token cache keyed by scope.
 # =============================================================================
+
+
+def _token_answer(body, netloc):
+    """``(token, seconds it lives)`` from a token service's JSON answer."""
+    try:
+        doc = json.loads(body.decode('utf-8'))
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise DXFAuthError('token service %s answered something that is '
+                           'not a JSON object' % _printable(netloc))
+    # ACR sends only access_token; Harbor sends an empty access_token
+    # beside a good token (python-dxf #22, #27).
+    token = doc.get('access_token') or doc.get('token')
+    if not isinstance(token, str) or not token:
+        raise DXFAuthError('token service %s answered without a token'
+                           % _printable(netloc))
+    if not _TOKEN_RE.match(token):
+        raise DXFAuthError('token service %s sent a token that cannot go '
+                           'in a header' % _printable(netloc))
+    expires_in = doc.get('expires_in')
+    if (isinstance(expires_in, bool) or not isinstance(
+            expires_in, (int, float)) or not expires_in >= 60):
+        expires_in = 60       # the token spec's default and minimum
+    expires_in = min(expires_in, _MAX_TOKEN_LIFE)
+    return token, expires_in
 
 
 class _Auth:
@@ -1492,6 +1562,31 @@ class _Auth:
                     return cached
             return self._fetch_token(scope)
 
+    def _post_refresh_token(self, parts, scope, service):
+        """The OAuth2 answer to an identity token, or None where the token
+        service has no such flow."""
+        # An identity token (docker login's "identitytoken") is an OAuth2
+        # refresh token: POST it, never following a redirect with it;
+        # token servers without the OAuth2 flow answer 404/405, then the
+        # GET flow takes it as a password.
+        post_url = urllib.parse.urlunsplit(parts)
+        self.check_secure(post_url, 'token service')
+        form = [('grant_type', 'refresh_token'),
+                ('refresh_token', self.refresh_token),
+                ('client_id', 'dxf.py'), ('scope', scope or '')]
+        if service:
+            form.append(('service', service))
+        resp = self.transport.request(
+            'POST', post_url,
+            {'Content-Type': 'application/x-www-form-urlencoded'},
+            urllib.parse.urlencode(form).encode('ascii'),
+            read=_MAX_SMALL_BODY, what='token answer', redirects=False)
+        if resp.status in _REDIRECTS:
+            raise DXFAuthError('token service %s redirected the identity '
+                               'token request; not following it'
+                               % _printable(parts.netloc))
+        return None if resp.status in (404, 405) else resp
+
     def _fetch_token(self, scope):
         realm, service = self.challenge
         parts = urllib.parse.urlsplit(realm)
@@ -1505,28 +1600,7 @@ class _Auth:
             parts._replace(query=urllib.parse.urlencode(query)))
         resp = None
         if self.refresh_token:
-            # An identity token (docker login's "identitytoken") is an OAuth2
-            # refresh token: POST it, never following a redirect with it;
-            # token servers without the OAuth2 flow answer 404/405, then the
-            # GET flow takes it as a password.
-            post_url = urllib.parse.urlunsplit(parts)
-            self.check_secure(post_url, 'token service')
-            form = [('grant_type', 'refresh_token'),
-                    ('refresh_token', self.refresh_token),
-                    ('client_id', 'dxf.py'), ('scope', scope or '')]
-            if service:
-                form.append(('service', service))
-            resp = self.transport.request(
-                'POST', post_url,
-                {'Content-Type': 'application/x-www-form-urlencoded'},
-                urllib.parse.urlencode(form).encode('ascii'),
-                read=_MAX_SMALL_BODY, what='token answer', redirects=False)
-            if resp.status in _REDIRECTS:
-                raise DXFAuthError('token service %s redirected the identity '
-                                   'token request; not following it'
-                                   % _printable(parts.netloc))
-            if resp.status in (404, 405):
-                resp = None
+            resp = self._post_refresh_token(parts, scope=scope, service=service)
         if resp is None:
             headers = {}
             if self.creds:
@@ -1537,33 +1611,14 @@ class _Auth:
                                           what='token answer')
         body = resp.read()
         if resp.status in (401, 403):
-            raise DXFUnauthorizedError(resp.method, url, resp.status,
-                                       _registry_errors(body),
+            exc = DXFUnauthorizedError(resp.method, url, resp.status, _registry_errors(body),
                                        'token service refused the credentials')
+            exc.registry = urllib.parse.urlsplit(self.base).netloc   # whose realm
+            raise exc
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
-        try:
-            doc = json.loads(body.decode('utf-8'))
-        except (ValueError, RecursionError):
-            doc = None
-        if not isinstance(doc, dict):
-            raise DXFAuthError('token service %s answered something that is '
-                               'not a JSON object' % _printable(parts.netloc))
-        # ACR sends only access_token; Harbor sends an empty access_token
-        # beside a good token (python-dxf #22, #27).
-        token = doc.get('access_token') or doc.get('token')
-        if not isinstance(token, str) or not token:
-            raise DXFAuthError('token service %s answered without a token'
-                               % _printable(parts.netloc))
-        if not _TOKEN_RE.match(token):
-            raise DXFAuthError('token service %s sent a token that cannot go '
-                               'in a header' % _printable(parts.netloc))
-        expires_in = doc.get('expires_in')
-        if (isinstance(expires_in, bool) or not isinstance(
-                expires_in, (int, float)) or not expires_in >= 60):
-            expires_in = 60       # the token spec's default and minimum
-        expires_in = min(expires_in, _MAX_TOKEN_LIFE)
+        token, expires_in = _token_answer(body, netloc=parts.netloc)
         with self.lock:
             self.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
             self.token = token
@@ -1619,6 +1674,125 @@ class _Auth:
 def _basic(username, password):
     return 'Basic ' + base64.b64encode(('%s:%s' % (
         username, password or '')).encode('utf-8')).decode('ascii')
+
+
+def _docker_config(host, environ):
+    """``(path, config ({} if none), the key docker files host under, lookup)``;
+    ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.docker')
+    path = os.path.join(directory, 'config.json')
+    try:
+        with open(path, 'rb') as f:
+            config = json.loads(f.read().decode('utf-8'))
+    except FileNotFoundError:
+        config = {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
+    if not isinstance(config, dict):
+        raise DXFInputError('%s is not a JSON object' % path)
+    names = [host.lower()]
+    server = host
+    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+        names.append('index.docker.io/v1')
+        # docker login stores Hub credentials under this key, and docker
+        # asks helpers for it (ResolveAuthConfig in docker/cli's
+        # cli/command/registry.go: registry.IndexServer).
+        server = 'https://index.docker.io/v1/'
+
+    def lookup(table):
+        if isinstance(table, dict):
+            for key, value in table.items():
+                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
+                if bare in names or bare.split('/')[0] == names[0]:
+                    return key, value
+        return None, None
+    return path, config, server, lookup
+
+
+def _docker_config_store(host, environ, username=None, secret=None):
+    """dxf login (``username``) or logout: store or erase host's credentials
+    with the config's credential helper, else in ``auths``; config.json is
+    replaced atomically, mode 0600, keeping every key dxf does not know."""
+    path, config, server, lookup = _docker_config(host, environ)
+    if not (username or config):
+        return           # logout with no config: nothing to erase, no file to make
+    key, helper = lookup(config.get('credHelpers'))
+    helper, server = helper or config.get('credsStore'), key or server
+    auths = config.setdefault('auths', {})
+    key = lookup(auths)[0] or server
+    if isinstance(helper, str) and helper:
+        _credential_helper(helper, server, environ, action='store' if username else 'erase',
+                           data=username and json.dumps(
+                               {'ServerURL': server, 'Username': username, 'Secret': secret}))
+    auths.pop(key, None)
+    if username:     # with a helper, docker too leaves an empty entry
+        auths[key] = {} if helper else {'auth': _basic(username, secret)[len('Basic '):]}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic = _AtomicFile(path)
+    with atomic as f:
+        os.chmod(atomic.tmp, 0o600)        # before a secret is in it
+        f.write(json.dumps(config, indent='\t').encode('utf-8'))
+
+
+def _docker_config_credentials(host, environ):
+    """Credentials for ``host`` from docker's config.json, or None.
+
+    Returns ``(username, secret)``; username ``'<token>'`` means the secret
+    is an identity token.  Per-host ``credHelpers`` come first, then
+    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    """
+    path, config, server, lookup = _docker_config(host, environ)
+    key, helper = lookup(config.get('credHelpers'))
+    if not helper:
+        helper = config.get('credsStore')
+    if isinstance(helper, str) and helper:
+        found = _credential_helper(helper, key or server, environ)
+        if found:
+            return found
+    _, entry = lookup(config.get('auths'))
+    if not isinstance(entry, dict):
+        return None
+    if entry.get('identitytoken'):
+        return '<token>', entry['identitytoken']
+    if entry.get('auth'):
+        try:
+            user, _, password = base64.b64decode(entry['auth']).decode(
+                'utf-8').partition(':')
+        except (ValueError, UnicodeDecodeError):
+            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
+        return user, password
+    if entry.get('username'):
+        return entry['username'], entry.get('password', '')
+    return None
+
+
+def _credential_helper(name, server, environ, action='get', data=None):
+    """Ask ``docker-credential-<name> get`` for ``server``'s credentials (or
+    run its ``store``/``erase`` with ``data``)."""
+    import subprocess
+    program = 'docker-credential-' + name
+    try:
+        done = subprocess.run([program, action], input=(data or server).encode('utf-8'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DXFAuthError('credential helper %s failed: %s'
+                           % (program, _exc_text(exc))) from exc
+    if done.returncode != 0:
+        if b'credentials not found' in done.stdout + done.stderr:
+            return None      # the helper's "no entry", not an error
+        raise DXFAuthError('credential helper %s failed: %s' % (
+            program, _printable((done.stderr or done.stdout).decode(
+                'utf-8', 'replace').strip().split('\n')[0])))
+    if action != 'get':
+        return None
+    try:
+        doc = json.loads(done.stdout.decode('utf-8'))
+        return doc['Username'], doc['Secret']
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise DXFAuthError('credential helper %s answered something that is '
+                           'not its JSON' % program) from None
 
 
 class _Needing:
@@ -1721,6 +1895,20 @@ def _write_all(out, data):
         view = view[n:]
 
 
+def _content_range(resp, digest, start, end, size):
+    """The blob's size from a 206 answer to bytes ``start`` to before ``end``
+    (None: the end), refused unless it is that range of a blob of ``size``."""
+    m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
+    total = m and int(m.group(3))
+    if m and resp.status == 206 and size in (None, total) and (int(m.group(1)), int(
+            m.group(2))) == (start, min(end or total, total) - 1):
+        return total
+    resp.close()
+    raise DXFProtocolError('blob %s: refusing answer %d with Content-Range %r to a '
+                           'request from byte %d' % (digest, resp.status, _printable(
+                               resp.header('Content-Range'), 80), start), 'GET', resp.url)
+
+
 class BlobReader:
     """An iterator over a blob's bytes, verified against its digest.
 
@@ -1729,12 +1917,14 @@ class BlobReader:
     ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
     raised instead.  ``size`` is the blob's length when the registry said it.
     A connection that breaks mid-blob is resumed with a range request.
+    ``response`` may start at ``offset``, the bytes before it in ``hashed``.
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
-                 expected_size=None, reopen=None, budget=None):
+                 expected_size=None, reopen=None, budget=None, offset=0,
+                 hashed=None):
         self.digest = digest
-        self.size = response.length
+        self.size = None if response.length is None else offset + response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
         self._copy_size = chunk_size or _CHUNK_SIZE
         if (expected_size is not None and self.size is not None
@@ -1745,9 +1935,9 @@ class BlobReader:
         if self.size is None:
             self.size = expected_size
         self._resp = response
-        self._hash = _new_hash(digest)
+        self._hash = hashed or _new_hash(digest)
         self._progress = progress
-        self._done = 0
+        self._done = offset
         self._ahead = None        # look-ahead piece when the size is unknown
         self._finished = False
         self._reopen = reopen     # reopen(offset) -> response from offset
@@ -1881,12 +2071,7 @@ class BlobReader:
         self._resp.close()
         resp = self._resp = self._reopen(self._done)
         if resp.status == 206:
-            expected = 'bytes %d-%d/%d' % (self._done, self.size - 1, self.size)
-            if (resp.header('Content-Range') or '').strip() != expected:
-                resp.close()
-                raise DXFConnectionError('blob %s: registry answered the '
-                                         'range request with the wrong range'
-                                         % self.digest)
+            _content_range(resp, self.digest, self._done, None, self.size)
             return
         # A 200 starts over: read the prefix again and check it hashes the
         # same as the bytes already handed out.
@@ -2025,18 +2210,57 @@ def _descriptor(media_type, digest, size, annotations=None):
     return desc
 
 
-def _alias_manifest(layers, annotations=None):
-    """The bytes of the OCI manifest backing an alias over ``layers``."""
-    manifest = {
-        'schemaVersion': 2,
-        'mediaType': _OCI_MANIFEST,
-        'artifactType': _ALIAS_ARTIFACT_TYPE,
-        'config': _descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB)),
-        'layers': layers,
-    }
-    if annotations:
-        manifest['annotations'] = annotations
+def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
+                    subject=None):
+    """The bytes of the OCI manifest backing an alias over ``layers``; the
+    rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
+    No timestamp: the same inputs give the same digest (oras#1367)."""
+    extra = annotations or {}
+    if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+        raise DXFInputError('annotations must map $manifest, $config or a '
+                            'file name to {"key": "value", ...}')
+    extra = dict(extra)
+    path, media = config or (None, _EMPTY_TYPE)
+    config = _descriptor(media or _UNKNOWN_CONFIG_TYPE, *(
+        (hash_file(path), os.path.getsize(path)) if path else (
+            _EMPTY_DIGEST, len(_EMPTY_BLOB))), annotations=extra.pop('$config', None))
+    manifest = {'schemaVersion': 2, 'mediaType': _OCI_MANIFEST, 'config': config,
+                'layers': layers}
+    # A config of its own says what the artifact is (its media type), as
+    # oras writes it; the empty config needs artifactType to.
+    if artifact_type or not path:
+        manifest['artifactType'] = artifact_type or _ALIAS_ARTIFACT_TYPE
+    for media in (artifact_type, config['mediaType']):
+        if media is not None and not _MEDIA_TYPE_RE.match(media):
+            raise DXFInputError('invalid media type %r' % _printable(media))
+    notes = extra.pop('$manifest', None)
+    for layer in layers:
+        title = (layer.get('annotations') or {}).get(_TITLE_ANNOTATION)
+        if title in extra:
+            layer['annotations'] = dict(layer['annotations'], **extra.pop(title))
+    if extra:
+        raise DXFInputError('annotations for %s, which is not a file given'
+                            % _printable(sorted(extra)[0]))
+    manifest.update(kv for kv in (('annotations', notes), ('subject', subject)) if kv[1])
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _referrers_tag(digest):
+    """The tag of a subject's fallback referrers index (distribution-spec
+    1.1 "Referrers Tag Schema"): algorithm truncated to 32 characters, '-',
+    encoded part truncated to 64, characters a tag cannot hold as '-'."""
+    algorithm, _, encoded = digest.partition(':')
+    return re.sub(r'[^A-Za-z0-9._-]', '-', algorithm[:32] + '-' + encoded[:64])
+
+
+def _referrer_entry(data, m, media):
+    """A referrer's entry in a referrers index ("Pushing Manifests with
+    Subject"): artifactType (else the config's media type), annotations."""
+    entry = _descriptor(media, hash_bytes(data), len(data), m.get('annotations'))
+    kind = m.get('artifactType') or (m.get('config') or {}).get('mediaType')
+    return dict(entry, artifactType=kind) if isinstance(kind, str) and kind else entry
 
 
 def _parse_manifest(data, content_type=None):
@@ -2184,11 +2408,12 @@ class DXFBase:
     :param retries: how many times a failed request is tried again (5)
     :param proxies: where to read ``http_proxy``, ``https_proxy`` and
         ``no_proxy`` from (default ``os.environ``)
+    :param cert: ``(certfile, keyfile or None)``: for the registry's origin only
     """
 
     def __init__(self, host, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         for what, value in (('registry host', host), ('auth host', auth_host)):
             m = _HOST_RE.match(value) if isinstance(value, str) else None
             if (value is not None or what == 'registry host') and (
@@ -2204,6 +2429,7 @@ class DXFBase:
         if bundle:
             tlsverify = bundle[1]
         self._transport = _Transport(tlsverify, timeout, retries, proxies)
+        self._transport.cert = cert and (tuple(cert), _origin(self._base))
         self._credentials = _Auth(self._transport, self._base, auth_host,
                                   allow_insecure_auth)
         self._repo = None
@@ -2362,8 +2588,9 @@ class DXFBase:
         resp.body = b'' if stream else resp.read()
         return resp
 
-    def _paginate(self, url, key, scope, batch_size):
-        """Yield the items of a paginated JSON list, following Link headers."""
+    def _paginate(self, url, key, scope, batch_size, kind=str):
+        """Yield the items (of type ``kind``) of a paginated JSON list,
+        following Link headers."""
         if batch_size:
             url += '?n=%d' % int(batch_size)
         url = urllib.parse.urljoin(self._base, url)
@@ -2376,7 +2603,7 @@ class DXFBase:
             if items is None and isinstance(doc, dict):
                 items = []            # distribution sends "tags": null
             if not isinstance(items, list) or not all(
-                    isinstance(i, str) for i in items):
+                    isinstance(i, kind) for i in items):
                 raise DXFManifestError('%s answer has no %s list'
                                        % (_path(url), key))
             for item in items:
@@ -2436,6 +2663,9 @@ class _AliasMethods:
             data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
             content_type = None
         m, media = _parse_manifest(data, content_type)
+        if media in _INDEX_TYPES and _REFERRERS_TAG_RE.match(alias or ''):
+            raise DXFManifestError('%s is a referrers index (what is attached '
+                                   'to a manifest): see dxf referrers' % alias)
         if media in _INDEX_TYPES:
             data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
             m, media = _parse_manifest(data, content_type)
@@ -2458,11 +2688,16 @@ class _AliasMethods:
                 data = self._get_manifest(_choose_platform(m, platform))[0]
         return data.decode('utf-8')
 
-    def make_manifest(self, *digests, names=None):
+    def make_manifest(self, *digests, names=None, artifact_type=None,
+                      annotations=None, config=None):
         """Return the manifest (str) an alias over ``digests`` would store.
 
         :param names: file names, one per digest (or None), recorded as each
             layer's ``org.opencontainers.image.title`` (as oras does)
+        :param artifact_type: default application/vnd.dxf.alias.v1 (none
+            with a ``config``, ``(path, media type or None)``: that file)
+        :param annotations: as in oras's ``--annotation-file``:
+            ``{"$manifest": {...}, "$config": {...}, "<file name>": {...}}``
         """
         if not digests:
             raise DXFInputError('an alias needs at least one blob')
@@ -2473,18 +2708,21 @@ class _AliasMethods:
             split_digest(digest)
             layers.append(_descriptor(_LAYER_TYPE, digest, self._layer_size(digest), {
                 _TITLE_ANNOTATION: name} if name else None))
-        return _alias_manifest(layers).decode('utf-8')
+        return _alias_manifest(layers, annotations, artifact_type, config).decode(
+            'utf-8')
 
     def _layer_size(self, digest):
         """A blob's size as pushed or asked for before, else asked for now."""
         size = self._sizes.get(digest)
         return self.blob_size(digest) if size is None else size
 
-    def set_alias(self, alias, *digests, names=None, concurrency=None):
+    def set_alias(self, alias, *digests, names=None, concurrency=None,
+                  artifact_type=None, annotations=None, config=None):
         """Point ``alias`` at the blobs ``digests``; return the manifest stored.
 
-        The blobs must already be in the repository.  ``names`` as for
-        make_manifest; their sizes are looked up ``concurrency`` (4) at a time.
+        The blobs must already be in the repository (the ``config`` file is
+        uploaded).  ``names`` and the rest as for make_manifest; the sizes
+        are looked up ``concurrency`` (4) at a time.
         """
         _check_alias(alias)
         for digest in digests:
@@ -2496,11 +2734,13 @@ class _AliasMethods:
             # the manifest for want of it (as push_blobs does).  With every
             # size known, that refusal is the cheaper way to find out.
             unknown = sorted(set(digests) - set(self._sizes))
-            if unknown:
-                _in_parallel(self._look_up, [_EMPTY_DIGEST] + unknown,
-                             concurrency or _DEFAULT_CONCURRENCY,
+            if unknown or config:
+                _in_parallel(self._look_up, [(config,) if config else _EMPTY_DIGEST]
+                             + unknown, concurrency or _DEFAULT_CONCURRENCY,
                              getattr(self, '_transport', None))
-            manifest = self.make_manifest(*digests, names=names)
+            manifest = self.make_manifest(
+                *digests, names=names, artifact_type=artifact_type,
+                annotations=annotations, config=config)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
@@ -2511,10 +2751,13 @@ class _AliasMethods:
         with self._needing('push'):
             if digest == _EMPTY_DIGEST:
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            if isinstance(digest, tuple):      # (config,): upload that file
+                return self.push_blob(digest[0][0])
             return self._blob_head(digest)
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None,
-                   chunk_size=None):
+                   artifact_type=None, annotations=None, config=None,
+                   descriptors=False, chunk_size=None):
         """Upload files and directories, several at a time; return their
         digests in the order given.
 
@@ -2528,6 +2771,9 @@ class _AliasMethods:
             called from several threads (each blob's calls from one thread,
             starting with ``b''``)
         :param concurrency: blobs in flight at once (default 4)
+        :param artifact_type: for the alias's manifest, as for make_manifest;
+            so are ``annotations`` and ``config``
+        :param descriptors: return the layer descriptors, not the digests
         :param chunk_size: as for push_blob
         """
         items = list(files)
@@ -2535,35 +2781,49 @@ class _AliasMethods:
             raise DXFInputError('nothing to push')
         if alias is not None:
             _check_alias(alias)
-        concurrency = concurrency or _DEFAULT_CONCURRENCY
         with self._needing('push'):
-            # The alias needs the empty config blob: it is looked for (and
-            # in a new repository uploaded) in the same batch as the blobs,
-            # so the manifest PUT is accepted the first time instead of
-            # after a 400 and a config upload.  Threads that meet the first
-            # 401 together share one token request (_Auth.fetch_token).
-            config = alias is not None
-            jobs = ([_EMPTY_DIGEST] if config else []) + [
-                (item,) for item in items]
-            layers = _in_parallel(lambda job: self._push_item(job, progress,
-                                                              chunk_size),
-                                  jobs, concurrency, getattr(self, '_transport', None))
-            layers = layers[1:] if config else layers
+            layers, manifest = self._push_artifact(
+                items, progress, concurrency, alias is not None, artifact_type,
+                annotations, config, chunk_size=chunk_size)
             if alias is not None:
-                for layer in layers:
-                    if layer['size'] is None:
-                        layer['size'] = self._layer_size(layer['digest'])
-                self._set_alias_manifest(alias, _alias_manifest(layers).decode(
-                    'utf-8'))
-        return [layer['digest'] for layer in layers]
+                self._set_alias_manifest(alias, manifest.decode('utf-8'))
+        return layers if descriptors else [layer['digest'] for layer in layers]
 
-    def _push_item(self, job, progress, chunk_size):
+    def _push_artifact(self, items, progress, concurrency, manifest=True,
+                       artifact_type=None, annotations=None, config=None,
+                       subject=None, chunk_size=None):
+        """Push items (as push_blobs) and the config blob; return the layer
+        descriptors and the manifest over them (not stored; None without
+        ``manifest``)."""
+        # The manifest needs its config blob: it is looked for (and in a new
+        # repository uploaded) in the same batch as the blobs, so the
+        # manifest PUT is accepted the first time instead of after a 400 and
+        # a config upload.  Threads that meet the first 401 together share
+        # one token request (_Auth.fetch_token).
+        jobs = ([(config,) if config else _EMPTY_DIGEST] if manifest else []) + [
+            (item,) for item in items]
+        layers = _in_parallel(lambda job: self._push_item(job, progress, chunk_size), jobs,
+                              concurrency or _DEFAULT_CONCURRENCY,
+                              getattr(self, '_transport', None))
+        if not manifest:
+            return layers, None
+        layers = layers[1:]
+        for layer in layers:
+            if layer['size'] is None:
+                layer['size'] = self._layer_size(layer['digest'])
+        return layers, _alias_manifest(
+            layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
+            annotations, artifact_type, config, subject)
+
+    def _push_item(self, job, progress, chunk_size=None):
         """Push one of push_blobs' items (``(item,)``), or the empty config
         (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
         digest)."""
         if job == _EMPTY_DIGEST:
             return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
         item = job[0]
+        if isinstance(item, tuple):     # the config: (path, media type)
+            return self.push_blob(item[0])
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress,
@@ -2621,6 +2881,46 @@ class _AliasMethods:
                 return layers[0][0]
         return _check_descriptor(m.get('config'))[0]
 
+    def attach(self, subject, files=(), artifact_type=None, annotations=None,
+               config=None, progress=None, concurrency=None):
+        """Push files (as push_blobs, with its options) and a manifest whose
+        ``subject`` is the manifest of ``subject`` (an alias or a digest):
+        an OCI 1.1 referrer.  Return the new manifest's digest."""
+        with self._needing('push'):
+            data, content_type, digest = self._get_manifest(_check_ref(subject))
+            manifest = self._push_artifact(
+                list(files), progress, concurrency, True, artifact_type, annotations,
+                config, _descriptor(_parse_manifest(data, content_type)[1], digest,
+                                    len(data)))[1]
+            self._put_referrer(manifest, digest)
+        return hash_bytes(manifest)
+
+    def referrers(self, subject, artifact_type=None):
+        """Return the index entries (dicts: ``digest``, ``mediaType``,
+        ``size``, ``artifactType``, ``annotations``) of the manifests whose
+        subject is ``subject`` (an alias or a digest), of ``artifact_type``."""
+        digest = (subject if ':' in _check_ref(subject)
+                  else self.get_manifest_digest(subject))
+        # The registry may have filtered them already: filtering again (on
+        # the client) does no harm where it did, and is needed where not.
+        return [e for e in self._referrer_entries(digest, artifact_type)
+                if _check_descriptor(e) and artifact_type in (None, e.get(
+                    'artifactType'))]
+
+    def resolve(self, alias):
+        """Return the digest of an alias's manifest (get_manifest's)."""
+        return self.get_manifest_digest(_check_alias(alias))
+
+    def _copy_referrers(self, digest, target, concurrency, seen):
+        """Copy what refers to ``digest`` to target, recursively."""
+        for entry in self.referrers(digest):
+            if entry['digest'] not in seen:
+                seen.add(entry['digest'])
+                data, content_type, _ = self._get_manifest(entry['digest'])
+                self._copy_manifest(data, content_type, target, concurrency)
+                target._put_referrer(data, digest)
+                self._copy_referrers(entry['digest'], target, concurrency, seen)
+
     def _named_by(self, alias, got=None):
         """What del_alias returns: an alias's blobs (an index: its manifests).
 
@@ -2640,14 +2940,18 @@ class _AliasMethods:
         the rest stream through (a chunk at a time, by way of an anonymous
         temporary file: see _Source), ``concurrency``
         (default 4) at a time; manifests are copied byte for byte, so their
-        digests stay the same.  Returns the manifest's digest.
+        digests stay the same.  What refers to the alias's manifest (see
+        attach) goes along, and what refers to that.  Returns the manifest's
+        digest.
         """
         _check_alias(alias)
         _check_alias(target_alias or alias)
-        data, content_type, _ = self._get_manifest(alias)
-        self._copy_manifest(data, content_type, target,
-                            concurrency or _DEFAULT_CONCURRENCY)
-        return target.set_manifest(target_alias or alias, data)
+        concurrency = concurrency or _DEFAULT_CONCURRENCY
+        data, content_type, digest = self._get_manifest(alias)
+        self._copy_manifest(data, content_type, target, concurrency)
+        copied = target.set_manifest(target_alias or alias, data)
+        self._copy_referrers(digest, target, concurrency, set())
+        return copied
 
     def _copy_manifest(self, data, content_type, target, concurrency=1):
         """Copy what a manifest names (not the manifest itself) to target."""
@@ -2684,6 +2988,12 @@ class _AliasMethods:
     def _can_mount_from(self, source):
         return False
 
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``; return its size."""
+        with _AtomicFile(path) as f, self.pull_blob(digest, progress=progress) as r:
+            r.copy_to(f)
+        return r.size
+
 
 # =============================================================================
 # 11. Registry repository
@@ -2700,14 +3010,17 @@ class DXF(DXFBase, _AliasMethods):
 
     def __init__(self, host, repo, auth=None, insecure=False, auth_host=None,
                  tlsverify=True, timeout=None, allow_insecure_auth=False,
-                 retries=None, proxies=None):
+                 retries=None, proxies=None, cert=None):
         super().__init__(host, auth, insecure, auth_host, tlsverify, timeout,
-                         allow_insecure_auth, retries, proxies)
+                         allow_insecure_auth, retries, proxies, cert=cert)
         self._set_repo(repo)
 
     def _set_repo(self, repo):
         _check_repo(repo)
-        if self._host.split(':')[0].endswith('docker.io') and '/' not in repo:
+        # Docker Hub and its own subdomains, not any name ending so
+        # ('evil-docker.io' is someone else's registry).
+        name = self._host.rsplit(':', 1)[0].lower()
+        if (name == 'docker.io' or name.endswith('.docker.io')) and '/' not in repo:
             repo = 'library/' + repo
         self._repo = repo
         self._repo_path = repo + '/'
@@ -2952,16 +3265,124 @@ class DXF(DXFBase, _AliasMethods):
         :param progress: ``progress(digest, chunk, total)`` as bytes arrive
         """
         digest = _one_digest(digest)
-        url, scope = self._url('blobs', digest), self._scope(['pull'])
-
-        def reopen(offset):
-            return self._request('GET', url, scope, ok=(200, 206), stream=True,
-                                 headers={'Range': 'bytes=%d-' % offset})
-        reader = BlobReader(self._request('GET', url, scope, stream=True),
-                            digest, chunk_size, progress,
-                            self._sizes.get(digest), reopen,
-                            self._transport.budget())
+        reader = self._reader(digest, self._blob_get(digest), chunk_size=chunk_size,
+                              progress=progress)
         return (reader, reader.size) if size else reader
+
+    def _blob_get(self, digest, start=None, end=None, ok=(200,), url=None):
+        """GET a blob (bytes ``start`` to before ``end``: a range request)."""
+        return self._request(
+            'GET', url or self._url('blobs', digest), self._scope(['pull']),
+            ok=ok, stream=True, headers=None if start is None else {
+                'Range': 'bytes=%d-%s' % (start, '' if end is None else end - 1)})
+
+    def _reader(self, digest, resp, **options):
+        """A BlobReader on ``resp`` that resumes with range requests."""
+        return BlobReader(resp, digest, expected_size=self._sizes.get(digest),
+                          reopen=lambda offset: self._blob_get(
+                              digest, offset, ok=(200, 206)),
+                          budget=self._transport.budget(), **options)
+
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``, where it appears verified;
+        return its size.  Resumes what a failed or killed pull kept (see
+        _Partial); 32 MiB or more come in ranges over up to ``concurrency``
+        connections (default 4) on long paths, if the registry has them."""
+        digest = _one_digest(digest)
+        with self._needing(), _Partial(path, digest) as part:
+            for again in (part.resumed, False):
+                try:
+                    part.hash_prefix()
+                    self._fill(part, progress, concurrency or _DEFAULT_CONCURRENCY)
+                    return part.finish()
+                except DXFIntegrityError:
+                    if not again:
+                        raise
+                    part.restart()      # a corrupted partial: once more, afresh
+
+    def _fill(self, part, progress, concurrency):
+        """Fetch what ``part`` lacks: after a 206 to a range of _RANGED_MIN
+        bytes whose first eighth came slower than _RANGED_RATE, the rest in
+        ranges; else as one stream (all of it after a 200: no ranges here)."""
+        start, size = part.hashed, part.size or self._sizes.get(part.digest)
+        if size is not None and start >= size:
+            part.size = size
+            return
+        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
+        end = start + _RANGED_MIN if ranged else None
+        resp = self._blob_get(part.digest, start if start or end else None, end,
+                              ok=(200, 206, 416))
+        if resp.status == 206 and end:
+            size = part.size = _content_range(resp, part.digest, start, end, size)
+            if end < size:
+                began, sample = time.monotonic(), start + _RANGED_MIN // 8
+                resp = self._fetch(part, start, sample, resp, end, progress)
+                if sample - start < _RANGED_RATE * (time.monotonic() - began):
+                    return self._fill_ranges(part, (sample, end, resp), progress,
+                                             concurrency)
+                start = part.hashed
+        if resp.status == 416 or (resp.status == 206 and end and end < size):
+            resp.close()        # 0 bytes to range over, or a fast path
+            resp = self._blob_get(part.digest, start or None, ok=(200, 206))
+        if resp.status == 206:
+            size = part.size = _content_range(resp, part.digest, start, None, size)
+        else:
+            part.restart()
+            start = 0
+        part.ranges = [(0, start)] if start else []
+        part.file.truncate(start)
+        part.save(tail=start)
+        with self._reader(part.digest, resp, offset=start, hashed=part.hash,
+                          progress=progress and (lambda d, c, t: c and progress(d, c, t))
+                          ) as reader:       # a line begun by the sample goes on
+            reader.copy_to(part.file)        # verified
+        part.hashed = part.size = reader._done
+
+    def _fill_ranges(self, part, first, progress, concurrency):
+        """The rest of ``part`` in pieces over several connections, the
+        first one ``(start, stop, its answer)``, each piece asked again from
+        where it broke; a free thread hashes the complete prefix."""
+        size, url, at = part.size, first[2].url, first[1]
+        step = max(_RANGED_MIN // 4, (size - at) // (concurrency * 4))
+        pieces = [first]
+        for a, b in part.ranges + [(size, size)]:
+            pieces += [(x, min(x + step, a), None) for x in range(at, a, step)]
+            at = max(at, b)
+        _in_parallel(lambda piece: self._fetch(part, *piece, url=url, progress=progress
+                                               ).release(), pieces, concurrency,
+                     self._transport)
+        part.hash_prefix()
+
+    def _fetch(self, part, start, stop, resp, until=None, progress=None, url=None):
+        """Write bytes ``start`` to ``stop`` of ``part`` from ``resp`` (None:
+        ask ``url`` for them, up to ``until``), asking again from where it
+        broke within the operation's budget; return the answer, not read to
+        its end if ``until`` is beyond ``stop``."""
+        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
+        with open(part.name, 'r+b', buffering=0) as f:
+            f.seek(start)
+            while start < stop:
+                if resp is None:
+                    resp = self._blob_get(part.digest, start, until or stop, (200, 206), url)
+                    _content_range(resp, part.digest, start, until or stop, part.size)
+                try:
+                    n = resp.chunk(0, buf[:stop - start])
+                    if not n:
+                        raise DXFConnectionError('blob %s: a range ended at byte %d'
+                                                 % (part.digest, start))
+                    _write_all(f, buf[:n])
+                except BaseException as exc:
+                    resp.close()      # broken or cut short: ask again
+                    resp = None
+                    if not isinstance(exc, DXFConnectionError) or not budget.spend():
+                        raise
+                    continue
+                part.add(start, start + n, save=True)
+                start += n
+                part.hash_prefix(block=False)
+                if progress:
+                    progress(part.digest, bytes(buf[:n]), part.size)
+        return resp
 
     def del_blob(self, digest):
         """Delete a blob from the repository."""
@@ -3034,15 +3455,90 @@ class DXF(DXFBase, _AliasMethods):
         """Store a manifest (str or bytes) under an alias; return its digest."""
         _check_ref(alias)
         data, _, media = _manifest_to_store(manifest)
+        self._put_manifest(alias, data, media)
+        return hash_bytes(data)
+
+    def _put_manifest(self, ref, data, media, headers=None):
         digest = hash_bytes(data)
-        resp = self._request('PUT', self._url('manifests', alias),
+        resp = self._request('PUT', self._url('manifests', ref),
                              self._scope(['pull', 'push']),
-                             headers={'Content-Type': media}, body=data,
-                             ok=(201,))
+                             headers=dict(headers or {}, **{'Content-Type': media}),
+                             body=data, ok=(201,))
         echoed = resp.header('Docker-Content-Digest')
         if echoed and echoed.startswith('sha256:') and echoed != digest:
             raise DXFDigestMismatchError(echoed, digest)
-        return digest
+        return resp
+
+    # -- referrers (distribution-spec 1.1) -----------------------------------
+
+    _referrers_api = None        # whether the registry has it, once known
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a ``subject`` by its digest.  A registry that
+        lists it answers ``OCI-Subject``; without that header the fallback
+        index is brought up to date ("Pushing Manifests with Subject")."""
+        data, m, media = _manifest_to_store(manifest)
+        if self._put_manifest(hash_bytes(data), data, media).header('OCI-Subject'):
+            return
+        entry, tag = _referrer_entry(data, m, media), _referrers_tag(subject)
+        for attempt in range(_REFERRERS_TRIES + 1):
+            entries, etag = self._referrers_at(tag)
+            if any(e.get('digest') == entry['digest'] for e in entries):
+                return
+            if attempt == _REFERRERS_TRIES:
+                break
+            # If-Match: a registry that keeps ETags refuses (412) an index
+            # changed since it was read (the spec's advice against lost
+            # updates).  Distribution 2.8 ignores it: the next read finds an
+            # entry another writer dropped, and it is added again.
+            try:
+                self._put_manifest(tag, json.dumps({
+                    'schemaVersion': 2, 'mediaType': _OCI_INDEX, 'manifests':
+                    entries + [entry]}, sort_keys=True).encode('utf-8'),
+                    _OCI_INDEX, etag and {'If-Match': etag})
+            except DXFHTTPError as exc:
+                if exc.status != 412:
+                    raise
+        raise DXFError('the referrers index %s keeps changing: %s is not in '
+                       'it; attach again' % (tag, entry['digest']))
+
+    def _referrers_at(self, tag):
+        """(entries, ETag) of the fallback index at ``tag`` ([] if none).
+        Anything but an OCI index there (say, a registry resolving the tag
+        sha256-<hex> to the manifest sha256:<hex>, oras-go#1396) is an error."""
+        try:
+            resp = self._request('GET', self._url('manifests', tag),
+                                 self._scope(['pull']), limit=_MAX_MANIFEST,
+                                 headers={'Accept': _ACCEPT})
+            m, media = _parse_manifest(resp.body, resp.header('Content-Type'))
+        except DXFNotFoundError:
+            return [], None
+        except DXFManifestError:
+            media = None
+        if media != _OCI_INDEX:
+            raise DXFManifestError('tag %s is not a referrers index (an OCI '
+                                   'image index), left as it is' % tag)
+        return m['manifests'], resp.header('ETag')
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """What refers to ``digest``: the referrers API's answer, or where
+        the registry answers 404 but for an unknown repository, the fallback
+        index ("Listing Referrers", "Unavailable Referrers API")."""
+        query = artifact_type and '?' + urllib.parse.urlencode(
+            {'artifactType': artifact_type})
+        if self._referrers_api is not False:
+            try:
+                entries = list(self._paginate(
+                    self._url('referrers', digest) + (query or ''), 'manifests',
+                    self._scope(['pull']), None, dict))
+                self._referrers_api = True
+                return entries
+            except DXFHTTPError as exc:
+                if exc.status != 404 or any(isinstance(e, dict) and e.get(
+                        'code') == 'NAME_UNKNOWN' for e in exc.errors):
+                    raise
+                self._referrers_api = False
+        return self._referrers_at(_referrers_tag(digest))[0]
 
     def _set_alias_manifest(self, alias, manifest):
         """set_manifest for dxf's own manifests, pushing the empty config
@@ -3087,9 +3583,9 @@ class DXF(DXFBase, _AliasMethods):
     def _del_alias(self, alias):
         got = self._get_manifest(alias)
         named = self._named_by(alias, got)
-        placeholder = _alias_manifest([], {
+        placeholder = _alias_manifest([], {'$manifest': {
             'vnd.dxf.deleting': alias,
-            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')})
+            'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')}})
         digest = hash_bytes(placeholder)
         scope = self._scope(['delete'])
         # Ask first: deleting the placeholder before it exists is 404 where
@@ -3255,6 +3751,101 @@ class _UploadRecord:
                 os.unlink(self.path)
             except OSError:
                 pass
+class _Partial:
+    """A blob on its way to ``path``, kept if the pull fails (issue 16):
+    ``.NAME.<hex>.dxf-partial`` and its record ``....ranges`` (JSON: digest,
+    size, the byte ranges complete; ``tail``: and from there to the file's
+    end).  Both go once the file is in place, or if nothing came or the
+    digest fails; a rerun hashes the complete prefix and fetches the rest."""
+
+    def __init__(self, path, digest):
+        head, name = os.path.split(os.path.abspath(path))
+        self.path, self.digest, self.lock = path, digest, threading.Lock()
+        self.name = os.path.join(head, '.%s.%s.dxf-partial' % (
+            name, digest.split(':')[1][:32]))
+        self.record, self.hash_lock = self.name + '.ranges', threading.Lock()
+
+    def __enter__(self):
+        try:        # appending: a stream writes from where it is truncated
+            self.file = open(self.name, 'a+b')
+            self.reader = open(self.name, 'rb', buffering=0)   # no stale read-ahead
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s' % (self.path, _exc_text(exc))) from exc
+        try:
+            with open(self.record) as f:
+                state = json.load(f)
+            if state['digest'] != self.digest:
+                raise ValueError(self.record)
+            tail = [] if state['tail'] is None else [(state['tail'], os.path.getsize(self.name))]
+            self.size, ranges = state['size'], [(int(a), int(b)) for a, b in state['ranges'] + tail]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.size, ranges = None, []
+        self.restart(ranges)
+        self.resumed = bool(ranges)
+        return self
+
+    def restart(self, keep=()):
+        """Forget all but the ranges ``keep``; hash from the start."""
+        self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
+        for start, end in keep:
+            self.add(start, end)
+        if not keep:
+            self.file.truncate(0)
+        self.reader.seek(0)
+
+    def add(self, start, end, save=False):
+        """Count bytes [start, end) complete (``save``: in the record too)."""
+        with self.lock:
+            merged = []
+            for a, b in sorted(self.ranges + [(start, end)]):
+                if merged and a <= merged[-1][1]:
+                    a, b = merged[-1][0], max(b, merged.pop()[1])
+                merged.append((a, b))
+            self.ranges = merged
+        if save:
+            self.save()
+
+    def save(self, tail=None):
+        with self.lock:
+            with open(self.record + '.new', 'w') as f:
+                json.dump({'digest': self.digest, 'size': self.size,
+                           'ranges': self.ranges, 'tail': tail}, f)
+            os.replace(self.record + '.new', self.record)
+
+    def hash_prefix(self, block=True):
+        """Hash the complete prefix not hashed yet, read back from the file;
+        without ``block``, only if no other thread is at it."""
+        if self.hash_lock.acquire(block):
+            ranges = self.ranges
+            end = ranges[0][1] if ranges and not ranges[0][0] else 0
+            while self.hashed < end:
+                data = self.reader.read(min(_PIPELINE_PIECE, end - self.hashed))
+                self.hash.update(data)
+                self.hashed += len(data) or end    # none: the digest will say
+            self.hash_lock.release()
+
+    def finish(self):
+        """Check the digest, put the file in place; return its size."""
+        got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
+        if self.hashed != self.size or got != self.digest:
+            raise DXFDigestMismatchError(got, self.digest)
+        self.file.truncate(self.size)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        os.replace(self.name, self.path)
+        os.unlink(self.record)
+        return self.size
+
+    def __exit__(self, exc_type, exc, tb):
+        self.file.close()
+        self.reader.close()
+        if exc_type and (issubclass(exc_type, (DXFIntegrityError, OSError))
+                         or not os.path.getsize(self.name)):    # OSError: disk full
+            for name in (self.name, self.record):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
 
 
 class _FileLock:
@@ -3448,13 +4039,15 @@ class OCILayout(_AliasMethods):
         return index
 
     def _update_index(self, alias, entry=None):
-        """Drop ``alias``'s entries from index.json and append ``entry``,
-        under a lock, atomically."""
+        """Drop ``alias``'s entries from index.json (None: an untagged
+        entry's of the same digest) and append ``entry``, under a lock,
+        atomically."""
         self._init()
         with _FileLock(os.path.join(self.path, '.dxf-lock')):
             index = self._index()
-            index['manifests'] = [e for e in index['manifests']
-                                  if _ref_name(e) != alias]
+            index['manifests'] = [
+                e for e in index['manifests'] if _ref_name(e) != alias
+                or alias is None and e.get('digest') != entry['digest']]
             if entry is not None:
                 index['manifests'].append(entry)
             self._write_file(os.path.join(self.path, 'index.json'),
@@ -3485,13 +4078,33 @@ class OCILayout(_AliasMethods):
         data, m, media = _manifest_to_store(manifest)
         if ':' in alias:     # stored by digest: it must be the right one
             return self.push_blob(data=data, digest=alias)
+        return self._add_entry(alias, data, m, media)
+
+    def _add_entry(self, alias, data, m, media):
         digest = self.push_blob(data=data)
         entry = _descriptor(media, digest, len(data),
-                            {_REF_NAME_ANNOTATION: alias})
+                            alias and {_REF_NAME_ANNOTATION: alias})
         if isinstance(m.get('artifactType'), str):
             entry['artifactType'] = m['artifactType']
         self._update_index(alias, entry)
         return digest
+
+    def _put_referrer(self, manifest, subject):
+        """Store a manifest with a subject: untagged in index.json, where
+        readers find it by its subject (a layout has no fallback tag)."""
+        self._add_entry(None, *_manifest_to_store(manifest))
+
+    def _referrer_entries(self, digest, artifact_type=None):
+        """The manifests in index.json whose subject is ``digest``."""
+        found = {}
+        for e in self._index()['manifests']:
+            if isinstance(e, dict) and e.get('mediaType') in (_OCI_MANIFEST, _OCI_INDEX):
+                data = self._get_manifest(_check_descriptor(e)[0])[0]
+                m, media = _parse_manifest(data, e['mediaType'])
+                subject = m.get('subject')
+                if isinstance(subject, dict) and subject.get('digest') == digest:
+                    found.setdefault(e['digest'], _referrer_entry(data, m, media))
+        return list(found.values())
 
     def _set_alias_manifest(self, alias, manifest):
         self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
@@ -3858,6 +4471,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                         source = tar.extractfile(member)
                         for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
                             out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())    # on disk before the rename
                 elif member.issym():
                     target = member.linkname
                     up = os.path.normpath(os.path.join(*parts[:-1], target))
@@ -3884,6 +4499,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DXFIntegrityError('layer %s is not a gzip tar: %s' % (
             label, _exc_text(exc))) from exc
+    except OSError as exc:       # a full disk, say: the caller removes it all
+        raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
     real_tree = os.path.realpath(tree)
     for member, path in links:      # chains of links, now all made
         real = os.path.realpath(path)
@@ -3920,6 +4537,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 #                         up in resumable chunks (default 64 MiB, at least
 #                         1 MiB; halved by itself after a 413)
 #     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
+#     DXF_CERT, DXF_KEY   a TLS client certificate and its key (for the
+#                         registry's origin only; the key may be in DXF_CERT)
 #     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
@@ -3928,7 +4547,8 @@ _ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
              'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
              'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
              'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_PUSH_CHUNK_SIZE',
-             'DXF_CONCURRENCY', 'DXF_DEBUG')
+             'DXF_CONCURRENCY', 'DXF_CERT', 'DXF_KEY', 'DXF_DEBUG')
+_EXIT_INTERRUPTED = 130
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
 
@@ -3964,95 +4584,11 @@ def _env_number(environ, name, kind, default, zero=False, high=1e6):
         number = kind(value)
     except ValueError:
         number = -1
-    low = 0 if zero else 1e-3
+    low = 0 if zero else 1 if kind is int else 1e-3
     if not low <= number <= high:     # NaN fails too
-        raise _UsageError('%s must be a number from %g to %d, not %r'
-                          % (name, low, high, _printable(value)))
+        raise _UsageError('%s must be a %s from %g to %d, not %r' % (name, 'whole number'
+                          if kind is int else 'number', low, high, _printable(value)))
     return number
-
-
-def _docker_config_credentials(host, environ):
-    """Credentials for ``host`` from docker's config.json, or None.
-
-    Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
-    """
-    directory = environ.get('DOCKER_CONFIG') or os.path.join(
-        environ.get('HOME') or os.path.expanduser('~'), '.docker')
-    path = os.path.join(directory, 'config.json')
-    try:
-        with open(path, 'rb') as f:
-            config = json.loads(f.read().decode('utf-8'))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise DXFInputError('cannot read %s: %s' % (path, _exc_text(exc)))
-    if not isinstance(config, dict):
-        raise DXFInputError('%s is not a JSON object' % path)
-    names = [host.lower()]
-    server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
-        names.append('index.docker.io/v1')
-        # docker login stores Hub credentials under this key, and docker
-        # asks helpers for it (ResolveAuthConfig in docker/cli's
-        # cli/command/registry.go: registry.IndexServer).
-        server = 'https://index.docker.io/v1/'
-
-    def lookup(table):
-        if isinstance(table, dict):
-            for key, value in table.items():
-                bare = re.sub(r'^[a-z]+://', '', key.lower()).rstrip('/')
-                if bare in names or bare.split('/')[0] == names[0]:
-                    return key, value
-        return None, None
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
-        if found:
-            return found
-    _, entry = lookup(config.get('auths'))
-    if not isinstance(entry, dict):
-        return None
-    if entry.get('identitytoken'):
-        return '<token>', entry['identitytoken']
-    if entry.get('auth'):
-        try:
-            user, _, password = base64.b64decode(entry['auth']).decode(
-                'utf-8').partition(':')
-        except (ValueError, UnicodeDecodeError):
-            raise DXFInputError('%s: malformed "auth" for %s' % (path, host))
-        return user, password
-    if entry.get('username'):
-        return entry['username'], entry.get('password', '')
-    return None
-
-
-def _credential_helper(name, server, environ):
-    """Ask ``docker-credential-<name> get`` for ``server``'s credentials."""
-    import subprocess
-    program = 'docker-credential-' + name
-    try:
-        done = subprocess.run([program, 'get'], input=server.encode('utf-8'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(environ), timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DXFAuthError('credential helper %s failed: %s'
-                           % (program, _exc_text(exc))) from exc
-    if done.returncode != 0:
-        if b'credentials not found' in done.stdout + done.stderr:
-            return None      # the helper's "no entry", not an error
-        raise DXFAuthError('credential helper %s failed: %s' % (
-            program, _printable((done.stderr or done.stdout).decode(
-                'utf-8', 'replace').strip().split('\n')[0])))
-    try:
-        doc = json.loads(done.stdout.decode('utf-8'))
-        return doc['Username'], doc['Secret']
-    except (ValueError, RecursionError, KeyError, TypeError):
-        raise DXFAuthError('credential helper %s answered something that is '
-                           'not its JSON' % program) from None
 
 
 class _Settings:
@@ -4077,6 +4613,7 @@ class _Settings:
                 name, s.tlsverify = bundle
                 if not os.path.isfile(s.tlsverify):
                     raise _UsageError('%s: no such file: %s' % (name, s.tlsverify))
+        s.cert = environ.get('DXF_CERT') and (environ['DXF_CERT'], environ.get('DXF_KEY') or None)
         s.allow_insecure_auth = _env_flag(environ, 'DXF_ALLOW_INSECURE_AUTH')
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
@@ -4094,6 +4631,8 @@ class _Settings:
         s.concurrency = _env_number(environ, 'DXF_CONCURRENCY', int,
                                     _DEFAULT_CONCURRENCY, high=64)
         s.debug = _env_flag(environ, 'DXF_DEBUG')
+        # sent: registry host -> where its credentials came from (source: dxf login's)
+        s.sent, s.source, s.warned, s.lock = {}, None, set(), threading.Lock()
         return s
 
     def open(self, repo, host=None):
@@ -4104,20 +4643,30 @@ class _Settings:
             raise _UsageError('DXF_HOST is not set (the registry host[:port], '
                               'or oci:DIRECTORY)')
         if host.startswith('oci:'):
-            root = host[len('oci:'):] or '.'
+            root = _oci_root(host)
             if repo is None:
+                if not os.path.isdir(root):
+                    there = os.path.exists(root)
+                    raise (DXFInputError if there else DXFNotFoundError)('%s: %s' % (
+                        host, 'not a directory' if there else 'no such directory'))
                 return _LayoutRoot(root)
             return _oci_layout(root, repo, flat=False)
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            if not (username or password or self.authorization):
+            source = self.source or (     # where they come from, for a refusal's message
+                'DXF_AUTHORIZATION' if self.authorization else
+                'DXF_USERNAME' + ('' if password else ' (DXF_PASSWORD is not set)') if username
+                else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
+            if not source:
                 # docker login's credentials, looked up only when needed
                 found = _docker_config_credentials(dxf._host, self.environ)
                 if found and found[0] == '<token>':
                     identity = found[1]
                 elif found:
                     username, password = found
+                source = found and 'the docker config for ' + dxf._host
+            self.sent[dxf._host] = source
             dxf.authenticate(username, password, response=response,
                              authorization=self.authorization,
                              identity_token=identity)
@@ -4128,7 +4677,7 @@ class _Settings:
         options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
-                       proxies=self.environ,
+                       proxies=self.environ, cert=self.cert,
                        allow_insecure_auth=self.allow_insecure_auth)
         dxf = DXFBase(host, **options) if repo is None else DXF(
             host, repo, **options)
@@ -4139,9 +4688,26 @@ class _Settings:
                     printer.interrupt()
                 self.stderr.write('dxf: %s\n' % line)
             dxf._transport.trace = trace
+        dxf._transport.warn = self.warning
         if token:
             dxf.token = token
+            self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def warning(self, text):
+        """Each registry Warning once per command (on stderr)."""
+        with self.lock:
+            if text not in self.warned:
+                self.warned.add(text)
+                _warn(self, text)
+
+    def hint(self, exc):
+        """What a refusal (401/403) by a registry this command spoke to means."""
+        host = getattr(exc, 'registry', None) or urllib.parse.urlsplit(exc.url or '').netloc
+        source = self.sent.get(host)
+        return ('; %s refused the credentials from %s' % (host, source) if source else
+                '; no credentials were sent to %s: set DXF_USERNAME and DXF_PASSWORD, '
+                'or run dxf login %s' % (host, host))
 
 
 class _Line:
@@ -4151,35 +4717,36 @@ class _Line:
         self.done = self.drawn = self.shown = 0
         self.start = now
         self.digest = self.total = None
+        self.ended = False
 
 
 class _Progress:
     """One line per blob on stderr, redrawn in place: bytes, rate, ETA.
 
-    Blobs moving at once (one per thread) share the bottom line, each
-    redrawing its own state there; a blob's line is left behind, in its
-    final state, when it ends.
-    """
+    Each blob moving has a line of its own (a ranged pull's threads draw
+    one), under the earlier ones: the cursor stays on the bottom line and
+    goes up to redraw another.  A blob's line is left in its final state
+    when it ends."""
 
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
-        self._lines = {}         # thread -> _Line
-        self._last = None        # the _Line drawn last
+        self._lines = {}         # digest (else thread) -> _Line
+        self._rows = []          # _Lines on screen, top down, from the first still moving
         try:
-            # 0 from a terminal that does not say (a serial console)
-            self.width = os.get_terminal_size(stream.fileno()).columns or 80
+            self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
             self.width = 80
 
     def __call__(self, digest, chunk, total=None):
         now = time.time()
+        key = digest or threading.get_ident()
         with self._lock:
-            line = self._lines.get(threading.get_ident())
+            line = self._lines.get(key)
             if not chunk or line is None:          # a new blob starts
                 if line is not None:
                     self._end(line)
-                line = self._lines[threading.get_ident()] = _Line(now)
+                line = self._lines[key] = _Line(now)
             line.done += len(chunk)
             line.digest, line.total = digest, total
             if now - line.drawn < 0.2 and (total is None or line.done < total):
@@ -4188,40 +4755,47 @@ class _Progress:
 
     def _draw(self, line, now):
         line.drawn, line.shown = now, line.done
-        self._last = line
+        if line not in self._rows:       # its first drawing: a new bottom line
+            self.stream.write('\n' if self._rows else '')
+            self._rows.append(line)
         rate = line.done / max(now - line.start, 1e-6)
-        text = '%s %s' % ((line.digest or 'upload')[:19], _human(line.done))
+        name = line.digest or 'upload'      # 8 hex digits on a narrow terminal, so
+        text = '%s %s' % (name[:19] if self.width > 60 else name.split(':')[-1][:8],
+                          _human(line.done))        # the percentage fits in 40 columns
         total = line.total
         if total:
             text += ' / %s %3d%%' % (_human(total), 100 * line.done // max(total, 1))
         text += ' %s/s' % _human(rate)
         if total and rate and line.done < total:
             text += ' ETA %ds' % -(-(total - line.done) // rate)   # round up
+        up = len(self._rows) - 1 - self._rows.index(line)
+        move = ('\x1b[%d%%s' % up) if up else '%.0s'    # cursor up, then back down
         # Wider than the terminal, each redraw would leave a wrapped line.
-        self.stream.write('\r' + text[:self.width - 1] + '\x1b[K')
+        self.stream.write(move % 'A' + '\r' + text[:self.width - 1] + '\x1b[K' + move % 'B')
         self.stream.flush()
 
     def _end(self, line):
         if line.done:
-            # Another blob drew meanwhile, or the last bytes are not shown.
-            if self._last is not line or line.shown != line.done:
-                self._draw(line, time.time() if line.shown != line.done
-                           else line.drawn)
-            self.stream.write('\n')
+            if line.shown != line.done:        # the last bytes are not shown yet
+                self._draw(line, time.time())
+            line.ended = True
+            while self._rows and self._rows[0].ended:    # final: never redrawn
+                self._rows.pop(0)
+            self.stream.write('' if self._rows else '\n')     # all final: a new line
             self.stream.flush()
-            self._last = None
 
     def interrupt(self):
-        """End the line drawn last, so that an error gets a line of its own.
-        No lock: a signal handler may call this while its thread holds it."""
-        if self._last is not None:
-            self._last = None
+        """Start a line below the ones drawn, so that an error gets a line
+        of its own.  No lock: a signal handler may call this while its
+        thread holds it."""
+        if self._rows:
+            self._rows = []
             self.stream.write('\n')
 
-    def finish(self):
-        """End this thread's line."""
+    def finish(self, digest):
+        """End this blob's line."""
         with self._lock:
-            line = self._lines.pop(threading.get_ident(), None)
+            line = self._lines.pop(digest, None)
             if line is not None:
                 self._end(line)
 
@@ -4240,8 +4814,25 @@ def _human(n):
         n /= 1024.0
 
 
+def _warn(settings, text):
+    settings.stderr.write('dxf: warning: %s\n' % _printable(text, 1000))
+
+
 def _write_line(out, text):
     out.write(text.encode('utf-8') + b'\n')
+
+
+def _emit(out, settings, text, desc=None, **fields):
+    """One line of a command's data: ``text``, or with --format json one
+    JSON object: the descriptor's known fields, its title, and ``fields``."""
+    if settings.json:
+        doc = {k: desc[k] for k in ('digest', 'size', 'mediaType', 'annotations')
+               if desc and desc.get(k) is not None}
+        doc['title'] = doc.get('annotations', {}).get(_TITLE_ANNOTATION)
+        doc.update(fields)
+        text = json.dumps({k: v for k, v in doc.items() if v is not None}, sort_keys=True)
+    if text is not None:      # (pull-blob -o prints nothing as text)
+        _write_line(out, text)
 
 
 def _alias_arg(arg):
@@ -4251,14 +4842,23 @@ def _alias_arg(arg):
     return _check_alias(arg[1:])
 
 
+def _read_manifest(stdin):
+    """The manifest a command given no DIGEST|@ALIAS reads from stdin."""
+    if getattr(stdin, 'isatty', bool)():     # not a silent wait for a paste
+        raise _UsageError('no DIGEST or @ALIAS given: name one, or pipe a manifest in')
+    manifest = stdin.read(_MAX_MANIFEST + 1)
+    if len(manifest) > _MAX_MANIFEST or not manifest.strip():
+        raise DXFInputError('stdin holds no manifest (%s): give DIGEST or @ALIAS' % (
+            'empty' if not manifest.strip() else 'larger than 4 MiB'))
+    return manifest
+
+
 def _resolve_refs(dxf, refs, settings, stdin):
     """Expand digests and @aliases (or a manifest on stdin) into the layer
     descriptors they name, in order (a digest: ``{'digest': digest}``)."""
     if not refs:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        if len(manifest) > _MAX_MANIFEST:
-            raise DXFInputError('manifest on stdin is larger than 4 MiB')
-        return dxf.get_descriptors(manifest=manifest, platform=settings.platform)
+        return dxf.get_descriptors(manifest=_read_manifest(stdin),
+                                   platform=settings.platform)
     blobs = []
     for ref in refs:
         if ref.startswith('@'):
@@ -4268,6 +4868,36 @@ def _resolve_refs(dxf, refs, settings, stdin):
             split_digest(ref)
             blobs.append({'digest': ref})
     return blobs
+
+
+def _subject_arg(arg):
+    """attach's and referrers' SUBJECT: @ALIAS or a manifest digest."""
+    return _alias_arg(arg) if arg.startswith('@') else split_digest(arg) and arg
+
+
+def _manifest_options(args):
+    """--artifact-type, --annotation(-file) and --config as keyword
+    arguments of push_blobs, set_alias and attach."""
+    if args.annotation and args.annotation_file:
+        raise _UsageError('give --annotation or --annotation-file, not both')
+    pairs = [item.partition('=') for item in args.annotation or ()]
+    notes = dict((key, value) for key, _, value in pairs)
+    if len(notes) < len(pairs) or not all(key and sep for key, sep, _ in pairs):
+        raise _UsageError('give --annotation KEY=VALUE, each KEY once')
+    annotations = {'$manifest': notes} if notes else None
+    if args.annotation_file:
+        with _open_input(args.annotation_file) as f:
+            data = f.read(_MAX_MANIFEST)
+        try:
+            annotations = _load_json(data, args.annotation_file)
+        except DXFManifestError as exc:
+            raise DXFInputError(str(exc)) from None
+    if args.artifact_type and not _MEDIA_TYPE_RE.match(args.artifact_type):
+        raise _UsageError('invalid media type %r' % _printable(args.artifact_type))
+    path, sep, media = (args.config or '').rpartition(':')
+    return dict(artifact_type=args.artifact_type, annotations=annotations,
+                config=args.config and ((path, media) if sep and _MEDIA_TYPE_RE.match(
+                    media) else (args.config, None)))
 
 
 def _safe_name(title):
@@ -4287,6 +4917,8 @@ def _cmd_auth(dxf, args, settings, out, stdin):
         if action not in ('pull', 'push', 'delete', '*'):
             raise _UsageError('invalid action %r (pull, push, delete or *)'
                               % _printable(action))
+    settings.sent[dxf._host] = ('DXF_AUTHORIZATION' if settings.authorization else
+                                'DXF_USERNAME' if settings.username else None)
     token = dxf.authenticate(settings.username, settings.password,
                              actions=args.actions or None,
                              authorization=settings.authorization)
@@ -4300,10 +4932,14 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
         alias = _alias_arg(files.pop())
-    if len(files) > 1 or alias or os.path.isdir(files[0]):
+    options = _manifest_options(args)
+    if any(options.values()) and not alias:
+        raise _UsageError('--artifact-type, --annotation(-file) and --config '
+                          'describe an alias\'s manifest: give @ALIAS')
+    if len(files) > 1 or alias or os.path.isdir(files[0]) or settings.json:
         # With an alias, a single file goes the same way: its config blob
         # is looked for beside it, not after a refused manifest PUT.
-        return _push_many(dxf, files, alias, settings, out, stdin)
+        return _push_many(dxf, files, alias, settings, out, stdin, options)
     progress = settings.progress_printer
     if files[0] == '-':
         digest = dxf.push_blob(data=iter(lambda: stdin.read(_CHUNK_SIZE), b''),
@@ -4313,12 +4949,13 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
         digest = dxf.push_blob(files[0], progress=progress,
                                chunk_size=settings.push_chunk_size)
     if progress:
-        progress.finish_all()       # drawn from push_blob's thread
+        progress.finish_all()
     _write_line(out, digest)
 
 
-def _push_many(dxf, files, alias, settings, out, stdin):
-    """push-blob of several files, or of a directory: in parallel."""
+def _push_many(dxf, files, alias, settings, out, stdin, options, subject=None):
+    """push-blob of several files, or of a directory, and attach: in
+    parallel."""
     if files.count('-') > 1:
         raise _UsageError('- (stdin) can be given only once')
     for name in files:
@@ -4326,16 +4963,23 @@ def _push_many(dxf, files, alias, settings, out, stdin):
             raise DXFInputError('cannot read %s: no such file or directory'
                                 % name)
     progress = settings.progress_printer
+    items = [stdin if f == '-' else f for f in files]
     try:
-        digests = dxf.push_blobs([stdin if f == '-' else f for f in files],
-                                 alias=alias, progress=progress,
-                                 concurrency=settings.concurrency,
-                                 chunk_size=settings.push_chunk_size)
+        if subject:
+            digest = dxf.attach(subject, items, progress=progress,
+                                concurrency=settings.concurrency, **options)
+        else:
+            layers = dxf.push_blobs(items, alias=alias, progress=progress,
+                                    concurrency=settings.concurrency,
+                                    descriptors=True,
+                                    chunk_size=settings.push_chunk_size, **options)
     finally:
         if progress:
             progress.finish_all()
-    for digest in digests:
-        _write_line(out, digest)
+    if subject:
+        return _emit(out, settings, digest, digest=digest)
+    for path, layer in zip(files, layers):
+        _emit(out, settings, layer['digest'], layer, path=path)
 
 
 def _copy_blob(dxf, digest, out, settings):
@@ -4346,27 +4990,43 @@ def _copy_blob(dxf, digest, out, settings):
             _write_line(settings.stdout, '%s %s' % (digest, reader.size))
         reader.copy_to(out)
     if progress:
-        progress.finish()
+        progress.finish(digest)
+
+
+def _pull_file(dxf, digest, path, settings, concurrency):
+    progress = settings.progress_printer
+    size = dxf.pull_blob_to(digest, path, progress, concurrency)
+    if settings.blob_info:
+        _write_line(settings.stdout, '%s %s' % (digest, size))
+    if progress:
+        progress.finish(digest)
 
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
     """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
+    if settings.json and not args.output:
+        raise _UsageError('--format json needs -o PATH: stdout carries the blobs')
     if args.output:
         _check_output(args.output)
         if os.path.isdir(args.output):
-            return _pull_to_directory(dxf, args, settings, stdin)
+            return _pull_to_directory(dxf, args, settings, stdin, out)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
-    if args.output:
+    if args.output and len(blobs) == 1:
+        _pull_file(dxf, blobs[0]['digest'], args.output, settings,
+                   settings.concurrency)
+    elif args.output:
         with _AtomicFile(args.output) as f:
             for desc in blobs:
                 _copy_blob(dxf, desc['digest'], f, settings)
     else:
         for desc in blobs:
             _copy_blob(dxf, desc['digest'], out, settings)
+    for desc in blobs if args.output else ():
+        _emit(out, settings, None, desc, path=args.output)
     out.flush()
 
 
-def _pull_to_directory(dxf, args, settings, stdin):
+def _pull_to_directory(dxf, args, settings, stdin, out):
     """pull-blob -o DIR: one file per blob, several at a time, named by its
     title annotation when that is a plain file name (never a path: no
     "../"), else by its digest.  A directory layer (as oras pushes it) is
@@ -4379,6 +5039,8 @@ def _pull_to_directory(dxf, args, settings, stdin):
         name = title or digest.split(':')[1]
         if used.setdefault(name, digest) != digest:
             name = digest.split(':')[1]   # two blobs, one title: keep both
+            _warn(settings, 'two blobs are titled %s: %s is saved as %s'
+                  % (_printable(title), digest[:19], name))
         unpack = (bool(title) and name == title
                   and annotations.get(_UNPACK_ANNOTATION) == 'true')
         if (name, unpack) not in [(n, u) for n, u, _ in plan]:
@@ -4387,31 +5049,42 @@ def _pull_to_directory(dxf, args, settings, stdin):
     def pull(item):
         name, unpack, desc = item
         path = os.path.join(args.output, name)
+        # ranges over several connections for a blob alone
+        concurrency = settings.concurrency if len(plan) == 1 else 1
         if unpack:
-            _pull_directory(dxf, desc, path, settings)
+            _pull_directory(dxf, desc, path, settings, concurrency)
         else:
-            with _AtomicFile(path) as f:
-                _copy_blob(dxf, desc['digest'], f, settings)
+            _pull_file(dxf, desc['digest'], path, settings, concurrency)
     try:
         _in_parallel(pull, plan, settings.concurrency,
                      getattr(dxf, '_transport', None))
     finally:
         if settings.progress_printer:
             settings.progress_printer.finish_all()
+    for name, _, desc in plan:
+        _emit(out, settings, None, desc, path=os.path.join(args.output, name))
 
 
-def _pull_directory(dxf, desc, path, settings):
+def _pull_directory(dxf, desc, path, settings, concurrency):
     """Download a directory layer, unpack it beside ``path`` and, once all
     is checked, put it at ``path`` (replacing what was there)."""
     import shutil
     import tempfile
     directory, name = os.path.split(path)
-    work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
-                            suffix='.dxf-partial')
+    # Its partial is named by the layer, not the work directory: resumable.
+    layer = os.path.join(directory, '.%s.dxf-layer' % name)
+    try:
+        _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
+        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
+                                suffix='.dxf-partial')
+    except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
     try:
         archive = os.path.join(work, 'layer')
-        with open(archive, 'wb') as f:
-            _copy_blob(dxf, desc['digest'], f, settings)     # verified
+        os.rename(layer, archive)
         tree = os.path.join(work, 'tree')
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
@@ -4446,9 +5119,9 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
     """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
-        _write_line(out, str(sum(desc['size'] if 'size' in desc else
-                                 dxf.blob_size(desc['digest'])
-                                 for desc in blobs)))
+        size = sum(desc['size'] if 'size' in desc else dxf.blob_size(desc['digest'])
+                   for desc in blobs)
+        _emit(out, settings, str(size), None, size=size, ref=ref)
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
@@ -4480,7 +5153,8 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
             names.append(None)
     try:
         manifest = dxf.set_alias(alias, *digests, names=names,
-                                 concurrency=settings.concurrency)
+                                 concurrency=settings.concurrency,
+                                 **_manifest_options(args))
     except DXFNotFoundError as exc:
         for ref, digest, name in zip(args.refs, digests, names):
             if name is not None and digest in str(exc):
@@ -4493,13 +5167,9 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
     """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
-    if not args.aliases:
-        for desc in _resolve_refs(dxf, [], settings, stdin):
-            _write_line(out, desc['digest'])
-    for alias in args.aliases:
-        for digest in dxf.get_alias(_check_alias(alias),
-                                    platform=settings.platform):
-            _write_line(out, digest)
+    for alias in args.aliases or [None]:
+        for desc in _resolve_refs(dxf, alias and ['@' + _check_alias(alias)], settings, stdin):
+            _emit(out, settings, desc['digest'], desc, alias=alias)
 
 
 def _cmd_del_alias(dxf, args, settings, out, stdin):
@@ -4513,8 +5183,7 @@ def _cmd_get_digest(dxf, args, settings, out, stdin):
     """dxf get-digest REPO [ALIAS...]: print each alias's config digest
     (a dxf alias's first blob, as python-dxf)."""
     if not args.aliases:
-        manifest = stdin.read(_MAX_MANIFEST + 1)
-        _write_line(out, dxf.get_digest(manifest=manifest,
+        _write_line(out, dxf.get_digest(manifest=_read_manifest(stdin),
                                         platform=settings.platform))
     for alias in args.aliases:
         _write_line(out, dxf.get_digest(_check_alias(alias),
@@ -4531,7 +5200,29 @@ def _cmd_get_manifest(dxf, args, settings, out, stdin):
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
     """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
-        _write_line(out, alias)
+        if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
+            _emit(out, settings, alias, alias=alias)
+
+
+def _cmd_attach(dxf, args, settings, out, stdin):
+    """dxf attach REPO SUBJECT [FILE...]: print the new referrer's digest."""
+    _push_many(dxf, args.files, None, settings, out, stdin,
+               _manifest_options(args), _subject_arg(args.subject))
+
+
+def _cmd_referrers(dxf, args, settings, out, stdin):
+    """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
+    for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
+        _emit(out, settings, '%s %s' % (entry['digest'], _printable(
+            entry.get('artifactType') or '-')), entry,
+            artifactType=entry.get('artifactType'))
+
+
+def _cmd_resolve(dxf, args, settings, out, stdin):
+    """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
+    for alias in args.aliases:
+        digest = dxf.resolve(_check_alias(alias))
+        _emit(out, settings, digest, digest=digest, alias=alias)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
@@ -4541,7 +5232,7 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         raise _UsageError('DEST %r is not a repository; for a directory say '
                           'oci:%s' % (_printable(dest), _printable(dest)))
     if dest.startswith('oci:'):
-        target = _oci_layout(dest[len('oci:'):] or '.', args.repo, flat=True)
+        target = _oci_layout(_oci_root(dest), args.repo, flat=True)
     else:
         first, _, rest = dest.partition('/')
         # docker's rule: a first component with a dot or a port is a host
@@ -4550,10 +5241,18 @@ def _cmd_copy_alias(dxf, args, settings, out, stdin):
         else:
             target = settings.open(dest)
     with target:
-        _write_line(out, dxf.copy_alias(_check_alias(args.alias), target,
-                                        args.dest_alias and _check_alias(
-                                            args.dest_alias),
-                                        concurrency=settings.concurrency))
+        digest = dxf.copy_alias(_check_alias(args.alias), target, args.dest_alias and
+                                _check_alias(args.dest_alias),
+                                concurrency=settings.concurrency)
+    _emit(out, settings, digest, None, digest=digest, target=dest,
+          alias=args.dest_alias or args.alias)
+
+
+def _oci_root(spec):
+    """The directory of ``oci:DIR``; not '.' for an empty one (an unset $DIR)."""
+    if spec == 'oci:':
+        raise _UsageError('oci: needs a directory (oci:DIR); is a variable in it unset?')
+    return spec[len('oci:'):]
 
 
 def _oci_layout(root, repo, flat):
@@ -4572,7 +5271,32 @@ def _oci_layout(root, repo, flat):
 def _cmd_list_repos(dxf, args, settings, out, stdin):
     """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
-        _write_line(out, repo)
+        _emit(out, settings, repo, repo=repo)
+
+
+def _cmd_login(dxf, args, settings, out, stdin):
+    """dxf login HOST [-u USER] [--password-stdin]: check the credentials with
+    an authenticated GET /v2/, then keep them in docker's config."""
+    import getpass
+    user = args.username or settings.username
+    password = (stdin.read().decode('utf-8').rstrip('\r\n') if args.password_stdin
+                else settings.password or (getattr(stdin, 'isatty', bool)()
+                                           and getpass.getpass('Password: ')))
+    if not (user and password):     # never a password on the command line
+        raise _UsageError('login needs a user (-u USER or DXF_USERNAME) and a password '
+                          '(--password-stdin, DXF_PASSWORD, or a terminal to type it on)')
+    settings.username, settings.password, settings.authorization, settings.token = (
+        user, password, None, None)
+    settings.sent[args.host] = settings.source = 'dxf login'
+    with settings.open(None, host=args.host) as base:
+        if base.authenticate(user, password):       # a token: now try it
+            base.api_version_check()
+    _docker_config_store(args.host, settings.environ, user, password)
+
+
+def _cmd_logout(dxf, args, settings, out, stdin):
+    """dxf logout HOST: remove HOST's credentials from docker's config."""
+    _docker_config_store(args.host, settings.environ)
 
 
 def _cmd_version(dxf, args, settings, out, stdin):
@@ -4581,6 +5305,19 @@ def _cmd_version(dxf, args, settings, out, stdin):
 
 
 _REPO = ('repo', dict(metavar='REPO', help='repository name'))
+_MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
+    'the manifest\'s artifactType (default application/vnd.dxf.alias.v1; '
+    'with --config none)'))), ('--annotation', dict(
+    action='append', metavar='KEY=VALUE', help='a manifest annotation; repeat '
+    'for more')), ('--annotation-file', dict(metavar='FILE', help=(
+        'annotations as oras reads them: {"$manifest": {...}, "$config": '
+        '{...}, "FILE-NAME": {...}}'))), ('--config', dict(
+            metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
+            'type application/vnd.unknown.config.v1+json)'))]
+_SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
+# The commands that take --format json (one JSON object per line, _emit).
+_JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
+                  'blob-size', 'copy-alias', 'attach', 'referrers', 'resolve')
 
 # (name, function, help, [(argument, argparse options)])
 _COMMANDS = [
@@ -4590,9 +5327,10 @@ _COMMANDS = [
     ('push-blob', _cmd_push_blob,
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR [@ALIAS]', help=(
+     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR', help=(
          'files to upload (- reads stdin), directories to store as one '
-         'layer each; a last @ALIAS points that alias at them all')))]),
+         'layer each; a last @ALIAS points that alias at them all')))]
+     + _MANIFEST_ARGS),
     ('pull-blob', _cmd_pull_blob,
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
      [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
@@ -4619,7 +5357,8 @@ _COMMANDS = [
      [_REPO, ('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
-          'blobs in order: digests, or files already pushed (./NAME)')))]),
+          'blobs in order: digests, or files already pushed (./NAME)')))]
+     + _MANIFEST_ARGS),
     ('get-alias', _cmd_get_alias, 'print the digests an alias names',
      [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
@@ -4642,13 +5381,34 @@ _COMMANDS = [
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
+    ('attach', _cmd_attach, 'attach files (a signature, an SBOM, a note) to '
+     'SUBJECT, print the digest of the manifest that refers to it',
+     [_REPO, _SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
+         'files (- reads stdin) and directories, as for push-blob')))]
+     + _MANIFEST_ARGS),
+    ('referrers', _cmd_referrers, 'print "DIGEST ARTIFACT-TYPE" of each '
+     'manifest attached to SUBJECT', [_REPO, _SUBJECT, ('--artifact-type', dict(
+         metavar='TYPE', help='only those of this artifact type'))]),
+    ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
+     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
     ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
+    ('login', _cmd_login, 'check credentials for HOST, keep them in docker\'s config',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]')),
+      ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
+      ('--password-stdin', dict(action='store_true', help=(
+          'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
+    ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
+     [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
     ('version', _cmd_version, 'print the version', []),
 ]
 
-_EPILOG = ('environment: ' + ', '.join(_ENV_VARS) + '. Exit status: 0 ok, '
-           '2 not found, 5 integrity, 13 auth, 22 usage, 1 other, 130 '
-           'interrupted, 143 terminated.')
+# The exit statuses, one meaning each (README "Exit status" lists the same).
+_EXIT_STATUSES = ((0, 'ok'), (errno.ENOENT, 'not found'), (errno.EIO, 'integrity'),
+                  (errno.EACCES, 'auth'), (errno.EINVAL, 'usage'), (1, 'other'),
+                  (_EXIT_INTERNAL, 'internal error'), (_EXIT_INTERRUPTED, 'interrupted'),
+                  (128 + 15, 'terminated'))     # SIGTERM
+_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(_ENV_VARS), ', '.join(
+    '%d %s' % pair for pair in _EXIT_STATUSES))
 
 
 def _build_parser(out, only=None):
@@ -4679,10 +5439,14 @@ def _build_parser(out, only=None):
     for name, func, text, arguments in _COMMANDS:
         if only and name != only:
             continue
-        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG, usage=(
+            'dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]' if name == 'push-blob' else None))
         for dest, options in arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
+        if name in _JSON_COMMANDS:
+            p.add_argument('--format', choices=('text', 'json'), default='text', help=(
+                'json: one JSON object per line (digest, size, mediaType, title, ...)'))
         p.set_defaults(func=func)
     return parser
 
@@ -4704,7 +5468,7 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         debug = _env_flag(environ, 'DXF_DEBUG')
     except _UsageError:
         debug = False
-    dxf = printer = None
+    dxf = settings = printer = None
 
     def fail(message, status):
         if printer is not None:     # not at the end of the progress line
@@ -4717,9 +5481,10 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         args, extra = parser.parse_known_args(argv)
         # argparse (before 3.7's parse_intermixed_args) leaves positionals
         # that follow an option unparsed: "pull-blob REPO -o F @alias".
-        if extra and hasattr(args, 'refs') and not any(
+        rest = getattr(args, 'refs', getattr(args, 'files', None))
+        if extra and rest is not None and not any(
                 a.startswith('-') for a in extra):
-            args.refs += extra
+            rest += extra
         elif extra:
             parser.error('unrecognized arguments: %s' % ' '.join(extra))
         settings = _Settings.from_environ(environ)
@@ -4728,7 +5493,8 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
             show = hasattr(stderr, 'isatty') and stderr.isatty()
         settings.progress_printer = printer = _Progress(stderr) if show else None
         settings.stdout, settings.stderr = stdout, stderr
-        if args.func is not _cmd_version:
+        settings.json = getattr(args, 'format', None) == 'json'
+        if args.func not in (_cmd_version, _cmd_login, _cmd_logout):
             dxf = settings.open(getattr(args, 'repo', None)
                                 if args.func is not _cmd_list_repos else None)
         args.func(dxf, args, settings, stdout, stdin)
@@ -4739,13 +5505,15 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
     except _UsageError as exc:
         return fail(str(exc), errno.EINVAL)
     except DXFError as exc:
-        return fail(str(exc), exc.exit_code)
+        hint = settings.hint(exc) if settings and isinstance(exc, DXFUnauthorizedError) else ''
+        return fail(str(exc) + hint, exc.exit_code)
     except KeyboardInterrupt:
         return fail(*_interruption())
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
-    except OSError as exc:
-        return fail(_exc_text(exc), 1)
+    except OSError as exc:      # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
+        return fail('%s: %s' % (exc.filename, _exc_text(exc)) if exc.filename
+                    else _exc_text(exc), errno.EINVAL if exc.filename else 1)
     except Exception as exc:     # a bug of ours: still one line, no traceback
         return fail('internal error (%s: %s); DXF_DEBUG=1 shows where'
                     % (type(exc).__name__, exc), _EXIT_INTERNAL)
@@ -4842,6 +5610,43 @@ class DXFDigestNotAvailableForSchema1(DXFManifestError):
 
 # python-dxf compatibility: the 2015 README calls authenticate this.
 DXFBase.auth_by_password = DXFBase.authenticate
+
+
+def _manifest_response(dxf, alias, method):
+    """A manifest's answer as a requests.Response: status_code, headers, text."""
+    resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
+                        headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
+    view = _ErrorResponse(resp.status, resp.reason, resp.url)
+    view.headers, view.content = resp.headers, resp.body or b''
+    return view
+
+
+def _get_manifest_and_response(self, alias):
+    """python-dxf: ``(manifest, response)``; prefer get_manifest."""
+    response = _manifest_response(self, alias, 'GET')
+    return response.text, response
+
+
+def _head_manifest_and_response(self, alias):
+    """python-dxf: ``(digest, response)``; prefer get_manifest_digest."""
+    response = _manifest_response(self, alias, 'HEAD')
+    return response.headers.get('Docker-Content-Digest'), response
+
+
+DXF.get_manifest_and_response = _get_manifest_and_response
+DXF.head_manifest_and_response = _head_manifest_and_response
+
+
+class PaginatingResponse:
+    """python-dxf: the ``header`` items of a paginated list at ``path`` (in
+    the repository for '_request'); prefer list_aliases(iterate=True)."""
+
+    def __init__(self, dxf_obj, req_meth, path, header, **kwargs):
+        self._items = dxf_obj._paginate(dxf_obj._url(path) if req_meth == '_request' else path,
+                                        header, None, kwargs.get('params', {}).get('n'))
+
+    def __iter__(self):
+        return self._items
 
 
 # python-dxf compatibility: python-dxf is a package, and its users import
