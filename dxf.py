@@ -173,8 +173,13 @@ _BLOB_UNKNOWN_TRIES = 4          # alias PUTs told a blob is unknown (races)
 
 
 class DXFError(Exception):
-    """Base class of every error dxf raises on purpose."""
+    """Base class of every error dxf raises on purpose.  Its keyword
+    arguments become attributes: what each subclass documents it carries."""
     exit_code = 1
+
+    def __init__(self, *args, **fields):
+        super().__init__(*args)
+        self.__dict__.update(fields)
 
 
 class DXFInputError(DXFError, ValueError):
@@ -183,13 +188,11 @@ class DXFInputError(DXFError, ValueError):
 
 
 class DXFUnexpectedDigestMethodError(DXFInputError):
-    """A digest uses an algorithm other than sha256 or sha512."""
+    """A digest uses an algorithm (``got``) other than sha256 or sha512."""
 
     def __init__(self, got, expected='sha256'):
         super().__init__('unsupported digest algorithm %r (expected %s)'
-                         % (got, expected))
-        self.got = got
-        self.expected = expected
+                         % (got, expected), got=got, expected=expected)
 
 
 class DXFConnectionError(DXFError):
@@ -200,9 +203,7 @@ class DXFConnectionError(DXFError):
     retryable = True
 
     def __init__(self, message='', method=None, url=None):
-        super().__init__(message)
-        self.method = method
-        self.url = url
+        super().__init__(message, method=method, url=url)
 
 
 class DXFProtocolError(DXFConnectionError):
@@ -223,23 +224,14 @@ class DXFHTTPError(DXFError):
 
     def __init__(self, method, url, status, errors=None, reason='',
                  expected=None, message=None):
-        self.method = method
-        self.url = url
-        self.status = status
-        self.errors = errors or []
-        self.reason = reason
-        self.got = status
-        self.expected = expected
-        self.response = _ErrorResponse(status, reason, url)
-        super().__init__(message or self._describe())
-
-    def _describe(self):
-        path = urllib.parse.urlsplit(self.url).path
+        errors = errors or []
         what = '; '.join(
             ('%s: %s' % (e.get('code', ''), e.get('message', ''))).strip(': ')
-            for e in self.errors if isinstance(e, dict))
-        return '%s %s -> %s %s' % (self.method, path, self.status,
-                                   _printable(what or self.reason))
+            for e in errors if isinstance(e, dict))
+        super().__init__(message or '%s %s -> %s %s' % (
+            method, urllib.parse.urlsplit(url).path, status, _printable(what or reason)),
+            method=method, url=url, status=status, errors=errors, reason=reason,
+            got=status, expected=expected, response=_ErrorResponse(status, reason, url))
 
 
 class _ErrorResponse:
@@ -270,9 +262,8 @@ class DXFNotFoundError(DXFError):
     OCI layout.  ``what`` names it ('alias may15 in fred/logs')."""
     exit_code = errno.ENOENT
 
-    def __init__(self, message, what=None):
-        super().__init__(message)
-        self.what = what
+    def __init__(self, message, what=None, **fields):
+        super().__init__(message, what=what, **fields)
 
 
 class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
@@ -298,19 +289,15 @@ class DXFDigestMismatchError(DXFIntegrityError):
 
     def __init__(self, got, expected):
         super().__init__('digest mismatch: expected %s, got %s'
-                         % (expected, got))
-        self.got = got
-        self.expected = expected
+                         % (expected, got), got=got, expected=expected)
 
 
 class DXFSizeMismatchError(DXFIntegrityError):
-    """A body was shorter or longer than its declared size."""
+    """A body was shorter or longer (``got``) than its declared size."""
 
     def __init__(self, got, expected, what='body', message=None):
         super().__init__(message or '%s is %d bytes, expected %d'
-                         % (what, got, expected))
-        self.got = got
-        self.expected = expected
+                         % (what, got, expected), got=got, expected=expected)
 
 
 class DXFUnsafeArchiveError(DXFIntegrityError):
@@ -326,8 +313,8 @@ class DXFUnsupportedSchemaType(DXFManifestError):
     """A manifest's media type is not one dxf understands."""
 
     def __init__(self, media_type):
-        super().__init__('unsupported manifest type %r' % (media_type,))
-        self.media_type = media_type
+        super().__init__('unsupported manifest type %r' % (media_type,),
+                         media_type=media_type)
 
 
 class DXFPlatformDataNotFound(DXFManifestError):
@@ -335,15 +322,12 @@ class DXFPlatformDataNotFound(DXFManifestError):
     exit_code = errno.ENOENT
 
     def __init__(self, platform, available):
-        self.platform = platform
-        self.available = list(available)
-        listed = ', '.join(self.available) or 'none'
-        if platform:
-            msg = 'platform %s not found (available: %s)' % (platform, listed)
-        else:
-            msg = ('alias is multi-platform; choose one with DXF_PLATFORM or '
-                   'platform= (available: %s)' % listed)
-        super().__init__(msg)
+        available = list(available)
+        listed = ', '.join(available) or 'none'
+        super().__init__('platform %s not found (available: %s)' % (platform, listed)
+                         if platform else 'alias is multi-platform; choose one with '
+                         'DXF_PLATFORM or platform= (available: %s)' % listed,
+                         platform=platform, available=available)
 
 
 class DXFMountFailed(DXFError):
@@ -351,9 +335,7 @@ class DXFMountFailed(DXFError):
     was to come from, ``digest`` the blob."""
 
     def __init__(self, message, repo=None, digest=None):
-        super().__init__(message)
-        self.repo = repo
-        self.digest = digest
+        super().__init__(message, repo=repo, digest=digest)
 
 
 # =============================================================================
@@ -5219,17 +5201,15 @@ class DXFUnexpectedKeyTypeError(DXFError):
     """python-dxf: a schema 1 signature's key type is not supported."""
 
     def __init__(self, got, expected):
-        super().__init__('expected key type %s, got %s' % (expected, got))
-        self.got = got
-        self.expected = expected
+        super().__init__('expected key type %s, got %s' % (expected, got),
+                         got=got, expected=expected)
 
 
 class DXFDisallowedSignatureAlgorithmError(DXFError):
     """python-dxf: a schema 1 signature algorithm is forbidden."""
 
     def __init__(self, alg):
-        super().__init__('disallowed signature algorithm: %s' % alg)
-        self.alg = alg
+        super().__init__('disallowed signature algorithm: %s' % alg, alg=alg)
 
 
 class DXFSignatureChainNotImplementedError(DXFError):
