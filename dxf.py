@@ -4292,9 +4292,9 @@ class _Settings:
     """Every DXF_* variable, read and checked in one place."""
 
     @classmethod
-    def from_environ(cls, environ):
+    def from_environ(cls, environ, stdout=None, stderr=None):
         s = cls()
-        s.environ = environ
+        s.environ, s.stdout, s.stderr = environ, stdout, stderr
         s.host = environ.get('DXF_HOST', '').strip()
         s.insecure = _env_flag(environ, 'DXF_INSECURE')
         s.username = environ.get('DXF_USERNAME') or None
@@ -4320,6 +4320,9 @@ class _Settings:
             raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
                               'not %r' % _printable(s.platform))
         s.progress = _env_flag(environ, 'DXF_PROGRESS', None)
+        if s.progress is None:
+            s.progress = hasattr(stderr, 'isatty') and stderr.isatty()
+        s.progress_printer = _Progress(stderr) if s.progress else None
         s.blob_info = _env_flag(environ, 'DXF_BLOB_INFO')
         s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE,
                                    high=1 << 30)
@@ -4979,87 +4982,88 @@ _SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest
 _JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
                   'blob-size', 'copy-alias', 'attach', 'referrers', 'resolve')
 
-# (name, function, help, [(argument, argparse options)])
+# (name, function, what it opens: 'repo' (REPO's store; the REPO argument
+# comes first), 'registry' or None, help, [(argument, argparse options)])
 _COMMANDS = [
-    ('auth', _cmd_auth, 'print a registry token for REPO',
-     [_REPO, ('actions', dict(nargs='*', metavar='ACTION',
+    ('auth', _cmd_auth, 'repo', 'print a registry token for REPO',
+     [('actions', dict(nargs='*', metavar='ACTION',
                               help='pull, push, delete or *'))]),
-    ('push-blob', _cmd_push_blob,
+    ('push-blob', _cmd_push_blob, 'repo',
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR', help=(
+     [('files', dict(nargs='+', metavar='FILE|DIR', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]
      + _MANIFEST_ARGS),
-    ('pull-blob', _cmd_pull_blob,
+    ('pull-blob', _cmd_pull_blob, 'repo',
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or all of an alias\'s blobs'))),
       ('--output', dict(flags=('-o',), metavar='PATH', help=(
           'write to PATH (a directory, or a PATH ending in /: one file '
           'per blob, a directory layer unpacked), which appears only once '
           'every byte is verified')))]),
-    ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+    ('blob-size', _cmd_blob_size, 'repo', 'print blob sizes (an alias: their sum)',
+     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
-    ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [_REPO, ('from_repo', dict(metavar='FROM-REPO', help=(
+    ('mount-blob', _cmd_mount_blob, 'repo', 'mount a blob from another repository',
+     [('from_repo', dict(metavar='FROM-REPO', help=(
          'the repository of the same registry that has the blob'))),
       ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
       ('alias', dict(nargs='?', metavar='@ALIAS', help=(
           'also point this alias at the blob')))]),
-    ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+    ('del-blob', _cmd_del_blob, 'repo', 'delete blobs (an alias\'s blobs, not the alias)',
+     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
          'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
          'stdin)')))]),
-    ('set-alias', _cmd_set_alias,
+    ('set-alias', _cmd_set_alias, 'repo',
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [_REPO, ('alias', dict(metavar='ALIAS', help=(
+     [('alias', dict(metavar='ALIAS', help=(
          'the alias to set (without @)'))),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
           'blobs in order: digests, or files already pushed (./NAME)')))]
      + _MANIFEST_ARGS),
-    ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+    ('get-alias', _cmd_get_alias, 'repo', 'print the digests an alias names',
+     [('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+    ('del-alias', _cmd_del_alias, 'repo', 'delete aliases, print the blobs they named',
+     [('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases to delete (their blobs stay)')))]),
-    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
+    ('get-digest', _cmd_get_digest, 'repo', 'print an alias\'s config blob digest '
      '(a dxf alias: its first blob)',
-     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+     [('aliases', dict(nargs='*', metavar='ALIAS', help=(
          'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
+    ('get-manifest', _cmd_get_manifest, 'repo', 'print an alias\'s manifest',
+     [('aliases', dict(nargs='+', metavar='ALIAS', help=(
          'aliases whose manifests to print')))]),
-    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO', [_REPO]),
-    ('copy-alias', _cmd_copy_alias,
+    ('list-aliases', _cmd_list_aliases, 'repo', 'print the aliases in REPO', []),
+    ('copy-alias', _cmd_copy_alias, 'repo',
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [_REPO, ('alias', dict(metavar='ALIAS', help='the alias to copy')),
+     [('alias', dict(metavar='ALIAS', help='the alias to copy')),
       ('dest', dict(metavar='DEST', help=(
           'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
-    ('attach', _cmd_attach, 'attach files (a signature, an SBOM, a note) to '
+    ('attach', _cmd_attach, 'repo', 'attach files (a signature, an SBOM, a note) to '
      'SUBJECT, print the digest of the manifest that refers to it',
-     [_REPO, _SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
+     [_SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
          'files (- reads stdin) and directories, as for push-blob')))]
      + _MANIFEST_ARGS),
-    ('referrers', _cmd_referrers, 'print "DIGEST ARTIFACT-TYPE" of each '
-     'manifest attached to SUBJECT', [_REPO, _SUBJECT, ('--artifact-type', dict(
+    ('referrers', _cmd_referrers, 'repo', 'print "DIGEST ARTIFACT-TYPE" of each '
+     'manifest attached to SUBJECT', [_SUBJECT, ('--artifact-type', dict(
          metavar='TYPE', help='only those of this artifact type'))]),
-    ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
-    ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
-    ('login', _cmd_login, 'check credentials for HOST, keep them in docker\'s config',
+    ('resolve', _cmd_resolve, 'repo', 'print the digest of each alias\'s manifest',
+     [('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
+    ('list-repos', _cmd_list_repos, 'registry', 'print the repositories in the registry', []),
+    ('login', _cmd_login, None, 'check credentials for HOST, keep them in docker\'s config',
      [('host', dict(metavar='HOST', help='the registry, host[:port]')),
       ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
       ('--password-stdin', dict(action='store_true', help=(
           'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
-    ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
+    ('logout', _cmd_logout, None, 'remove HOST\'s credentials from docker\'s config',
      [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
-    ('version', _cmd_version, 'print the version', []),
+    ('version', _cmd_version, None, 'print the version', []),
 ]
 
 # The exit statuses, one meaning each (README "Exit status" lists the same).
@@ -5095,19 +5099,34 @@ def _build_parser(out, only=None):
                         version='dxf.py ' + __version__)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
-    for name, func, text, arguments in _COMMANDS:
+    for name, func, opens, text, arguments in _COMMANDS:
         if only and name != only:
             continue
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG, usage=(
             'dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]' if name == 'push-blob' else None))
-        for dest, options in arguments:
+        for dest, options in [_REPO] * (opens == 'repo') + arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
         if name in _JSON_COMMANDS:
             p.add_argument('--format', choices=('text', 'json'), default='text', help=(
                 'json: one JSON object per line (digest, size, mediaType, title, ...)'))
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, opens=opens)
     return parser
+
+
+def _parse_args(argv, out):
+    """``argv`` parsed by its command's parser (only that one is built)."""
+    parser = _build_parser(out, argv[0] if argv and any(
+        argv[0] == c[0] for c in _COMMANDS) else None)
+    args, extra = parser.parse_known_args(argv)
+    # argparse (before 3.7's parse_intermixed_args) leaves positionals
+    # that follow an option unparsed: "pull-blob REPO -o F @alias".
+    rest = getattr(args, 'refs', getattr(args, 'files', None))
+    if extra and rest is not None and not any(a.startswith('-') for a in extra):
+        rest += extra
+    elif extra:
+        parser.error('unrecognized arguments: %s' % ' '.join(extra))
+    return args
 
 
 def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
@@ -5129,50 +5148,42 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         debug = False
     dxf = settings = None
     try:
-        parser = _build_parser(stdout, argv[0] if argv and any(
-            argv[0] == c[0] for c in _COMMANDS) else None)
-        args, extra = parser.parse_known_args(argv)
-        # argparse (before 3.7's parse_intermixed_args) leaves positionals
-        # that follow an option unparsed: "pull-blob REPO -o F @alias".
-        rest = getattr(args, 'refs', getattr(args, 'files', None))
-        if extra and rest is not None and not any(
-                a.startswith('-') for a in extra):
-            rest += extra
-        elif extra:
-            parser.error('unrecognized arguments: %s' % ' '.join(extra))
-        settings = _Settings.from_environ(environ)
-        show = settings.progress
-        if show is None:
-            show = hasattr(stderr, 'isatty') and stderr.isatty()
-        settings.progress_printer = _Progress(stderr) if show else None
-        settings.stdout, settings.stderr = stdout, stderr
+        args = _parse_args(argv, stdout)
+        settings = _Settings.from_environ(environ, stdout, stderr)
         settings.json = getattr(args, 'format', None) == 'json'
-        if args.func not in (_cmd_version, _cmd_login, _cmd_logout):
-            dxf = settings.open(getattr(args, 'repo', None)
-                                if args.func is not _cmd_list_repos else None)
+        if args.opens:
+            dxf = settings.open(getattr(args, 'repo', None))
         args.func(dxf, args, settings, stdout, stdin)
         stdout.flush()
         return 0
     except _Exit as exc:
         return exc.status
-    except _UsageError as exc:
-        return _fail(stderr, str(exc), errno.EINVAL, debug)
-    except DXFError as exc:
-        hint = settings.hint(exc) if settings and isinstance(exc, DXFUnauthorizedError) else ''
-        return _fail(stderr, str(exc) + hint, exc.exit_code, debug)
-    except KeyboardInterrupt:
-        return _fail(stderr, 'interrupted', _EXIT_INTERRUPTED, debug)
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
-    except OSError as exc:      # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
-        return _fail(stderr, '%s: %s' % (exc.filename, _exc_text(exc)) if exc.filename
-                     else _exc_text(exc), errno.EINVAL if exc.filename else 1, debug)
-    except Exception as exc:     # a bug of ours: still one line, no traceback
-        return _fail(stderr, 'internal error (%s: %s); DXF_DEBUG=1 shows where'
-                     % (type(exc).__name__, exc), _EXIT_INTERNAL, debug)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _fail(stderr, *_failure(exc, settings), debug=debug)
     finally:
         if dxf is not None:
             dxf.close()
+
+
+def _failure(exc, settings):
+    """The error line and exit status (see _EXIT_STATUSES) for what ended a
+    command; ``settings`` None if they were not read yet."""
+    if isinstance(exc, _UsageError):
+        return str(exc), errno.EINVAL
+    if isinstance(exc, DXFUnauthorizedError) and settings:
+        return str(exc) + settings.hint(exc), exc.exit_code
+    if isinstance(exc, DXFError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 'interrupted', _EXIT_INTERRUPTED
+    if isinstance(exc, OSError):     # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
+        return (('%s: %s' % (exc.filename, _exc_text(exc)), errno.EINVAL) if exc.filename
+                else (_exc_text(exc), 1))
+    # A bug of ours: still one line, no traceback.
+    return ('internal error (%s: %s); DXF_DEBUG=1 shows where'
+            % (type(exc).__name__, exc), _EXIT_INTERNAL)
 
 
 def _fail(stderr, message, status, debug):
