@@ -2543,8 +2543,10 @@ class _AliasMethods:
     def _needing(self, *actions):
         return _Needing(threading.local(), actions)    # no tokens: no-op
 
-    def _image_manifest(self, alias, manifest, platform):
-        """The parsed image manifest an alias (or given manifest) leads to."""
+    def _manifest_for(self, alias, manifest=None, platform=None, index=False):
+        """``(bytes, parsed)`` of an alias's manifest (or of ``manifest``, a
+        str or bytes), an index resolved to its ``platform``'s manifest: the
+        one rule for every operation (``index``: kept without a platform)."""
         if manifest is None:
             if alias is None:
                 raise TypeError('give alias or manifest')
@@ -2553,16 +2555,16 @@ class _AliasMethods:
             data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
             content_type = None
         m, media = _parse_manifest(data, content_type)
-        if media in _INDEX_TYPES and _REFERRERS_TAG_RE.match(alias or ''):
-            raise DXFManifestError('%s is a referrers index (what is attached '
-                                   'to a manifest): see dxf referrers' % alias)
-        if media in _INDEX_TYPES:
+        if media in _INDEX_TYPES and (platform or not index):
+            if _REFERRERS_TAG_RE.match(alias or ''):
+                raise DXFManifestError('%s is a referrers index (what is attached '
+                                       'to a manifest): see dxf referrers' % alias)
             data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
             m, media = _parse_manifest(data, content_type)
             if media in _INDEX_TYPES:
                 raise DXFManifestError('nested index (an index of indexes) '
                                        'is not supported')
-        return m
+        return data, m
 
     def get_manifest(self, alias, platform=None):
         """Return an alias's manifest as a string, exactly as stored.
@@ -2571,12 +2573,8 @@ class _AliasMethods:
         picks one platform's manifest; without it the index itself is
         returned.
         """
-        data, content_type, _ = self._get_manifest(alias)
-        if platform:
-            m, media = _parse_manifest(data, content_type)
-            if media in _INDEX_TYPES:
-                data = self._get_manifest(_choose_platform(m, platform))[0]
-        return data.decode('utf-8')
+        return self._manifest_for(_check_ref(alias), platform=platform,
+                                  index=True)[0].decode('utf-8')
 
     def make_manifest(self, *digests, names=None, artifact_type=None,
                       annotations=None, config=None):
@@ -2619,31 +2617,43 @@ class _AliasMethods:
             split_digest(digest)
         with self._needing('push'):
             # The sizes not known yet are looked up together, not one round
-            # trip after another, and the empty config blob with them: a new
-            # repository gets it now instead of after the registry refused
-            # the manifest for want of it (as push_blobs does).  With every
-            # size known, that refusal is the cheaper way to find out.
+            # trip after another, and the config blob with them.  With every
+            # size known, the registry's refusal of the manifest for want of
+            # the empty config (_set_alias_manifest) is the cheaper way to
+            # find out whether it is there.
             unknown = sorted(set(digests) - set(self._sizes))
             if unknown or config:
-                _in_parallel(self._look_up, [(config,) if config else _EMPTY_DIGEST]
-                             + unknown, concurrency or _DEFAULT_CONCURRENCY,
-                             getattr(self, '_transport', None))
+                self._beside_config(self._blob_head, unknown, config, concurrency)
             manifest = self.make_manifest(
                 *digests, names=names, artifact_type=artifact_type,
                 annotations=annotations, config=config)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
-    def _look_up(self, digest):
-        """set_alias' look-ups: a blob's size, or the config pushed if missing.
-        In a worker thread: it asks for set_alias' token (pull and push), so
-        that the threads' first 401s all take the one token."""
-        with self._needing('push'):
-            if digest == _EMPTY_DIGEST:
+    def _beside_config(self, func, jobs, config, concurrency):
+        """``[func(job) for job in jobs]``, in parallel with the push of a
+        manifest's config blob (``config``'s file, else the empty config).
+
+        The manifest needs that blob: looked for (and in a new repository
+        uploaded) in the same batch as the rest, the manifest PUT is
+        accepted the first time instead of after a 400 and a config upload.
+        Each worker asks for the operation's token (pull and push), so the
+        threads that meet the first 401 together share one token request
+        (_Auth.fetch_token)."""
+        def run(job):
+            with self._needing('push'):
+                if job is not None:
+                    return func(job)
+                if config:
+                    return self.push_blob(config[0])
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-            if isinstance(digest, tuple):      # (config,): upload that file
-                return self.push_blob(digest[0][0])
-            return self._blob_head(digest)
+        return self._parallel(run, [None] + list(jobs), concurrency)[1:]
+
+    def _parallel(self, func, items, concurrency):
+        """_in_parallel, ``concurrency`` (default 4) at a time, the workers
+        drawing on the calling operation's retry budget."""
+        return _in_parallel(func, items, concurrency or _DEFAULT_CONCURRENCY,
+                            getattr(self, '_transport', None))
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None,
                    artifact_type=None, annotations=None, config=None,
@@ -2671,32 +2681,22 @@ class _AliasMethods:
         if alias is not None:
             _check_alias(alias)
         with self._needing('push'):
-            layers, manifest = self._push_artifact(
-                items, progress, concurrency, alias is not None, artifact_type,
-                annotations, config)
-            if alias is not None:
+            if alias is None:
+                layers = self._parallel(lambda item: self._push_item(item, progress),
+                                        items, concurrency)
+            else:
+                layers, manifest = self._push_artifact(
+                    items, progress, concurrency, artifact_type=artifact_type,
+                    annotations=annotations, config=config)
                 self._set_alias_manifest(alias, manifest.decode('utf-8'))
         return layers if descriptors else [layer['digest'] for layer in layers]
 
-    def _push_artifact(self, items, progress, concurrency, manifest=True,
-                       artifact_type=None, annotations=None, config=None,
-                       subject=None):
+    def _push_artifact(self, items, progress, concurrency, artifact_type=None,
+                       annotations=None, config=None, subject=None):
         """Push items (as push_blobs) and the config blob; return the layer
-        descriptors and the manifest over them (not stored; None without
-        ``manifest``)."""
-        # The manifest needs its config blob: it is looked for (and in a new
-        # repository uploaded) in the same batch as the blobs, so the
-        # manifest PUT is accepted the first time instead of after a 400 and
-        # a config upload.  Threads that meet the first 401 together share
-        # one token request (_Auth.fetch_token).
-        jobs = ([(config,) if config else _EMPTY_DIGEST] if manifest else []) + [
-            (item,) for item in items]
-        layers = _in_parallel(lambda job: self._push_item(job, progress), jobs,
-                              concurrency or _DEFAULT_CONCURRENCY,
-                              getattr(self, '_transport', None))
-        if not manifest:
-            return layers, None
-        layers = layers[1:]
+        descriptors and the manifest over them (not stored)."""
+        layers = self._beside_config(lambda item: self._push_item(item, progress),
+                                     items, config, concurrency)
         for layer in layers:
             if layer['size'] is None:
                 layer['size'] = self._layer_size(layer['digest'])
@@ -2704,15 +2704,8 @@ class _AliasMethods:
             layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
             annotations, artifact_type, config, subject)
 
-    def _push_item(self, job, progress):
-        """Push one of push_blobs' items (``(item,)``), or the empty config
-        (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
-        digest)."""
-        if job == _EMPTY_DIGEST:
-            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-        item = job[0]
-        if isinstance(item, tuple):     # the config: (path, media type)
-            return self.push_blob(item[0])
+    def _push_item(self, item, progress):
+        """Push one of push_blobs' items; return its layer descriptor."""
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress)
@@ -2736,7 +2729,7 @@ class _AliasMethods:
     def get_descriptors(self, alias=None, manifest=None, platform=None):
         """Return the layer descriptors (dicts with ``digest``, ``size``,
         ``mediaType`` and maybe ``annotations``) an alias names, in order."""
-        m = self._image_manifest(alias, manifest, platform)
+        m = self._manifest_for(alias, manifest, platform)[1]
         _manifest_layers(m)      # validates every descriptor
         return m['layers']
 
@@ -2750,7 +2743,7 @@ class _AliasMethods:
         :param sizes: return ``(digest, size)`` pairs
         :param platform: ``'os/arch[/variant]'`` for a multi-platform alias
         """
-        layers = _manifest_layers(self._image_manifest(alias, manifest, platform))
+        layers = _manifest_layers(self._manifest_for(alias, manifest, platform)[1])
         return layers if sizes else [d for d, _ in layers]
 
     def get_digest(self, alias=None, manifest=None, platform=None):
@@ -2760,7 +2753,7 @@ class _AliasMethods:
         python-dxf's aliases have the first blob as their config, and ours
         (the empty config, the same for every alias) follow suit.
         """
-        m = self._image_manifest(alias, manifest, platform)
+        m = self._manifest_for(alias, manifest, platform)[1]
         if m.get('artifactType') == _ALIAS_ARTIFACT_TYPE:
             layers = _manifest_layers(m)
             if layers:
@@ -2775,9 +2768,9 @@ class _AliasMethods:
         with self._needing('push'):
             data, content_type, digest = self._get_manifest(_check_ref(subject))
             manifest = self._push_artifact(
-                list(files), progress, concurrency, True, artifact_type, annotations,
-                config, _descriptor(_parse_manifest(data, content_type)[1], digest,
-                                    len(data)))[1]
+                list(files), progress, concurrency, artifact_type=artifact_type,
+                annotations=annotations, config=config, subject=_descriptor(
+                    _parse_manifest(data, content_type)[1], digest, len(data)))[1]
             self._put_referrer(manifest, digest)
         return hash_bytes(manifest)
 
@@ -2868,7 +2861,7 @@ class _AliasMethods:
                 target.push_blob(data=reader, digest=digest, check_exists=False)
         # Threads that meet a registry's first 401 together share one token
         # request (_Auth.fetch_token): no blob needs to go first alone.
-        _in_parallel(copy, blobs, concurrency, getattr(self, '_transport', None))
+        self._parallel(copy, blobs, concurrency)
 
     def _can_mount_from(self, source):
         return False
