@@ -1671,8 +1671,10 @@ def _basic(username, password):
 
 
 def _docker_config(host, environ):
-    """``(path, config ({} if none), the key docker files host under, lookup)``;
-    ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
+    """``(path, config ({} if none), lookup, the credential helper (or None)
+    and the server name to give it)``; ``lookup(table)`` is ``(key, value)``
+    of host's entry in a config table.  Per-host ``credHelpers`` come
+    before ``credsStore`` (as docker and oras read them)."""
     directory = environ.get('DOCKER_CONFIG') or os.path.join(
         environ.get('HOME') or os.path.expanduser('~'), '.docker')
     path = os.path.join(directory, 'config.json')
@@ -1701,21 +1703,22 @@ def _docker_config(host, environ):
                 if bare in names or bare.split('/')[0] == names[0]:
                     return key, value
         return None, None
-    return path, config, server, lookup
+    key, helper = lookup(config.get('credHelpers'))
+    helper = helper or config.get('credsStore')
+    return (path, config, lookup, helper if isinstance(helper, str) and helper else None,
+            key or server)
 
 
 def _docker_config_store(host, environ, username=None, secret=None):
     """dxf login (``username``) or logout: store or erase host's credentials
     with the config's credential helper, else in ``auths``; config.json is
     replaced atomically, mode 0600, keeping every key dxf does not know."""
-    path, config, server, lookup = _docker_config(host, environ)
+    path, config, lookup, helper, server = _docker_config(host, environ)
     if not (username or config):
         return           # logout with no config: nothing to erase, no file to make
-    key, helper = lookup(config.get('credHelpers'))
-    helper, server = helper or config.get('credsStore'), key or server
     auths = config.setdefault('auths', {})
     key = lookup(auths)[0] or server
-    if isinstance(helper, str) and helper:
+    if helper:
         _credential_helper(helper, server, environ, action='store' if username else 'erase',
                            data=username and json.dumps(
                                {'ServerURL': server, 'Username': username, 'Secret': secret}))
@@ -1733,15 +1736,12 @@ def _docker_config_credentials(host, environ):
     """Credentials for ``host`` from docker's config.json, or None.
 
     Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    is an identity token.  The credential helper comes first, then inline
+    ``auths`` entries (as docker and oras do).
     """
-    path, config, server, lookup = _docker_config(host, environ)
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
+    path, config, lookup, helper, server = _docker_config(host, environ)
+    if helper:
+        found = _credential_helper(helper, server, environ)
         if found:
             return found
     _, entry = lookup(config.get('auths'))
@@ -3296,14 +3296,15 @@ class DXF(DXFBase, _AliasMethods):
 
     # -- manifests -----------------------------------------------------------
 
+    def _manifest_request(self, ref, method='GET'):
+        return self._request(method, self._url('manifests', _check_ref(ref)),
+                             self._scope(['pull']), headers={'Accept': _ACCEPT},
+                             limit=_MAX_MANIFEST)
+
     def _get_manifest(self, ref, method='GET'):
         """``(bytes, media type, digest)`` of a manifest, verified."""
-        _check_ref(ref)
         try:
-            resp = self._request(method, self._url('manifests', ref),
-                                 self._scope(['pull']),
-                                 headers={'Accept': _ACCEPT},
-                                 limit=_MAX_MANIFEST)
+            resp = self._manifest_request(ref, method)
         except DXFNotFoundError as exc:      # as OCILayout words it
             exc.args = ('%s %s not found in %s' % (
                 'manifest' if ':' in ref else 'alias', ref, self._repo),)
@@ -3383,9 +3384,7 @@ class DXF(DXFBase, _AliasMethods):
         Anything but an OCI index there (say, a registry resolving the tag
         sha256-<hex> to the manifest sha256:<hex>, oras-go#1396) is an error."""
         try:
-            resp = self._request('GET', self._url('manifests', tag),
-                                 self._scope(['pull']), limit=_MAX_MANIFEST,
-                                 headers={'Accept': _ACCEPT})
+            resp = self._manifest_request(tag)
             m, media = _parse_manifest(resp.body, resp.header('Content-Type'))
         except DXFNotFoundError:
             return [], None
@@ -4971,6 +4970,12 @@ _MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
             metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
             'type application/vnd.unknown.config.v1+json)'))]
 _SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
+_REFS = ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+    'blobs by digest, or an alias\'s blobs (no REF: a manifest on stdin)')))
+_ALIASES_OR_STDIN = ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+    'aliases (no ALIAS: a manifest on stdin)')))
+_ALIASES = ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))
+_HOST = ('host', dict(metavar='HOST', help='the registry, host[:port]'))
 # The commands that take --format json (one JSON object per line, _emit).
 _JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
                   'blob-size', 'copy-alias', 'attach', 'referrers', 'resolve')
@@ -4979,8 +4984,7 @@ _JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-r
 # comes first), 'registry' or None, help, [(argument, argparse options)])
 _COMMANDS = [
     ('auth', _cmd_auth, 'repo', 'print a registry token for REPO',
-     [('actions', dict(nargs='*', metavar='ACTION',
-                              help='pull, push, delete or *'))]),
+     [('actions', dict(nargs='*', metavar='ACTION', help='pull, push, delete or *'))]),
     ('push-blob', _cmd_push_blob, 'repo',
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
@@ -4990,52 +4994,37 @@ _COMMANDS = [
      + _MANIFEST_ARGS),
     ('pull-blob', _cmd_pull_blob, 'repo',
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or all of an alias\'s blobs'))),
-      ('--output', dict(flags=('-o',), metavar='PATH', help=(
-          'write to PATH (a directory, or a PATH ending in /: one file '
-          'per blob, a directory layer unpacked), which appears only once '
-          'every byte is verified')))]),
-    ('blob-size', _cmd_blob_size, 'repo', 'print blob sizes (an alias: their sum)',
-     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
+     [_REFS, ('--output', dict(flags=('-o',), metavar='PATH', help=(
+         'write to PATH (a directory, or a PATH ending in /: one file '
+         'per blob, a directory layer unpacked), which appears only once '
+         'every byte is verified')))]),
+    ('blob-size', _cmd_blob_size, 'repo', 'print blob sizes (an alias: their sum)', [_REFS]),
     ('mount-blob', _cmd_mount_blob, 'repo', 'mount a blob from another repository',
      [('from_repo', dict(metavar='FROM-REPO', help=(
          'the repository of the same registry that has the blob'))),
       ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
-      ('alias', dict(nargs='?', metavar='@ALIAS', help=(
-          'also point this alias at the blob')))]),
+      ('alias', dict(nargs='?', metavar='@ALIAS', help='also point this alias at the blob'))]),
     ('del-blob', _cmd_del_blob, 'repo', 'delete blobs (an alias\'s blobs, not the alias)',
-     [('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
-         'stdin)')))]),
+     [_REFS]),
     ('set-alias', _cmd_set_alias, 'repo',
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [('alias', dict(metavar='ALIAS', help=(
-         'the alias to set (without @)'))),
+     [('alias', dict(metavar='ALIAS', help='the alias to set (without @)')),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
           'blobs in order: digests, or files already pushed (./NAME)')))]
      + _MANIFEST_ARGS),
     ('get-alias', _cmd_get_alias, 'repo', 'print the digests an alias names',
-     [('aliases', dict(nargs='*', metavar='ALIAS', help=(
-         'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('del-alias', _cmd_del_alias, 'repo', 'delete aliases, print the blobs they named',
-     [('aliases', dict(nargs='+', metavar='ALIAS', help=(
-         'aliases to delete (their blobs stay)')))]),
+     [_ALIASES_OR_STDIN]),
+    ('del-alias', _cmd_del_alias, 'repo', 'delete aliases (their blobs stay), print '
+     'the blobs they named', [_ALIASES]),
     ('get-digest', _cmd_get_digest, 'repo', 'print an alias\'s config blob digest '
-     '(a dxf alias: its first blob)',
-     [('aliases', dict(nargs='*', metavar='ALIAS', help=(
-         'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('get-manifest', _cmd_get_manifest, 'repo', 'print an alias\'s manifest',
-     [('aliases', dict(nargs='+', metavar='ALIAS', help=(
-         'aliases whose manifests to print')))]),
+     '(a dxf alias: its first blob)', [_ALIASES_OR_STDIN]),
+    ('get-manifest', _cmd_get_manifest, 'repo', 'print an alias\'s manifest', [_ALIASES]),
     ('list-aliases', _cmd_list_aliases, 'repo', 'print the aliases in REPO', []),
     ('copy-alias', _cmd_copy_alias, 'repo',
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
      [('alias', dict(metavar='ALIAS', help='the alias to copy')),
-      ('dest', dict(metavar='DEST', help=(
-          'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
+      ('dest', dict(metavar='DEST', help='REPO, HOST[:PORT]/REPO or oci:DIRECTORY')),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
     ('attach', _cmd_attach, 'repo', 'attach files (a signature, an SBOM, a note) to '
@@ -5047,15 +5036,14 @@ _COMMANDS = [
      'manifest attached to SUBJECT', [_SUBJECT, ('--artifact-type', dict(
          metavar='TYPE', help='only those of this artifact type'))]),
     ('resolve', _cmd_resolve, 'repo', 'print the digest of each alias\'s manifest',
-     [('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
+     [_ALIASES]),
     ('list-repos', _cmd_list_repos, 'registry', 'print the repositories in the registry', []),
     ('login', _cmd_login, None, 'check credentials for HOST, keep them in docker\'s config',
-     [('host', dict(metavar='HOST', help='the registry, host[:port]')),
-      ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
+     [_HOST, ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
       ('--password-stdin', dict(action='store_true', help=(
           'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
     ('logout', _cmd_logout, None, 'remove HOST\'s credentials from docker\'s config',
-     [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
+     [_HOST]),
     ('version', _cmd_version, None, 'print the version', []),
 ]
 
@@ -5237,8 +5225,7 @@ DXFBase.auth_by_password = DXFBase.authenticate
 
 def _manifest_response(dxf, alias, method):
     """A manifest's answer as a requests.Response: status_code, headers, text."""
-    resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
-                        headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
+    resp = dxf._manifest_request(alias, method)
     view = _ErrorResponse(resp.status, resp.reason, resp.url)
     view.headers, view.content = resp.headers, resp.body or b''
     return view
