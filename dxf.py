@@ -29,7 +29,7 @@ Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
   11 Registry repository (DXF)              12 Local files, OCI layout store
   13 Parallel workers       14 Directories as layers
   15 Command line           16 python-dxf compatibility   17 Entry point
-The command line's environment variables are documented in section 15.
+The command line's environment variables: _ENV_VARS in section 15.
 
 Licence: MIT.
 """
@@ -2106,13 +2106,7 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
     """The bytes of the OCI manifest backing an alias over ``layers``; the
     rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
     No timestamp: the same inputs give the same digest (oras#1367)."""
-    extra = annotations or {}
-    if not isinstance(extra, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
-                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
-        raise DXFInputError('annotations must map $manifest, $config or a '
-                            'file name to {"key": "value", ...}')
-    extra = dict(extra)
+    extra = _checked_annotations(annotations)
     path, media = config or (None, _EMPTY_TYPE)
     config = _descriptor(media or _UNKNOWN_CONFIG_TYPE, *(
         (hash_file(path), os.path.getsize(path)) if path else (
@@ -2136,6 +2130,18 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
                             % _printable(sorted(extra)[0]))
     manifest.update(kv for kv in (('annotations', notes), ('subject', subject)) if kv[1])
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _checked_annotations(annotations):
+    """A copy of oras's annotation-file map, checked: ``{"$manifest" |
+    "$config" | file name: {"key": "value", ...}}``."""
+    extra = annotations or {}
+    if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+        raise DXFInputError('annotations must map $manifest, $config or a '
+                            'file name to {"key": "value", ...}')
+    return dict(extra)
 
 
 def _referrers_tag(digest):
@@ -4206,37 +4212,30 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 # =============================================================================
 # 15. Command line
 #     dxf COMMAND REPO ARGS...; settings come from the environment:
-#
-#     DXF_HOST            registry host[:port] (required)
-#     DXF_INSECURE        1: plain http instead of https
-#     DXF_USERNAME        user to authenticate as
-#     DXF_PASSWORD        that user's password
-#     DXF_AUTHORIZATION   a raw Authorization header value instead
-#     DXF_TOKEN           a bearer token (e.g. from "dxf auth") instead
-#     DXF_AUTH_HOST       host to use instead of the token realm's
-#     DXF_TLSVERIFY       CA bundle to verify the registry with (else
-#                         REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, else the
-#                         system's store)
-#     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
-#     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
-#     DXF_TIMEOUT         seconds an answer (each MiB of a blob) may take (60)
-#     DXF_RETRIES         retries of a failed request (5; 0 turns them off)
-#     DXF_PLATFORM        os/arch[/variant] for multi-platform aliases
-#     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
-#     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
-#     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
-#     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
-#     DXF_CERT, DXF_KEY   a TLS client certificate and its key (for the
-#                         registry's origin only; the key may be in DXF_CERT)
-#     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
-_ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
-             'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
-             'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
-             'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
-             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_CONCURRENCY', 'DXF_CERT',
-             'DXF_KEY', 'DXF_DEBUG')
+_ENV_VARS = (
+    ('DXF_HOST', 'registry host[:port] (required), or oci:DIRECTORY'),
+    ('DXF_INSECURE', '1: plain http instead of https'),
+    ('DXF_USERNAME', 'user to authenticate as'),
+    ('DXF_PASSWORD', "that user's password"),
+    ('DXF_AUTHORIZATION', 'a raw Authorization header value instead'),
+    ('DXF_TOKEN', 'a bearer token (e.g. from "dxf auth") instead'),
+    ('DXF_AUTH_HOST', "host to use instead of the token realm's"),
+    ('DXF_TLSVERIFY', 'CA bundle to verify the registry with (else REQUESTS_CA_BUNDLE, '
+     "else CURL_CA_BUNDLE, else the system's store)"),
+    ('DXF_SKIPTLSVERIFY', '1: do not verify TLS certificates'),
+    ('DXF_ALLOW_INSECURE_AUTH', '1: allow credentials over plain http'),
+    ('DXF_TIMEOUT', 'seconds an answer (each MiB of a blob) may take (60)'),
+    ('DXF_RETRIES', 'retries of a failed request (5; 0 turns them off)'),
+    ('DXF_PLATFORM', 'os/arch[/variant] for multi-platform aliases'),
+    ('DXF_PROGRESS', '1: show progress on stderr; 0: never (default: tty)'),
+    ('DXF_BLOB_INFO', '1: pull-blob prints "digest size" before each blob'),
+    ('DXF_CHUNK_SIZE', 'bytes per read when pulling (default 1 MiB)'),
+    ('DXF_CONCURRENCY', 'blobs moving at once in one command (default 4)'),
+    ('DXF_CERT', "a TLS client certificate (for the registry's origin only)"),
+    ('DXF_KEY', "its key, unless it is in DXF_CERT"),
+    ('DXF_DEBUG', '1: trace requests on stderr, tracebacks on errors'))
 _EXIT_INTERRUPTED = 130
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
@@ -4344,10 +4343,7 @@ class _Settings:
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            source = self.source or (     # where they come from, for a refusal's message
-                'DXF_AUTHORIZATION' if self.authorization else
-                'DXF_USERNAME' + ('' if password else ' (DXF_PASSWORD is not set)') if username
-                else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
+            source = self.credential_source()
             if not source:
                 # docker login's credentials, looked up only when needed
                 found = _docker_config_credentials(dxf._host, self.environ)
@@ -4363,7 +4359,6 @@ class _Settings:
         # DXF_TOKEN comes from DXF_HOST's token service: never show it to
         # another registry (copy-alias to HOST/REPO).
         token = self.token if host == self.host else None
-        # a token replaces credentials entirely
         options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
@@ -4379,6 +4374,14 @@ class _Settings:
             dxf.token = token
             self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def credential_source(self):
+        """Where the credentials given come from, for a refusal's message."""
+        return self.source or (
+            'DXF_AUTHORIZATION' if self.authorization else
+            'DXF_USERNAME' + ('' if self.password else ' (DXF_PASSWORD is not set)')
+            if self.username else
+            'DXF_PASSWORD (DXF_USERNAME is not set)' if self.password else None)
 
     def warning(self, text):
         """Each registry Warning once per command (on stderr)."""
@@ -4590,11 +4593,10 @@ def _cmd_auth(dxf, args, settings, out, stdin):
     if not isinstance(dxf, DXFBase):
         raise _UsageError('auth needs a registry, not an OCI layout')
     for action in args.actions:
-        if action not in ('pull', 'push', 'delete', '*'):
+        if action not in _ACTIONS:
             raise _UsageError('invalid action %r (pull, push, delete or *)'
                               % _printable(action))
-    settings.sent[dxf._host] = ('DXF_AUTHORIZATION' if settings.authorization else
-                                'DXF_USERNAME' if settings.username else None)
+    settings.sent[dxf._host] = settings.credential_source()
     token = dxf.authenticate(settings.username, settings.password,
                              actions=args.actions or None,
                              authorization=settings.authorization)
@@ -5051,7 +5053,7 @@ _COMMANDS = [
 _EXIT_STATUSES = ((0, 'ok'), (errno.ENOENT, 'not found'), (errno.EIO, 'integrity'),
                   (errno.EACCES, 'auth'), (errno.EINVAL, 'usage'), (1, 'other'),
                   (_EXIT_INTERNAL, 'internal error'), (_EXIT_INTERRUPTED, 'interrupted'))
-_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(_ENV_VARS), ', '.join(
+_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(n for n, _ in _ENV_VARS), ', '.join(
     '%d %s' % pair for pair in _EXIT_STATUSES))
 
 
