@@ -233,6 +233,10 @@ class DXFHTTPError(DXFError):
             method=method, url=url, status=status, errors=errors, reason=reason,
             got=status, expected=expected, response=_ErrorResponse(status, reason, url))
 
+    def _has_code(self, code):
+        """Whether the registry's error list names ``code``."""
+        return any(isinstance(e, dict) and e.get('code') == code for e in self.errors)
+
 
 class _ErrorResponse:
     """The answer behind a DXFHTTPError, shaped like a requests.Response."""
@@ -3415,8 +3419,7 @@ class DXF(DXFBase, _AliasMethods):
                 self._referrers_api = True
                 return entries
             except DXFHTTPError as exc:
-                if exc.status != 404 or any(isinstance(e, dict) and e.get(
-                        'code') == 'NAME_UNKNOWN' for e in exc.errors):
+                if exc.status != 404 or exc._has_code('NAME_UNKNOWN'):
                     raise
                 self._referrers_api = False
         return self._referrers_at(_referrers_tag(digest))[0]
@@ -3429,9 +3432,8 @@ class DXF(DXFBase, _AliasMethods):
             try:
                 return self.set_manifest(alias, manifest)
             except DXFHTTPError as exc:
-                if attempt + 1 == _BLOB_UNKNOWN_TRIES or not any(
-                        e.get('code') == 'MANIFEST_BLOB_UNKNOWN'
-                        for e in exc.errors):
+                if attempt + 1 == _BLOB_UNKNOWN_TRIES or not exc._has_code(
+                        'MANIFEST_BLOB_UNKNOWN'):
                     raise
             # Another writer may be pushing the same blobs: distribution
             # rewrites a repository's blob links in place, and they read as
@@ -3467,24 +3469,24 @@ class DXF(DXFBase, _AliasMethods):
             'vnd.dxf.deleting': alias,
             'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')}})
         digest = hash_bytes(placeholder)
-        scope = self._scope(['delete'])
+
+        def delete(ref, ok=(202,)):
+            self._request('DELETE', self._url('manifests', ref),
+                          self._scope(['delete']), ok=ok)
         # Ask first: deleting the placeholder before it exists is 404 where
         # manifests can be deleted, 405 where they cannot (Docker Hub, GHCR)
         # and 401/403 without the right; then the alias is left alone.
         try:
-            self._request('DELETE', self._url('manifests', digest), scope,
-                          ok=(202, 404))
+            delete(digest, ok=(202, 404))
         except DXFHTTPError as exc:
-            if exc.status in (401, 403, 405) or exc.status >= 500 or any(
-                    isinstance(e, dict) and e.get('code') == 'UNSUPPORTED'
-                    for e in exc.errors):
+            if exc.status in (401, 403, 405) or exc.status >= 500 or exc._has_code(
+                    'UNSUPPORTED'):
                 raise _refusal(exc, 'did not delete alias %s, which is left '
                                'as it was' % alias) from None
         self._set_alias_manifest(alias, placeholder)
         try:
             try:
-                self._request('DELETE', self._url('manifests', digest), scope,
-                              ok=(202,))
+                delete(digest)
             except DXFHTTPError as exc:
                 if exc.status not in (400, 405, 409):
                     raise
@@ -3492,13 +3494,11 @@ class DXF(DXFBase, _AliasMethods):
                 # while a tag points at the manifest; it deletes tags by name
                 # (the OCI spec's tag delete), and so do Quay and GitLab.
                 try:
-                    self._request('DELETE', self._url('manifests', alias),
-                                  scope, ok=(202,))
+                    delete(alias)
                 except DXFHTTPError:
                     raise exc from None
                 try:        # the placeholder, untagged now
-                    self._request('DELETE', self._url('manifests', digest),
-                                  scope, ok=(202, 404))
+                    delete(digest, ok=(202, 404))
                 except DXFError:
                     pass
         except DXFError as exc:
@@ -3509,11 +3509,7 @@ class DXF(DXFBase, _AliasMethods):
         """Store an alias's manifest again after a failed delete; raise."""
         data, content_type, digest = got
         try:
-            self._request('PUT', self._url('manifests', alias),
-                          self._scope(['pull', 'push']),
-                          headers={'Content-Type': content_type or
-                                   _parse_manifest(data)[1]},
-                          body=data, ok=(201,))
+            self._put_manifest(alias, data, content_type or _parse_manifest(data)[1])
         except DXFError as again:
             raise _refusal(exc, 'did not delete alias %s, and putting it back '
                            'failed (%s): it was manifest %s' % (
@@ -4588,8 +4584,11 @@ def _safe_name(title):
     return title
 
 
+# The commands, _cmd_<name>(store, args, settings, out, stdin): what each
+# does, and its arguments, are in _COMMANDS below.
+
+
 def _cmd_auth(dxf, args, settings, out, stdin):
-    """dxf auth REPO [ACTION...]: print a token for the actions."""
     if not isinstance(dxf, DXFBase):
         raise _UsageError('auth needs a registry, not an OCI layout')
     for action in args.actions:
@@ -4605,7 +4604,6 @@ def _cmd_auth(dxf, args, settings, out, stdin):
 
 
 def _cmd_push_blob(dxf, args, settings, out, stdin):
-    """dxf push-blob REPO FILE... [@ALIAS]: upload, print the digests."""
     files = args.files
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
@@ -4669,7 +4667,6 @@ def _copy_blob(dxf, digest, out, settings):
 
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
-    """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     if settings.json and not args.output:
         raise _UsageError('--format json needs -o PATH: stdout carries the blobs')
     if args.output:
@@ -4773,7 +4770,6 @@ def _check_output(path):
 
 
 def _cmd_blob_size(dxf, args, settings, out, stdin):
-    """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
         size = sum(desc['size'] if 'size' in desc else dxf.blob_size(desc['digest'])
@@ -4782,7 +4778,6 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
-    """dxf mount-blob REPO FROM-REPO DIGEST [@ALIAS]: mount, print the digest."""
     alias = _alias_arg(args.alias) if args.alias else None
     digest = dxf.mount_blob(args.from_repo, args.digest)
     if alias:
@@ -4791,13 +4786,11 @@ def _cmd_mount_blob(dxf, args, settings, out, stdin):
 
 
 def _cmd_del_blob(dxf, args, settings, out, stdin):
-    """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
     for desc in _resolve_refs(dxf, args.refs, settings, stdin):
         dxf.del_blob(desc['digest'])
 
 
 def _cmd_set_alias(dxf, args, settings, out, stdin):
-    """dxf set-alias REPO ALIAS DIGEST|FILE...: print the manifest stored."""
     alias = _check_alias(args.alias)
     digests, names = [], []
     for ref in args.refs:
@@ -4823,52 +4816,42 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
-    """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     for alias in args.aliases or [None]:
         for desc in _resolve_refs(dxf, alias and ['@' + _check_alias(alias)], settings, stdin):
             _emit(out, settings, desc['digest'], desc, alias=alias)
 
 
 def _cmd_del_alias(dxf, args, settings, out, stdin):
-    """dxf del-alias REPO ALIAS...: delete aliases, print their blobs."""
     for alias in args.aliases:
         for digest in dxf.del_alias(_check_alias(alias)):
             _write_line(out, digest)
 
 
 def _cmd_get_digest(dxf, args, settings, out, stdin):
-    """dxf get-digest REPO [ALIAS...]: print each alias's config digest
-    (a dxf alias's first blob, as python-dxf)."""
-    if not args.aliases:
-        _write_line(out, dxf.get_digest(manifest=_read_manifest(stdin),
-                                        platform=settings.platform))
-    for alias in args.aliases:
-        _write_line(out, dxf.get_digest(_check_alias(alias),
+    for alias in args.aliases or [None]:      # none: a manifest on stdin
+        manifest = None if alias else _read_manifest(stdin)
+        _write_line(out, dxf.get_digest(alias and _check_alias(alias), manifest=manifest,
                                         platform=settings.platform))
 
 
 def _cmd_get_manifest(dxf, args, settings, out, stdin):
-    """dxf get-manifest REPO ALIAS...: print manifests exactly as stored."""
     for alias in args.aliases:
         out.write(dxf.get_manifest(_check_ref(alias),
                                    platform=settings.platform).encode('utf-8'))
 
 
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
-    """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
         if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
             _emit(out, settings, alias, alias=alias)
 
 
 def _cmd_attach(dxf, args, settings, out, stdin):
-    """dxf attach REPO SUBJECT [FILE...]: print the new referrer's digest."""
     _push_many(dxf, args.files, None, settings, out, stdin,
                _manifest_options(args), _subject_arg(args.subject))
 
 
 def _cmd_referrers(dxf, args, settings, out, stdin):
-    """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
     for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
         _emit(out, settings, '%s %s' % (entry['digest'], _printable(
             entry.get('artifactType') or '-')), entry,
@@ -4876,14 +4859,12 @@ def _cmd_referrers(dxf, args, settings, out, stdin):
 
 
 def _cmd_resolve(dxf, args, settings, out, stdin):
-    """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
     for alias in args.aliases:
         digest = dxf.resolve(_check_alias(alias))
         _emit(out, settings, digest, digest=digest, alias=alias)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
-    """dxf copy-alias REPO ALIAS DEST [DEST-ALIAS]: copy, print the digest."""
     dest = args.dest
     if dest.startswith(('.', '/')):
         raise _UsageError('DEST %r is not a repository; for a directory say '
@@ -4926,7 +4907,6 @@ def _oci_layout(root, repo, flat):
 
 
 def _cmd_list_repos(dxf, args, settings, out, stdin):
-    """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
         _emit(out, settings, repo, repo=repo)
 
@@ -4952,12 +4932,10 @@ def _cmd_login(dxf, args, settings, out, stdin):
 
 
 def _cmd_logout(dxf, args, settings, out, stdin):
-    """dxf logout HOST: remove HOST's credentials from docker's config."""
     _docker_config_store(args.host, settings.environ)
 
 
 def _cmd_version(dxf, args, settings, out, stdin):
-    """dxf version: print dxf.py's version."""
     _write_line(out, 'dxf.py ' + __version__)
 
 
