@@ -4284,11 +4284,9 @@ class _Settings:
         s.environ, s.stdout, s.stderr = environ, stdout, stderr
         s.host = environ.get('DXF_HOST', '').strip()
         s.insecure = _env_flag(environ, 'DXF_INSECURE')
-        s.username = environ.get('DXF_USERNAME') or None
-        s.password = environ.get('DXF_PASSWORD') or None
-        s.authorization = environ.get('DXF_AUTHORIZATION') or None
-        s.token = environ.get('DXF_TOKEN') or None
-        s.auth_host = environ.get('DXF_AUTH_HOST') or None
+        for name in ('username', 'password', 'authorization', 'token', 'auth_host',
+                     'platform'):     # strings, unset if empty
+            setattr(s, name, environ.get('DXF_' + name.upper()) or None)
         s.tlsverify = not _env_flag(environ, 'DXF_SKIPTLSVERIFY')
         if s.tlsverify:
             bundle = (('DXF_TLSVERIFY', environ['DXF_TLSVERIFY'])
@@ -4302,7 +4300,6 @@ class _Settings:
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
                                 zero=True, high=100)
-        s.platform = environ.get('DXF_PLATFORM') or None
         if s.platform and not _PLATFORM_RE.match(s.platform):
             raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
                               'not %r' % _printable(s.platform))
