@@ -2288,6 +2288,15 @@ def _data_progress(progress):
     return report
 
 
+def _check_echo(resp, digest):
+    """The registry's Docker-Content-Digest for what it stored must be
+    ``digest``, where it uses the same algorithm (another's cannot be
+    compared)."""
+    echoed = resp.header('Docker-Content-Digest')
+    if echoed and echoed.partition(':')[0] == digest.partition(':')[0] and echoed != digest:
+        raise DXFDigestMismatchError(echoed, digest)
+
+
 class DXFBase:
     """A Docker / OCI registry.
 
@@ -3299,9 +3308,7 @@ class DXF(DXFBase, _AliasMethods):
                 self._cancel_upload(_join(resp.url, location))
             raise DXFMountFailed('registry did not mount %s from %s'
                                  % (digest, repo), repo, digest)
-        echoed = resp.header('Docker-Content-Digest')
-        if echoed and echoed != digest:
-            raise DXFDigestMismatchError(echoed, digest)
+        _check_echo(resp, digest)
         return digest
 
     # -- manifests -----------------------------------------------------------
@@ -3351,9 +3358,7 @@ class DXF(DXFBase, _AliasMethods):
                              self._scope(['pull', 'push']),
                              headers=dict(headers or {}, **{'Content-Type': media}),
                              body=data, ok=(201,))
-        echoed = resp.header('Docker-Content-Digest')
-        if echoed and echoed.startswith('sha256:') and echoed != digest:
-            raise DXFDigestMismatchError(echoed, digest)
+        _check_echo(resp, digest)
         return resp
 
     # -- referrers (distribution-spec 1.1) -----------------------------------
