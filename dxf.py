@@ -460,6 +460,13 @@ def _is_loopback(host):
         return False
 
 
+def _is_docker_hub(host):
+    """Docker Hub: docker.io and its own subdomains (index., registry-1.),
+    not any name ending so ('evil-docker.io' is someone else's registry)."""
+    name = host.rsplit(':', 1)[0].lower()
+    return name == 'docker.io' or name.endswith('.docker.io')
+
+
 def _parse_link_next(header):
     """The target of rel="next" in an RFC 8288 Link header, or None."""
     for m in re.finditer(r'<([^>]*)>((?:\s*;\s*[^,;]+)*)', header or ''):
@@ -1693,7 +1700,7 @@ def _docker_config(host, environ):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
     server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+    if _is_docker_hub(host):
         names.append('index.docker.io/v1')
         # docker login stores Hub credentials under this key, and docker
         # asks helpers for it (ResolveAuthConfig in docker/cli's
@@ -2945,10 +2952,7 @@ class DXF(DXFBase, _AliasMethods):
 
     def _set_repo(self, repo):
         _check_repo(repo)
-        # Docker Hub and its own subdomains, not any name ending so
-        # ('evil-docker.io' is someone else's registry).
-        name = self._host.rsplit(':', 1)[0].lower()
-        if (name == 'docker.io' or name.endswith('.docker.io')) and '/' not in repo:
+        if _is_docker_hub(self._host) and '/' not in repo:
             repo = 'library/' + repo
         self._repo = repo
         self._repo_path = repo + '/'
