@@ -4610,6 +4610,7 @@ def _cmd_auth(dxf, args, settings, out, stdin):
 
 
 def _cmd_push_blob(dxf, args, settings, out, stdin):
+    """dxf push-blob REPO FILE... [@ALIAS]: upload, print the digests."""
     files = args.files
     alias = None
     if len(files) > 1 and files[-1].startswith('@'):
@@ -4673,6 +4674,7 @@ def _copy_blob(dxf, digest, out, settings):
 
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
+    """dxf pull-blob REPO [-o PATH] [REF...]: write the blobs out, verified."""
     if settings.json and not args.output:
         raise _UsageError('--format json needs -o PATH: stdout carries the blobs')
     if args.output:
