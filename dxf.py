@@ -123,6 +123,11 @@ _PIPELINE_BUFFERS = 3            # buffers in flight, of at most:
 _PIPELINE_PIECE = 512 << 10      # as fast as 1 MiB (512 MiB in 2.35 s
 #                                  either way), 1.5 MiB less at the peak
 _WRITEBACK_EVERY = 64 << 20      # start writing pulled data to disk this often
+# Blobs this big come in ranges over several connections (issue 19: on long
+# paths, from S3 or a CDN, one is capped), if the first eighth came slower than
+# _RANGED_RATE bytes/s: on loopback 4 ranges cost CPU (256 MiB: 2.13 s, one 1.42).
+_RANGED_MIN = 32 << 20
+_RANGED_RATE = 32 << 20
 _DEFAULT_PULL_CHUNK = 8192       # python-dxf's pull_blob chunk size
 # Files this big go up in resumable chunks of _CHUNKED_PUSH_SIZE.  Smaller
 # chunks cost distribution time per PATCH (64 MiB: a 1 GiB push took 1.3x
@@ -857,7 +862,8 @@ def _ascii_host(host):
 def _transport_errors():
     """What a connection raises while a request or its answer is under way."""
     import http.client
-    return (OSError, http.client.HTTPException)
+    # OverflowError: http.client's read() of a Content-Length beyond ssize_t
+    return (OSError, http.client.HTTPException, OverflowError)
 
 
 class _Response:
@@ -889,9 +895,11 @@ class _Response:
     def length(self):
         """Content-Length as an int, or None."""
         value = self.header('Content-Length')
-        if value is None or self.header('Transfer-Encoding'):
+        if value is None or self.header('Transfer-Encoding') or not re.match(
+                r'[0-9]+\Z', value):
             return None
-        return int(value) if re.match(r'[0-9]{1,18}\Z', value) else None
+        # Any digits make a length: a body short of it is cut (issue 16).
+        return min(int(value[:31]), 10 ** 30)   # int() takes <= 4300 digits
 
     def _fail(self, exc):
         self.close()
@@ -1900,6 +1908,20 @@ def _write_all(out, data):
         view = view[n:]
 
 
+def _content_range(resp, digest, start, end, size):
+    """The blob's size from a 206 answer to bytes ``start`` to before ``end``
+    (None: the end), refused unless it is that range of a blob of ``size``."""
+    m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
+    total = m and int(m.group(3))
+    if m and resp.status == 206 and size in (None, total) and (int(m.group(1)), int(
+            m.group(2))) == (start, min(end or total, total) - 1):
+        return total
+    resp.close()
+    raise DXFProtocolError('blob %s: refusing answer %d with Content-Range %r to a '
+                           'request from byte %d' % (digest, resp.status, _printable(
+                               resp.header('Content-Range'), 80), start), 'GET', resp.url)
+
+
 class BlobReader:
     """An iterator over a blob's bytes, verified against its digest.
 
@@ -1908,12 +1930,14 @@ class BlobReader:
     ``digest``; otherwise DXFDigestMismatchError (or DXFSizeMismatchError) is
     raised instead.  ``size`` is the blob's length when the registry said it.
     A connection that breaks mid-blob is resumed with a range request.
+    ``response`` may start at ``offset``, the bytes before it in ``hashed``.
     """
 
     def __init__(self, response, digest, chunk_size=None, progress=None,
-                 expected_size=None, reopen=None, budget=None):
+                 expected_size=None, reopen=None, budget=None, offset=0,
+                 hashed=None):
         self.digest = digest
-        self.size = response.length
+        self.size = None if response.length is None else offset + response.length
         self.chunk_size = chunk_size or _DEFAULT_PULL_CHUNK
         self._copy_size = chunk_size or _CHUNK_SIZE
         if (expected_size is not None and self.size is not None
@@ -1924,9 +1948,9 @@ class BlobReader:
         if self.size is None:
             self.size = expected_size
         self._resp = response
-        self._hash = _new_hash(digest)
+        self._hash = hashed or _new_hash(digest)
         self._progress = progress
-        self._done = 0
+        self._done = offset
         self._ahead = None        # look-ahead piece when the size is unknown
         self._finished = False
         self._reopen = reopen     # reopen(offset) -> response from offset
@@ -2060,12 +2084,7 @@ class BlobReader:
         self._resp.close()
         resp = self._resp = self._reopen(self._done)
         if resp.status == 206:
-            expected = 'bytes %d-%d/%d' % (self._done, self.size - 1, self.size)
-            if (resp.header('Content-Range') or '').strip() != expected:
-                resp.close()
-                raise DXFConnectionError('blob %s: registry answered the '
-                                         'range request with the wrong range'
-                                         % self.digest)
+            _content_range(resp, self.digest, self._done, None, self.size)
             return
         # A 200 starts over: read the prefix again and check it hashes the
         # same as the bytes already handed out.
@@ -2892,6 +2911,12 @@ class _AliasMethods:
     def _can_mount_from(self, source):
         return False
 
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``; return its size."""
+        with _AtomicFile(path) as f, self.pull_blob(digest, progress=progress) as r:
+            r.copy_to(f)
+        return r.size
+
 
 class _AlreadyThere(Exception):
     """Stops an upload the registry turned out not to need."""
@@ -3272,16 +3297,124 @@ class DXF(DXFBase, _AliasMethods):
         :param progress: ``progress(digest, chunk, total)`` as bytes arrive
         """
         digest = _one_digest(digest)
-        url, scope = self._url('blobs', digest), self._scope(['pull'])
-
-        def reopen(offset):
-            return self._request('GET', url, scope, ok=(200, 206), stream=True,
-                                 headers={'Range': 'bytes=%d-' % offset})
-        reader = BlobReader(self._request('GET', url, scope, stream=True),
-                            digest, chunk_size, progress,
-                            self._sizes.get(digest), reopen,
-                            self._transport.budget())
+        reader = self._reader(digest, self._blob_get(digest), chunk_size=chunk_size,
+                              progress=progress)
         return (reader, reader.size) if size else reader
+
+    def _blob_get(self, digest, start=None, end=None, ok=(200,), url=None):
+        """GET a blob (bytes ``start`` to before ``end``: a range request)."""
+        return self._request(
+            'GET', url or self._url('blobs', digest), self._scope(['pull']),
+            ok=ok, stream=True, headers=None if start is None else {
+                'Range': 'bytes=%d-%s' % (start, '' if end is None else end - 1)})
+
+    def _reader(self, digest, resp, **options):
+        """A BlobReader on ``resp`` that resumes with range requests."""
+        return BlobReader(resp, digest, expected_size=self._sizes.get(digest),
+                          reopen=lambda offset: self._blob_get(
+                              digest, offset, ok=(200, 206)),
+                          budget=self._transport.budget(), **options)
+
+    def pull_blob_to(self, digest, path, progress=None, concurrency=None):
+        """Download a blob into the file ``path``, where it appears verified;
+        return its size.  Resumes what a failed or killed pull kept (see
+        _Partial); 32 MiB or more come in ranges over up to ``concurrency``
+        connections (default 4) on long paths, if the registry has them."""
+        digest = _one_digest(digest)
+        with self._needing(), _Partial(path, digest) as part:
+            for again in (part.resumed, False):
+                try:
+                    part.hash_prefix()
+                    self._fill(part, progress, concurrency or _DEFAULT_CONCURRENCY)
+                    return part.finish()
+                except DXFIntegrityError:
+                    if not again:
+                        raise
+                    part.restart()      # a corrupted partial: once more, afresh
+
+    def _fill(self, part, progress, concurrency):
+        """Fetch what ``part`` lacks: after a 206 to a range of _RANGED_MIN
+        bytes whose first eighth came slower than _RANGED_RATE, the rest in
+        ranges; else as one stream (all of it after a 200: no ranges here)."""
+        start, size = part.hashed, part.size or self._sizes.get(part.digest)
+        if size is not None and start >= size:
+            part.size = size
+            return
+        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
+        end = start + _RANGED_MIN if ranged else None
+        resp = self._blob_get(part.digest, start if start or end else None, end,
+                              ok=(200, 206, 416))
+        if resp.status == 206 and end:
+            size = part.size = _content_range(resp, part.digest, start, end, size)
+            if end < size:
+                began, sample = time.monotonic(), start + _RANGED_MIN // 8
+                resp = self._fetch(part, start, sample, resp, end, progress)
+                if sample - start < _RANGED_RATE * (time.monotonic() - began):
+                    return self._fill_ranges(part, (sample, end, resp), progress,
+                                             concurrency)
+                start = part.hashed
+        if resp.status == 416 or (resp.status == 206 and end and end < size):
+            resp.close()        # 0 bytes to range over, or a fast path
+            resp = self._blob_get(part.digest, start or None, ok=(200, 206))
+        if resp.status == 206:
+            size = part.size = _content_range(resp, part.digest, start, None, size)
+        else:
+            part.restart()
+            start = 0
+        part.ranges = [(0, start)] if start else []
+        part.file.truncate(start)
+        part.save(tail=start)
+        with self._reader(part.digest, resp, offset=start, hashed=part.hash,
+                          progress=progress and (lambda d, c, t: c and progress(d, c, t))
+                          ) as reader:       # a line begun by the sample goes on
+            reader.copy_to(part.file)        # verified
+        part.hashed = part.size = reader._done
+
+    def _fill_ranges(self, part, first, progress, concurrency):
+        """The rest of ``part`` in pieces over several connections, the
+        first one ``(start, stop, its answer)``, each piece asked again from
+        where it broke; a free thread hashes the complete prefix."""
+        size, url, at = part.size, first[2].url, first[1]
+        step = max(_RANGED_MIN // 4, (size - at) // (concurrency * 4))
+        pieces = [first]
+        for a, b in part.ranges + [(size, size)]:
+            pieces += [(x, min(x + step, a), None) for x in range(at, a, step)]
+            at = max(at, b)
+        _in_parallel(lambda piece: self._fetch(part, *piece, url=url, progress=progress
+                                               ).release(), pieces, concurrency,
+                     self._transport)
+        part.hash_prefix()
+
+    def _fetch(self, part, start, stop, resp, until=None, progress=None, url=None):
+        """Write bytes ``start`` to ``stop`` of ``part`` from ``resp`` (None:
+        ask ``url`` for them, up to ``until``), asking again from where it
+        broke within the operation's budget; return the answer, not read to
+        its end if ``until`` is beyond ``stop``."""
+        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
+        with open(part.name, 'r+b', buffering=0) as f:
+            f.seek(start)
+            while start < stop:
+                if resp is None:
+                    resp = self._blob_get(part.digest, start, until or stop, (200, 206), url)
+                    _content_range(resp, part.digest, start, until or stop, part.size)
+                try:
+                    n = resp.chunk(0, buf[:stop - start])
+                    if not n:
+                        raise DXFConnectionError('blob %s: a range ended at byte %d'
+                                                 % (part.digest, start))
+                    _write_all(f, buf[:n])
+                except BaseException as exc:
+                    resp.close()      # broken or cut short: ask again
+                    resp = None
+                    if not isinstance(exc, DXFConnectionError) or not budget.spend():
+                        raise
+                    continue
+                part.add(start, start + n, save=True)
+                start += n
+                part.hash_prefix(block=False)
+                if progress:
+                    progress(part.digest, bytes(buf[:n]), part.size)
+        return resp
 
     def del_blob(self, digest):
         """Delete a blob from the repository."""
@@ -3589,6 +3722,103 @@ class _AtomicFile:
                 except OSError:
                     pass      # the error on its way out says more
         return False
+
+
+class _Partial:
+    """A blob on its way to ``path``, kept if the pull fails (issue 16):
+    ``.NAME.<hex>.dxf-partial`` and its record ``....ranges`` (JSON: digest,
+    size, the byte ranges complete; ``tail``: and from there to the file's
+    end).  Both go once the file is in place, or if nothing came or the
+    digest fails; a rerun hashes the complete prefix and fetches the rest."""
+
+    def __init__(self, path, digest):
+        head, name = os.path.split(os.path.abspath(path))
+        self.path, self.digest, self.lock = path, digest, threading.Lock()
+        self.name = os.path.join(head, '.%s.%s.dxf-partial' % (
+            name, digest.split(':')[1][:32]))
+        self.record, self.hash_lock = self.name + '.ranges', threading.Lock()
+
+    def __enter__(self):
+        try:        # appending: a stream writes from where it is truncated
+            self.file = open(self.name, 'a+b')
+            self.reader = open(self.name, 'rb', buffering=0)   # no stale read-ahead
+        except OSError as exc:
+            raise DXFInputError('cannot write %s: %s' % (self.path, _exc_text(exc))) from exc
+        try:
+            with open(self.record) as f:
+                state = json.load(f)
+            if state['digest'] != self.digest:
+                raise ValueError(self.record)
+            tail = [] if state['tail'] is None else [(state['tail'], os.path.getsize(self.name))]
+            self.size, ranges = state['size'], [(int(a), int(b)) for a, b in state['ranges'] + tail]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.size, ranges = None, []
+        self.restart(ranges)
+        self.resumed = bool(ranges)
+        return self
+
+    def restart(self, keep=()):
+        """Forget all but the ranges ``keep``; hash from the start."""
+        self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
+        for start, end in keep:
+            self.add(start, end)
+        if not keep:
+            self.file.truncate(0)
+        self.reader.seek(0)
+
+    def add(self, start, end, save=False):
+        """Count bytes [start, end) complete (``save``: in the record too)."""
+        with self.lock:
+            merged = []
+            for a, b in sorted(self.ranges + [(start, end)]):
+                if merged and a <= merged[-1][1]:
+                    a, b = merged[-1][0], max(b, merged.pop()[1])
+                merged.append((a, b))
+            self.ranges = merged
+        if save:
+            self.save()
+
+    def save(self, tail=None):
+        with self.lock:
+            with open(self.record + '.new', 'w') as f:
+                json.dump({'digest': self.digest, 'size': self.size,
+                           'ranges': self.ranges, 'tail': tail}, f)
+            os.replace(self.record + '.new', self.record)
+
+    def hash_prefix(self, block=True):
+        """Hash the complete prefix not hashed yet, read back from the file;
+        without ``block``, only if no other thread is at it."""
+        if self.hash_lock.acquire(block):
+            ranges = self.ranges
+            end = ranges[0][1] if ranges and not ranges[0][0] else 0
+            while self.hashed < end:
+                data = self.reader.read(min(_PIPELINE_PIECE, end - self.hashed))
+                self.hash.update(data)
+                self.hashed += len(data) or end    # none: the digest will say
+            self.hash_lock.release()
+
+    def finish(self):
+        """Check the digest, put the file in place; return its size."""
+        got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
+        if self.hashed != self.size or got != self.digest:
+            raise DXFDigestMismatchError(got, self.digest)
+        self.file.truncate(self.size)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        os.replace(self.name, self.path)
+        os.unlink(self.record)
+        return self.size
+
+    def __exit__(self, exc_type, exc, tb):
+        self.file.close()
+        self.reader.close()
+        if exc_type and (issubclass(exc_type, (DXFIntegrityError, OSError))
+                         or not os.path.getsize(self.name)):    # OSError: disk full
+            for name in (self.name, self.record):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
 
 
 class _FileLock:
@@ -4178,6 +4408,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
                         source = tar.extractfile(member)
                         for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
                             out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())    # on disk before the rename
                 elif member.issym():
                     target = member.linkname
                     up = os.path.normpath(os.path.join(*parts[:-1], target))
@@ -4204,6 +4436,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DXFIntegrityError('layer %s is not a gzip tar: %s' % (
             label, _exc_text(exc))) from exc
+    except OSError as exc:       # a full disk, say: the caller removes it all
+        raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
     real_tree = os.path.realpath(tree)
     for member, path in links:      # chains of links, now all made
         real = os.path.realpath(path)
@@ -4414,14 +4648,15 @@ class _Line:
 class _Progress:
     """One line per blob on stderr, redrawn in place: bytes, rate, ETA.
 
-    Each blob moving (one per thread) has a line of its own, under the
-    earlier ones: the cursor stays on the bottom line and goes up to redraw
-    another.  A blob's line is left in its final state when it ends."""
+    Each blob moving has a line of its own (a ranged pull's threads draw
+    one), under the earlier ones: the cursor stays on the bottom line and
+    goes up to redraw another.  A blob's line is left in its final state
+    when it ends."""
 
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
-        self._lines = {}         # thread -> _Line
+        self._lines = {}         # digest (else thread) -> _Line
         self._rows = []          # _Lines on screen, top down, from the first still moving
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
@@ -4430,12 +4665,13 @@ class _Progress:
 
     def __call__(self, digest, chunk, total=None):
         now = time.time()
+        key = digest or threading.get_ident()
         with self._lock:
-            line = self._lines.get(threading.get_ident())
+            line = self._lines.get(key)
             if not chunk or line is None:          # a new blob starts
                 if line is not None:
                     self._end(line)
-                line = self._lines[threading.get_ident()] = _Line(now)
+                line = self._lines[key] = _Line(now)
             line.done += len(chunk)
             line.digest, line.total = digest, total
             if now - line.drawn < 0.2 and (total is None or line.done < total):
@@ -4473,10 +4709,10 @@ class _Progress:
             self.stream.write('' if self._rows else '\n')     # all final: a new line
             self.stream.flush()
 
-    def finish(self):
-        """End this thread's line."""
+    def finish(self, digest):
+        """End this blob's line."""
         with self._lock:
-            line = self._lines.pop(threading.get_ident(), None)
+            line = self._lines.pop(digest, None)
             if line is not None:
                 self._end(line)
 
@@ -4630,7 +4866,7 @@ def _cmd_push_blob(dxf, args, settings, out, stdin):
     else:
         digest = dxf.push_blob(files[0], progress=progress)
     if progress:
-        progress.finish()
+        progress.finish_all()
     _write_line(out, digest)
 
 
@@ -4670,7 +4906,16 @@ def _copy_blob(dxf, digest, out, settings):
             _write_line(settings.stdout, '%s %s' % (digest, reader.size))
         reader.copy_to(out)
     if progress:
-        progress.finish()
+        progress.finish(digest)
+
+
+def _pull_file(dxf, digest, path, settings, concurrency):
+    progress = settings.progress_printer
+    size = dxf.pull_blob_to(digest, path, progress, concurrency)
+    if settings.blob_info:
+        _write_line(settings.stdout, '%s %s' % (digest, size))
+    if progress:
+        progress.finish(digest)
 
 
 def _cmd_pull_blob(dxf, args, settings, out, stdin):
@@ -4682,15 +4927,18 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
         if os.path.isdir(args.output):
             return _pull_to_directory(dxf, args, settings, stdin, out)
     blobs = _resolve_refs(dxf, args.refs, settings, stdin)
-    if args.output:
+    if args.output and len(blobs) == 1:
+        _pull_file(dxf, blobs[0]['digest'], args.output, settings,
+                   settings.concurrency)
+    elif args.output:
         with _AtomicFile(args.output) as f:
             for desc in blobs:
                 _copy_blob(dxf, desc['digest'], f, settings)
-        for desc in blobs:
-            _emit(out, settings, None, desc, path=args.output)
     else:
         for desc in blobs:
             _copy_blob(dxf, desc['digest'], out, settings)
+    for desc in blobs if args.output else ():
+        _emit(out, settings, None, desc, path=args.output)
     out.flush()
 
 
@@ -4717,11 +4965,12 @@ def _pull_to_directory(dxf, args, settings, stdin, out):
     def pull(item):
         name, unpack, desc = item
         path = os.path.join(args.output, name)
+        # ranges over several connections for a blob alone
+        concurrency = settings.concurrency if len(plan) == 1 else 1
         if unpack:
-            _pull_directory(dxf, desc, path, settings)
+            _pull_directory(dxf, desc, path, settings, concurrency)
         else:
-            with _AtomicFile(path) as f:
-                _copy_blob(dxf, desc['digest'], f, settings)
+            _pull_file(dxf, desc['digest'], path, settings, concurrency)
     try:
         _in_parallel(pull, plan, settings.concurrency,
                      getattr(dxf, '_transport', None))
@@ -4732,21 +4981,26 @@ def _pull_to_directory(dxf, args, settings, stdin, out):
         _emit(out, settings, None, desc, path=os.path.join(args.output, name))
 
 
-def _pull_directory(dxf, desc, path, settings):
+def _pull_directory(dxf, desc, path, settings, concurrency):
     """Download a directory layer, unpack it beside ``path`` and, once all
     is checked, put it at ``path`` (replacing what was there)."""
     import shutil
     import tempfile
     directory, name = os.path.split(path)
+    # Its partial is named by the layer, not the work directory: resumable.
+    layer = os.path.join(directory, '.%s.dxf-layer' % name)
     try:
+        _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
         work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
                                 suffix='.dxf-partial')
-    except OSError as exc:      # the rule _AtomicFile follows for a file
-        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(exc))) from exc
+    except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
     try:
         archive = os.path.join(work, 'layer')
-        with open(archive, 'wb') as f:
-            _copy_blob(dxf, desc['digest'], f, settings)     # verified
+        os.rename(layer, archive)
         tree = os.path.join(work, 'tree')
         os.mkdir(tree, 0o755)
         _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(

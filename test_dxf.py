@@ -79,6 +79,7 @@ import random
 import re
 import select
 import shutil
+import signal
 import socket
 import socketserver
 import ssl
@@ -919,6 +920,10 @@ class Fault(object):
     ``body``          forward; replace the body with ``body`` (Content-Length
                       fixed), optionally the status with ``status``
     ``headers``       forward; set ``headers`` (dict) on the answer
+    ``kill``          forward, counting the body bytes sent over every
+                      request the rule fires on (``every=True``): once
+                      ``after`` have gone, call ``kill()`` (e.g. SIGKILL a
+                      dxf process and wait for it), then close the connection
     ``length``        forward; announce ``length`` as Content-Length, send
                       the real (shorter) body, then close the connection
     ``endless``       answer ``status`` (200) with ``prefix`` and then
@@ -929,7 +934,7 @@ class Fault(object):
     """
 
     ACTIONS = ('status', 'redirect', 'stall', 'cut_request', 'cut_response', 'flip',
-               'body', 'headers', 'length', 'endless')
+               'body', 'headers', 'length', 'endless', 'kill')
 
     def __init__(self, method, path, action, nth=1, every=False, has_header=None, **params):
         if action not in self.ACTIONS:
@@ -1107,6 +1112,7 @@ class _FaultHandler(_ProxyHandler):
         return value
 
     def _relay(self, resp, action, params):
+        proxy = self.server.owner
         status, reason = resp.status, resp.reason
         headers = []
         for name, value in resp.getheaders():
@@ -1149,6 +1155,15 @@ class _FaultHandler(_ProxyHandler):
             data = resp.read(65536)
             if not data:
                 break
+            if action == 'kill':
+                with proxy._lock:
+                    sent = params['sent'] = params.get('sent', 0) + len(data)
+                if sent > params['after']:
+                    params['kill']()
+                    self.close_connection = True
+                    return
+            with proxy._lock:
+                proxy.body_bytes += len(data)
             if flip is not None and pos <= flip < pos + len(data):
                 data = bytearray(data)
                 data[flip - pos] ^= 0xff
@@ -1196,6 +1211,7 @@ class FaultProxy(object):
         self.requests = []
         self.errors = []
         self.endless_sent = 0
+        self.body_bytes = 0       # answer bodies relayed (not ``body``/``length``)
         self.generation = 0       # bumped by reset()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -1234,6 +1250,7 @@ class FaultProxy(object):
         del self.requests[:]
         del self.errors[:]
         self.endless_sent = 0
+        self.body_bytes = 0
 
     def stop(self):
         self._wake.set()
@@ -1258,12 +1275,12 @@ class _OriginHandler(_Handler):
         if data is None:
             return self._reply(404, {'errors': [{'code': 'BLOB_UNKNOWN', 'message': path}]})
         headers = [('Content-Type', 'application/octet-stream')]
-        match = re.match(r'bytes=(\d+)-$', self.headers.get('Range', ''))
-        if match and int(match.group(1)) < len(data):
+        match = re.match(r'bytes=(\d+)-(\d*)$', self.headers.get('Range', ''))
+        if origin.ranges and match and int(match.group(1)) < len(data):
             start = int(match.group(1))
-            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, len(data) - 1,
-                                                                 len(data))))
-            return self._reply(206, data[start:], headers)
+            end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+            headers.append(('Content-Range', 'bytes %d-%d/%d' % (start, end, len(data))))
+            return self._reply(206, data[start:end + 1], headers)
         return self._reply(200, data, headers)
 
     do_HEAD = do_GET
@@ -1273,13 +1290,15 @@ class OriginServer(object):
     """A second origin (plain http on its own port) that records what it gets.
 
     ``blobs`` maps digest -> bytes: a GET of any path ending in that digest
-    gets them (ranges too).  ``answers`` maps an exact path to
+    gets them (ranges too, unless ``ranges`` is False: then a 200 to every
+    ``Range``, as a server without them answers).  ``answers`` maps an exact path to
     ``(status, headers dict, body)``, e.g. a broken token service at
     '/token'.  ``requests`` lists SeenRequest.
     """
 
     def __init__(self):
         self.blobs = {}
+        self.ranges = True
         self.answers = {}
         self.requests = []
         self._thread = _ServerThread(_OriginHandler, self)
@@ -3679,6 +3698,22 @@ class TestHostileAnswers:
         result = run_cli(['list-aliases', WIRE_REPO], wire_env(DXF_RETRIES='1'))
         out, _ = _one_error(result, status, *((words,) if words else ()))
         assert out == b''
+
+    @pytest.mark.parametrize('to_file', [False, True], ids=['stdout', 'file'])
+    def test_content_length_beyond_what_arrived_is_a_broken_answer(
+            self, wire, wire_env, run_cli, tmp_path, to_file):
+        # Issue 16: 23 digits of Content-Length, the blob's 5 bytes, close.
+        # The bytes hash to the digest, but the answer is cut short: retried
+        # once (DXF_RETRIES=1), then one line; nothing at FILE.
+        data = WIRE_DATA[1]
+        wire.answer = lambda req: [b'HTTP/1.1 200 OK\r\nContent-Length: '
+                                   b'99999999999999999999999\r\n\r\n' + data, WIRE_CLOSE]
+        target = str(tmp_path / 'out')
+        argv = ['pull-blob', WIRE_REPO, _sha256(data)] + (['-o', target] if to_file else [])
+        _one_error(run_cli(argv, wire_env(DXF_RETRIES='1')), errno.EIO,
+                   '99999999999999999999999')
+        assert [r.method for r in wire.requests] == ['GET', 'GET']
+        assert os.listdir(str(tmp_path)) == []
 
     def test_expires_in_beyond_any_float_is_a_day(self, wire, wire_env, run_cli):
         _token_answers(wire, token=b'{"token": "T", "expires_in": 1' + b'0' * 400 + b'}')
@@ -6787,7 +6822,10 @@ class TestFaults:
                           fault_env(DXF_RETRIES='5')))
         assert out.read_bytes() == data
         ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
-        assert ranges == [None, 'bytes=%d-' % cut, 'bytes=%d-' % (2 * cut)]
+        # The first asks for a range too: its answer says whether the blob
+        # is big enough to come over several connections (issue 19).
+        assert ranges == ['bytes=0-%d' % (dxf._RANGED_MIN - 1), 'bytes=%d-' % cut,
+                          'bytes=%d-' % (2 * cut)]
 
     @pytest.mark.slow
     def test_blob_get_cut_without_retries_fails_and_leaves_no_file(
@@ -7316,6 +7354,268 @@ class TestLargeBlobPipeline:
                 head = reader.read(12345)        # copy_to continues a partial read
                 reader.copy_to(out)
         assert head + out.getvalue() == data
+
+
+# ---- pulls into files that survive a kill, and ranged pulls (issues 16, 19) ----
+
+RESUMED = 24 * MIB + 5      # kills land after 18 MiB: loopback's socket buffers
+#                             (a few MiB) cannot make a rerun fetch 60%
+
+
+def _partials(directory, digest):
+    """The resumable partial of ``digest`` and its record, as dxf names them."""
+    return sorted(n for n in os.listdir(str(directory))
+                  if n.endswith(('.%s.dxf-partial' % digest[7:39],
+                                 '.%s.dxf-partial.ranges' % digest[7:39])))
+
+
+def _killed_pull(faults, env, argv, after, ranged_min=None):
+    """``dxf.py`` with ``argv`` in a process of its own, SIGKILLed once the
+    proxy has sent ``after`` bytes of blob bodies (all connections counted):
+    a point chosen by bytes seen, not by time.  ``ranged_min`` lowers the
+    size of blob pulled in ranges."""
+    code = 'import sys, dxf\n%ssys.exit(dxf.main())' % (
+        'dxf._RANGED_MIN, dxf._RANGED_RATE = %d, 1 << 60\n' % ranged_min if ranged_min else '')
+    procs = []
+    fault = faults.add('GET', BLOB_GET, 'kill', every=True, after=after,
+                       kill=lambda: procs[0].kill())
+    procs.append(subprocess.Popen([sys.executable, '-c', code] + argv, cwd=_HERE, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    procs[0].communicate()
+    assert procs[0].returncode == -signal.SIGKILL, fault
+    faults.remove(fault)
+
+
+@pytest.mark.registry
+class TestResumablePulls:
+    """pull-blob -o keeps what it verified-so-far beside the target, named by
+    the target and the digest, and a rerun asks only for the rest."""
+
+    def _setup(self, kind, run_cli, fault_env, repo, tmp_path):
+        """Push a blob (a file, or a directory holding it); return
+        (data, digest, argv, where the result appears, the output directory)."""
+        data = _blob(RESUMED, 'resume-' + kind)
+        out = tmp_path / 'out'
+        out.mkdir()
+        src = tmp_path / 'src'
+        src.mkdir()
+        (src / 'blob.bin').write_bytes(data)
+        env = fault_env()
+        if kind == 'file':
+            digest = _cli_push(run_cli, env, repo, data)
+            return data, digest, ['-o', str(out / 'blob.bin'), digest], out / 'blob.bin', out
+        pushed = str(src / 'blob.bin') if kind == 'dir' else str(src)
+        digest = _ok(run_cli(['push-blob', repo, pushed, '@a'], env)).decode().strip()
+        result = out / 'blob.bin' if kind == 'dir' else out / 'src' / 'blob.bin'
+        return data, digest, ['-o', str(out) + os.sep, '@a'], result, out
+
+    @pytest.mark.parametrize('kind', ['file', 'dir', 'layer'])
+    def test_killed_pull_resumes_with_a_range(self, proxy, faults, fault_env, run_cli, repo,
+                                             tmp_path, kind):
+        data, digest, args, result, out = self._setup(kind, run_cli, fault_env, repo, tmp_path)
+        env = fault_env(DXF_CONCURRENCY='1')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB)
+        assert not result.exists()
+        assert len(_partials(out, digest)) == 2
+        proxy.reset()
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        assert proxy.body_bytes < 0.6 * len(data)
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert len(ranges) == 1 and int(re.match(r'bytes=(\d+)-$', ranges[0]).group(1)) > 0
+        assert os.listdir(str(out)) == [result.relative_to(out).parts[0]]
+
+    def test_corrupted_partial_is_fetched_again_and_ends_verified(
+            self, proxy, faults, fault_env, run_cli, repo, tmp_path):
+        data, digest, args, result, out = self._setup('file', run_cli, fault_env, repo,
+                                                      tmp_path)
+        env = fault_env(DXF_CONCURRENCY='1')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB)
+        partial = out / _partials(out, digest)[0]
+        _corrupt(str(partial), 1000)
+        proxy.reset()
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        ranges = [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)]
+        assert len(ranges) == 2 and ranges[0].startswith('bytes=') and ranges[1] is None
+        assert os.listdir(str(out)) == ['blob.bin']
+
+    def test_killed_ranged_pull_fetches_only_the_missing_ranges(
+            self, proxy, faults, fault_env, run_cli, repo, tmp_path, monkeypatch):
+        data, digest, args, result, out = self._setup('file', run_cli, fault_env, repo,
+                                                      tmp_path)
+        env = fault_env(DXF_CONCURRENCY='4')
+        _killed_pull(faults, env, ['pull-blob', repo] + args, after=18 * MIB,
+                     ranged_min=MIB)
+        record = json.loads((out / _partials(out, digest)[1]).read_text())
+        assert record['size'] == len(data) and len(record['ranges']) >= 1
+        proxy.reset()
+        monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+        monkeypatch.setattr(dxf, '_RANGED_RATE', 1 << 60)
+        _ok(run_cli(['pull-blob', repo] + args, env))
+        assert result.read_bytes() == data
+        assert proxy.body_bytes < 0.6 * len(data)
+        assert all(r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET))
+        assert os.listdir(str(out)) == ['blob.bin']
+
+
+@pytest.mark.registry
+@pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs RLIMIT_FSIZE')
+@pytest.mark.parametrize('kind', ['file', 'ranged', 'layer'])
+def test_pull_that_would_fill_the_disk_is_one_line_and_leaves_nothing(
+        fault_env, run_cli, repo, tmp_path, kind):
+    # Issue 16.  A full disk, made deterministic: RLIMIT_FSIZE in the dxf
+    # process, with SIGXFSZ ignored, fails every write past 1 MiB with EFBIG
+    # (setrlimit(2)), as ENOSPC would fail it: the same OSError path.  A
+    # layer of 4 MiB of zeros is a few KiB packed, so its download fits and
+    # its unpacking does not.
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'zeros.bin').write_bytes(b'\0' * (4 * MIB) if kind == 'layer' else _blob(4 * MIB))
+    env = fault_env()
+    _ok(run_cli(['push-blob', repo, str(src if kind == 'layer' else src / 'zeros.bin'), '@a'],
+                env))
+    out = tmp_path / 'out'
+    out.mkdir()
+    code = ('import resource, signal, sys, dxf\n'
+            'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n'
+            'dxf._RANGED_MIN, dxf._RANGED_RATE = %d, 1 << 60\n'
+            'sys.exit(dxf.main())' % (MIB, MIB, MIB // 2 if kind == 'ranged' else 32 * MIB))
+    proc = subprocess.run([sys.executable, '-c', code, 'pull-blob', repo, '-o', str(out) + '/',
+                           '@a'], cwd=_HERE, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    _one_error((proc.returncode, proc.stdout, proc.stderr.decode()), 1, 'too large')
+    assert os.listdir(str(out)) == []
+
+
+@pytest.mark.registry
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='names fds through /proc')
+def test_unpacked_files_are_fsynced_before_the_tree_is_renamed(cli_env, run_cli, repo,
+                                                               tmp_path, monkeypatch):
+    # Issue 16: each file of a directory layer is on disk before the rename
+    # that makes the tree appear (seen as the paths os.fsync is given).
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in ('a', 'b', 'c'):
+        (src / name).write_bytes(name.encode() * 1000)
+    env = cli_env('open')
+    _ok(run_cli(['push-blob', repo, str(src), '@a'], env))
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(
+        os.readlink('/proc/self/fd/%d' % fd)) or fsync(fd))
+    _ok(run_cli(['pull-blob', repo, '-o', str(tmp_path / 'out') + '/', '@a'], env))
+    unpacked = [p for p in synced if os.sep + 'tree' + os.sep in p]
+    assert sorted(os.path.basename(p) for p in unpacked) == ['a', 'b', 'c']
+    assert all('.dxf-partial' + os.sep in p for p in unpacked)
+
+
+@pytest.mark.registry
+def test_range_answered_at_once_means_one_stream(proxy, fault_env, run_cli, upstream,
+                                                 tmp_path, monkeypatch):
+    # Issue 19: ranges pay on long paths; a first range whose first eighth
+    # comes faster than _RANGED_RATE (loopback) has the rest come as one stream.
+    monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+    monkeypatch.setattr(dxf, '_RANGED_RATE', 0)
+    data = _blob(4 * MIB + 5, 'one-stream')
+    digest = upstream.push_blob(data=data)
+    target = tmp_path / 'blob.bin'
+    _ok(run_cli(['pull-blob', upstream.repo, '-o', str(target), digest], fault_env()))
+    assert target.read_bytes() == data
+    assert [r.headers.get('Range') for r in proxy.seen('GET', BLOB_GET)] == [
+        'bytes=0-%d' % (MIB - 1), 'bytes=%d-' % (MIB // 8)]
+
+
+RANGED = 4 * MIB + 5         # with _RANGED_MIN at 1 MiB: the first range, then pieces
+
+
+@pytest.mark.registry
+class TestRangedPulls:
+    """Issue 19: a large blob to a file in ranges over several connections,
+    each range checked, the whole verified before the file appears."""
+
+    @pytest.fixture(autouse=True)
+    def _small_threshold(self, monkeypatch):
+        # 1 MiB, and ranges however fast the first comes (loopback)
+        monkeypatch.setattr(dxf, '_RANGED_MIN', MIB)
+        monkeypatch.setattr(dxf, '_RANGED_RATE', 1 << 60)
+
+    def _pull(self, run_cli, env, upstream, tmp_path):
+        data = _blob(RANGED, 'ranged')
+        digest = upstream.push_blob(data=data)
+        (tmp_path / 'out').mkdir()
+        target = tmp_path / 'out' / 'blob.bin'
+        result = run_cli(['pull-blob', upstream.repo, '-o', str(target), digest], env)
+        return data, digest, target, result
+
+    def _ranges(self, seen):
+        return [tuple(int(x) for x in re.match(r'bytes=(\d+)-(\d+)$', r.headers['Range'])
+                      .groups()) for r in seen]
+
+    def test_ranges_cover_the_blob_once_over_several_connections(
+            self, proxy, fault_env, run_cli, upstream, tmp_path):
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        ranges = sorted(self._ranges(proxy.seen('GET', BLOB_GET)))
+        # 1 MiB first, then pieces of a quarter of it at least: 1 + 3 requests
+        # or more, end to end with neither gap nor overlap.
+        assert ranges[0] == (0, MIB - 1) and len(ranges) >= 4
+        assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert ranges[-1][1] == len(data) - 1
+        assert os.listdir(str(target.parent)) == ['blob.bin']
+
+    def test_redirect_is_followed_once_and_ranges_go_there_without_credentials(
+            self, proxy, faults, origin, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'redirect', every=True, to=origin.url)
+        origin.blobs[_sha256(_blob(RANGED, 'ranged'))] = _blob(RANGED, 'ranged')
+        data, digest, target, result = self._pull(
+            run_cli, fault_env(DXF_TOKEN='secret-token'), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        assert len(proxy.seen('GET', BLOB_GET)) == 1
+        assert len(origin.requests) >= 4
+        assert not any(r.headers.get('Authorization') for r in origin.requests)
+
+    def test_200_to_every_range_is_one_connection(self, proxy, faults, origin, fault_env,
+                                                  run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'redirect', every=True, to=origin.url)
+        origin.ranges = False
+        origin.blobs[_sha256(_blob(RANGED, 'ranged'))] = _blob(RANGED, 'ranged')
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        assert [r.headers.get('Range') for r in origin.requests] == ['bytes=0-%d' % (MIB - 1)]
+
+    # nth=1: the first range, during its first eighth (timed); 3: a piece
+    @pytest.mark.parametrize('nth', [1, 3])
+    def test_range_cut_off_midway_is_asked_again_from_where_it_broke(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path, nth):
+        faults.add('GET', BLOB_GET, 'cut_response', nth=nth, after=100000)
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _ok(result)
+        assert target.read_bytes() == data
+        seen = proxy.seen('GET', BLOB_GET)
+        cut = self._ranges([r for r in seen if r.fault])[0]
+        assert (cut[0] + 100000, cut[1]) in self._ranges(seen)
+        assert os.listdir(str(target.parent)) == ['blob.bin']
+
+    def test_one_corrupted_range_fails_and_leaves_nothing(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'flip', nth=2, offset=10)
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _fails(result, errno.EIO, 'digest')
+        assert os.listdir(str(target.parent)) == []
+
+    def test_206_with_a_wrong_content_range_is_refused(
+            self, proxy, faults, fault_env, run_cli, upstream, tmp_path):
+        faults.add('GET', BLOB_GET, 'headers', nth=2,
+                   headers={'Content-Range': 'bytes 0-9/%d' % RANGED})
+        data, digest, target, result = self._pull(run_cli, fault_env(), upstream, tmp_path)
+        _fails(result, 1, 'Content-Range')
+        assert not target.exists()
+        # what arrived is kept to resume from, under its documented name
+        assert sorted(os.listdir(str(target.parent))) == _partials(target.parent, digest)
 
 
 # ---- files of 64 MiB and more: hashed in a second thread while uploading ----

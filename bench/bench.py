@@ -62,11 +62,17 @@ Cases (--cases, comma-separated; default all):
                     installed into --python-dxf-venv, made if missing):
                     store 16 x 1 MiB under an alias (<= 1.5 x floor), fetch
                     them as 16 files (<= 1.3), one 64 MiB file each way
-                    (<= 1.10), get-alias (<= 1.4).  Prints each run, the
+                    (<= 1.10), get-alias (<= 1.4), and (issue 19) one 256
+                    MiB blob to a file, which dxf fetches in ranges over
+                    several connections (<= 0.5 x the one-connection floor,
+                    plus Python's start, measured as python3 -c pass).  All
+                    connections share a --wan-shared-mbit (1000) bottleneck
+                    each way.  --wan-tasks runs some: e.g. --wan-tasks
+                    ranged.  Prints each run, the
                     floor and what it counts, connections, round trips
                     ("flights") and token requests, and dxf with the
                     shaper off (the machine's own cost).  Smaller payloads:
-                    --wan-small-kib, --wan-big-mib.
+                    --wan-small-kib, --wan-big-mib, --wan-ranged-mib.
 Peak RSS of dxf's big push and pulls, and of every dxf command the bench
 ran: target <= 32 MiB as a script, <= 25 MiB installed (at any blob size).
 
@@ -116,8 +122,11 @@ WAN_FLOOR = collections.OrderedDict([
     ('push1', (9, _START + ' (6), HEAD, POST, PUT with the body')),
     ('pull1', (7, _START + ' (6), blob GET')),
     ('list', (7, _START + ' (6), manifest GET')),
+    ('ranged', (7, _START + ' (6), blob GET; the bytes over one connection')),
 ])
-WAN_TARGETS = dict(store=1.5, fetch=1.3, push1=1.10, pull1=1.10, list=1.4)
+# ranged: against 0.5 x floor + Python's start (its ratio leaves the start out)
+WAN_TARGETS = dict(store=1.5, fetch=1.3, push1=1.10, pull1=1.10, list=1.4,
+                   ranged=0.5)
 
 
 def size_text(n):
@@ -790,7 +799,7 @@ class Bench:
         token_proxy = ShapingProxy(tokens.host, rtt, mbit)
         tokens.realm = 'https://%s/token' % token_proxy.host
         reg = infra.registry('token')
-        proxy = ShapingProxy(reg.host, rtt, mbit)
+        proxy = ShapingProxy(reg.host, rtt, mbit, self.args.wan_shared_mbit)
         self.wan_proxies = [proxy, token_proxy]
         env = {k: v for k, v in self.env.items()
                if k not in ('DXF_INSECURE', 'PYTHONPATH')}
@@ -831,6 +840,15 @@ class Bench:
         ours.run(self.inst_cmd('push-blob', fetch_repo, *files) + ['@a'])
         big_repo = self.fresh_repo('wan-big')
         ours.run(self.inst_cmd('push-blob', big_repo, big, '@a'))
+        wanted = self.args.wan_tasks or list(WAN_FLOOR)
+        ranged_size = self.args.wan_ranged_mib * MIB
+        if 'ranged' in wanted:
+            ranged = os.path.join(self.tmp, 'wan-ranged.bin')
+            ranged_digest = make_blob(ranged, ranged_size)
+            ours.run(self.inst_cmd('push-blob', big_repo, ranged))
+            os.unlink(ranged)
+        starts = [ours.run([self.args.python, '-c', 'pass'])[0] for _ in range(3)]
+        python_start = statistics.median(starts)
         pd = self.python_dxf
 
         def dxf_store():
@@ -870,7 +888,13 @@ class Bench:
             ('list', "list an alias's digests",
              lambda: [(ours, self.inst_cmd('get-alias', big_repo, 'a'), 'pipe')],
              lambda: [(theirs, [pd, 'get-alias', big_repo, 'a'], 'pipe')]),
+            ('ranged', 'fetch one %s file (ranges)' % size_text(ranged_size),
+             lambda: [(ours, self.inst_cmd('pull-blob', big_repo, '-o', out_big,
+                                           ranged_digest), 'pipe')],
+             lambda: [(theirs, [pd, 'pull-blob', big_repo, ranged_digest],
+                       out_big)]),
         ]
+        tasks = [t for t in tasks if t[0] in wanted]
 
         def timed(make):
             """One run: seconds, processes, connections, flights, tokens."""
@@ -903,14 +927,17 @@ class Bench:
             for p in self.wan_proxies:
                 p.delay, p.rate = rtt / 2.0, bw
             size = {'store': small, 'fetch': small, 'push1': big_size,
-                    'pull1': big_size, 'list': 0}[key]
+                    'pull1': big_size, 'list': 0, 'ranged': ranged_size}[key]
             total = size * (n if key in ('store', 'fetch') else 1)
             trips = WAN_FLOOR[key][0]
             rows.append(dict(key=key, task=label, trips=trips,
                              floor=trips * rtt + total / bw,
                              floor_parallel=trips * rtt + size / bw,
-                             target=WAN_TARGETS[key], local=local, **got))
-        self.wan = dict(rtt_ms=self.args.wan_rtt, mbit=mbit, rows=rows)
+                             target=WAN_TARGETS[key], local=local,
+                             start=python_start if key == 'ranged' else 0.0,
+                             **got))
+        self.wan = dict(rtt_ms=self.args.wan_rtt, mbit=mbit, rows=rows,
+                        shared=self.args.wan_shared_mbit, start=python_start)
         for p in self.wan_proxies:
             p.close()
         infra_close = self.wan_infra.close
@@ -932,13 +959,16 @@ class Bench:
             cells = []
             for tool in ('dxf', 'python-dxf'):
                 runs = [x['s'] for x in r[tool]]
-                cells.append(('/'.join('%.2f' % x for x in runs),
-                              statistics.median(runs) / r['floor']))
+                cells.append(('/'.join('%.2f' % x for x in runs), (
+                    statistics.median(runs) - r.get('start', 0.0)) / r['floor']))
             w('%-34s %3d %6.2f | %-16s %5.2f %6.2f %6.2f | %-18s %5.2f\n' % (
                 r['task'], r['trips'], r['floor'], cells[0][0], cells[0][1],
                 r['target'], r['local'], cells[1][0], cells[1][1]))
         w('RTT 0: one dxf run with the shaper off (no delay, no cap): what '
           'this machine itself costs\n')
+        w('all registry connections share %g Mbit/s each way; python3 -c pass '
+          'took %.2f s, left out of the ranges row\'s ratios\n'
+          % (wan['shared'], wan['start']))
         w('\nwhat each run cost (the last run; flights = client-to-server '
           'turns on all connections, registry and token server):\n')
         w('%-34s %-38s %s\n' % ('task', 'dxf', 'python-dxf'))
@@ -1203,12 +1233,16 @@ class ShapingProxy:
 
     CHUNK = 64 << 10
 
-    def __init__(self, upstream, rtt, mbit):
+    def __init__(self, upstream, rtt, mbit, shared_mbit=None):
         import queue
         self.queue_module = queue
         self.upstream = upstream
         self.delay = rtt / 2.0
         self.rate = mbit * 1e6 / 8.0
+        # One bottleneck all connections share, each way (a site's uplink):
+        # a chunk leaves once its connection and the shared link are free.
+        self.shared = shared_mbit * 1e6 / 8.0 if shared_mbit else None
+        self.links = {'client': [0.0], 'server': [0.0]}
         self.connections = 0
         self.flights = 0
         self.lock = threading.Lock()
@@ -1252,6 +1286,11 @@ class ShapingProxy:
                         with self.lock:
                             self.flights += 1
                 wire[0] = max(now, wire[0]) + len(data) / self.rate
+                if self.shared:
+                    with self.lock:
+                        link = self.links[side]
+                        link[0] = max(now, link[0]) + len(data) / self.shared
+                        wire[0] = max(wire[0], link[0])
                 q.put((wire[0] + self.delay, data))
                 if not data:
                     return
@@ -1306,6 +1345,12 @@ def parse_args(argv):
                    help='wan case: size of each of the 16 files (default 1024)')
     p.add_argument('--wan-big-mib', type=int, default=64,
                    help='wan case: size of the one big file (default 64)')
+    p.add_argument('--wan-ranged-mib', type=int, default=256,
+                   help='wan case: the blob fetched in ranges (default 256)')
+    p.add_argument('--wan-shared-mbit', type=float, default=1000.0,
+                   help='wan case: the bottleneck all connections share')
+    p.add_argument('--wan-tasks', type=lambda v: v.split(','), default=None,
+                   help='wan case: some of ' + ', '.join(WAN_FLOOR))
     p.add_argument('--python-dxf-venv', default=os.path.join(
         os.path.dirname(HERE), '.venv-bench'),
                    help='wan case: venv with python-dxf %s, made if missing '
