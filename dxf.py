@@ -29,7 +29,7 @@ Map of this file (``grep -n '^# [0-9]*\\. ' dxf.py``):
   11 Registry repository (DXF)              12 Local files, OCI layout store
   13 Parallel workers       14 Directories as layers
   15 Command line           16 python-dxf compatibility   17 Entry point
-The command line's environment variables are documented in section 15.
+The command line's environment variables: _ENV_VARS in section 15.
 
 Licence: MIT.
 """
@@ -185,8 +185,13 @@ _BLOB_UNKNOWN_TRIES = 4          # alias PUTs told a blob is unknown (races)
 
 
 class DXFError(Exception):
-    """Base class of every error dxf raises on purpose."""
+    """Base class of every error dxf raises on purpose.  Its keyword
+    arguments become attributes: what each subclass documents it carries."""
     exit_code = 1
+
+    def __init__(self, *args, **fields):
+        super().__init__(*args)
+        self.__dict__.update(fields)
 
 
 class DXFInputError(DXFError, ValueError):
@@ -195,13 +200,11 @@ class DXFInputError(DXFError, ValueError):
 
 
 class DXFUnexpectedDigestMethodError(DXFInputError):
-    """A digest uses an algorithm other than sha256 or sha512."""
+    """A digest uses an algorithm (``got``) other than sha256 or sha512."""
 
     def __init__(self, got, expected='sha256'):
         super().__init__('unsupported digest algorithm %r (expected %s)'
-                         % (got, expected))
-        self.got = got
-        self.expected = expected
+                         % (got, expected), got=got, expected=expected)
 
 
 class DXFConnectionError(DXFError):
@@ -212,9 +215,7 @@ class DXFConnectionError(DXFError):
     retryable = True
 
     def __init__(self, message='', method=None, url=None):
-        super().__init__(message)
-        self.method = method
-        self.url = url
+        super().__init__(message, method=method, url=url)
 
 
 class DXFProtocolError(DXFConnectionError):
@@ -235,23 +236,18 @@ class DXFHTTPError(DXFError):
 
     def __init__(self, method, url, status, errors=None, reason='',
                  expected=None, message=None):
-        self.method = method
-        self.url = url
-        self.status = status
-        self.errors = errors or []
-        self.reason = reason
-        self.got = status
-        self.expected = expected
-        self.response = _ErrorResponse(status, reason, url)
-        super().__init__(message or self._describe())
-
-    def _describe(self):
-        path = urllib.parse.urlsplit(self.url).path
+        errors = errors or []
         what = '; '.join(
             ('%s: %s' % (e.get('code', ''), e.get('message', ''))).strip(': ')
-            for e in self.errors if isinstance(e, dict))
-        return '%s %s -> %s %s' % (self.method, path, self.status,
-                                   _printable(what or self.reason))
+            for e in errors if isinstance(e, dict))
+        super().__init__(message or '%s %s -> %s %s' % (
+            method, urllib.parse.urlsplit(url).path, status, _printable(what or reason)),
+            method=method, url=url, status=status, errors=errors, reason=reason,
+            got=status, expected=expected, response=_ErrorResponse(status, reason, url))
+
+    def _has_code(self, code):
+        """Whether the registry's error list names ``code``."""
+        return any(isinstance(e, dict) and e.get('code') == code for e in self.errors)
 
 
 class _ErrorResponse:
@@ -282,9 +278,8 @@ class DXFNotFoundError(DXFError):
     OCI layout.  ``what`` names it ('alias may15 in fred/logs')."""
     exit_code = errno.ENOENT
 
-    def __init__(self, message, what=None):
-        super().__init__(message)
-        self.what = what
+    def __init__(self, message, what=None, **fields):
+        super().__init__(message, what=what, **fields)
 
 
 class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
@@ -310,19 +305,15 @@ class DXFDigestMismatchError(DXFIntegrityError):
 
     def __init__(self, got, expected):
         super().__init__('digest mismatch: expected %s, got %s'
-                         % (expected, got))
-        self.got = got
-        self.expected = expected
+                         % (expected, got), got=got, expected=expected)
 
 
 class DXFSizeMismatchError(DXFIntegrityError):
-    """A body was shorter or longer than its declared size."""
+    """A body was shorter or longer (``got``) than its declared size."""
 
     def __init__(self, got, expected, what='body', message=None):
         super().__init__(message or '%s is %d bytes, expected %d'
-                         % (what, got, expected))
-        self.got = got
-        self.expected = expected
+                         % (what, got, expected), got=got, expected=expected)
 
 
 class DXFUnsafeArchiveError(DXFIntegrityError):
@@ -338,8 +329,8 @@ class DXFUnsupportedSchemaType(DXFManifestError):
     """A manifest's media type is not one dxf understands."""
 
     def __init__(self, media_type):
-        super().__init__('unsupported manifest type %r' % (media_type,))
-        self.media_type = media_type
+        super().__init__('unsupported manifest type %r' % (media_type,),
+                         media_type=media_type)
 
 
 class DXFPlatformDataNotFound(DXFManifestError):
@@ -347,15 +338,12 @@ class DXFPlatformDataNotFound(DXFManifestError):
     exit_code = errno.ENOENT
 
     def __init__(self, platform, available):
-        self.platform = platform
-        self.available = list(available)
-        listed = ', '.join(self.available) or 'none'
-        if platform:
-            msg = 'platform %s not found (available: %s)' % (platform, listed)
-        else:
-            msg = ('alias is multi-platform; choose one with DXF_PLATFORM or '
-                   'platform= (available: %s)' % listed)
-        super().__init__(msg)
+        available = list(available)
+        listed = ', '.join(available) or 'none'
+        super().__init__('platform %s not found (available: %s)' % (platform, listed)
+                         if platform else 'alias is multi-platform; choose one with '
+                         'DXF_PLATFORM or platform= (available: %s)' % listed,
+                         platform=platform, available=available)
 
 
 class DXFMountFailed(DXFError):
@@ -363,9 +351,7 @@ class DXFMountFailed(DXFError):
     was to come from, ``digest`` the blob."""
 
     def __init__(self, message, repo=None, digest=None):
-        super().__init__(message)
-        self.repo = repo
-        self.digest = digest
+        super().__init__(message, repo=repo, digest=digest)
 
 
 # =============================================================================
@@ -485,6 +471,13 @@ def _is_loopback(host):
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_docker_hub(host):
+    """Docker Hub: docker.io and its own subdomains (index., registry-1.),
+    not any name ending so ('evil-docker.io' is someone else's registry)."""
+    name = host.rsplit(':', 1)[0].lower()
+    return name == 'docker.io' or name.endswith('.docker.io')
 
 
 def _parse_link_next(header):
@@ -1677,8 +1670,10 @@ def _basic(username, password):
 
 
 def _docker_config(host, environ):
-    """``(path, config ({} if none), the key docker files host under, lookup)``;
-    ``lookup(table)`` is ``(key, value)`` of host's entry in a config table."""
+    """``(path, config ({} if none), lookup, the credential helper (or None)
+    and the server name to give it)``; ``lookup(table)`` is ``(key, value)``
+    of host's entry in a config table.  Per-host ``credHelpers`` come
+    before ``credsStore`` (as docker and oras read them)."""
     directory = environ.get('DOCKER_CONFIG') or os.path.join(
         environ.get('HOME') or os.path.expanduser('~'), '.docker')
     path = os.path.join(directory, 'config.json')
@@ -1693,7 +1688,7 @@ def _docker_config(host, environ):
         raise DXFInputError('%s is not a JSON object' % path)
     names = [host.lower()]
     server = host
-    if names[0] in ('docker.io', 'index.docker.io', 'registry-1.docker.io'):
+    if _is_docker_hub(host):
         names.append('index.docker.io/v1')
         # docker login stores Hub credentials under this key, and docker
         # asks helpers for it (ResolveAuthConfig in docker/cli's
@@ -1707,21 +1702,22 @@ def _docker_config(host, environ):
                 if bare in names or bare.split('/')[0] == names[0]:
                     return key, value
         return None, None
-    return path, config, server, lookup
+    key, helper = lookup(config.get('credHelpers'))
+    helper = helper or config.get('credsStore')
+    return (path, config, lookup, helper if isinstance(helper, str) and helper else None,
+            key or server)
 
 
 def _docker_config_store(host, environ, username=None, secret=None):
     """dxf login (``username``) or logout: store or erase host's credentials
     with the config's credential helper, else in ``auths``; config.json is
     replaced atomically, mode 0600, keeping every key dxf does not know."""
-    path, config, server, lookup = _docker_config(host, environ)
+    path, config, lookup, helper, server = _docker_config(host, environ)
     if not (username or config):
         return           # logout with no config: nothing to erase, no file to make
-    key, helper = lookup(config.get('credHelpers'))
-    helper, server = helper or config.get('credsStore'), key or server
     auths = config.setdefault('auths', {})
     key = lookup(auths)[0] or server
-    if isinstance(helper, str) and helper:
+    if helper:
         _credential_helper(helper, server, environ, action='store' if username else 'erase',
                            data=username and json.dumps(
                                {'ServerURL': server, 'Username': username, 'Secret': secret}))
@@ -1739,15 +1735,12 @@ def _docker_config_credentials(host, environ):
     """Credentials for ``host`` from docker's config.json, or None.
 
     Returns ``(username, secret)``; username ``'<token>'`` means the secret
-    is an identity token.  Per-host ``credHelpers`` come first, then
-    ``credsStore``, then inline ``auths`` entries (as docker and oras do).
+    is an identity token.  The credential helper comes first, then inline
+    ``auths`` entries (as docker and oras do).
     """
-    path, config, server, lookup = _docker_config(host, environ)
-    key, helper = lookup(config.get('credHelpers'))
-    if not helper:
-        helper = config.get('credsStore')
-    if isinstance(helper, str) and helper:
-        found = _credential_helper(helper, key or server, environ)
+    path, config, lookup, helper, server = _docker_config(host, environ)
+    if helper:
+        found = _credential_helper(helper, server, environ)
         if found:
             return found
     _, entry = lookup(config.get('auths'))
@@ -2215,13 +2208,7 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
     """The bytes of the OCI manifest backing an alias over ``layers``; the
     rest as for make_manifest, ``subject`` a descriptor (image-spec 1.1).
     No timestamp: the same inputs give the same digest (oras#1367)."""
-    extra = annotations or {}
-    if not isinstance(extra, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
-                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
-        raise DXFInputError('annotations must map $manifest, $config or a '
-                            'file name to {"key": "value", ...}')
-    extra = dict(extra)
+    extra = _checked_annotations(annotations)
     path, media = config or (None, _EMPTY_TYPE)
     config = _descriptor(media or _UNKNOWN_CONFIG_TYPE, *(
         (hash_file(path), os.path.getsize(path)) if path else (
@@ -2245,6 +2232,18 @@ def _alias_manifest(layers, annotations=None, artifact_type=None, config=None,
                             % _printable(sorted(extra)[0]))
     manifest.update(kv for kv in (('annotations', notes), ('subject', subject)) if kv[1])
     return json.dumps(manifest, sort_keys=True).encode('utf-8')
+
+
+def _checked_annotations(annotations):
+    """A copy of oras's annotation-file map, checked: ``{"$manifest" |
+    "$config" | file name: {"key": "value", ...}}``."""
+    extra = annotations or {}
+    if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(
+                x, str) for x in sum(v.items(), ())) for k, v in extra.items()):
+        raise DXFInputError('annotations must map $manifest, $config or a '
+                            'file name to {"key": "value", ...}')
+    return dict(extra)
 
 
 def _referrers_tag(digest):
@@ -2385,6 +2384,15 @@ def _data_progress(progress):
         if chunk:
             progress(digest, chunk)
     return report
+
+
+def _check_echo(resp, digest):
+    """The registry's Docker-Content-Digest for what it stored must be
+    ``digest``, where it uses the same algorithm (another's cannot be
+    compared)."""
+    echoed = resp.header('Docker-Content-Digest')
+    if echoed and echoed.partition(':')[0] == digest.partition(':')[0] and echoed != digest:
+        raise DXFDigestMismatchError(echoed, digest)
 
 
 class DXFBase:
@@ -2653,8 +2661,10 @@ class _AliasMethods:
     def _needing(self, *actions):
         return _Needing(threading.local(), actions)    # no tokens: no-op
 
-    def _image_manifest(self, alias, manifest, platform):
-        """The parsed image manifest an alias (or given manifest) leads to."""
+    def _manifest_for(self, alias, manifest=None, platform=None, index=False):
+        """``(bytes, parsed)`` of an alias's manifest (or of ``manifest``, a
+        str or bytes), an index resolved to its ``platform``'s manifest: the
+        one rule for every operation (``index``: kept without a platform)."""
         if manifest is None:
             if alias is None:
                 raise TypeError('give alias or manifest')
@@ -2663,16 +2673,16 @@ class _AliasMethods:
             data = manifest.encode('utf-8') if isinstance(manifest, str) else manifest
             content_type = None
         m, media = _parse_manifest(data, content_type)
-        if media in _INDEX_TYPES and _REFERRERS_TAG_RE.match(alias or ''):
-            raise DXFManifestError('%s is a referrers index (what is attached '
-                                   'to a manifest): see dxf referrers' % alias)
-        if media in _INDEX_TYPES:
+        if media in _INDEX_TYPES and (platform or not index):
+            if _REFERRERS_TAG_RE.match(alias or ''):
+                raise DXFManifestError('%s is a referrers index (what is attached '
+                                       'to a manifest): see dxf referrers' % alias)
             data, content_type, _ = self._get_manifest(_choose_platform(m, platform))
             m, media = _parse_manifest(data, content_type)
             if media in _INDEX_TYPES:
                 raise DXFManifestError('nested index (an index of indexes) '
                                        'is not supported')
-        return m
+        return data, m
 
     def get_manifest(self, alias, platform=None):
         """Return an alias's manifest as a string, exactly as stored.
@@ -2681,12 +2691,8 @@ class _AliasMethods:
         picks one platform's manifest; without it the index itself is
         returned.
         """
-        data, content_type, _ = self._get_manifest(alias)
-        if platform:
-            m, media = _parse_manifest(data, content_type)
-            if media in _INDEX_TYPES:
-                data = self._get_manifest(_choose_platform(m, platform))[0]
-        return data.decode('utf-8')
+        return self._manifest_for(_check_ref(alias), platform=platform,
+                                  index=True)[0].decode('utf-8')
 
     def make_manifest(self, *digests, names=None, artifact_type=None,
                       annotations=None, config=None):
@@ -2729,31 +2735,43 @@ class _AliasMethods:
             split_digest(digest)
         with self._needing('push'):
             # The sizes not known yet are looked up together, not one round
-            # trip after another, and the empty config blob with them: a new
-            # repository gets it now instead of after the registry refused
-            # the manifest for want of it (as push_blobs does).  With every
-            # size known, that refusal is the cheaper way to find out.
+            # trip after another, and the config blob with them.  With every
+            # size known, the registry's refusal of the manifest for want of
+            # the empty config (_set_alias_manifest) is the cheaper way to
+            # find out whether it is there.
             unknown = sorted(set(digests) - set(self._sizes))
             if unknown or config:
-                _in_parallel(self._look_up, [(config,) if config else _EMPTY_DIGEST]
-                             + unknown, concurrency or _DEFAULT_CONCURRENCY,
-                             getattr(self, '_transport', None))
+                self._beside_config(self._blob_head, unknown, config, concurrency)
             manifest = self.make_manifest(
                 *digests, names=names, artifact_type=artifact_type,
                 annotations=annotations, config=config)
             self._set_alias_manifest(alias, manifest)
         return manifest
 
-    def _look_up(self, digest):
-        """set_alias' look-ups: a blob's size, or the config pushed if missing.
-        In a worker thread: it asks for set_alias' token (pull and push), so
-        that the threads' first 401s all take the one token."""
-        with self._needing('push'):
-            if digest == _EMPTY_DIGEST:
+    def _beside_config(self, func, jobs, config, concurrency):
+        """``[func(job) for job in jobs]``, in parallel with the push of a
+        manifest's config blob (``config``'s file, else the empty config).
+
+        The manifest needs that blob: looked for (and in a new repository
+        uploaded) in the same batch as the rest, the manifest PUT is
+        accepted the first time instead of after a 400 and a config upload.
+        Each worker asks for the operation's token (pull and push), so the
+        threads that meet the first 401 together share one token request
+        (_Auth.fetch_token)."""
+        def run(job):
+            with self._needing('push'):
+                if job is not None:
+                    return func(job)
+                if config:
+                    return self.push_blob(config[0])
                 return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-            if isinstance(digest, tuple):      # (config,): upload that file
-                return self.push_blob(digest[0][0])
-            return self._blob_head(digest)
+        return self._parallel(run, [None] + list(jobs), concurrency)[1:]
+
+    def _parallel(self, func, items, concurrency):
+        """_in_parallel, ``concurrency`` (default 4) at a time, the workers
+        drawing on the calling operation's retry budget."""
+        return _in_parallel(func, items, concurrency or _DEFAULT_CONCURRENCY,
+                            getattr(self, '_transport', None))
 
     def push_blobs(self, files, alias=None, progress=None, concurrency=None,
                    artifact_type=None, annotations=None, config=None,
@@ -2782,32 +2800,24 @@ class _AliasMethods:
         if alias is not None:
             _check_alias(alias)
         with self._needing('push'):
-            layers, manifest = self._push_artifact(
-                items, progress, concurrency, alias is not None, artifact_type,
-                annotations, config, chunk_size=chunk_size)
-            if alias is not None:
+            if alias is None:
+                layers = self._parallel(
+                    lambda item: self._push_item(item, progress, chunk_size),
+                    items, concurrency)
+            else:
+                layers, manifest = self._push_artifact(
+                    items, progress, concurrency, artifact_type=artifact_type,
+                    annotations=annotations, config=config, chunk_size=chunk_size)
                 self._set_alias_manifest(alias, manifest.decode('utf-8'))
         return layers if descriptors else [layer['digest'] for layer in layers]
 
-    def _push_artifact(self, items, progress, concurrency, manifest=True,
-                       artifact_type=None, annotations=None, config=None,
-                       subject=None, chunk_size=None):
+    def _push_artifact(self, items, progress, concurrency, artifact_type=None,
+                       annotations=None, config=None, subject=None, chunk_size=None):
         """Push items (as push_blobs) and the config blob; return the layer
-        descriptors and the manifest over them (not stored; None without
-        ``manifest``)."""
-        # The manifest needs its config blob: it is looked for (and in a new
-        # repository uploaded) in the same batch as the blobs, so the
-        # manifest PUT is accepted the first time instead of after a 400 and
-        # a config upload.  Threads that meet the first 401 together share
-        # one token request (_Auth.fetch_token).
-        jobs = ([(config,) if config else _EMPTY_DIGEST] if manifest else []) + [
-            (item,) for item in items]
-        layers = _in_parallel(lambda job: self._push_item(job, progress, chunk_size), jobs,
-                              concurrency or _DEFAULT_CONCURRENCY,
-                              getattr(self, '_transport', None))
-        if not manifest:
-            return layers, None
-        layers = layers[1:]
+        descriptors and the manifest over them (not stored)."""
+        layers = self._beside_config(
+            lambda item: self._push_item(item, progress, chunk_size),
+            items, config, concurrency)
         for layer in layers:
             if layer['size'] is None:
                 layer['size'] = self._layer_size(layer['digest'])
@@ -2815,15 +2825,8 @@ class _AliasMethods:
             layers or [_descriptor(_EMPTY_TYPE, _EMPTY_DIGEST, len(_EMPTY_BLOB))],
             annotations, artifact_type, config, subject)
 
-    def _push_item(self, job, progress, chunk_size=None):
-        """Push one of push_blobs' items (``(item,)``), or the empty config
-        (``_EMPTY_DIGEST``); return the layer descriptor (the config: its
-        digest)."""
-        if job == _EMPTY_DIGEST:
-            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
-        item = job[0]
-        if isinstance(item, tuple):     # the config: (path, media type)
-            return self.push_blob(item[0])
+    def _push_item(self, item, progress, chunk_size=None):
+        """Push one of push_blobs' items; return its layer descriptor."""
         if hasattr(item, 'read'):
             digest = self.push_blob(data=iter(lambda: item.read(_CHUNK_SIZE),
                                               b''), progress=progress,
@@ -2850,7 +2853,7 @@ class _AliasMethods:
     def get_descriptors(self, alias=None, manifest=None, platform=None):
         """Return the layer descriptors (dicts with ``digest``, ``size``,
         ``mediaType`` and maybe ``annotations``) an alias names, in order."""
-        m = self._image_manifest(alias, manifest, platform)
+        m = self._manifest_for(alias, manifest, platform)[1]
         _manifest_layers(m)      # validates every descriptor
         return m['layers']
 
@@ -2864,7 +2867,7 @@ class _AliasMethods:
         :param sizes: return ``(digest, size)`` pairs
         :param platform: ``'os/arch[/variant]'`` for a multi-platform alias
         """
-        layers = _manifest_layers(self._image_manifest(alias, manifest, platform))
+        layers = _manifest_layers(self._manifest_for(alias, manifest, platform)[1])
         return layers if sizes else [d for d, _ in layers]
 
     def get_digest(self, alias=None, manifest=None, platform=None):
@@ -2874,7 +2877,7 @@ class _AliasMethods:
         python-dxf's aliases have the first blob as their config, and ours
         (the empty config, the same for every alias) follow suit.
         """
-        m = self._image_manifest(alias, manifest, platform)
+        m = self._manifest_for(alias, manifest, platform)[1]
         if m.get('artifactType') == _ALIAS_ARTIFACT_TYPE:
             layers = _manifest_layers(m)
             if layers:
@@ -2889,9 +2892,9 @@ class _AliasMethods:
         with self._needing('push'):
             data, content_type, digest = self._get_manifest(_check_ref(subject))
             manifest = self._push_artifact(
-                list(files), progress, concurrency, True, artifact_type, annotations,
-                config, _descriptor(_parse_manifest(data, content_type)[1], digest,
-                                    len(data)))[1]
+                list(files), progress, concurrency, artifact_type=artifact_type,
+                annotations=annotations, config=config, subject=_descriptor(
+                    _parse_manifest(data, content_type)[1], digest, len(data)))[1]
             self._put_referrer(manifest, digest)
         return hash_bytes(manifest)
 
@@ -2983,7 +2986,7 @@ class _AliasMethods:
                 target.push_blob(data=reader, digest=digest, check_exists=False)
         # Threads that meet a registry's first 401 together share one token
         # request (_Auth.fetch_token): no blob needs to go first alone.
-        _in_parallel(copy, blobs, concurrency, getattr(self, '_transport', None))
+        self._parallel(copy, blobs, concurrency)
 
     def _can_mount_from(self, source):
         return False
@@ -3017,10 +3020,7 @@ class DXF(DXFBase, _AliasMethods):
 
     def _set_repo(self, repo):
         _check_repo(repo)
-        # Docker Hub and its own subdomains, not any name ending so
-        # ('evil-docker.io' is someone else's registry).
-        name = self._host.rsplit(':', 1)[0].lower()
-        if (name == 'docker.io' or name.endswith('.docker.io')) and '/' not in repo:
+        if _is_docker_hub(self._host) and '/' not in repo:
             repo = 'library/' + repo
         self._repo = repo
         self._repo_path = repo + '/'
@@ -3102,9 +3102,7 @@ class DXF(DXFBase, _AliasMethods):
         resp = self._request('PUT', _add_query(location, digest=digest),
                              self._scope(['pull', 'push']), body=body, ok=(201,),
                              headers={'Content-Type': 'application/octet-stream'})
-        echoed = resp.header('Docker-Content-Digest')
-        if echoed and echoed != digest:
-            raise DXFDigestMismatchError(echoed, digest)
+        _check_echo(resp, digest)
 
     def push_blob(self, filename=None, progress=None, data=None, digest=None,
                   check_exists=True, chunk_size=None):
@@ -3413,21 +3411,20 @@ class DXF(DXFBase, _AliasMethods):
                 self._cancel_upload(_join(resp.url, location))
             raise DXFMountFailed('registry did not mount %s from %s'
                                  % (digest, repo), repo, digest)
-        echoed = resp.header('Docker-Content-Digest')
-        if echoed and echoed != digest:
-            raise DXFDigestMismatchError(echoed, digest)
+        _check_echo(resp, digest)
         return digest
 
     # -- manifests -----------------------------------------------------------
 
+    def _manifest_request(self, ref, method='GET'):
+        return self._request(method, self._url('manifests', _check_ref(ref)),
+                             self._scope(['pull']), headers={'Accept': _ACCEPT},
+                             limit=_MAX_MANIFEST)
+
     def _get_manifest(self, ref, method='GET'):
         """``(bytes, media type, digest)`` of a manifest, verified."""
-        _check_ref(ref)
         try:
-            resp = self._request(method, self._url('manifests', ref),
-                                 self._scope(['pull']),
-                                 headers={'Accept': _ACCEPT},
-                                 limit=_MAX_MANIFEST)
+            resp = self._manifest_request(ref, method)
         except DXFNotFoundError as exc:      # as OCILayout words it
             exc.args = ('%s %s not found in %s' % (
                 'manifest' if ':' in ref else 'alias', ref, self._repo),)
@@ -3464,9 +3461,7 @@ class DXF(DXFBase, _AliasMethods):
                              self._scope(['pull', 'push']),
                              headers=dict(headers or {}, **{'Content-Type': media}),
                              body=data, ok=(201,))
-        echoed = resp.header('Docker-Content-Digest')
-        if echoed and echoed.startswith('sha256:') and echoed != digest:
-            raise DXFDigestMismatchError(echoed, digest)
+        _check_echo(resp, digest)
         return resp
 
     # -- referrers (distribution-spec 1.1) -----------------------------------
@@ -3507,9 +3502,7 @@ class DXF(DXFBase, _AliasMethods):
         Anything but an OCI index there (say, a registry resolving the tag
         sha256-<hex> to the manifest sha256:<hex>, oras-go#1396) is an error."""
         try:
-            resp = self._request('GET', self._url('manifests', tag),
-                                 self._scope(['pull']), limit=_MAX_MANIFEST,
-                                 headers={'Accept': _ACCEPT})
+            resp = self._manifest_request(tag)
             m, media = _parse_manifest(resp.body, resp.header('Content-Type'))
         except DXFNotFoundError:
             return [], None
@@ -3534,8 +3527,7 @@ class DXF(DXFBase, _AliasMethods):
                 self._referrers_api = True
                 return entries
             except DXFHTTPError as exc:
-                if exc.status != 404 or any(isinstance(e, dict) and e.get(
-                        'code') == 'NAME_UNKNOWN' for e in exc.errors):
+                if exc.status != 404 or exc._has_code('NAME_UNKNOWN'):
                     raise
                 self._referrers_api = False
         return self._referrers_at(_referrers_tag(digest))[0]
@@ -3548,9 +3540,8 @@ class DXF(DXFBase, _AliasMethods):
             try:
                 return self.set_manifest(alias, manifest)
             except DXFHTTPError as exc:
-                if attempt + 1 == _BLOB_UNKNOWN_TRIES or not any(
-                        e.get('code') == 'MANIFEST_BLOB_UNKNOWN'
-                        for e in exc.errors):
+                if attempt + 1 == _BLOB_UNKNOWN_TRIES or not exc._has_code(
+                        'MANIFEST_BLOB_UNKNOWN'):
                     raise
             # Another writer may be pushing the same blobs: distribution
             # rewrites a repository's blob links in place, and they read as
@@ -3587,24 +3578,24 @@ class DXF(DXFBase, _AliasMethods):
             'vnd.dxf.deleting': alias,
             'vnd.dxf.nonce': base64.b32encode(os.urandom(10)).decode('ascii')}})
         digest = hash_bytes(placeholder)
-        scope = self._scope(['delete'])
+
+        def delete(ref, ok=(202,)):
+            self._request('DELETE', self._url('manifests', ref),
+                          self._scope(['delete']), ok=ok)
         # Ask first: deleting the placeholder before it exists is 404 where
         # manifests can be deleted, 405 where they cannot (Docker Hub, GHCR)
         # and 401/403 without the right; then the alias is left alone.
         try:
-            self._request('DELETE', self._url('manifests', digest), scope,
-                          ok=(202, 404))
+            delete(digest, ok=(202, 404))
         except DXFHTTPError as exc:
-            if exc.status in (401, 403, 405) or exc.status >= 500 or any(
-                    isinstance(e, dict) and e.get('code') == 'UNSUPPORTED'
-                    for e in exc.errors):
+            if exc.status in (401, 403, 405) or exc.status >= 500 or exc._has_code(
+                    'UNSUPPORTED'):
                 raise _refusal(exc, 'did not delete alias %s, which is left '
                                'as it was' % alias) from None
         self._set_alias_manifest(alias, placeholder)
         try:
             try:
-                self._request('DELETE', self._url('manifests', digest), scope,
-                              ok=(202,))
+                delete(digest)
             except DXFHTTPError as exc:
                 if exc.status not in (400, 405, 409):
                     raise
@@ -3612,13 +3603,11 @@ class DXF(DXFBase, _AliasMethods):
                 # while a tag points at the manifest; it deletes tags by name
                 # (the OCI spec's tag delete), and so do Quay and GitLab.
                 try:
-                    self._request('DELETE', self._url('manifests', alias),
-                                  scope, ok=(202,))
+                    delete(alias)
                 except DXFHTTPError:
                     raise exc from None
                 try:        # the placeholder, untagged now
-                    self._request('DELETE', self._url('manifests', digest),
-                                  scope, ok=(202, 404))
+                    delete(digest, ok=(202, 404))
                 except DXFError:
                     pass
         except DXFError as exc:
@@ -3629,11 +3618,7 @@ class DXF(DXFBase, _AliasMethods):
         """Store an alias's manifest again after a failed delete; raise."""
         data, content_type, digest = got
         try:
-            self._request('PUT', self._url('manifests', alias),
-                          self._scope(['pull', 'push']),
-                          headers={'Content-Type': content_type or
-                                   _parse_manifest(data)[1]},
-                          body=data, ok=(201,))
+            self._put_manifest(alias, data, content_type or _parse_manifest(data)[1])
         except DXFError as again:
             raise _refusal(exc, 'did not delete alias %s, and putting it back '
                            'failed (%s): it was manifest %s' % (
@@ -4514,40 +4499,32 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
 # =============================================================================
 # 15. Command line
 #     dxf COMMAND REPO ARGS...; settings come from the environment:
-#
-#     DXF_HOST            registry host[:port] (required)
-#     DXF_INSECURE        1: plain http instead of https
-#     DXF_USERNAME        user to authenticate as
-#     DXF_PASSWORD        that user's password
-#     DXF_AUTHORIZATION   a raw Authorization header value instead
-#     DXF_TOKEN           a bearer token (e.g. from "dxf auth") instead
-#     DXF_AUTH_HOST       host to use instead of the token realm's
-#     DXF_TLSVERIFY       CA bundle to verify the registry with (else
-#                         REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, else the
-#                         system's store)
-#     DXF_SKIPTLSVERIFY   1: do not verify TLS certificates
-#     DXF_ALLOW_INSECURE_AUTH  1: allow credentials over plain http
-#     DXF_TIMEOUT         seconds an answer (each MiB of a blob) may take (60)
-#     DXF_RETRIES         retries of a failed request (5; 0 turns them off)
-#     DXF_PLATFORM        os/arch[/variant] for multi-platform aliases
-#     DXF_PROGRESS        1: show progress on stderr; 0: never (default: tty)
-#     DXF_BLOB_INFO       1: pull-blob prints "digest size" before each blob
-#     DXF_CHUNK_SIZE      bytes per read when pulling (default 1 MiB)
-#     DXF_PUSH_CHUNK_SIZE bytes per upload request above which a blob goes
-#                         up in resumable chunks (default 64 MiB, at least
-#                         1 MiB; halved by itself after a 413)
-#     DXF_CONCURRENCY     blobs moving at once in one command (default 4)
-#     DXF_CERT, DXF_KEY   a TLS client certificate and its key (for the
-#                         registry's origin only; the key may be in DXF_CERT)
-#     DXF_DEBUG           1: trace requests on stderr, tracebacks on errors
 # =============================================================================
 
-_ENV_VARS = ('DXF_HOST', 'DXF_INSECURE', 'DXF_USERNAME', 'DXF_PASSWORD',
-             'DXF_AUTHORIZATION', 'DXF_TOKEN', 'DXF_AUTH_HOST',
-             'DXF_TLSVERIFY', 'DXF_SKIPTLSVERIFY', 'DXF_ALLOW_INSECURE_AUTH',
-             'DXF_TIMEOUT', 'DXF_RETRIES', 'DXF_PLATFORM', 'DXF_PROGRESS',
-             'DXF_BLOB_INFO', 'DXF_CHUNK_SIZE', 'DXF_PUSH_CHUNK_SIZE',
-             'DXF_CONCURRENCY', 'DXF_CERT', 'DXF_KEY', 'DXF_DEBUG')
+_ENV_VARS = (
+    ('DXF_HOST', 'registry host[:port] (required), or oci:DIRECTORY'),
+    ('DXF_INSECURE', '1: plain http instead of https'),
+    ('DXF_USERNAME', 'user to authenticate as'),
+    ('DXF_PASSWORD', "that user's password"),
+    ('DXF_AUTHORIZATION', 'a raw Authorization header value instead'),
+    ('DXF_TOKEN', 'a bearer token (e.g. from "dxf auth") instead'),
+    ('DXF_AUTH_HOST', "host to use instead of the token realm's"),
+    ('DXF_TLSVERIFY', 'CA bundle to verify the registry with (else REQUESTS_CA_BUNDLE, '
+     "else CURL_CA_BUNDLE, else the system's store)"),
+    ('DXF_SKIPTLSVERIFY', '1: do not verify TLS certificates'),
+    ('DXF_ALLOW_INSECURE_AUTH', '1: allow credentials over plain http'),
+    ('DXF_TIMEOUT', 'seconds an answer (each MiB of a blob) may take (60)'),
+    ('DXF_RETRIES', 'retries of a failed request (5; 0 turns them off)'),
+    ('DXF_PLATFORM', 'os/arch[/variant] for multi-platform aliases'),
+    ('DXF_PROGRESS', '1: show progress on stderr; 0: never (default: tty)'),
+    ('DXF_BLOB_INFO', '1: pull-blob prints "digest size" before each blob'),
+    ('DXF_CHUNK_SIZE', 'bytes per read when pulling (default 1 MiB)'),
+    ('DXF_PUSH_CHUNK_SIZE', 'bytes per upload request above which a blob goes up in '
+     'resumable chunks (default 64 MiB, at least 1 MiB; halved by itself after a 413)'),
+    ('DXF_CONCURRENCY', 'blobs moving at once in one command (default 4)'),
+    ('DXF_CERT', "a TLS client certificate (for the registry's origin only)"),
+    ('DXF_KEY', "its key, unless it is in DXF_CERT"),
+    ('DXF_DEBUG', '1: trace requests on stderr, tracebacks on errors'))
 _EXIT_INTERRUPTED = 130
 _EXIT_INTERNAL = 70              # EX_SOFTWARE: a bug in dxf
 _PLATFORM_RE = re.compile(r'[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?\Z')
@@ -4595,16 +4572,14 @@ class _Settings:
     """Every DXF_* variable, read and checked in one place."""
 
     @classmethod
-    def from_environ(cls, environ):
+    def from_environ(cls, environ, stdout=None, stderr=None):
         s = cls()
-        s.environ = environ
+        s.environ, s.stdout, s.stderr = environ, stdout, stderr
         s.host = environ.get('DXF_HOST', '').strip()
         s.insecure = _env_flag(environ, 'DXF_INSECURE')
-        s.username = environ.get('DXF_USERNAME') or None
-        s.password = environ.get('DXF_PASSWORD') or None
-        s.authorization = environ.get('DXF_AUTHORIZATION') or None
-        s.token = environ.get('DXF_TOKEN') or None
-        s.auth_host = environ.get('DXF_AUTH_HOST') or None
+        for name in ('username', 'password', 'authorization', 'token', 'auth_host',
+                     'platform'):     # strings, unset if empty
+            setattr(s, name, environ.get('DXF_' + name.upper()) or None)
         s.tlsverify = not _env_flag(environ, 'DXF_SKIPTLSVERIFY')
         if s.tlsverify:
             bundle = (('DXF_TLSVERIFY', environ['DXF_TLSVERIFY'])
@@ -4618,11 +4593,13 @@ class _Settings:
         s.timeout = _env_number(environ, 'DXF_TIMEOUT', float, _DEFAULT_TIMEOUT)
         s.retries = _env_number(environ, 'DXF_RETRIES', int, _DEFAULT_RETRIES,
                                 zero=True, high=100)
-        s.platform = environ.get('DXF_PLATFORM') or None
         if s.platform and not _PLATFORM_RE.match(s.platform):
             raise _UsageError('DXF_PLATFORM must look like os/arch[/variant], '
                               'not %r' % _printable(s.platform))
         s.progress = _env_flag(environ, 'DXF_PROGRESS', None)
+        if s.progress is None:
+            s.progress = hasattr(stderr, 'isatty') and stderr.isatty()
+        s.progress_printer = _Progress(stderr) if s.progress else None
         s.blob_info = _env_flag(environ, 'DXF_BLOB_INFO')
         s.chunk_size = _env_number(environ, 'DXF_CHUNK_SIZE', int, _CHUNK_SIZE,
                                    high=1 << 30)
@@ -4654,10 +4631,7 @@ class _Settings:
 
         def auth(dxf, response):
             username, password, identity = self.username, self.password, None
-            source = self.source or (     # where they come from, for a refusal's message
-                'DXF_AUTHORIZATION' if self.authorization else
-                'DXF_USERNAME' + ('' if password else ' (DXF_PASSWORD is not set)') if username
-                else 'DXF_PASSWORD (DXF_USERNAME is not set)' if password else None)
+            source = self.credential_source()
             if not source:
                 # docker login's credentials, looked up only when needed
                 found = _docker_config_credentials(dxf._host, self.environ)
@@ -4673,7 +4647,6 @@ class _Settings:
         # DXF_TOKEN comes from DXF_HOST's token service: never show it to
         # another registry (copy-alias to HOST/REPO).
         token = self.token if host == self.host else None
-        # a token replaces credentials entirely
         options = dict(auth=None if token else auth, insecure=self.insecure,
                        auth_host=self.auth_host, tlsverify=self.tlsverify,
                        timeout=self.timeout, retries=self.retries,
@@ -4693,6 +4666,14 @@ class _Settings:
             dxf.token = token
             self.sent[host] = 'DXF_TOKEN (tokens expire: get a new one with dxf auth)'
         return dxf
+
+    def credential_source(self):
+        """Where the credentials given come from, for a refusal's message."""
+        return self.source or (
+            'DXF_AUTHORIZATION' if self.authorization else
+            'DXF_USERNAME' + ('' if self.password else ' (DXF_PASSWORD is not set)')
+            if self.username else
+            'DXF_PASSWORD (DXF_USERNAME is not set)' if self.password else None)
 
     def warning(self, text):
         """Each registry Warning once per command (on stderr)."""
@@ -4909,16 +4890,18 @@ def _safe_name(title):
     return title
 
 
+# The commands, _cmd_<name>(store, args, settings, out, stdin): what each
+# does, and its arguments, are in _COMMANDS below.
+
+
 def _cmd_auth(dxf, args, settings, out, stdin):
-    """dxf auth REPO [ACTION...]: print a token for the actions."""
     if not isinstance(dxf, DXFBase):
         raise _UsageError('auth needs a registry, not an OCI layout')
     for action in args.actions:
-        if action not in ('pull', 'push', 'delete', '*'):
+        if action not in _ACTIONS:
             raise _UsageError('invalid action %r (pull, push, delete or *)'
                               % _printable(action))
-    settings.sent[dxf._host] = ('DXF_AUTHORIZATION' if settings.authorization else
-                                'DXF_USERNAME' if settings.username else None)
+    settings.sent[dxf._host] = settings.credential_source()
     token = dxf.authenticate(settings.username, settings.password,
                              actions=args.actions or None,
                              authorization=settings.authorization)
@@ -5116,7 +5099,6 @@ def _check_output(path):
 
 
 def _cmd_blob_size(dxf, args, settings, out, stdin):
-    """dxf blob-size REPO [REF...]: print sizes (an alias: the sum)."""
     for ref in args.refs or [None]:
         blobs = _resolve_refs(dxf, [ref] if ref else [], settings, stdin)
         size = sum(desc['size'] if 'size' in desc else dxf.blob_size(desc['digest'])
@@ -5125,7 +5107,6 @@ def _cmd_blob_size(dxf, args, settings, out, stdin):
 
 
 def _cmd_mount_blob(dxf, args, settings, out, stdin):
-    """dxf mount-blob REPO FROM-REPO DIGEST [@ALIAS]: mount, print the digest."""
     alias = _alias_arg(args.alias) if args.alias else None
     digest = dxf.mount_blob(args.from_repo, args.digest)
     if alias:
@@ -5134,13 +5115,11 @@ def _cmd_mount_blob(dxf, args, settings, out, stdin):
 
 
 def _cmd_del_blob(dxf, args, settings, out, stdin):
-    """dxf del-blob REPO [REF...]: delete blobs (an alias's, not the alias)."""
     for desc in _resolve_refs(dxf, args.refs, settings, stdin):
         dxf.del_blob(desc['digest'])
 
 
 def _cmd_set_alias(dxf, args, settings, out, stdin):
-    """dxf set-alias REPO ALIAS DIGEST|FILE...: print the manifest stored."""
     alias = _check_alias(args.alias)
     digests, names = [], []
     for ref in args.refs:
@@ -5166,52 +5145,42 @@ def _cmd_set_alias(dxf, args, settings, out, stdin):
 
 
 def _cmd_get_alias(dxf, args, settings, out, stdin):
-    """dxf get-alias REPO [ALIAS...]: print the digests each alias names."""
     for alias in args.aliases or [None]:
         for desc in _resolve_refs(dxf, alias and ['@' + _check_alias(alias)], settings, stdin):
             _emit(out, settings, desc['digest'], desc, alias=alias)
 
 
 def _cmd_del_alias(dxf, args, settings, out, stdin):
-    """dxf del-alias REPO ALIAS...: delete aliases, print their blobs."""
     for alias in args.aliases:
         for digest in dxf.del_alias(_check_alias(alias)):
             _write_line(out, digest)
 
 
 def _cmd_get_digest(dxf, args, settings, out, stdin):
-    """dxf get-digest REPO [ALIAS...]: print each alias's config digest
-    (a dxf alias's first blob, as python-dxf)."""
-    if not args.aliases:
-        _write_line(out, dxf.get_digest(manifest=_read_manifest(stdin),
-                                        platform=settings.platform))
-    for alias in args.aliases:
-        _write_line(out, dxf.get_digest(_check_alias(alias),
+    for alias in args.aliases or [None]:      # none: a manifest on stdin
+        manifest = None if alias else _read_manifest(stdin)
+        _write_line(out, dxf.get_digest(alias and _check_alias(alias), manifest=manifest,
                                         platform=settings.platform))
 
 
 def _cmd_get_manifest(dxf, args, settings, out, stdin):
-    """dxf get-manifest REPO ALIAS...: print manifests exactly as stored."""
     for alias in args.aliases:
         out.write(dxf.get_manifest(_check_ref(alias),
                                    platform=settings.platform).encode('utf-8'))
 
 
 def _cmd_list_aliases(dxf, args, settings, out, stdin):
-    """dxf list-aliases REPO: print the repository's aliases."""
     for alias in dxf.list_aliases(iterate=True):
         if not _REFERRERS_TAG_RE.match(alias):     # not an alias: see attach
             _emit(out, settings, alias, alias=alias)
 
 
 def _cmd_attach(dxf, args, settings, out, stdin):
-    """dxf attach REPO SUBJECT [FILE...]: print the new referrer's digest."""
     _push_many(dxf, args.files, None, settings, out, stdin,
                _manifest_options(args), _subject_arg(args.subject))
 
 
 def _cmd_referrers(dxf, args, settings, out, stdin):
-    """dxf referrers REPO SUBJECT: print what is attached to SUBJECT."""
     for entry in dxf.referrers(_subject_arg(args.subject), args.artifact_type):
         _emit(out, settings, '%s %s' % (entry['digest'], _printable(
             entry.get('artifactType') or '-')), entry,
@@ -5219,14 +5188,12 @@ def _cmd_referrers(dxf, args, settings, out, stdin):
 
 
 def _cmd_resolve(dxf, args, settings, out, stdin):
-    """dxf resolve REPO ALIAS...: print each alias's manifest digest."""
     for alias in args.aliases:
         digest = dxf.resolve(_check_alias(alias))
         _emit(out, settings, digest, digest=digest, alias=alias)
 
 
 def _cmd_copy_alias(dxf, args, settings, out, stdin):
-    """dxf copy-alias REPO ALIAS DEST [DEST-ALIAS]: copy, print the digest."""
     dest = args.dest
     if dest.startswith(('.', '/')):
         raise _UsageError('DEST %r is not a repository; for a directory say '
@@ -5269,7 +5236,6 @@ def _oci_layout(root, repo, flat):
 
 
 def _cmd_list_repos(dxf, args, settings, out, stdin):
-    """dxf list-repos: print the registry's repositories."""
     for repo in dxf.list_repos(iterate=True):
         _emit(out, settings, repo, repo=repo)
 
@@ -5295,12 +5261,10 @@ def _cmd_login(dxf, args, settings, out, stdin):
 
 
 def _cmd_logout(dxf, args, settings, out, stdin):
-    """dxf logout HOST: remove HOST's credentials from docker's config."""
     _docker_config_store(args.host, settings.environ)
 
 
 def _cmd_version(dxf, args, settings, out, stdin):
-    """dxf version: print dxf.py's version."""
     _write_line(out, 'dxf.py ' + __version__)
 
 
@@ -5315,91 +5279,81 @@ _MANIFEST_ARGS = [('--artifact-type', dict(metavar='TYPE', help=(
             metavar='FILE[:MEDIATYPE]', help='FILE as the config blob (default '
             'type application/vnd.unknown.config.v1+json)'))]
 _SUBJECT = ('subject', dict(metavar='SUBJECT', help='@ALIAS or a manifest digest'))
+_REFS = ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
+    'blobs by digest, or an alias\'s blobs (no REF: a manifest on stdin)')))
+_ALIASES_OR_STDIN = ('aliases', dict(nargs='*', metavar='ALIAS', help=(
+    'aliases (no ALIAS: a manifest on stdin)')))
+_ALIASES = ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))
+_HOST = ('host', dict(metavar='HOST', help='the registry, host[:port]'))
 # The commands that take --format json (one JSON object per line, _emit).
 _JSON_COMMANDS = ('push-blob', 'pull-blob', 'get-alias', 'list-aliases', 'list-repos',
                   'blob-size', 'copy-alias', 'attach', 'referrers', 'resolve')
 
-# (name, function, help, [(argument, argparse options)])
+# (name, function, what it opens: 'repo' (REPO's store; the REPO argument
+# comes first), 'registry' or None, help, [(argument, argparse options)])
 _COMMANDS = [
-    ('auth', _cmd_auth, 'print a registry token for REPO',
-     [_REPO, ('actions', dict(nargs='*', metavar='ACTION',
-                              help='pull, push, delete or *'))]),
-    ('push-blob', _cmd_push_blob,
+    ('auth', _cmd_auth, 'repo', 'print a registry token for REPO',
+     [('actions', dict(nargs='*', metavar='ACTION', help='pull, push, delete or *'))]),
+    ('push-blob', _cmd_push_blob, 'repo',
      'upload files (- for stdin) and directories (each one gzip tar, as oras '
      'stores them), print their digests; a last @ALIAS names them all',
-     [_REPO, ('files', dict(nargs='+', metavar='FILE|DIR', help=(
+     [('files', dict(nargs='+', metavar='FILE|DIR', help=(
          'files to upload (- reads stdin), directories to store as one '
          'layer each; a last @ALIAS points that alias at them all')))]
      + _MANIFEST_ARGS),
-    ('pull-blob', _cmd_pull_blob,
+    ('pull-blob', _cmd_pull_blob, 'repo',
      'write blobs to stdout or a file (no REF: read a manifest from stdin)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or all of an alias\'s blobs'))),
-      ('--output', dict(flags=('-o',), metavar='PATH', help=(
-          'write to PATH (a directory, or a PATH ending in /: one file '
-          'per blob, a directory layer unpacked), which appears only once '
-          'every byte is verified')))]),
-    ('blob-size', _cmd_blob_size, 'print blob sizes (an alias: their sum)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or an alias (no REF: a manifest on stdin)')))]),
-    ('mount-blob', _cmd_mount_blob, 'mount a blob from another repository',
-     [_REPO, ('from_repo', dict(metavar='FROM-REPO', help=(
+     [_REFS, ('--output', dict(flags=('-o',), metavar='PATH', help=(
+         'write to PATH (a directory, or a PATH ending in /: one file '
+         'per blob, a directory layer unpacked), which appears only once '
+         'every byte is verified')))]),
+    ('blob-size', _cmd_blob_size, 'repo', 'print blob sizes (an alias: their sum)', [_REFS]),
+    ('mount-blob', _cmd_mount_blob, 'repo', 'mount a blob from another repository',
+     [('from_repo', dict(metavar='FROM-REPO', help=(
          'the repository of the same registry that has the blob'))),
       ('digest', dict(metavar='DIGEST', help='the blob\'s digest')),
-      ('alias', dict(nargs='?', metavar='@ALIAS', help=(
-          'also point this alias at the blob')))]),
-    ('del-blob', _cmd_del_blob, 'delete blobs (an alias\'s blobs, not the alias)',
-     [_REPO, ('refs', dict(nargs='*', metavar='DIGEST|@ALIAS', help=(
-         'blobs by digest, or an alias\'s blobs (no REF: a manifest on '
-         'stdin)')))]),
-    ('set-alias', _cmd_set_alias,
+      ('alias', dict(nargs='?', metavar='@ALIAS', help='also point this alias at the blob'))]),
+    ('del-blob', _cmd_del_blob, 'repo', 'delete blobs (an alias\'s blobs, not the alias)',
+     [_REFS]),
+    ('set-alias', _cmd_set_alias, 'repo',
      'point ALIAS at blobs (a FILE with a path separator is hashed)',
-     [_REPO, ('alias', dict(metavar='ALIAS', help=(
-         'the alias to set (without @)'))),
+     [('alias', dict(metavar='ALIAS', help='the alias to set (without @)')),
       ('refs', dict(nargs='+', metavar='DIGEST|FILE', help=(
           'blobs in order: digests, or files already pushed (./NAME)')))]
      + _MANIFEST_ARGS),
-    ('get-alias', _cmd_get_alias, 'print the digests an alias names',
-     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
-         'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('del-alias', _cmd_del_alias, 'delete aliases, print the blobs they named',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
-         'aliases to delete (their blobs stay)')))]),
-    ('get-digest', _cmd_get_digest, 'print an alias\'s config blob digest '
-     '(a dxf alias: its first blob)',
-     [_REPO, ('aliases', dict(nargs='*', metavar='ALIAS', help=(
-         'aliases (no ALIAS: a manifest on stdin)')))]),
-    ('get-manifest', _cmd_get_manifest, 'print an alias\'s manifest',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help=(
-         'aliases whose manifests to print')))]),
-    ('list-aliases', _cmd_list_aliases, 'print the aliases in REPO', [_REPO]),
-    ('copy-alias', _cmd_copy_alias,
+    ('get-alias', _cmd_get_alias, 'repo', 'print the digests an alias names',
+     [_ALIASES_OR_STDIN]),
+    ('del-alias', _cmd_del_alias, 'repo', 'delete aliases (their blobs stay), print '
+     'the blobs they named', [_ALIASES]),
+    ('get-digest', _cmd_get_digest, 'repo', 'print an alias\'s config blob digest '
+     '(a dxf alias: its first blob)', [_ALIASES_OR_STDIN]),
+    ('get-manifest', _cmd_get_manifest, 'repo', 'print an alias\'s manifest', [_ALIASES]),
+    ('list-aliases', _cmd_list_aliases, 'repo', 'print the aliases in REPO', []),
+    ('copy-alias', _cmd_copy_alias, 'repo',
      'copy an alias and its blobs to another repository, registry or '
      'OCI layout (DEST: REPO, HOST[:PORT]/REPO or oci:DIRECTORY)',
-     [_REPO, ('alias', dict(metavar='ALIAS', help='the alias to copy')),
-      ('dest', dict(metavar='DEST', help=(
-          'REPO, HOST[:PORT]/REPO or oci:DIRECTORY'))),
+     [('alias', dict(metavar='ALIAS', help='the alias to copy')),
+      ('dest', dict(metavar='DEST', help='REPO, HOST[:PORT]/REPO or oci:DIRECTORY')),
       ('dest_alias', dict(nargs='?', metavar='DEST-ALIAS', help=(
           'the alias\'s name there (default: ALIAS)')))]),
-    ('attach', _cmd_attach, 'attach files (a signature, an SBOM, a note) to '
+    ('attach', _cmd_attach, 'repo', 'attach files (a signature, an SBOM, a note) to '
      'SUBJECT, print the digest of the manifest that refers to it',
-     [_REPO, _SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
+     [_SUBJECT, ('files', dict(nargs='*', metavar='FILE|DIR', help=(
          'files (- reads stdin) and directories, as for push-blob')))]
      + _MANIFEST_ARGS),
-    ('referrers', _cmd_referrers, 'print "DIGEST ARTIFACT-TYPE" of each '
-     'manifest attached to SUBJECT', [_REPO, _SUBJECT, ('--artifact-type', dict(
+    ('referrers', _cmd_referrers, 'repo', 'print "DIGEST ARTIFACT-TYPE" of each '
+     'manifest attached to SUBJECT', [_SUBJECT, ('--artifact-type', dict(
          metavar='TYPE', help='only those of this artifact type'))]),
-    ('resolve', _cmd_resolve, 'print the digest of each alias\'s manifest',
-     [_REPO, ('aliases', dict(nargs='+', metavar='ALIAS', help='aliases'))]),
-    ('list-repos', _cmd_list_repos, 'print the repositories in the registry', []),
-    ('login', _cmd_login, 'check credentials for HOST, keep them in docker\'s config',
-     [('host', dict(metavar='HOST', help='the registry, host[:port]')),
-      ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
+    ('resolve', _cmd_resolve, 'repo', 'print the digest of each alias\'s manifest',
+     [_ALIASES]),
+    ('list-repos', _cmd_list_repos, 'registry', 'print the repositories in the registry', []),
+    ('login', _cmd_login, None, 'check credentials for HOST, keep them in docker\'s config',
+     [_HOST, ('--username', dict(flags=('-u',), metavar='USER', help='default: DXF_USERNAME')),
       ('--password-stdin', dict(action='store_true', help=(
           'read the password from stdin (default: DXF_PASSWORD, else asked)')))]),
-    ('logout', _cmd_logout, 'remove HOST\'s credentials from docker\'s config',
-     [('host', dict(metavar='HOST', help='the registry, host[:port]'))]),
-    ('version', _cmd_version, 'print the version', []),
+    ('logout', _cmd_logout, None, 'remove HOST\'s credentials from docker\'s config',
+     [_HOST]),
+    ('version', _cmd_version, None, 'print the version', []),
 ]
 
 # The exit statuses, one meaning each (README "Exit status" lists the same).
@@ -5407,7 +5361,7 @@ _EXIT_STATUSES = ((0, 'ok'), (errno.ENOENT, 'not found'), (errno.EIO, 'integrity
                   (errno.EACCES, 'auth'), (errno.EINVAL, 'usage'), (1, 'other'),
                   (_EXIT_INTERNAL, 'internal error'), (_EXIT_INTERRUPTED, 'interrupted'),
                   (128 + 15, 'terminated'))     # SIGTERM
-_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(_ENV_VARS), ', '.join(
+_EPILOG = 'environment: %s. Exit status: %s.' % (', '.join(n for n, _ in _ENV_VARS), ', '.join(
     '%d %s' % pair for pair in _EXIT_STATUSES))
 
 
@@ -5436,19 +5390,34 @@ def _build_parser(out, only=None):
                         version='dxf.py ' + __version__)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
-    for name, func, text, arguments in _COMMANDS:
+    for name, func, opens, text, arguments in _COMMANDS:
         if only and name != only:
             continue
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG, usage=(
             'dxf push-blob [-h] REPO FILE|DIR... [@ALIAS]' if name == 'push-blob' else None))
-        for dest, options in arguments:
+        for dest, options in [_REPO] * (opens == 'repo') + arguments:
             options = dict(options)
             p.add_argument(*options.pop('flags', ()) + (dest,), **options)
         if name in _JSON_COMMANDS:
             p.add_argument('--format', choices=('text', 'json'), default='text', help=(
                 'json: one JSON object per line (digest, size, mediaType, title, ...)'))
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, opens=opens)
     return parser
+
+
+def _parse_args(argv, out):
+    """``argv`` parsed by its command's parser (only that one is built)."""
+    parser = _build_parser(out, argv[0] if argv and any(
+        argv[0] == c[0] for c in _COMMANDS) else None)
+    args, extra = parser.parse_known_args(argv)
+    # argparse (before 3.7's parse_intermixed_args) leaves positionals
+    # that follow an option unparsed: "pull-blob REPO -o F @alias".
+    rest = getattr(args, 'refs', getattr(args, 'files', None))
+    if extra and rest is not None and not any(a.startswith('-') for a in extra):
+        rest += extra
+    elif extra:
+        parser.error('unrecognized arguments: %s' % ' '.join(extra))
+    return args
 
 
 def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
@@ -5476,47 +5445,21 @@ def main(argv=None, environ=None, stdout=None, stderr=None, stdin=None):
         return _fail(stderr, message, status, debug)
     restore = _catch_signals()
     try:
-        parser = _build_parser(stdout, argv[0] if argv and any(
-            argv[0] == c[0] for c in _COMMANDS) else None)
-        args, extra = parser.parse_known_args(argv)
-        # argparse (before 3.7's parse_intermixed_args) leaves positionals
-        # that follow an option unparsed: "pull-blob REPO -o F @alias".
-        rest = getattr(args, 'refs', getattr(args, 'files', None))
-        if extra and rest is not None and not any(
-                a.startswith('-') for a in extra):
-            rest += extra
-        elif extra:
-            parser.error('unrecognized arguments: %s' % ' '.join(extra))
-        settings = _Settings.from_environ(environ)
-        show = settings.progress
-        if show is None:
-            show = hasattr(stderr, 'isatty') and stderr.isatty()
-        settings.progress_printer = printer = _Progress(stderr) if show else None
-        settings.stdout, settings.stderr = stdout, stderr
+        args = _parse_args(argv, stdout)
+        settings = _Settings.from_environ(environ, stdout, stderr)
+        printer = settings.progress_printer
         settings.json = getattr(args, 'format', None) == 'json'
-        if args.func not in (_cmd_version, _cmd_login, _cmd_logout):
-            dxf = settings.open(getattr(args, 'repo', None)
-                                if args.func is not _cmd_list_repos else None)
+        if args.opens:
+            dxf = settings.open(getattr(args, 'repo', None))
         args.func(dxf, args, settings, stdout, stdin)
         stdout.flush()
         return 0
     except _Exit as exc:
         return exc.status
-    except _UsageError as exc:
-        return fail(str(exc), errno.EINVAL)
-    except DXFError as exc:
-        hint = settings.hint(exc) if settings and isinstance(exc, DXFUnauthorizedError) else ''
-        return fail(str(exc) + hint, exc.exit_code)
-    except KeyboardInterrupt:
-        return fail(*_interruption())
     except BrokenPipeError:
         return 1          # the reader went away (dxf pull-blob ... | head)
-    except OSError as exc:      # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
-        return fail('%s: %s' % (exc.filename, _exc_text(exc)) if exc.filename
-                    else _exc_text(exc), errno.EINVAL if exc.filename else 1)
-    except Exception as exc:     # a bug of ours: still one line, no traceback
-        return fail('internal error (%s: %s); DXF_DEBUG=1 shows where'
-                    % (type(exc).__name__, exc), _EXIT_INTERNAL)
+    except (Exception, KeyboardInterrupt) as exc:
+        return fail(*_failure(exc, settings))
     finally:
         if dxf is not None:
             dxf.close()
@@ -5554,6 +5497,25 @@ def _catch_signals():
     return restore
 
 
+def _failure(exc, settings):
+    """The error line and exit status (see _EXIT_STATUSES) for what ended a
+    command; ``settings`` None if they were not read yet."""
+    if isinstance(exc, _UsageError):
+        return str(exc), errno.EINVAL
+    if isinstance(exc, DXFUnauthorizedError) and settings:
+        return str(exc) + settings.hint(exc), exc.exit_code
+    if isinstance(exc, DXFError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):      # 130, or 143 for SIGTERM
+        return _interruption()
+    if isinstance(exc, OSError):     # a path dxf cannot use: named, EINVAL (as _AtomicFile's)
+        return (('%s: %s' % (exc.filename, _exc_text(exc)), errno.EINVAL) if exc.filename
+                else (_exc_text(exc), 1))
+    # A bug of ours: still one line, no traceback.
+    return ('internal error (%s: %s); DXF_DEBUG=1 shows where'
+            % (type(exc).__name__, exc), _EXIT_INTERNAL)
+
+
 def _fail(stderr, message, status, debug):
     if debug:
         import traceback
@@ -5580,17 +5542,15 @@ class DXFUnexpectedKeyTypeError(DXFError):
     """python-dxf: a schema 1 signature's key type is not supported."""
 
     def __init__(self, got, expected):
-        super().__init__('expected key type %s, got %s' % (expected, got))
-        self.got = got
-        self.expected = expected
+        super().__init__('expected key type %s, got %s' % (expected, got),
+                         got=got, expected=expected)
 
 
 class DXFDisallowedSignatureAlgorithmError(DXFError):
     """python-dxf: a schema 1 signature algorithm is forbidden."""
 
     def __init__(self, alg):
-        super().__init__('disallowed signature algorithm: %s' % alg)
-        self.alg = alg
+        super().__init__('disallowed signature algorithm: %s' % alg, alg=alg)
 
 
 class DXFSignatureChainNotImplementedError(DXFError):
@@ -5614,8 +5574,7 @@ DXFBase.auth_by_password = DXFBase.authenticate
 
 def _manifest_response(dxf, alias, method):
     """A manifest's answer as a requests.Response: status_code, headers, text."""
-    resp = dxf._request(method, dxf._url('manifests', _check_ref(alias)), dxf._scope(['pull']),
-                        headers={'Accept': _ACCEPT}, limit=_MAX_MANIFEST)
+    resp = dxf._manifest_request(alias, method)
     view = _ErrorResponse(resp.status, resp.reason, resp.url)
     view.headers, view.content = resp.headers, resp.body or b''
     return view
