@@ -4378,106 +4378,140 @@ class _HashingReader:
         return None
 
 
-def _unpack_layer(archive, tree, name, tar_digest, label):
-    """Unpack the gzip tar file ``archive`` (entries ``name/...``) into the
-    new directory ``tree``, refusing whatever would land outside it.
+def _safe_name(title):
+    """A title annotation usable as a file name in the output directory (or
+    a directory layer's name): one plain, visible, printable component."""
+    if (not isinstance(title, str) or title in ('', '.', '..')
+            or title.startswith('.') or '/' in title or '\\' in title
+            or '\0' in title or not title.isprintable()):
+        return None
+    return title
+
+
+class _LayerPolicy:
+    """Where a directory layer's entries may land: dxf's extraction filter,
+    shaped like tarfile's (3.12's ``data_filter``, which 3.6 and 3.7 lack).
 
     Nothing is written through a symbolic link: each parent is checked
     with lstat as it is made, files are created with O_EXCL|O_NOFOLLOW.
     Symbolic links must be relative and stay inside ``tree``, lexically and
     once all are made (chains); hard links must name a file unpacked
-    before; devices, FIFOs and absolute or ``..`` names are refused.
+    before; devices, FIFOs and absolute or ``..`` names are refused.  Each
+    refusal is a DXFUnsafeArchiveError carrying the entry (``member``).
+    The layer's own name, a title, follows ``_safe_name``'s stricter rule.
     """
-    import gzip
-    import stat
-    import tarfile
-    import zlib
 
-    def unsafe(member, why):
+    def __init__(self, tree, name, label):
+        self.tree, self.name, self.label = tree, name, label
+        self.links = []          # (member, path) of the symbolic links made
+
+    def unsafe(self, member, why):
         return DXFUnsafeArchiveError('layer %s: entry %r %s' % (
-            label, _printable(member.name), why))
+            self.label, _printable(member.name), why), member=member.name)
 
-    def inside(member, path):
-        """``path`` (an archive name) as components below ``name``."""
+    def inside(self, member, path):
+        """``path`` (an archive name) as components below the layer's name."""
         if path.startswith('/') or '\0' in path or '\\' in path:
-            raise unsafe(member, 'is an absolute or unusual path')
+            raise self.unsafe(member, 'is an absolute or unusual path')
         parts = [p for p in path.split('/') if p not in ('', '.')]
         if '..' in parts:
-            raise unsafe(member, 'leads out of the directory (..)')
-        if not parts or parts[0] != name:
-            raise unsafe(member, 'is not under %s/' % name)
+            raise self.unsafe(member, 'leads out of the directory (..)')
+        if not parts or parts[0] != self.name:
+            raise self.unsafe(member, 'is not under %s/' % self.name)
         return parts[1:]
 
-    def parent_of(member, parts):
+    def parent_of(self, member, parts):
         """Make (or check) the directories above ``parts``; its path."""
-        path = tree
+        import stat
+        path = self.tree
         for part in parts[:-1]:
             path = os.path.join(path, part)
             st = _lstat(path)
             if st is None:
                 os.mkdir(path, 0o755)
             elif not stat.S_ISDIR(st.st_mode):
-                raise unsafe(member, 'goes through a symbolic link or file')
+                raise self.unsafe(member, 'goes through a symbolic link or file')
         return os.path.join(path, parts[-1])
 
-    def clear(member, path):
-        """Remove what is at ``path`` (not a directory) to replace it."""
+    def clear(self, member, path):
+        """Remove what is at ``path`` (not a directory) to replace it; the
+        directory's stat if one is there and ``member`` is one too."""
+        import stat
         st = _lstat(path)
         if st is None:
             return None
         if stat.S_ISDIR(st.st_mode):
             if member.isdir():
                 return st
-            raise unsafe(member, 'replaces a directory')
+            raise self.unsafe(member, 'replaces a directory')
         os.unlink(path)
         return None
 
-    links = []
+    def extract(self, tar, member):
+        """Write one entry below the tree, or refuse it."""
+        import stat
+        parts = self.inside(member, member.name)
+        if not parts:
+            if not member.isdir():
+                raise self.unsafe(member, 'is not a directory')
+            return
+        path = self.parent_of(member, parts)
+        existing = self.clear(member, path)
+        if member.isdir():
+            if existing is None:
+                os.mkdir(path, 0o755)
+        elif member.isreg():
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, 'O_NOFOLLOW', 0), mode)
+            with os.fdopen(fd, 'wb') as out:
+                source = tar.extractfile(member)
+                for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())    # on disk before the rename
+        elif member.issym():
+            target = member.linkname
+            up = os.path.normpath(os.path.join(*parts[:-1], target))
+            if (target.startswith('/') or up == '..'
+                    or up.startswith('../') or '\0' in target):
+                raise self.unsafe(member, 'links out of the directory')
+            os.symlink(target, path)
+            self.links.append((member, path))
+        elif member.islnk():
+            linked = self.inside(member, member.linkname)
+            if not linked:
+                raise self.unsafe(member, 'is a hard link to a directory')
+            source = self.parent_of(member, linked)
+            st = _lstat(source)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                raise self.unsafe(member, 'is a hard link to no file unpacked before it')
+            os.link(source, path)
+        else:
+            raise self.unsafe(member, 'is a device or another special file')
+
+    def check_links(self):
+        """Chains of symbolic links, now all made, stay inside the tree."""
+        real_tree = os.path.realpath(self.tree)
+        for member, path in self.links:
+            real = os.path.realpath(path)
+            if real != real_tree and not real.startswith(real_tree + os.sep):
+                raise self.unsafe(member, 'links out of the directory')
+
+
+def _unpack_layer(archive, tree, name, tar_digest, label):
+    """Unpack the gzip tar file ``archive`` (entries ``name/...``) into the
+    new directory ``tree`` under _LayerPolicy, and check the tar's digest."""
+    import gzip
+    import tarfile
+    import zlib
+    policy = _LayerPolicy(tree, name, label)
     try:
         with open(archive, 'rb') as raw, gzip.GzipFile(fileobj=raw) as gz:
             reader = _HashingReader(gz)
             tar = tarfile.open(fileobj=reader, mode='r|', encoding='utf-8')
             for member in tar:
-                parts = inside(member, member.name)
-                if not parts:
-                    if not member.isdir():
-                        raise unsafe(member, 'is not a directory')
-                    continue
-                path = parent_of(member, parts)
-                existing = clear(member, path)
-                if member.isdir():
-                    if existing is None:
-                        os.mkdir(path, 0o755)
-                elif member.isreg():
-                    mode = 0o755 if member.mode & 0o111 else 0o644
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                 | getattr(os, 'O_NOFOLLOW', 0), mode)
-                    with os.fdopen(fd, 'wb') as out:
-                        source = tar.extractfile(member)
-                        for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
-                            out.write(chunk)
-                        out.flush()
-                        os.fsync(out.fileno())    # on disk before the rename
-                elif member.issym():
-                    target = member.linkname
-                    up = os.path.normpath(os.path.join(*parts[:-1], target))
-                    if (target.startswith('/') or up == '..'
-                            or up.startswith('../') or '\0' in target):
-                        raise unsafe(member, 'links out of the directory')
-                    os.symlink(target, path)
-                    links.append((member, path))
-                elif member.islnk():
-                    linked = inside(member, member.linkname)
-                    if not linked:
-                        raise unsafe(member, 'is a hard link to a directory')
-                    source = parent_of(member, linked)
-                    st = _lstat(source)
-                    if st is None or not stat.S_ISREG(st.st_mode):
-                        raise unsafe(member, 'is a hard link to no file '
-                                     'unpacked before it')
-                    os.link(source, path)
-                else:
-                    raise unsafe(member, 'is a device or another special file')
+                policy.extract(tar, member)
             end = tar.offset + 2 * tarfile.BLOCKSIZE
             for _ in iter(lambda: reader.read(_CHUNK_SIZE), b''):
                 pass
@@ -4486,11 +4520,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
             label, _exc_text(exc))) from exc
     except OSError as exc:       # a full disk, say: the caller removes it all
         raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
-    real_tree = os.path.realpath(tree)
-    for member, path in links:      # chains of links, now all made
-        real = os.path.realpath(path)
-        if real != real_tree and not real.startswith(real_tree + os.sep):
-            raise unsafe(member, 'links out of the directory')
+    policy.check_links()
     if tar_digest and tar_digest not in (
             'sha256:' + reader.hash.hexdigest(), reader.digest_at(end)):
         raise DXFDigestMismatchError(reader.digest_at(end), tar_digest)
@@ -4879,15 +4909,6 @@ def _manifest_options(args):
     return dict(artifact_type=args.artifact_type, annotations=annotations,
                 config=args.config and ((path, media) if sep and _MEDIA_TYPE_RE.match(
                     media) else (args.config, None)))
-
-
-def _safe_name(title):
-    """A title annotation usable as a file name in the output directory."""
-    if (not isinstance(title, str) or title in ('', '.', '..')
-            or title.startswith('.') or '/' in title or '\\' in title
-            or '\0' in title or not title.isprintable()):
-        return None
-    return title
 
 
 # The commands, _cmd_<name>(store, args, settings, out, stdin): what each

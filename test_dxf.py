@@ -9522,6 +9522,21 @@ def _set_layer_alias(api, alias, layers):
         'layers': layers}))
 
 
+def test_layer_policy_refusal_carries_the_entry(tmp_path):
+    # The unpacker's refusals name the entry, as tarfile's filters' errors carry the
+    # member: a script can tell which entry of a hostile layer was refused.
+    archive = tmp_path / 'layer.tar.gz'
+    archive.write_bytes(_hostile_tar([({'name': 'd', 'type': b'5'}, None),
+                                      ({'name': 'd/../../etc/x'}, b'x')]))
+    tree = tmp_path / 'tree'
+    tree.mkdir()
+    with pytest.raises(dxf.DXFUnsafeArchiveError) as caught:
+        dxf._unpack_layer(str(archive), str(tree), 'd', None, 'test')
+    assert caught.value.member == 'd/../../etc/x'
+    assert 'leads out of the directory' in str(caught.value)
+    assert os.listdir(str(tree)) == []
+
+
 @pytest.mark.registry
 class TestManyFiles:
 
