@@ -3299,31 +3299,18 @@ class DXF(DXFBase, _AliasMethods):
                     part.restart()      # a corrupted partial: once more, afresh
 
     def _fill(self, part, progress, concurrency):
-        """Fetch what ``part`` lacks: after a 206 to a range of _RANGED_MIN
-        bytes whose first eighth came slower than _RANGED_RATE, the rest in
-        ranges; else as one stream (all of it after a 200: no ranges here)."""
+        """Fetch what ``part`` lacks: in ranges where _stream_or_ranges
+        finds them worth it, else as one stream (all of it after a 200)."""
         start, size = part.hashed, part.size or self._sizes.get(part.digest)
         if size is not None and start >= size:
             part.size = size
             return
-        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
-        end = start + _RANGED_MIN if ranged else None
-        resp = self._blob_get(part.digest, start if start or end else None, end,
-                              ok=(200, 206, 416))
-        if resp.status == 206 and end:
-            size = part.size = _content_range(resp, part.digest, start, end, size)
-            if end < size:
-                began, sample = time.monotonic(), start + _RANGED_MIN // 8
-                resp = self._fetch(part, start, sample, resp, end, progress)
-                if sample - start < _RANGED_RATE * (time.monotonic() - began):
-                    return self._fill_ranges(part, (sample, end, resp), progress,
-                                             concurrency)
-                start = part.hashed
-        if resp.status == 416 or (resp.status == 206 and end and end < size):
-            resp.close()        # 0 bytes to range over, or a fast path
-            resp = self._blob_get(part.digest, start or None, ok=(200, 206))
+        resp, start = self._stream_or_ranges(part, start=start, size=size,
+                                             progress=progress, concurrency=concurrency)
+        if resp is None:
+            return
         if resp.status == 206:
-            size = part.size = _content_range(resp, part.digest, start, None, size)
+            part.size = _content_range(resp, part.digest, start, None, part.size or size)
         else:
             part.restart()
             start = 0
@@ -3335,6 +3322,29 @@ class DXF(DXFBase, _AliasMethods):
                           ) as reader:       # a line begun by the sample goes on
             reader.copy_to(part.file)        # verified
         part.hashed = part.size = reader._done
+
+    def _stream_or_ranges(self, part, start, size, progress, concurrency):
+        """After a 206 to a range of _RANGED_MIN bytes whose first eighth
+        came slower than _RANGED_RATE, fetch the rest in ranges: ``(None,
+        None)``.  Else ``(answer, offset)``: the rest comes in that answer."""
+        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
+        end = start + _RANGED_MIN if ranged else None
+        resp = self._blob_get(part.digest, start if start or end else None, end,
+                              ok=(200, 206, 416))
+        if resp.status == 206 and end:
+            size = part.size = _content_range(resp, part.digest, start, end, size)
+            if end >= size:
+                return resp, start
+            began, sample = time.monotonic(), start + _RANGED_MIN // 8
+            resp = self._fetch(part, start, sample, resp, end, progress)
+            if sample - start < _RANGED_RATE * (time.monotonic() - began):
+                self._fill_ranges(part, (sample, end, resp), progress, concurrency)
+                return None, None
+            start = part.hashed
+        elif resp.status != 416:
+            return resp, start
+        resp.close()        # 0 bytes to range over, or a fast path
+        return self._blob_get(part.digest, start or None, ok=(200, 206)), start
 
     def _fill_ranges(self, part, first, progress, concurrency):
         """The rest of ``part`` in pieces over several connections, the
