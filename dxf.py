@@ -2997,6 +2997,79 @@ class _AliasMethods:
             r.copy_to(f)
         return r.size
 
+    def pull_blobs(self, refs, directory, progress=None, concurrency=None):
+        """Download blobs into ``directory``, several at a time, each file
+        there only once verified; return ``[(path, descriptor)]`` in order,
+        each descriptor with the blob's size.
+
+        :param refs: digests, aliases (all their blobs) or descriptors
+        A blob is named by its title annotation when that is a plain file
+        name (never a path: no "../"), else by its digest, as is the second
+        of two blobs with one title; a directory layer (as oras pushes it)
+        is unpacked into ``directory/<title>/``.  A blob alone may come in
+        ranges over ``concurrency`` connections (pull_blob_to).
+        """
+        plan, used = [], {}
+        for ref in refs:
+            for desc in ([ref] if isinstance(ref, dict) else [{'digest': ref}]
+                         if ':' in ref else self.get_descriptors(ref)):
+                digest = desc['digest']
+                annotations = desc.get('annotations') or {}
+                title = _safe_name(annotations.get(_TITLE_ANNOTATION))
+                name = title or digest.split(':')[1]
+                if used.setdefault(name, digest) != digest:
+                    name = digest.split(':')[1]   # two blobs, one title: keep both
+                unpack = (bool(title) and name == title
+                          and annotations.get(_UNPACK_ANNOTATION) == 'true')
+                if (name, unpack) not in [(n, u) for n, u, _ in plan]:
+                    plan.append((name, unpack, desc))
+        concurrency = concurrency or _DEFAULT_CONCURRENCY
+
+        def pull(item):
+            name, unpack, desc = item
+            path = os.path.join(directory, name)
+            # ranges over several connections for a blob alone
+            fetch = self._pull_tree if unpack else self.pull_blob_to
+            size = fetch(desc if unpack else desc['digest'], path, progress=progress,
+                         concurrency=concurrency if len(plan) == 1 else 1)
+            return path, dict(desc, size=size)
+        return _in_parallel(pull, plan, concurrency, getattr(self, '_transport', None))
+
+    def _pull_tree(self, desc, path, progress=None, concurrency=None):
+        """Download a directory layer, unpack it beside ``path`` and, once all
+        is checked, put it at ``path`` (replacing what was there); return the
+        layer's size."""
+        import shutil
+        import tempfile
+        directory, name = os.path.split(path)
+        # Its partial is named by the layer, not the work directory: resumable.
+        layer = os.path.join(directory, '.%s.dxf-layer' % name)
+        try:
+            size = self.pull_blob_to(desc['digest'], layer, progress=progress,
+                                     concurrency=concurrency)      # verified
+            work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
+                                    suffix='.dxf-partial')
+        except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
+        try:
+            archive = os.path.join(work, 'layer')
+            os.rename(layer, archive)
+            tree = os.path.join(work, 'tree')
+            os.mkdir(tree, 0o755)
+            _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
+                _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rename(path, os.path.join(work, 'old'))
+            elif os.path.lexists(path):
+                os.unlink(path)
+            os.rename(tree, path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return size
+
 
 # =============================================================================
 # 11. Registry repository
@@ -5041,75 +5114,23 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
 
 
 def _pull_to_directory(dxf, args, settings, stdin, out):
-    """pull-blob -o DIR: one file per blob, several at a time, named by its
-    title annotation when that is a plain file name (never a path: no
-    "../"), else by its digest.  A directory layer (as oras pushes it) is
-    unpacked into DIR/<title>/."""
-    plan, used = [], {}
-    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
-        digest = desc['digest']
-        annotations = desc.get('annotations') or {}
-        title = _safe_name(annotations.get(_TITLE_ANNOTATION))
-        name = title or digest.split(':')[1]
-        if used.setdefault(name, digest) != digest:
-            name = digest.split(':')[1]   # two blobs, one title: keep both
-            _warn(settings, 'two blobs are titled %s: %s is saved as %s'
-                  % (_printable(title), digest[:19], name))
-        unpack = (bool(title) and name == title
-                  and annotations.get(_UNPACK_ANNOTATION) == 'true')
-        if (name, unpack) not in [(n, u) for n, u, _ in plan]:
-            plan.append((name, unpack, desc))
-
-    def pull(item):
-        name, unpack, desc = item
-        path = os.path.join(args.output, name)
-        # ranges over several connections for a blob alone
-        concurrency = settings.concurrency if len(plan) == 1 else 1
-        if unpack:
-            _pull_directory(dxf, desc, path, settings, concurrency)
-        else:
-            _pull_file(dxf, desc['digest'], path, settings, concurrency)
+    """pull-blob -o DIR: DXF.pull_blobs, then what it wrote, one per blob."""
+    progress = settings.progress_printer
     try:
-        _in_parallel(pull, plan, settings.concurrency,
-                     getattr(dxf, '_transport', None))
+        written = dxf.pull_blobs(_resolve_refs(dxf, args.refs, settings, stdin),
+                                 args.output, progress=progress,
+                                 concurrency=settings.concurrency)
     finally:
-        if settings.progress_printer:
-            settings.progress_printer.finish_all()
-    for name, _, desc in plan:
-        _emit(out, settings, None, desc, path=os.path.join(args.output, name))
-
-
-def _pull_directory(dxf, desc, path, settings, concurrency):
-    """Download a directory layer, unpack it beside ``path`` and, once all
-    is checked, put it at ``path`` (replacing what was there)."""
-    import shutil
-    import tempfile
-    directory, name = os.path.split(path)
-    # Its partial is named by the layer, not the work directory: resumable.
-    layer = os.path.join(directory, '.%s.dxf-layer' % name)
-    try:
-        _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
-        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
-                                suffix='.dxf-partial')
-    except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
-        cause = exc if isinstance(exc, OSError) else exc.__cause__
-        if not isinstance(cause, OSError):
-            raise
-        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
-    try:
-        archive = os.path.join(work, 'layer')
-        os.rename(layer, archive)
-        tree = os.path.join(work, 'tree')
-        os.mkdir(tree, 0o755)
-        _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
-            _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rename(path, os.path.join(work, 'old'))
-        elif os.path.lexists(path):
-            os.unlink(path)
-        os.rename(tree, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if progress:
+            progress.finish_all()
+    for path, desc in written:
+        title = _safe_name((desc.get('annotations') or {}).get(_TITLE_ANNOTATION))
+        if title and os.path.basename(path) != title:
+            _warn(settings, 'two blobs are titled %s: %s is saved as %s' % (
+                _printable(title), desc['digest'][:19], os.path.basename(path)))
+        if settings.blob_info:
+            _write_line(settings.stdout, '%s %s' % (desc['digest'], desc['size']))
+        _emit(out, settings, None, desc, path=path)
 
 
 def _check_output(path):

@@ -9591,6 +9591,25 @@ class TestManyFiles:
             assert [d.get('annotations', {}).get(_TITLE) for d in
                     api.get_descriptors('api')] == ['api%d' % i for i in range(6)] + [None]
 
+    def test_module_pull_blobs_writes_files_and_trees(self, registries, repo, tmp_path):
+        reg = registries['open']
+        tree = tmp_path / 'tree'
+        (tree / 'sub').mkdir(parents=True)
+        (tree / 'sub' / 'f').write_bytes(b'in the tree')
+        plain = _write(tmp_path, 'plain.dat', b'a plain file')
+        out = tmp_path / 'out'
+        out.mkdir()
+        with dxf.DXF(reg.host, repo, insecure=True) as api:
+            digests = api.push_blobs([str(tree), plain], alias='both')
+            loose = api.push_blob(data=b'by digest')
+            written = api.pull_blobs(['both', loose], str(out))
+        assert [(os.path.basename(p), d['digest']) for p, d in written] == [
+            ('tree', digests[0]), ('plain.dat', digests[1]), (loose.split(':')[1], loose)]
+        assert written[2][1]['size'] == len(b'by digest')
+        assert (out / 'tree' / 'sub' / 'f').read_bytes() == b'in the tree'
+        assert (out / 'plain.dat').read_bytes() == b'a plain file'
+        assert sorted(os.listdir(str(out))) == sorted(['tree', 'plain.dat', loose[7:]])
+
     def test_pull_output_dir_of_many_blobs_writes_each_with_one_progress_line_each(
             self, cli_env, run_cli, repo, tmp_path):
         env = cli_env('open')
