@@ -2338,6 +2338,16 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def fast_backoff(request, monkeypatch):
+    """dxf's waits between retries (``_RETRY_BASE``, 0.25 s doubling) cut to
+    1 ms doubling: the tests count retries, not seconds.  A test about the
+    wait itself is marked ``@pytest.mark.backoff`` and keeps the real one.
+    (Retry-After is honoured as sent either way.)"""
+    if request.node.get_closest_marker('backoff') is None:
+        monkeypatch.setattr(dxf, '_RETRY_BASE', 0.001)
+
+
 @pytest.fixture
 def cli_env(registries, tmp_path):
     """A function mode -> the environ dict the CLI needs to reach that registry."""
@@ -7126,6 +7136,7 @@ class TestRegistryRestart:
         reg.restart()
         assert _ok(run_cli(['pull-blob', repo, '@r'], env)) == data
 
+    @pytest.mark.backoff        # the registry comes back while dxf waits between tries
     def test_registry_back_within_retries_is_waited_for(self, own_registry, run_cli, repo,
                                                         tmp_path):
         reg = own_registry
