@@ -1,8 +1,10 @@
 # dxf.py: tests, lint, coverage and the README demo.  GNU make.
 #
-#   make test       refuses merge conflict markers, then the suite on .venv (python3), then on every pyenv
-#                   CPython 3.6..3.13, each in its own .venv-3.X
-#                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600)
+#   make test       refuses merge conflict markers, then the whole suite on .venv (python3) and on
+#                   pyenv's CPython 3.6 and 3.13, and its portable part (-m portable: tar headers,
+#                   http.client, argparse, ssl, syntax, the CLI end to end) on 3.7..3.12, each in
+#                   its own .venv-3.X, 2 at a time; then make pydxf-test
+#                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600, TEST_FULL='6 13' or all)
 #   make quick      the suite on .venv only
 #   make pydxf-test python-dxf's own tests against dxf.py (part of make test)
 #   make tox        the same matrix through tox

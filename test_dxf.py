@@ -63,6 +63,11 @@ Markers (registered in tox.ini, ``--strict-markers``)
     registry    needs the registry process
     tls         needs openssl and an https registry
     slow        multi-MiB streams; deselect with ``-m "not slow"``
+    portable    what differs between Pythons (tar headers, http.client, argparse,
+                ssl, syntax, the CLI end to end): all that ``make test`` runs on
+                3.7-3.12 (the whole suite runs on 3.6, 3.13 and the default python3)
+    backoff     about dxf's real waits between retries; every other test gets
+                1 ms doubling ones (autouse fixture ``fast_backoff``)
 """
 import base64
 import collections
@@ -3057,6 +3062,7 @@ class TestFaultProxy:
 # 4. Digests, names and small helpers
 # =============================================================================
 
+@pytest.mark.portable
 class TestSplitDigest:
 
     @pytest.mark.parametrize('digest, expected', [
@@ -3095,6 +3101,7 @@ class TestSplitDigest:
             dxf.split_digest(digest)
 
 
+@pytest.mark.portable
 class TestHashing:
 
     @pytest.mark.parametrize('size', [0, 1, 8192, MIB - 1, MIB, MIB + 1])
@@ -3121,6 +3128,7 @@ class TestHashing:
             dxf.hash_file(str(tmp_path))
 
 
+@pytest.mark.portable
 class TestParseWWWAuthenticate:
 
     @pytest.mark.parametrize('header, expected', [
@@ -3156,6 +3164,7 @@ class TestParseWWWAuthenticate:
         assert dxf._parse_www_authenticate(header) == expected
 
 
+@pytest.mark.portable
 class TestParseLinkNext:
 
     @pytest.mark.parametrize('header, expected', [
@@ -3178,6 +3187,7 @@ class TestParseLinkNext:
         assert dxf._parse_link_next(header) == expected
 
 
+@pytest.mark.portable
 class TestAll:
 
     def test_all_names_exist(self):
@@ -3205,6 +3215,7 @@ class TestAll:
 #    hang.  No registry is needed.
 # =============================================================================
 
+@pytest.mark.portable
 class TestWireFormat:
 
     # ---- framing: chunked, read until close, HTTP/1.0 ---------------------------
@@ -3495,6 +3506,7 @@ def _token_answers(wire, token=b'{"token": "T"}', realm=None):
     wire.answer = answer
 
 
+@pytest.mark.portable
 class TestTrustBoundary:
 
     def test_upload_location_on_another_origin_gets_no_credentials(self, wire, other_wire):
@@ -3612,6 +3624,7 @@ class TestTrustBoundary:
         assert [s for _, s in wire.seen()] == ['POST ' + WIRE_UPLOADS] * 3
 
 
+@pytest.mark.portable
 class TestHostileAnswers:
 
     def test_trickled_answer_ends_at_the_timeout(self, wire_env, run_cli):
@@ -3735,6 +3748,7 @@ AUTH_MODES = [mode if mode == 'open' else pytest.param(mode, marks=pytest.mark.t
 
 @pytest.mark.registry
 @pytest.mark.parametrize('mode', AUTH_MODES)
+@pytest.mark.portable
 class TestAuthModes:
 
     @staticmethod
@@ -4394,6 +4408,7 @@ class TestAliases:
             dxf_obj.get_alias('dangling')
 
 
+@pytest.mark.portable
 class TestNamesCheckedBeforeRequests:
 
     @pytest.mark.parametrize('name', [
@@ -4539,6 +4554,7 @@ CLI_COMMANDS = ('auth', 'push-blob', 'pull-blob', 'blob-size', 'mount-blob', 'de
 # ---- the seed README's example ------------------------------------------------
 
 @pytest.mark.registry
+@pytest.mark.portable
 class TestCLIReadmeExample:
 
     def test_cli_readme_push_blob_with_alias_then_pull_alias_gives_same_bytes(
@@ -5024,6 +5040,7 @@ class TestCLICommands:
 # ---- exit statuses and one-line errors -------------------------------------------
 
 @pytest.mark.registry
+@pytest.mark.portable
 class TestCLIErrors:
 
     def test_cli_bug_is_one_line_and_status_70_not_a_traceback(
@@ -5571,6 +5588,7 @@ class TestCLIVariables:
     pytest.param('token', marks=pytest.mark.tls),
     pytest.param('tls', marks=pytest.mark.tls),
 ])
+@pytest.mark.portable
 def test_cli_round_trip_in_each_mode_succeeds(cli_env, run_cli, repo, tmp_path, mode):
     env = cli_env(mode)
     a, b = _blob(70000, 'mode-a-' + mode), _blob(10, 'mode-b-' + mode)
@@ -6004,6 +6022,7 @@ def _proxied(env, **proxies):
 
 
 @pytest.mark.registry
+@pytest.mark.portable
 class TestProxies:
 
     @pytest.mark.tls
@@ -7573,6 +7592,7 @@ class TestLayoutCLI:
         assert _ok(run_cli(['pull-blob', 'fred/datalogger'] + digests, env)) == data
         _check_layout(os.path.join(store, 'fred', 'datalogger'))
 
+    @pytest.mark.portable
     def test_layout_entry_point_subprocess_runs_readme_example(self, oci_env, store, tmp_path):
         env = oci_env()
         data = _blob(20000, 'oci-subprocess')
@@ -9136,6 +9156,7 @@ class TestParallelTransfers:
 
 
 @pytest.mark.registry
+@pytest.mark.portable
 class TestDirectories:
 
     def test_push_directory_stores_one_oras_style_gzip_tar_layer(
@@ -9297,6 +9318,7 @@ _HOSTILE = {
 
 @pytest.mark.registry
 @pytest.mark.parametrize('case', sorted(_HOSTILE))
+@pytest.mark.portable
 def test_hostile_directory_layer_never_escapes_output(cli_env, run_cli, registries, repo,
                                                       tmp_path, case):
     reg = registries['open']
@@ -9390,6 +9412,7 @@ def _python(code, env=None):
     return proc.returncode, out.decode('utf-8'), err.decode('utf-8')
 
 
+@pytest.mark.portable
 class TestPythonDxfImports:
 
     def test_submodules_import_as_from_the_package(self):
@@ -9494,6 +9517,7 @@ class TestHTTPErrorResponse:
 
 @pytest.mark.registry
 @pytest.mark.tls
+@pytest.mark.portable
 class TestCABundleVariables:
     """REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE: after DXF_TLSVERIFY, before the
     system's store, for the command line and the module."""
@@ -9602,6 +9626,7 @@ class TestPushProgressAsPythonDxf:
         assert '3.0 MiB' in err.split('\r')[-1], err
 
 
+@pytest.mark.portable
 class TestPackaging:
     """The distribution has a name of its own on PyPI ('dxf' there is an
     unrelated CAD library); the module and the command stay dxf."""
