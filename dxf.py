@@ -633,7 +633,7 @@ class _FileBody(_Body):
 class _Budget:
     """How many more retries one public operation may make, and until when.
 
-    Made once per operation (``_Transport.operation``) and drawn on by every
+    Part of an _Operation (one per public operation), drawn on by every
     layer that retries (requests, upload sessions, chunk and download
     resumes, alias PUTs), so retries never multiply.  The time limit counts
     from the operation's first failure: a long transfer may still retry.
@@ -663,24 +663,37 @@ class _Budget:
 
 
 class _Operation:
-    """``with transport.operation():`` shares one _Budget with everything the
-    block does in this thread (nested blocks join the outer one); a worker
-    thread of the operation passes the operation's ``budget``."""
+    """One public operation: the retry budget its requests share and the
+    token actions they ask for beyond their own, so that one token serves
+    the whole operation.  It lives in the transport's thread-local
+    (``with transport.operation(*actions):``) and the parallel runner hands
+    it whole to its workers (``with transport.joined(operation):``)."""
 
-    def __init__(self, transport, budget=None):
-        self.transport = transport
+    def __init__(self, budget, actions=frozenset()):
         self.budget = budget
+        self.actions = frozenset(actions)
+
+    def needing(self, actions):
+        """This operation, or one sharing its budget that also asks for
+        ``actions`` (never changed in place: workers share it)."""
+        if self.actions.issuperset(actions):
+            return self
+        return _Operation(self.budget, self.actions.union(actions))
+
+
+class _Joined:
+    """``with``: ``operation`` is the thread's own until the block ends."""
+
+    def __init__(self, local, operation):
+        self.local, self.operation = local, operation
 
     def __enter__(self):
-        local = self.transport.local
-        self.outer = getattr(local, 'budget', None)
-        if self.outer is None:
-            local.budget = self.budget or self.transport.budget()
-        return local.budget
+        self.outer = getattr(self.local, 'operation', None)
+        self.local.operation = self.operation
+        return self.operation
 
     def __exit__(self, *exc):
-        if self.outer is None:
-            self.transport.local.budget = None
+        self.local.operation = self.outer
 
 
 class _Clock(io.RawIOBase):
@@ -1021,16 +1034,23 @@ class _Transport:
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
-        self.local = threading.local()   # .budget: the operation's _Budget
+        # .operation: this thread's _Operation; .challenged: (scope, the
+        # refused Authorization) while a 401 is being answered (DXFBase)
+        self.local = threading.local()
 
-    def operation(self, budget=None):
-        """A context sharing one retry budget (see _Budget)."""
-        return _Operation(self, budget)
+    def operation(self, *actions):
+        """A context in which this thread's requests share one retry budget
+        and ask for ``actions`` too; inside one, they join it."""
+        return self.joined(self.current().needing(actions))
 
-    def budget(self):
-        """The budget of the operation in progress, or one for one request."""
-        return (getattr(self.local, 'budget', None)
-                or _Budget(self.retries, _MAX_RETRY_TIME))
+    def joined(self, operation):
+        """A context in which this thread takes part in ``operation``."""
+        return _Joined(self.local, operation)
+
+    def current(self):
+        """The operation in progress, or a new one (for one request)."""
+        return (getattr(self.local, 'operation', None)
+                or _Operation(_Budget(self.retries, _MAX_RETRY_TIME)))
 
     def _context(self, cert=False):
         if cert not in self._ssl_contexts:
@@ -1108,7 +1128,7 @@ class _Transport:
         """
         if body is not None and not isinstance(body, _Body):
             body = _Body(bytes(body))
-        budget = self.budget()
+        budget = self.current().budget
         attempt = 0
         while True:
             try:
@@ -1476,7 +1496,6 @@ class _Auth:
         self.challenge = None     # (realm, service) of the Bearer challenge
         self.creds = None         # Authorization for the token service, or ''
         self.refresh_token = None  # an identity token (OAuth2 refresh token)
-        self.local = threading.local()   # .scope, .extra, .refused: this operation's
 
     def check_secure(self, url, what):
         """Refuse to send credentials to ``url`` over plain http."""
@@ -1646,8 +1665,9 @@ class _Auth:
                                    'a usable realm')
             with self.lock:
                 # New credentials never take a token fetched with the old.
-                refused = (getattr(self.local, 'refused', None)
-                           if self.creds == (creds or '') else None)
+                challenged = getattr(self.transport.local, 'challenged', None)
+                refused = (challenged[1] if challenged
+                           and self.creds == (creds or '') else None)
                 self.challenge = (realm, params.get('service'))
                 self.creds = creds or ''
             return self.fetch_token(scope or params.get('scope') or fallback,
@@ -1786,27 +1806,6 @@ def _credential_helper(name, server, environ, action='get', data=None):
     except (ValueError, RecursionError, KeyError, TypeError):
         raise DXFAuthError('credential helper %s answered something that is '
                            'not its JSON' % program) from None
-
-
-class _Needing:
-    """One public operation in this thread: the extra token actions it
-    needs, and its retry budget (``transport.operation()``)."""
-
-    def __init__(self, local, actions, transport=None):
-        self.local = local
-        self.actions = set(actions)
-        self.operation = transport.operation() if transport else None
-
-    def __enter__(self):
-        self.saved = getattr(self.local, 'extra', set())
-        self.local.extra = self.saved | self.actions
-        if self.operation:
-            self.operation.__enter__()
-
-    def __exit__(self, *exc):
-        if self.operation:
-            self.operation.__exit__(*exc)
-        self.local.extra = self.saved
 
 
 def _http_error(response, body=b'', expected=None):
@@ -2473,33 +2472,32 @@ class DXFBase:
     def _scope(self, actions):
         """The token scope a request to this repository needs.
 
-        Inside ``with self._needing(...)`` it also asks for what the rest of
-        the operation will need, so one token serves the whole operation.
+        It also asks for what the rest of the operation will need (see
+        _Operation), so one token serves the whole operation.
         """
         if actions is None:
             return None
-        wanted = set(actions) | getattr(self._credentials.local, 'extra', set())
+        wanted = set(actions) | self._transport.current().actions
         return 'repository:%s:%s' % (self._repo, ','.join(
             a for a in _ACTIONS if a in wanted))
 
     def _needing(self, *actions):
         """A context in which requests ask for ``actions`` too, and share one
         retry budget."""
-        return _Needing(self._credentials.local, actions, self._transport)
+        return self._transport.operation(*actions)
 
     def _handle_401(self, response, scope, sent):
         """Let the auth callback (or the stored credentials) answer a 401
         to a request that carried the Authorization ``sent`` (or None)."""
-        auth = self._credentials
-        auth.local.scope = scope
-        auth.local.refused = sent or ''
+        auth, local = self._credentials, self._transport.local
+        local.challenged = (scope, sent or '')
         try:
             if self._auth is not None:
                 self._auth(self, response)
             elif not auth.fixed_token:
                 self._login(auth.creds or None, None, response)
         finally:
-            auth.local.scope = auth.local.refused = None
+            local.challenged = None
 
     def authenticate(self, username=None, password=None, actions=None,
                      response=None, authorization=None, identity_token=None):
@@ -2541,8 +2539,8 @@ class DXFBase:
         # What the caller asked for, else what the operation in progress
         # needs, else what the registry asked for; gcr.io sends no scope
         # for _catalog.
-        scope = self._scope(actions) if actions else getattr(
-            self._credentials.local, 'scope', None)
+        challenged = getattr(self._transport.local, 'challenged', None)
+        scope = self._scope(actions) if actions else challenged and challenged[0]
         fallback = ('registry:catalog:*' if self._repo is None
                     else self._scope(['pull']))
         token, kind = self._credentials.login(creds, response, scope, fallback)
@@ -2659,7 +2657,7 @@ class _AliasMethods:
     """
 
     def _needing(self, *actions):
-        return _Needing(threading.local(), actions)    # no tokens: no-op
+        return _Joined(threading.local(), None)    # no tokens, no retries
 
     def _manifest_for(self, alias, manifest=None, platform=None, index=False):
         """``(bytes, parsed)`` of an alias's manifest (or of ``manifest``, a
@@ -2759,12 +2757,11 @@ class _AliasMethods:
         threads that meet the first 401 together share one token request
         (_Auth.fetch_token)."""
         def run(job):
-            with self._needing('push'):
-                if job is not None:
-                    return func(job)
-                if config:
-                    return self.push_blob(config[0])
-                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            if job is not None:
+                return func(job)
+            if config:
+                return self.push_blob(config[0])
+            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
         return self._parallel(run, [None] + list(jobs), concurrency)[1:]
 
     def _parallel(self, func, items, concurrency):
@@ -3131,17 +3128,15 @@ class DXF(DXFBase, _AliasMethods):
             progress = _data_progress(progress)
 
         def push(_):
-            with self._needing('push'):     # one token for HEAD and upload
-                if filename is None:
-                    with _Source(data=data, digest=digest) as source:
-                        return self._upload(source, progress, check_exists,
-                                            chunk_size)
-                with _open_input(filename) as f, _Source(f, digest=digest) as source:
-                    return self._upload(source, progress, check_exists,
-                                        chunk_size)
+            if filename is None:
+                with _Source(data=data, digest=digest) as source:
+                    return self._upload(source, progress, check_exists, chunk_size)
+            with _open_input(filename) as f, _Source(f, digest=digest) as source:
+                return self._upload(source, progress, check_exists, chunk_size)
         # In a worker thread: Ctrl-C, raised in the main thread, then never
         # cuts a request body (see _in_parallel).
-        return _in_parallel(push, [None], 1, self._transport)[0]
+        with self._needing('push'):     # one token for HEAD and upload
+            return _in_parallel(push, [None], 1, self._transport)[0]
 
     def _upload(self, source, progress, check_exists, chunk_size):
         """The one upload engine: a _Source goes up in a session (POST), in
@@ -3158,7 +3153,7 @@ class DXF(DXFBase, _AliasMethods):
         chunk_size = chunk_size or _PUSH_CHUNK
         record = _UploadRecord(self._base, self._repo, source.digest if (
             source.stream is None and source.size > chunk_size) else None)
-        budget, attempt = self._transport.budget(), 0
+        budget, attempt = self._transport.current().budget, 0
         while True:
             try:
                 location, offset, floor = self._open_session(record)
@@ -3195,7 +3190,7 @@ class DXF(DXFBase, _AliasMethods):
         flight has ended (see _STOP), so the registry takes the DELETE.
         """
         scope = self._scope(['pull', 'push'])
-        budget = self._transport.budget()
+        budget = self._transport.current().budget
         sent = [offset]     # how far the bytes went: a GET may not claim more
         if source.stream is not None:       # progress as it is read
             source.on_read, progress = progress, None
@@ -3279,7 +3274,7 @@ class DXF(DXFBase, _AliasMethods):
         return BlobReader(resp, digest, expected_size=self._sizes.get(digest),
                           reopen=lambda offset: self._blob_get(
                               digest, offset, ok=(200, 206)),
-                          budget=self._transport.budget(), **options)
+                          budget=self._transport.current().budget, **options)
 
     def pull_blob_to(self, digest, path, progress=None, concurrency=None):
         """Download a blob into the file ``path``, where it appears verified;
@@ -3356,7 +3351,7 @@ class DXF(DXFBase, _AliasMethods):
         ask ``url`` for them, up to ``until``), asking again from where it
         broke within the operation's budget; return the answer, not read to
         its end if ``until`` is beyond ``stop``."""
-        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
+        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.current().budget
         with open(part.name, 'r+b', buffering=0) as f:
             f.seek(start)
             while start < stop:
@@ -4166,8 +4161,8 @@ def _in_parallel(func, items, concurrency, transport=None):
     threads (the connection pool and the token cache are thread-safe).  After
     a failure no further item starts; the first failing item's error (in
     the order of ``items``) is raised once the running ones have ended.
-    With ``transport``, the threads draw on the calling operation's retry
-    budget.
+    With ``transport``, the threads take part in the calling operation
+    (its retry budget and token actions: _Operation).
 
     Called in the main thread, it always uses a worker thread, and an
     interrupt (KeyboardInterrupt) there stops the workers through _STOP and
@@ -4177,10 +4172,10 @@ def _in_parallel(func, items, concurrency, transport=None):
                      and (concurrency <= 1 or len(items) <= 1)):
         return [func(item) for item in items]
     if transport is not None:
-        budget, plain = transport.budget(), func
+        operation, plain = transport.current(), func
 
         def func(item):
-            with transport.operation(budget):
+            with transport.joined(operation):
                 return plain(item)
     results = [None] * len(items)
     errors = []
