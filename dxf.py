@@ -858,11 +858,31 @@ def _ascii_host(host):
                                    % _printable(host, 80)) from None
 
 
-def _transport_errors():
-    """What a connection raises while a request or its answer is under way."""
+def _failure_kind(exc):
+    """The one classifier of low-level failures (what a connection raises
+    while a request or its answer is under way).  None: not one (e.g. the
+    caller's data iterable failed); 'stale': a pooled connection the server
+    has since closed (try at once on a fresh one); 'permanent': a retry
+    cannot mend it (certificates, unknown hosts, a proxy refusing the
+    CONNECT); else 'transient', worth a retry within the budget."""
     import http.client
+    import socket
     # OverflowError: http.client's read() of a Content-Length beyond ssize_t
-    return (OSError, http.client.HTTPException, OverflowError)
+    if not isinstance(exc, (OSError, http.client.HTTPException, OverflowError)):
+        return None
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError,
+                        ConnectionAbortedError, http.client.BadStatusLine)):
+        return 'stale'
+    # http.client's wording for 407 Proxy Authentication Required and the like
+    if str(exc).startswith('Tunnel connection failed: 4'):
+        return 'permanent'
+    permanent = (socket.gaierror,)
+    try:
+        import ssl
+        permanent += (ssl.SSLError, ssl.CertificateError)
+    except ImportError:
+        pass
+    return 'permanent' if isinstance(exc, permanent) else 'transient'
 
 
 class _Response:
@@ -901,6 +921,8 @@ class _Response:
         return min(int(value[:31]), 10 ** 30)   # int() takes <= 4300 digits
 
     def _fail(self, exc):
+        if _failure_kind(exc) is None:
+            raise exc
         self.close()
         raise _connection_error(self.method, self.url, exc,
                                 'connection broke while reading', self._clock) from exc
@@ -915,7 +937,7 @@ class _Response:
             if into is not None:
                 return self.raw.readinto(into)
             return self.raw.read(n)
-        except _transport_errors() as exc:
+        except Exception as exc:
             self._fail(exc)
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
@@ -943,7 +965,7 @@ class _Response:
                     break
                 parts.append(piece)
                 got += len(piece)
-        except _transport_errors() as exc:
+        except Exception as exc:
             self._fail(exc)
         data = b''.join(parts)
         if len(data) > limit:
@@ -1005,7 +1027,7 @@ def _connection_error(method, url, exc, what=None, clock=None):
     cls = DXFProtocolError if protocol else DXFConnectionError
     error = cls('%s %s: %s' % (method, _printable(url, 200), text),
                 method=method, url=url)
-    error.retryable = _is_transient(exc)
+    error.retryable = _failure_kind(exc) != 'permanent'
     return error
 
 
@@ -1189,7 +1211,6 @@ class _Transport:
         target = parts.path or '/'
         if parts.query:
             target += '?' + parts.query
-        errors = _transport_errors()
         for attempt in (0, 1):
             conn, reused = self._get(key)
             started = time.time()
@@ -1206,11 +1227,10 @@ class _Transport:
                         self.warn(re.sub(r'\\(.)', r'\1', text))
             except BaseException as exc:
                 conn.close()
-                if not isinstance(exc, errors):
+                kind = _failure_kind(exc)
+                if kind is None:
                     raise     # e.g. the caller's data iterable failed
-                # A pooled connection the server has since closed fails at
-                # once: try again on a fresh one.
-                if reused and attempt == 0 and _is_stale(exc):
+                if reused and attempt == 0 and kind == 'stale':
                     if body is not None:
                         body.rewind()
                     continue
@@ -1297,28 +1317,6 @@ def _retry_after(value):
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return max(0.0, min(float(seconds), _RETRY_CAP * 3))
-
-
-def _is_transient(exc):
-    """False for failures a retry cannot mend (certificates, unknown hosts)."""
-    import socket
-    # A proxy refusing the CONNECT (http.client's wording): 407 Proxy
-    # Authentication Required and the like do not go away.
-    if str(exc).startswith('Tunnel connection failed: 4'):
-        return False
-    permanent = (socket.gaierror,)
-    try:
-        import ssl
-        permanent += (ssl.SSLError, ssl.CertificateError)
-    except ImportError:
-        pass
-    return not isinstance(exc, permanent)
-
-
-def _is_stale(exc):
-    import http.client
-    return isinstance(exc, (ConnectionResetError, BrokenPipeError,
-                            ConnectionAbortedError, http.client.BadStatusLine))
 
 
 def _proxy_settings(environ):
