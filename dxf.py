@@ -575,11 +575,22 @@ def _hash_as(digest, data):
 
 # =============================================================================
 # 5. HTTP transport
-#    http.client underneath (imported on first use); on top of it one pool of
-#    keep-alive connections per (scheme, host, port), redirects, proxies,
-#    a deadline on every answer, and the retry budget.  Low-level failures
-#    become DXFConnectionError or DXFProtocolError.  Credentials are added by
-#    the caller (section 6); a redirect to another origin drops them here.
+#    http.client underneath (imported on first use); one pool of keep-alive
+#    connections per (scheme, host, port), redirects, proxies, a deadline on
+#    every answer; credentials come from the caller (section 6), and a
+#    redirect to another origin drops them.  A request's life:
+#
+#      pooled --_get--> in use --read to the end--> release --> pooled
+#        | stale (_failure_kind): closed,          | cut, timed out, bytes
+#        v one fresh try, free of the budget       v left over, will_close
+#      closed                                    closed
+#
+#    Transient failures and 408/429/5xx are tried again on the operation's
+#    _Budget, shared with its worker threads (_Operation, _in_parallel); a
+#    401 is answered once, outside it.  Uploads (DXF._upload, _send) retry
+#    in three tiers, all on it: the request (here); the chunk (a failed
+#    PATCH asks the session's Range and goes on; a 413 halves it, free);
+#    the session (404 or broken: a new POST, if the source can restart).
 # =============================================================================
 
 
@@ -666,16 +677,15 @@ class _Operation:
     """One public operation: the retry budget its requests share and the
     token actions they ask for beyond their own, so that one token serves
     the whole operation.  It lives in the transport's thread-local
-    (``with transport.operation(*actions):``) and the parallel runner hands
-    it whole to its workers (``with transport.joined(operation):``)."""
+    (``with transport.operation(*actions):``); the parallel runner hands it
+    whole to its workers (``transport.joined``), so it never changes."""
 
     def __init__(self, budget, actions=frozenset()):
         self.budget = budget
         self.actions = frozenset(actions)
 
     def needing(self, actions):
-        """This operation, or one sharing its budget that also asks for
-        ``actions`` (never changed in place: workers share it)."""
+        """This operation, or one on its budget also asking for ``actions``."""
         if self.actions.issuperset(actions):
             return self
         return _Operation(self.budget, self.actions.union(actions))
@@ -1036,11 +1046,8 @@ def _path(url):
 
 
 class _Transport:
-    """Keep-alive HTTP(S) connections shared by every DXF object made from one.
-
-    Thread-safe: each request takes a connection out of the pool and gives it
-    back once its response has been read to the end.
-    """
+    """Keep-alive HTTP(S) connections shared by every DXF object made from
+    one; thread-safe (a request's life: the section's banner)."""
 
     def __init__(self, tlsverify=True, timeout=None, retries=None,
                  proxies=None):
