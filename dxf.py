@@ -642,19 +642,24 @@ class _FileBody(_Body):
 
 
 class _Budget:
-    """How many more retries one public operation may make, and until when.
-
-    Part of an _Operation (one per public operation), drawn on by every
-    layer that retries (requests, upload sessions, chunk and download
-    resumes, alias PUTs), so retries never multiply.  The time limit counts
-    from the operation's first failure: a long transfer may still retry.
-    """
+    """How many more retries one operation (_Operation) may make, and until
+    when, drawn on by every layer that retries (requests, upload sessions,
+    chunk and download resumes) through ``retry``, so retries never multiply.
+    The time limit counts from the first failure: a long transfer may still retry."""
 
     def __init__(self, retries, window):
         self.left = retries
         self.window = window
         self.deadline = None
         self.lock = threading.Lock()    # threads of one operation share it
+
+    def retry(self, failure, also=(), delay=None, attempt=0):
+        """The one retry decision: True (after the wait) when ``failure`` is worth
+        another try (a transient DXFConnectionError, a status in _RETRY_STATUSES
+        or in ``also``, None: any broken transfer) and the budget allows it."""
+        status = getattr(failure, 'status', None)
+        return (getattr(failure, 'retryable', False) or status in _RETRY_STATUSES
+                or status in also) and self.spend(delay, attempt)
 
     def spend(self, delay=None, attempt=0):
         """Wait before another try and return True, or False when spent."""
@@ -1170,10 +1175,8 @@ class _Transport:
                 failure = resp
                 resp.read()        # drain, so the connection is reused
             except DXFConnectionError as exc:
-                if not exc.retryable:
-                    raise
                 delay, failure = None, exc
-            if not budget.spend(delay, attempt):
+            if not budget.retry(failure, delay=delay, attempt=attempt):
                 if isinstance(failure, Exception):
                     raise failure
                 return failure
@@ -1974,7 +1977,7 @@ class BlobReader:
 
     def _may_resume(self):
         return (self._reopen is not None and self._budget is not None
-                and self._budget.spend())
+                and self._budget.retry(None, also=(None,)))   # broke or cut short
 
     def read(self, n=-1):
         """Return up to ``n`` bytes (all that remain if ``n`` < 0)."""
@@ -3176,10 +3179,7 @@ class DXF(DXFBase, _AliasMethods):
                     raise
                 # A registry forgets a session whose connection broke (the
                 # next request on it gets 404): start again from the POST.
-                again = (exc.retryable if isinstance(exc, DXFConnectionError)
-                         else exc.status in (404,) + _RETRY_STATUSES)
-                if not (again and source.can_restart()
-                        and budget.spend(attempt=attempt)):
+                if not (source.can_restart() and budget.retry(exc, (404,), attempt=attempt)):
                     raise
             attempt += 1
 
@@ -3233,8 +3233,7 @@ class DXF(DXFBase, _AliasMethods):
                                            % body.length) from None
                         chunk = max(floor, min(chunk, body.length) // 2)
                         continue
-                    if (status not in (None, 416) + _RETRY_STATUSES
-                            or not budget.spend(0)):
+                    if not budget.retry(exc, also=(None, 416), delay=0):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
@@ -3372,7 +3371,7 @@ class DXF(DXFBase, _AliasMethods):
                 except BaseException as exc:
                     resp.close()      # broken or cut short: ask again
                     resp = None
-                    if not isinstance(exc, DXFConnectionError) or not budget.spend():
+                    if not isinstance(exc, DXFConnectionError) or not budget.retry(exc, (None,)):
                         raise
                     continue
                 part.add(start, start + n, save=True)
