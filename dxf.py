@@ -1673,9 +1673,8 @@ class _Auth:
                                    'a usable realm')
             with self.lock:
                 # New credentials never take a token fetched with the old.
-                challenged = getattr(self.transport.local, 'challenged', None)
-                refused = (challenged[1] if challenged
-                           and self.creds == (creds or '') else None)
+                refused = (getattr(self.transport.local, 'challenged', (None, None))[1]
+                           if self.creds == (creds or '') else None)
                 self.challenge = (realm, params.get('service'))
                 self.creds = creds or ''
             return self.fetch_token(scope or params.get('scope') or fallback,
@@ -2505,7 +2504,7 @@ class DXFBase:
             elif not auth.fixed_token:
                 self._login(auth.creds or None, None, response)
         finally:
-            local.challenged = None
+            local.challenged = (None, None)
 
     def authenticate(self, username=None, password=None, actions=None,
                      response=None, authorization=None, identity_token=None):
@@ -2547,8 +2546,8 @@ class DXFBase:
         # What the caller asked for, else what the operation in progress
         # needs, else what the registry asked for; gcr.io sends no scope
         # for _catalog.
-        challenged = getattr(self._transport.local, 'challenged', None)
-        scope = self._scope(actions) if actions else challenged and challenged[0]
+        scope = self._scope(actions) if actions else getattr(
+            self._transport.local, 'challenged', (None, None))[0]
         fallback = ('registry:catalog:*' if self._repo is None
                     else self._scope(['pull']))
         token, kind = self._credentials.login(creds, response, scope, fallback)
