@@ -575,11 +575,22 @@ def _hash_as(digest, data):
 
 # =============================================================================
 # 5. HTTP transport
-#    http.client underneath (imported on first use); on top of it one pool of
-#    keep-alive connections per (scheme, host, port), redirects, proxies,
-#    a deadline on every answer, and the retry budget.  Low-level failures
-#    become DXFConnectionError or DXFProtocolError.  Credentials are added by
-#    the caller (section 6); a redirect to another origin drops them here.
+#    http.client underneath (imported on first use); one pool of keep-alive
+#    connections per (scheme, host, port), redirects, proxies, a deadline on
+#    every answer; credentials come from the caller (section 6), and a
+#    redirect to another origin drops them.  A request's life:
+#
+#      pooled --_get--> in use --read to the end--> release --> pooled
+#        | stale (_failure_kind): closed,          | cut, timed out, bytes
+#        v one fresh try, free of the budget       v left over, will_close
+#      closed                                    closed
+#
+#    Transient failures and 408/429/5xx are tried again on the operation's
+#    _Budget, shared with its worker threads (_Operation, _in_parallel); a
+#    401 is answered once, outside it.  Uploads (DXF._upload, _send) retry
+#    in three tiers, all on it: the request (here); the chunk (a failed
+#    PATCH asks the session's Range and goes on; a 413 halves it, free);
+#    the session (404 or broken: a new POST, if the source can restart).
 # =============================================================================
 
 
@@ -631,19 +642,24 @@ class _FileBody(_Body):
 
 
 class _Budget:
-    """How many more retries one public operation may make, and until when.
-
-    Made once per operation (``_Transport.operation``) and drawn on by every
-    layer that retries (requests, upload sessions, chunk and download
-    resumes, alias PUTs), so retries never multiply.  The time limit counts
-    from the operation's first failure: a long transfer may still retry.
-    """
+    """How many more retries one operation (_Operation) may make, and until
+    when, drawn on by every layer that retries (requests, upload sessions,
+    chunk and download resumes) through ``retry``, so retries never multiply.
+    The time limit counts from the first failure: a long transfer may still retry."""
 
     def __init__(self, retries, window):
         self.left = retries
         self.window = window
         self.deadline = None
         self.lock = threading.Lock()    # threads of one operation share it
+
+    def retry(self, failure, also=(), delay=None, attempt=0):
+        """The one retry decision: True (after the wait) when ``failure`` is worth
+        another try (a transient DXFConnectionError, a status in _RETRY_STATUSES
+        or in ``also``, None: any broken transfer) and the budget allows it."""
+        status = getattr(failure, 'status', None)
+        return (getattr(failure, 'retryable', False) or status in _RETRY_STATUSES
+                or status in also) and self.spend(delay, attempt)
 
     def spend(self, delay=None, attempt=0):
         """Wait before another try and return True, or False when spent."""
@@ -663,24 +679,36 @@ class _Budget:
 
 
 class _Operation:
-    """``with transport.operation():`` shares one _Budget with everything the
-    block does in this thread (nested blocks join the outer one); a worker
-    thread of the operation passes the operation's ``budget``."""
+    """One public operation: the retry budget its requests share and the
+    token actions they ask for beyond their own, so that one token serves
+    the whole operation.  It lives in the transport's thread-local
+    (``with transport.operation(*actions):``); the parallel runner hands it
+    whole to its workers (``transport.joined``), so it never changes."""
 
-    def __init__(self, transport, budget=None):
-        self.transport = transport
+    def __init__(self, budget, actions=frozenset()):
         self.budget = budget
+        self.actions = frozenset(actions)
+
+    def needing(self, actions):
+        """This operation, or one on its budget also asking for ``actions``."""
+        if self.actions.issuperset(actions):
+            return self
+        return _Operation(self.budget, self.actions.union(actions))
+
+
+class _Joined:
+    """``with``: ``operation`` is the thread's own until the block ends."""
+
+    def __init__(self, local, operation):
+        self.local, self.operation = local, operation
 
     def __enter__(self):
-        local = self.transport.local
-        self.outer = getattr(local, 'budget', None)
-        if self.outer is None:
-            local.budget = self.budget or self.transport.budget()
-        return local.budget
+        self.outer = getattr(self.local, 'operation', None)
+        self.local.operation = self.operation
+        return self.operation
 
     def __exit__(self, *exc):
-        if self.outer is None:
-            self.transport.local.budget = None
+        self.local.operation = self.outer
 
 
 class _Clock(io.RawIOBase):
@@ -845,11 +873,31 @@ def _ascii_host(host):
                                    % _printable(host, 80)) from None
 
 
-def _transport_errors():
-    """What a connection raises while a request or its answer is under way."""
+def _failure_kind(exc):
+    """The one classifier of low-level failures (what a connection raises
+    while a request or its answer is under way).  None: not one (e.g. the
+    caller's data iterable failed); 'stale': a pooled connection the server
+    has since closed (try at once on a fresh one); 'permanent': a retry
+    cannot mend it (certificates, unknown hosts, a proxy refusing the
+    CONNECT); else 'transient', worth a retry within the budget."""
     import http.client
+    import socket
     # OverflowError: http.client's read() of a Content-Length beyond ssize_t
-    return (OSError, http.client.HTTPException, OverflowError)
+    if not isinstance(exc, (OSError, http.client.HTTPException, OverflowError)):
+        return None
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError,
+                        ConnectionAbortedError, http.client.BadStatusLine)):
+        return 'stale'
+    # http.client's wording for 407 Proxy Authentication Required and the like
+    if str(exc).startswith('Tunnel connection failed: 4'):
+        return 'permanent'
+    permanent = (socket.gaierror,)
+    try:
+        import ssl
+        permanent += (ssl.SSLError, ssl.CertificateError)
+    except ImportError:
+        pass
+    return 'permanent' if isinstance(exc, permanent) else 'transient'
 
 
 class _Response:
@@ -888,6 +936,8 @@ class _Response:
         return min(int(value[:31]), 10 ** 30)   # int() takes <= 4300 digits
 
     def _fail(self, exc):
+        if _failure_kind(exc) is None:
+            raise exc
         self.close()
         raise _connection_error(self.method, self.url, exc,
                                 'connection broke while reading', self._clock) from exc
@@ -902,7 +952,7 @@ class _Response:
             if into is not None:
                 return self.raw.readinto(into)
             return self.raw.read(n)
-        except _transport_errors() as exc:
+        except Exception as exc:
             self._fail(exc)
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
@@ -930,7 +980,7 @@ class _Response:
                     break
                 parts.append(piece)
                 got += len(piece)
-        except _transport_errors() as exc:
+        except Exception as exc:
             self._fail(exc)
         data = b''.join(parts)
         if len(data) > limit:
@@ -992,7 +1042,7 @@ def _connection_error(method, url, exc, what=None, clock=None):
     cls = DXFProtocolError if protocol else DXFConnectionError
     error = cls('%s %s: %s' % (method, _printable(url, 200), text),
                 method=method, url=url)
-    error.retryable = _is_transient(exc)
+    error.retryable = _failure_kind(exc) != 'permanent'
     return error
 
 
@@ -1001,11 +1051,8 @@ def _path(url):
 
 
 class _Transport:
-    """Keep-alive HTTP(S) connections shared by every DXF object made from one.
-
-    Thread-safe: each request takes a connection out of the pool and gives it
-    back once its response has been read to the end.
-    """
+    """Keep-alive HTTP(S) connections shared by every DXF object made from
+    one; thread-safe (a request's life: the section's banner)."""
 
     def __init__(self, tlsverify=True, timeout=None, retries=None,
                  proxies=None):
@@ -1021,16 +1068,23 @@ class _Transport:
         self._pool = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()     # for callers: one writer at a time
-        self.local = threading.local()   # .budget: the operation's _Budget
+        # .operation: this thread's _Operation; .challenged: (scope, the
+        # refused Authorization) while a 401 is being answered (DXFBase)
+        self.local = threading.local()
 
-    def operation(self, budget=None):
-        """A context sharing one retry budget (see _Budget)."""
-        return _Operation(self, budget)
+    def operation(self, *actions):
+        """A context in which this thread's requests share one retry budget
+        and ask for ``actions`` too; inside one, they join it."""
+        return self.joined(self.current().needing(actions))
 
-    def budget(self):
-        """The budget of the operation in progress, or one for one request."""
-        return (getattr(self.local, 'budget', None)
-                or _Budget(self.retries, _MAX_RETRY_TIME))
+    def joined(self, operation):
+        """A context in which this thread takes part in ``operation``."""
+        return _Joined(self.local, operation)
+
+    def current(self):
+        """The operation in progress, or a new one (for one request)."""
+        return (getattr(self.local, 'operation', None)
+                or _Operation(_Budget(self.retries, _MAX_RETRY_TIME)))
 
     def _context(self, cert=False):
         if cert not in self._ssl_contexts:
@@ -1108,7 +1162,7 @@ class _Transport:
         """
         if body is not None and not isinstance(body, _Body):
             body = _Body(bytes(body))
-        budget = self.budget()
+        budget = self.current().budget
         attempt = 0
         while True:
             try:
@@ -1121,10 +1175,8 @@ class _Transport:
                 failure = resp
                 resp.read()        # drain, so the connection is reused
             except DXFConnectionError as exc:
-                if not exc.retryable:
-                    raise
                 delay, failure = None, exc
-            if not budget.spend(delay, attempt):
+            if not budget.retry(failure, delay=delay, attempt=attempt):
                 if isinstance(failure, Exception):
                     raise failure
                 return failure
@@ -1169,7 +1221,6 @@ class _Transport:
         target = parts.path or '/'
         if parts.query:
             target += '?' + parts.query
-        errors = _transport_errors()
         for attempt in (0, 1):
             conn, reused = self._get(key)
             started = time.time()
@@ -1186,11 +1237,10 @@ class _Transport:
                         self.warn(re.sub(r'\\(.)', r'\1', text))
             except BaseException as exc:
                 conn.close()
-                if not isinstance(exc, errors):
+                kind = _failure_kind(exc)
+                if kind is None:
                     raise     # e.g. the caller's data iterable failed
-                # A pooled connection the server has since closed fails at
-                # once: try again on a fresh one.
-                if reused and attempt == 0 and _is_stale(exc):
+                if reused and attempt == 0 and kind == 'stale':
                     if body is not None:
                         body.rewind()
                     continue
@@ -1277,28 +1327,6 @@ def _retry_after(value):
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return max(0.0, min(float(seconds), _RETRY_CAP * 3))
-
-
-def _is_transient(exc):
-    """False for failures a retry cannot mend (certificates, unknown hosts)."""
-    import socket
-    # A proxy refusing the CONNECT (http.client's wording): 407 Proxy
-    # Authentication Required and the like do not go away.
-    if str(exc).startswith('Tunnel connection failed: 4'):
-        return False
-    permanent = (socket.gaierror,)
-    try:
-        import ssl
-        permanent += (ssl.SSLError, ssl.CertificateError)
-    except ImportError:
-        pass
-    return not isinstance(exc, permanent)
-
-
-def _is_stale(exc):
-    import http.client
-    return isinstance(exc, (ConnectionResetError, BrokenPipeError,
-                            ConnectionAbortedError, http.client.BadStatusLine))
 
 
 def _proxy_settings(environ):
@@ -1476,7 +1504,6 @@ class _Auth:
         self.challenge = None     # (realm, service) of the Bearer challenge
         self.creds = None         # Authorization for the token service, or ''
         self.refresh_token = None  # an identity token (OAuth2 refresh token)
-        self.local = threading.local()   # .scope, .extra, .refused: this operation's
 
     def check_secure(self, url, what):
         """Refuse to send credentials to ``url`` over plain http."""
@@ -1646,7 +1673,7 @@ class _Auth:
                                    'a usable realm')
             with self.lock:
                 # New credentials never take a token fetched with the old.
-                refused = (getattr(self.local, 'refused', None)
+                refused = (getattr(self.transport.local, 'challenged', (None, None))[1]
                            if self.creds == (creds or '') else None)
                 self.challenge = (realm, params.get('service'))
                 self.creds = creds or ''
@@ -1786,27 +1813,6 @@ def _credential_helper(name, server, environ, action='get', data=None):
     except (ValueError, RecursionError, KeyError, TypeError):
         raise DXFAuthError('credential helper %s answered something that is '
                            'not its JSON' % program) from None
-
-
-class _Needing:
-    """One public operation in this thread: the extra token actions it
-    needs, and its retry budget (``transport.operation()``)."""
-
-    def __init__(self, local, actions, transport=None):
-        self.local = local
-        self.actions = set(actions)
-        self.operation = transport.operation() if transport else None
-
-    def __enter__(self):
-        self.saved = getattr(self.local, 'extra', set())
-        self.local.extra = self.saved | self.actions
-        if self.operation:
-            self.operation.__enter__()
-
-    def __exit__(self, *exc):
-        if self.operation:
-            self.operation.__exit__(*exc)
-        self.local.extra = self.saved
 
 
 def _http_error(response, body=b'', expected=None):
@@ -1970,7 +1976,7 @@ class BlobReader:
 
     def _may_resume(self):
         return (self._reopen is not None and self._budget is not None
-                and self._budget.spend())
+                and self._budget.retry(None, also=(None,)))   # broke or cut short
 
     def read(self, n=-1):
         """Return up to ``n`` bytes (all that remain if ``n`` < 0)."""
@@ -2473,33 +2479,32 @@ class DXFBase:
     def _scope(self, actions):
         """The token scope a request to this repository needs.
 
-        Inside ``with self._needing(...)`` it also asks for what the rest of
-        the operation will need, so one token serves the whole operation.
+        It also asks for what the rest of the operation will need (see
+        _Operation), so one token serves the whole operation.
         """
         if actions is None:
             return None
-        wanted = set(actions) | getattr(self._credentials.local, 'extra', set())
+        wanted = set(actions) | self._transport.current().actions
         return 'repository:%s:%s' % (self._repo, ','.join(
             a for a in _ACTIONS if a in wanted))
 
     def _needing(self, *actions):
         """A context in which requests ask for ``actions`` too, and share one
         retry budget."""
-        return _Needing(self._credentials.local, actions, self._transport)
+        return self._transport.operation(*actions)
 
     def _handle_401(self, response, scope, sent):
         """Let the auth callback (or the stored credentials) answer a 401
         to a request that carried the Authorization ``sent`` (or None)."""
-        auth = self._credentials
-        auth.local.scope = scope
-        auth.local.refused = sent or ''
+        auth, local = self._credentials, self._transport.local
+        local.challenged = (scope, sent or '')
         try:
             if self._auth is not None:
                 self._auth(self, response)
             elif not auth.fixed_token:
                 self._login(auth.creds or None, None, response)
         finally:
-            auth.local.scope = auth.local.refused = None
+            local.challenged = (None, None)
 
     def authenticate(self, username=None, password=None, actions=None,
                      response=None, authorization=None, identity_token=None):
@@ -2542,7 +2547,7 @@ class DXFBase:
         # needs, else what the registry asked for; gcr.io sends no scope
         # for _catalog.
         scope = self._scope(actions) if actions else getattr(
-            self._credentials.local, 'scope', None)
+            self._transport.local, 'challenged', (None, None))[0]
         fallback = ('registry:catalog:*' if self._repo is None
                     else self._scope(['pull']))
         token, kind = self._credentials.login(creds, response, scope, fallback)
@@ -2659,7 +2664,7 @@ class _AliasMethods:
     """
 
     def _needing(self, *actions):
-        return _Needing(threading.local(), actions)    # no tokens: no-op
+        return _Joined(threading.local(), None)    # no tokens, no retries
 
     def _manifest_for(self, alias, manifest=None, platform=None, index=False):
         """``(bytes, parsed)`` of an alias's manifest (or of ``manifest``, a
@@ -2759,12 +2764,11 @@ class _AliasMethods:
         threads that meet the first 401 together share one token request
         (_Auth.fetch_token)."""
         def run(job):
-            with self._needing('push'):
-                if job is not None:
-                    return func(job)
-                if config:
-                    return self.push_blob(config[0])
-                return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
+            if job is not None:
+                return func(job)
+            if config:
+                return self.push_blob(config[0])
+            return self.push_blob(data=_EMPTY_BLOB, digest=_EMPTY_DIGEST)
         return self._parallel(run, [None] + list(jobs), concurrency)[1:]
 
     def _parallel(self, func, items, concurrency):
@@ -3204,17 +3208,15 @@ class DXF(DXFBase, _AliasMethods):
             progress = _data_progress(progress)
 
         def push(_):
-            with self._needing('push'):     # one token for HEAD and upload
-                if filename is None:
-                    with _Source(data=data, digest=digest) as source:
-                        return self._upload(source, progress, check_exists,
-                                            chunk_size)
-                with _open_input(filename) as f, _Source(f, digest=digest) as source:
-                    return self._upload(source, progress, check_exists,
-                                        chunk_size)
+            if filename is None:
+                with _Source(data=data, digest=digest) as source:
+                    return self._upload(source, progress, check_exists, chunk_size)
+            with _open_input(filename) as f, _Source(f, digest=digest) as source:
+                return self._upload(source, progress, check_exists, chunk_size)
         # In a worker thread: Ctrl-C, raised in the main thread, then never
         # cuts a request body (see _in_parallel).
-        return _in_parallel(push, [None], 1, self._transport)[0]
+        with self._needing('push'):     # one token for HEAD and upload
+            return _in_parallel(push, [None], 1, self._transport)[0]
 
     def _upload(self, source, progress, check_exists, chunk_size):
         """The one upload engine: a _Source goes up in a session (POST), in
@@ -3231,7 +3233,7 @@ class DXF(DXFBase, _AliasMethods):
         chunk_size = chunk_size or _PUSH_CHUNK
         record = _UploadRecord(self._base, self._repo, source.digest if (
             source.stream is None and source.size > chunk_size) else None)
-        budget, attempt = self._transport.budget(), 0
+        budget, attempt = self._transport.current().budget, 0
         while True:
             try:
                 location, offset, floor = self._open_session(record)
@@ -3249,10 +3251,7 @@ class DXF(DXFBase, _AliasMethods):
                     raise
                 # A registry forgets a session whose connection broke (the
                 # next request on it gets 404): start again from the POST.
-                again = (exc.retryable if isinstance(exc, DXFConnectionError)
-                         else exc.status in (404,) + _RETRY_STATUSES)
-                if not (again and source.can_restart()
-                        and budget.spend(attempt=attempt)):
+                if not (source.can_restart() and budget.retry(exc, (404,), attempt=attempt)):
                     raise
             attempt += 1
 
@@ -3268,7 +3267,7 @@ class DXF(DXFBase, _AliasMethods):
         flight has ended (see _STOP), so the registry takes the DELETE.
         """
         scope = self._scope(['pull', 'push'])
-        budget = self._transport.budget()
+        budget = self._transport.current().budget
         sent = [offset]     # how far the bytes went: a GET may not claim more
         if source.stream is not None:       # progress as it is read
             source.on_read, progress = progress, None
@@ -3306,8 +3305,7 @@ class DXF(DXFBase, _AliasMethods):
                                            % body.length) from None
                         chunk = max(floor, min(chunk, body.length) // 2)
                         continue
-                    if (status not in (None, 416) + _RETRY_STATUSES
-                            or not budget.spend(0)):
+                    if not budget.retry(exc, also=(None, 416), delay=0):
                         raise
                     resp = self._request('GET', location, scope, ok=(204,))
                     offset = _range_end(resp.header('Range')) + 1
@@ -3352,7 +3350,7 @@ class DXF(DXFBase, _AliasMethods):
         return BlobReader(resp, digest, expected_size=self._sizes.get(digest),
                           reopen=lambda offset: self._blob_get(
                               digest, offset, ok=(200, 206)),
-                          budget=self._transport.budget(), **options)
+                          budget=self._transport.current().budget, **options)
 
     def pull_blob_to(self, digest, path, progress=None, concurrency=None):
         """Download a blob into the file ``path``, where it appears verified;
@@ -3439,7 +3437,7 @@ class DXF(DXFBase, _AliasMethods):
         ask ``url`` for them, up to ``until``), asking again from where it
         broke within the operation's budget; return the answer, not read to
         its end if ``until`` is beyond ``stop``."""
-        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
+        buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.current().budget
         with open(part.name, 'r+b', buffering=0) as f:
             f.seek(start)
             while start < stop:
@@ -3455,7 +3453,7 @@ class DXF(DXFBase, _AliasMethods):
                 except BaseException as exc:
                     resp.close()      # broken or cut short: ask again
                     resp = None
-                    if not isinstance(exc, DXFConnectionError) or not budget.spend():
+                    if not isinstance(exc, DXFConnectionError) or not budget.retry(exc, (None,)):
                         raise
                     continue
                 part.add(start, start + n, save=True)
@@ -4249,8 +4247,8 @@ def _in_parallel(func, items, concurrency, transport=None):
     threads (the connection pool and the token cache are thread-safe).  After
     a failure no further item starts; the first failing item's error (in
     the order of ``items``) is raised once the running ones have ended.
-    With ``transport``, the threads draw on the calling operation's retry
-    budget.
+    With ``transport``, the threads take part in the calling operation
+    (its retry budget and token actions: _Operation).
 
     Called in the main thread, it always uses a worker thread, and an
     interrupt (KeyboardInterrupt) there stops the workers through _STOP and
@@ -4260,10 +4258,10 @@ def _in_parallel(func, items, concurrency, transport=None):
                      and (concurrency <= 1 or len(items) <= 1)):
         return [func(item) for item in items]
     if transport is not None:
-        budget, plain = transport.budget(), func
+        operation, plain = transport.current(), func
 
         def func(item):
-            with transport.operation(budget):
+            with transport.joined(operation):
                 return plain(item)
     results = [None] * len(items)
     errors = []
