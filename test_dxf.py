@@ -2116,6 +2116,7 @@ package main
 
 // push REF PATH...  (files and directories, as "oras push" does)
 // pull REF OUTDIR   (unpacks directory layers, as "oras pull" does)
+// pull-oci LAYOUT REF OUTDIR (the same from an OCI layout directory)
 import (
 	"context"
 	"fmt"
@@ -2173,6 +2174,15 @@ func run(args []string) error {
 		fs := content.NewFile(args[2])
 		defer fs.Close()
 		_, err := oras.Copy(ctx, reg, args[1], fs, "")
+		return err
+	case "pull-oci": // pull-oci LAYOUT-DIR REF OUTDIR: from an OCI layout
+		layout, err := content.NewOCI(args[1])
+		if err != nil {
+			return err
+		}
+		fs := content.NewFile(args[3])
+		defer fs.Close()
+		_, err = oras.Copy(ctx, layout, args[2], fs, "")
 		return err
 	}
 	return fmt.Errorf("unknown command %s", args[0])
@@ -11135,6 +11145,21 @@ class TestReferrers:
         _ok(run_cli(['copy-alias', repo, 'subject', 'oci:' + layout], cli_env()))
         raw = skopeo.run('inspect', '--raw', 'oci:%s:subject' % layout)
         assert raw == _raw_manifest(dxf_obj, 'subject')
+
+    def test_layout_with_referrers_reads_back_with_oras(self, dxf_obj, cli_env, run_cli,
+                                                         repo, oras_helper, tmp_path):
+        env = cli_env()
+        notes = _write(tmp_path, 'notes.txt', b'read by oras')
+        _ok(run_cli(['push-blob', repo, notes, '@subject'], env))
+        note = dxf_obj.attach('subject', artifact_type='application/vnd.example.note')
+        layout = tmp_path / 'layout'
+        _ok(run_cli(['copy-alias', repo, 'subject', 'oci:%s' % layout], env))
+        index = json.loads((layout / 'index.json').read_text())
+        assert note in [m['digest'] for m in index['manifests']]
+        out = tmp_path / 'out'
+        out.mkdir()
+        _oras(oras_helper, 'pull-oci', str(layout), 'subject', str(out))
+        assert (out / 'notes.txt').read_bytes() == b'read by oras'
 
     def test_index_changed_since_read_412_is_read_again(self, proxy, faults, upstream,
                                                           fault_env, run_cli):
