@@ -383,26 +383,60 @@ def split_digest(digest):
 
 def hash_bytes(data, algorithm='sha256'):
     """Return the digest (``'sha256:<hex>'``) of a bytes-like object."""
-    return algorithm + ':' + _hash(algorithm, data).hexdigest()
+    return _Hasher(algorithm, data).digest()
 
 
 def hash_file(filename, algorithm='sha256'):
     """Return the digest (``'sha256:<hex>'``) of a file's contents."""
     with _open_input(filename) as f:
-        return _hash_stream(f, algorithm)
+        return _Hasher(algorithm).feed(f).digest()
 
 
-def _hash_stream(f, algorithm='sha256'):
-    h = _hash(algorithm)
-    buf = bytearray(_FILE_PIECE)
-    view = memoryview(buf)
-    while True:
-        _check_stop()         # a file hashed in a worker thread: see _STOP
-        n = f.readinto(buf)
-        if not n:
-            break
-        h.update(view[:n])
-    return algorithm + ':' + h.hexdigest()
+class _Hasher:
+    """A hash that knows its algorithm: digests (``'alg:hex'``) are made and
+    checked only here.  hashlib (OpenSSL) is imported on first use: 3 ms and
+    4 MiB that get-alias and the like do without."""
+
+    def __init__(self, algorithm='sha256', data=b'', h=None):
+        if algorithm not in _DIGEST_HEX:
+            raise DXFUnexpectedDigestMethodError(algorithm)
+        import hashlib
+        self.algorithm = algorithm
+        self.h = h or getattr(hashlib, algorithm)()    # no argument: python-dxf's
+        self.update = self.h.update    # tests swap hashlib.sha256 for a class
+        if data:
+            self.update(data)
+
+    @classmethod
+    def like(cls, digest, data=b''):
+        """A hasher with the algorithm of ``digest`` (validated; None: sha256)."""
+        return cls(split_digest(digest)[0] if digest else 'sha256', data)
+
+    def digest(self):
+        return self.algorithm + ':' + self.h.hexdigest()
+
+    def verify(self, expected, whole=True):
+        """The digest, which must be ``expected``: see _verify."""
+        return _verify(self.digest(), expected, whole)
+
+    def feed(self, f):
+        """Hash the rest of the binary file ``f``; return self."""
+        buf = bytearray(_FILE_PIECE)
+        view = memoryview(buf)
+        while True:
+            _check_stop()         # a file hashed in a worker thread: see _STOP
+            n = f.readinto(buf)
+            if not n:
+                return self
+            self.update(view[:n])
+
+
+def _verify(got, expected, whole=True):
+    """``got``, the digest of what arrived, if it is ``expected`` (None:
+    any) and covers all of it (``whole``); else DXFDigestMismatchError."""
+    if expected is not None and (got != expected or not whole):
+        raise DXFDigestMismatchError(got, expected)
+    return got
 
 
 def _open_input(filename):
@@ -442,22 +476,6 @@ def _printable(value, limit=200):
     text = value if isinstance(value, str) else repr(value)
     text = ''.join(c if c.isprintable() else '?' for c in text)
     return text if len(text) <= limit else text[:limit] + '...'
-
-
-def _hash(algorithm, data=b''):
-    """A new hashlib object.  hashlib (OpenSSL) is imported on first use:
-    3 ms and 4 MiB that get-alias and the like do without."""
-    if algorithm not in _DIGEST_HEX:
-        raise DXFUnexpectedDigestMethodError(algorithm)
-    import hashlib
-    h = getattr(hashlib, algorithm)()     # no argument: code that swaps
-    if data:                              # hashlib.sha256 for a class of its
-        h.update(data)                    # own (python-dxf's tests) still runs
-    return h
-
-
-def _new_hash(digest):
-    return _hash(split_digest(digest)[0])
 
 
 def _is_loopback(host):
@@ -566,11 +584,6 @@ def _range_end(value):
     if not m:
         raise DXFProtocolError('upload status without a usable Range header')
     return int(m.group(1))
-
-
-def _hash_as(digest, data):
-    """The digest of ``data`` with the algorithm ``digest`` uses."""
-    return hash_bytes(data, split_digest(digest)[0])
 
 
 # =============================================================================
@@ -1928,7 +1941,7 @@ class BlobReader:
         if self.size is None:
             self.size = expected_size
         self._resp = response
-        self._hash = hashed or _new_hash(digest)
+        self._hash = hashed or _Hasher.like(digest)
         self._progress = progress
         self._done = offset
         self._ahead = None        # look-ahead piece when the size is unknown
@@ -2068,7 +2081,7 @@ class BlobReader:
             return
         # A 200 starts over: read the prefix again and check it hashes the
         # same as the bytes already handed out.
-        h = _new_hash(self.digest)
+        h = _Hasher.like(self.digest)
         left = self._done
         while left:
             piece = self._raw(min(left, _CHUNK_SIZE))
@@ -2077,7 +2090,7 @@ class BlobReader:
                                            'blob %s' % self.digest)
             h.update(piece)
             left -= len(piece)
-        if h.hexdigest() != self._hash.copy().hexdigest():
+        if h.digest() != self._hash.digest():
             resp.close()
             raise DXFDigestMismatchError('(a different prefix)', self.digest)
 
@@ -2091,9 +2104,7 @@ class BlobReader:
                 raise DXFSizeMismatchError(self._done + len(extra), self.size,
                                            'blob %s' % self.digest)
         self._resp.release()
-        got = '%s:%s' % (self.digest.split(':')[0], self._hash.hexdigest())
-        if got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
+        self._hash.verify(self.digest)
 
 
 class _Source:
@@ -2112,7 +2123,6 @@ class _Source:
     def __init__(self, f=None, data=None, digest=None):
         import stat
         self.digest, self.f, self.size, self.stream = digest, f, None, None
-        self.algorithm = split_digest(digest)[0] if digest else 'sha256'
         if isinstance(data, (bytes, bytearray, memoryview)):
             self.f = io.BytesIO(data)
             self.size = len(self.f.getbuffer())
@@ -2125,7 +2135,7 @@ class _Source:
         if self.stream is not None:
             import tempfile
             self.f = tempfile.TemporaryFile()
-            self.hash = _hash(self.algorithm)
+            self.hash = _Hasher.like(digest)
         self.base = self.end = 0      # the stream's bytes in self.f
         self.on_read = None           # a stream's progress: as it is read
 
@@ -2140,13 +2150,12 @@ class _Source:
         """Hash a file (unless its digest was given) or bytes (checked)."""
         if self.stream is None and (self.digest is None
                                     or isinstance(self.f, io.BytesIO)):
-            self.f.seek(0)
-            self._check(_hash_stream(self.f, self.algorithm))
+            self.hash_again()
 
-    def _check(self, got):
-        if self.digest is not None and got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
-        self.digest = got
+    def hash_again(self):
+        """Hash the file from its start: the digest, checked if given."""
+        self.f.seek(0)
+        self.digest = _Hasher.like(self.digest).feed(self.f).verify(self.digest)
 
     def can_restart(self):
         """Whether a new upload session can start from byte 0."""
@@ -2177,7 +2186,7 @@ class _Source:
             chunk = next(self.stream, None)
             if chunk is None:
                 self.size = self.end
-                self._check(self.algorithm + ':' + self.hash.hexdigest())
+                self.digest = self.hash.verify(self.digest)
                 break
             _check_stop()
             self.hash.update(chunk)
@@ -2386,13 +2395,16 @@ def _data_progress(progress):
     return report
 
 
-def _check_echo(resp, digest):
-    """The registry's Docker-Content-Digest for what it stored must be
-    ``digest``, where it uses the same algorithm (another's cannot be
-    compared)."""
+def _check_echo(resp, digest=None, data=None):
+    """Return the registry's Docker-Content-Digest, checked: the digest of
+    ``data`` in its algorithm, else ``digest`` where that uses the same one
+    (another's cannot be compared)."""
     echoed = resp.header('Docker-Content-Digest')
-    if echoed and echoed.partition(':')[0] == digest.partition(':')[0] and echoed != digest:
-        raise DXFDigestMismatchError(echoed, digest)
+    if echoed and data is not None:
+        _Hasher.like(echoed, data).verify(echoed)
+    elif echoed and echoed.partition(':')[0] == digest.partition(':')[0]:
+        _verify(echoed, digest)
+    return echoed
 
 
 class DXFBase:
@@ -3171,8 +3183,7 @@ class DXF(DXFBase, _AliasMethods):
                     # The content does not match the digest: if the file
                     # changed since it was hashed (or the digest given is
                     # wrong), say so rather than "bad request".
-                    source.f.seek(0)
-                    source._check(_hash_stream(source.f, source.algorithm))
+                    source.hash_again()
                     raise
                 # A registry forgets a session whose connection broke (the
                 # next request on it gets 404): start again from the POST.
@@ -3431,15 +3442,12 @@ class DXF(DXFBase, _AliasMethods):
             raise
         data = resp.body
         content_type = resp.header('Content-Type', '')
-        echoed = resp.header('Docker-Content-Digest')
         if method != 'GET':         # no body to hash: None if not echoed
-            return data, content_type, echoed
+            return data, content_type, resp.header('Docker-Content-Digest')
         by_ref = ref if ':' in ref else None
-        for claimed in (by_ref, echoed):
-            if claimed:
-                got = _hash_as(claimed, data)
-                if got != claimed:
-                    raise DXFDigestMismatchError(got, claimed)
+        if by_ref:
+            _Hasher.like(by_ref, data).verify(by_ref)
+        echoed = _check_echo(resp, data=data)
         return data, content_type, by_ref or echoed or hash_bytes(data)
 
     def get_manifest_digest(self, alias):
@@ -3771,7 +3779,7 @@ class _Partial:
 
     def restart(self, keep=()):
         """Forget all but the ranges ``keep``; hash from the start."""
-        self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
+        self.ranges, self.hashed, self.hash = [], 0, _Hasher.like(self.digest)
         for start, end in keep:
             self.add(start, end)
         if not keep:
@@ -3811,9 +3819,7 @@ class _Partial:
 
     def finish(self):
         """Check the digest, put the file in place; return its size."""
-        got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
-        if self.hashed != self.size or got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
+        self.hash.verify(self.digest, whole=self.hashed == self.size)
         self.file.truncate(self.size)
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -3946,7 +3952,7 @@ class OCILayout(_AliasMethods):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None and check_exists and self._blob_head(digest) is not None:
             return digest
-        algorithm = split_digest(digest)[0] if digest else 'sha256'
+        h = _Hasher.like(digest)
         source = _open_input(filename) if filename is not None else None
         try:
             total = None
@@ -3960,9 +3966,8 @@ class OCILayout(_AliasMethods):
                 total = st.st_size if stat.S_ISREG(st.st_mode) else None
                 chunks = iter(lambda: source.read(_CHUNK_SIZE), b'')
             self._init()
-            directory = os.path.join(self.path, 'blobs', algorithm)
+            directory = os.path.join(self.path, 'blobs', h.algorithm)
             os.makedirs(directory, exist_ok=True)
-            h = _hash(algorithm)
             tmp = _AtomicFile(os.path.join(directory, 'upload'))
             with tmp as f:
                 if progress:
@@ -3973,9 +3978,7 @@ class OCILayout(_AliasMethods):
                     f.write(chunk)
                     if progress:
                         progress(digest, bytes(chunk), total)
-                got = algorithm + ':' + h.hexdigest()
-                if digest is not None and got != digest:
-                    raise DXFDigestMismatchError(got, digest)
+                got = h.verify(digest)
                 tmp.path = self._blob_path(got)    # rename it to its digest
         finally:
             if source:
@@ -4242,7 +4245,7 @@ class _TarSink:
         import zlib
         self.out = out
         self.zlib = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
-        self.hash = _hash('sha256')
+        self.hash = _Hasher()
         self.size = 0
         self.end = None
 
@@ -4338,7 +4341,7 @@ def _pack_directory(directory, name):
             raise DXFInputError('cannot read %s: %s' % (
                 directory, _exc_text(exc))) from exc
         raise
-    return path, 'sha256:' + sink.hash.hexdigest()
+    return path, sink.hash.digest()
 
 
 def _lstat(path):
@@ -4355,13 +4358,13 @@ class _HashingReader:
 
     def __init__(self, f):
         self.f = f
-        self.hash = _hash('sha256')
+        self.hash = _Hasher()
         self.pos = 0
         self.recent = []       # (start, hash before, data)
 
     def read(self, n=-1):
         data = self.f.read(n)
-        self.recent = self.recent[-3:] + [(self.pos, self.hash.copy(), data)]
+        self.recent = self.recent[-3:] + [(self.pos, self.hash.h.copy(), data)]
         self.hash.update(data)
         self.pos += len(data)
         return data
@@ -4369,12 +4372,10 @@ class _HashingReader:
     def digest_at(self, end):
         """``sha256:...`` of the first ``end`` bytes read (None if too old)."""
         if end == self.pos:
-            return 'sha256:' + self.hash.hexdigest()
+            return self.hash.digest()
         for start, h, data in self.recent:
             if start <= end <= start + len(data):
-                h = h.copy()
-                h.update(data[:end - start])
-                return 'sha256:' + h.hexdigest()
+                return _Hasher(data=data[:end - start], h=h.copy()).digest()
         return None
 
 
@@ -4491,9 +4492,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
         real = os.path.realpath(path)
         if real != real_tree and not real.startswith(real_tree + os.sep):
             raise unsafe(member, 'links out of the directory')
-    if tar_digest and tar_digest not in (
-            'sha256:' + reader.hash.hexdigest(), reader.digest_at(end)):
-        raise DXFDigestMismatchError(reader.digest_at(end), tar_digest)
+    if tar_digest and reader.hash.digest() != tar_digest:    # else up to the tar's end
+        _verify(reader.digest_at(end), tar_digest)
 
 
 # =============================================================================
