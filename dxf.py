@@ -142,11 +142,11 @@ _MIN_PUSH_CHUNK = 1 << 20
 # hashing 256 MiB took 0.23-0.26 s against 0.33-0.46 s in 1 MiB reads
 # (openssl dgst: 0.39 s; EPYC, SHA-NI), sending it 40% less system time.
 _FILE_PIECE = 128 << 10
-_DEFAULT_TIMEOUT = 60.0          # seconds an answer (or 1 MiB of one) may take
+_DEFAULT_TIMEOUT = 60.0          # seconds a response (or 1 MiB of one) may take
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
-_MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
+_MAX_SMALL_BODY = 16 << 20       # JSON responses (tags, catalog, tokens, errors)
 _MAX_REDIRECTS = 10
-_MAX_INTERIM = 100               # 1xx answers accepted before the answer
+_MAX_INTERIM = 100               # 1xx responses accepted before the final one
 _MAX_PAGES = 100000              # a registry's Link chain cannot loop forever
 _TOKEN_MARGIN = 10               # renew a token this many seconds early
 _MAX_TOKEN_LIFE = 86400          # trust no expires_in beyond a day
@@ -220,7 +220,7 @@ class DXFConnectionError(DXFError):
 
 class DXFProtocolError(DXFConnectionError):
     """The registry (or something between) answered something malformed:
-    a bad status line or header, an answer too big, endless redirects."""
+    a bad status line or header, a response too big, endless redirects."""
     retryable = False
 
 
@@ -251,7 +251,7 @@ class DXFHTTPError(DXFError):
 
 
 class _ErrorResponse:
-    """The answer behind a DXFHTTPError, shaped like a requests.Response."""
+    """The response behind a DXFHTTPError, shaped like a requests.Response."""
 
     def __init__(self, status, reason, url):
         self.status_code = status
@@ -283,7 +283,7 @@ class DXFNotFoundError(DXFError):
 
 
 class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
-    """A registry's 404: a DXFNotFoundError that carries the HTTP answer."""
+    """A registry's 404: a DXFNotFoundError that carries the HTTP response."""
 
 
 class DXFAuthError(DXFError):
@@ -696,20 +696,20 @@ class _Operation:
             self.transport.local.budget = None
 
 
-class _Clock(io.RawIOBase):
-    """The socket reads of one answer, each limited to the time left before
+class _DeadlineSocketIO(io.RawIOBase):
+    """The socket reads of one response, each limited to the time left before
     ``deadline`` (a monotonic time).
 
     http.client's own timeout is per read, so a server that trickles a byte
-    at a time could hold an answer open for ever; this bounds it.  It also
-    counts what was read, so that bytes the server sent beyond the answer
+    at a time could hold a response open for ever; this bounds it.  It also
+    counts what was read, so that bytes the server sent beyond the response
     (``leftover``) keep the connection out of the pool.
     """
 
     def __init__(self, sock, timeout):
         # SocketIO (not recv_into) so the socket counts this user, as with
         # socket.makefile: http.client closes the connection first when
-        # the answer says so, and the body is read after.
+        # the response says so, and the body is read after.
         self._io = sock.makefile('rb', buffering=0)
         self.sock = sock
         self.timeout = timeout
@@ -719,8 +719,8 @@ class _Clock(io.RawIOBase):
 
     def makefile(self, mode):
         # 64 KiB: blob reads of 1 MiB bypass the buffer (no copy); headers
-        # and small answers take few system calls.
-        return _ClockedFile(self, 64 << 10)
+        # and small responses take few system calls.
+        return _DeadlineFile(self, 64 << 10)
 
     def allow(self):
         """The next reads must be done within the timeout from now."""
@@ -751,7 +751,7 @@ class _Clock(io.RawIOBase):
         super().close()
 
 
-class _ClockedFile(io.BufferedReader):
+class _DeadlineFile(io.BufferedReader):
 
     def close(self):
         if not self.closed:
@@ -762,17 +762,17 @@ class _ClockedFile(io.BufferedReader):
         super().close()
 
 
-def _answer_type():
+def _http_response_class():
     """http.client.HTTPResponse, stricter where RFC 9112 asks for it."""
     import http.client
 
-    class _Answer(http.client.HTTPResponse):
+    class _HTTPResponse(http.client.HTTPResponse):
         interim = 0
 
         def _read_status(self):
             version, status, reason = super()._read_status()
             if 100 <= status < 200 and status != 101:
-                # 102 and 103 come before the answer as 100 does; http.client
+                # 102 and 103 come before the response as 100 does; http.client
                 # skips only 100, so call them that.
                 self.interim += 1
                 if self.interim > _MAX_INTERIM:
@@ -799,7 +799,7 @@ def _answer_type():
                 # HEAD, 204 and 304 have no body whatever the headers say;
                 # http.client would wait for chunks that never come.
                 self.chunked = False
-    return _Answer
+    return _HTTPResponse
 
 
 def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
@@ -822,12 +822,12 @@ def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
     conn.extra = proxy[2] if plain_proxy else {}
     conn.host_header = _netloc(host, port)
     conn.clock = None
-    answer = _answer_type()
+    response_class = _http_response_class()
 
     def respond(sock, *args, **kwargs):
-        conn.clock = _Clock(sock, timeout)
+        conn.clock = _DeadlineSocketIO(sock, timeout)
         conn.clock.allow()      # the status line and headers, in time
-        return answer(conn.clock, *args, **kwargs)
+        return response_class(conn.clock, *args, **kwargs)
     conn.response_class = respond
     return conn
 
@@ -919,7 +919,7 @@ class _Response:
             self._fail(exc)
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
-        """The whole body (for small answers), at most ``limit`` bytes, all
+        """The whole body (for small responses), at most ``limit`` bytes, all
         within the timeout."""
         body = getattr(self, 'body', None)
         if body is not None:
@@ -960,7 +960,7 @@ class _Response:
         return data
 
     def release(self):
-        """Give the connection back if the answer was read to its end and
+        """Give the connection back if the response was read to its end and
         nothing else is waiting on it; otherwise close it."""
         conn, self._conn = self._conn, None
         if conn is None:
@@ -973,7 +973,7 @@ class _Response:
             self.raw.close()
             conn.close()
 
-    close = release     # dropping an answer not read to its end closes it
+    close = release     # dropping a response not read to its end closes it
 
 
 def _exc_text(exc):
@@ -1409,7 +1409,7 @@ def _netloc(host, port):
 
 
 def _port(url):
-    """The port a URL names, or None; a bad one is the answer's fault."""
+    """The port a URL names, or None; a bad one is the response's fault."""
     try:
         return urllib.parse.urlsplit(url).port
     except ValueError:
@@ -1435,8 +1435,8 @@ def _origin(url):
 # =============================================================================
 
 
-def _token_answer(body, netloc):
-    """``(token, seconds it lives)`` from a token service's JSON answer."""
+def _token_response(body, netloc):
+    """``(token, seconds it lives)`` from a token service's JSON response."""
     try:
         doc = json.loads(body.decode('utf-8'))
     except (ValueError, RecursionError):
@@ -1464,7 +1464,7 @@ def _token_answer(body, netloc):
 class _Auth:
     """One registry's credentials and tokens, and where they may go.
 
-    The request layer asks ``header(url, scope)`` for the Authorization to
+    The request layer asks ``authorization(url, scope)`` for the Authorization to
     send and hands a 401 to ``login``.  The trust rules live here alone:
     credentials (password, token, identity token, a raw Authorization) go
     only to the registry's own origin (scheme, host, port) and, for the
@@ -1501,7 +1501,7 @@ class _Auth:
                 'https, or opt in with DXF_ALLOW_INSECURE_AUTH=1 '
                 '(allow_insecure_auth=True)' % (_printable(parts.netloc), what))
 
-    def own(self, url):
+    def is_registry_url(self, url):
         """True for a URL of the registry's origin.  The registry's host
         over plain http when the registry is https is refused outright."""
         origin = _origin(url)
@@ -1514,9 +1514,9 @@ class _Auth:
                                    % _printable(url, 200), url=url)
         return False
 
-    def header(self, url, scope):
+    def authorization(self, url, scope):
         """The Authorization value for a request to ``url``, or None."""
-        if not self.own(url):
+        if not self.is_registry_url(url):
             return None        # e.g. an upload Location on a storage host
         value = self._value(scope)
         if value:
@@ -1569,7 +1569,7 @@ class _Auth:
             return self._fetch_token(scope)
 
     def _post_refresh_token(self, parts, scope, service):
-        """The OAuth2 answer to an identity token, or None where the token
+        """The OAuth2 response to an identity token, or None where the token
         service has no such flow."""
         # An identity token (docker login's "identitytoken") is an OAuth2
         # refresh token: POST it, never following a redirect with it;
@@ -1624,7 +1624,7 @@ class _Auth:
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
-        token, expires_in = _token_answer(body, netloc=parts.netloc)
+        token, expires_in = _token_response(body, netloc=parts.netloc)
         with self.lock:
             self.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
             self.token = token
@@ -1633,7 +1633,7 @@ class _Auth:
     def check_challenger(self, response):
         """A 401 from another origin (where a redirect or a Location led)
         is an error naming it: its challenge is never answered."""
-        if not self.own(response.url):
+        if not self.is_registry_url(response.url):
             raise DXFAuthError('%s answered 401 but is not the registry: '
                                'dxf sends credentials only to %s' % (
                                    _printable(urllib.parse.urlsplit(
@@ -1902,7 +1902,7 @@ def _write_all(out, data):
 
 
 def _content_range(resp, digest, start, end, size):
-    """The blob's size from a 206 answer to bytes ``start`` to before ``end``
+    """The blob's size from a 206 response to bytes ``start`` to before ``end``
     (None: the end), refused unless it is that range of a blob of ``size``."""
     m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
     total = m and int(m.group(3))
@@ -2421,8 +2421,8 @@ class DXFBase:
         True (the default) takes ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
         from ``os.environ`` (as python-dxf, through requests, does), read
         here once, else the system's store
-    :param timeout: seconds an answer may take: its headers, a small
-        answer whole, each MiB of a blob (default 60)
+    :param timeout: seconds a response may take: its headers, a small
+        response whole, each MiB of a blob (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
     :param retries: how many times a failed request is tried again (5)
@@ -2578,7 +2578,7 @@ class DXFBase:
             body = _Body(bytes(body))
         for attempt in (0, 1):
             headers = dict(headers or {})
-            authz = self._credentials.header(url, scope)
+            authz = self._credentials.authorization(url, scope)
             if authz:
                 headers['Authorization'] = authz
             try:
@@ -2588,14 +2588,14 @@ class DXFBase:
             except DXFConnectionError as exc:
                 _name_unresolved(exc, url, self._transport.proxies)
                 raise
-            if resp.status == 401 and not self._credentials.own(resp.url):
+            if resp.status == 401 and not self._credentials.is_registry_url(resp.url):
                 resp.close()
                 self._credentials.check_challenger(resp)
             if resp.status != 401 or attempt:
                 break
             resp.read()
             self._handle_401(resp, scope, authz)
-            if self._credentials.header(url, scope) == authz:
+            if self._credentials.authorization(url, scope) == authz:
                 break
             if body is not None:
                 body.rewind()
@@ -3349,7 +3349,7 @@ class DXF(DXFBase, _AliasMethods):
 
     def _fill_ranges(self, part, first, progress, concurrency):
         """The rest of ``part`` in pieces over several connections, the
-        first one ``(start, stop, its answer)``, each piece asked again from
+        first one ``(start, stop, its response)``, each piece asked again from
         where it broke; a free thread hashes the complete prefix."""
         size, url, at = part.size, first[2].url, first[1]
         step = max(_RANGED_MIN // 4, (size - at) // (concurrency * 4))
@@ -3365,7 +3365,7 @@ class DXF(DXFBase, _AliasMethods):
     def _fetch(self, part, start, stop, resp, until=None, progress=None, url=None):
         """Write bytes ``start`` to ``stop`` of ``part`` from ``resp`` (None:
         ask ``url`` for them, up to ``until``), asking again from where it
-        broke within the operation's budget; return the answer, not read to
+        broke within the operation's budget; return the response, not read to
         its end if ``until`` is beyond ``stop``."""
         buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.budget()
         with open(part.name, 'r+b', buffering=0) as f:
@@ -3452,7 +3452,7 @@ class DXF(DXFBase, _AliasMethods):
 
     def get_manifest_digest(self, alias):
         """Return the digest of an alias's manifest (a HEAD request; a GET,
-        hashed, where the answer has no Docker-Content-Digest, as on ECR)."""
+        hashed, where the response has no Docker-Content-Digest, as on ECR)."""
         return (self._get_manifest(alias, method='HEAD')[2]
                 or self._get_manifest(alias)[2])
 
@@ -3522,7 +3522,7 @@ class DXF(DXFBase, _AliasMethods):
         return m['manifests'], resp.header('ETag')
 
     def _referrer_entries(self, digest, artifact_type=None):
-        """What refers to ``digest``: the referrers API's answer, or where
+        """What refers to ``digest``: the referrers API's response, or where
         the registry answers 404 but for an unknown repository, the fallback
         index ("Listing Referrers", "Unavailable Referrers API")."""
         query = artifact_type and '?' + urllib.parse.urlencode(
@@ -4691,7 +4691,7 @@ class _Settings:
                 'or run dxf login %s' % (host, host))
 
 
-class _Line:
+class _ProgressLine:
     """One blob's progress."""
 
     def __init__(self, now):
@@ -4712,8 +4712,8 @@ class _Progress:
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
-        self._lines = {}         # digest (else thread) -> _Line
-        self._rows = []          # _Lines on screen, top down, from the first still moving
+        self._lines = {}         # digest (else thread) -> _ProgressLine
+        self._rows = []          # _ProgressLines on screen, top down, from the first still moving
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
@@ -4727,7 +4727,7 @@ class _Progress:
             if not chunk or line is None:          # a new blob starts
                 if line is not None:
                     self._end(line)
-                line = self._lines[key] = _Line(now)
+                line = self._lines[key] = _ProgressLine(now)
             line.done += len(chunk)
             line.digest, line.total = digest, total
             if now - line.drawn < 0.2 and (total is None or line.done < total):
@@ -5573,7 +5573,7 @@ DXFBase.auth_by_password = DXFBase.authenticate
 
 
 def _manifest_response(dxf, alias, method):
-    """A manifest's answer as a requests.Response: status_code, headers, text."""
+    """A manifest's HTTP response as a requests.Response: status_code, headers, text."""
     resp = dxf._manifest_request(alias, method)
     view = _ErrorResponse(resp.status, resp.reason, resp.url)
     view.headers, view.content = resp.headers, resp.body or b''
