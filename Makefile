@@ -1,8 +1,10 @@
 # dxf.py: tests, lint, coverage and the README demo.  GNU make.
 #
-#   make test       refuses merge conflict markers, then the suite on .venv (python3), then on every pyenv
-#                   CPython 3.6..3.13, each in its own .venv-3.X
-#                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600)
+#   make test       refuses merge conflict markers, then the whole suite on .venv (python3) and on
+#                   pyenv's CPython 3.6 and 3.13, and its portable part (-m portable: tar headers,
+#                   http.client, argparse, ssl, syntax, the CLI end to end) on 3.7..3.12, each in
+#                   its own .venv-3.X, 2 at a time; make pydxf-test beside them
+#                   (PYTEST_ARGS='-k alias', TEST_JOBS=2, TEST_TIMEOUT=600, TEST_FULL='6 13' or all)
 #   make quick      the suite on .venv only
 #   make pydxf-test python-dxf's own tests against dxf.py (part of make test)
 #   make tox        the same matrix through tox
@@ -23,9 +25,16 @@ PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(PYENV_ROOT_DIR)/versions/3.*/bin))
 
 .PHONY: test quick pydxf-test tox lint coverage demo bench clean distclean registry no-conflicts
 
+# python-dxf's suite runs beside the matrix (its output follows the matrix's):
+# its venv and its registries' starts fill the matrix's idle moments.
 test: no-conflicts registry .venv-oras/bin/python
-	@.ci/test-matrix
-	@.ci/pydxf-test
+	@mkdir -p build; .ci/pydxf-test >build/pydxf-test.log 2>&1 & pydxf=$$!; \
+	.ci/test-matrix; matrix=$$?; \
+	wait $$pydxf; status=$$?; \
+	echo "== python-dxf's own suite (make pydxf-test; build/pydxf-test.log)"; \
+	tail -n 40 build/pydxf-test.log; \
+	[ $$status -eq 0 ] || echo "python-dxf's suite FAILED (exit $$status)"; \
+	[ $$matrix -eq 0 ] && [ $$status -eq 0 ]
 
 pydxf-test: registry
 	@.ci/pydxf-test

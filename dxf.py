@@ -3009,6 +3009,79 @@ class _AliasMethods:
             r.copy_to(f)
         return r.size
 
+    def pull_blobs(self, refs, directory, progress=None, concurrency=None):
+        """Download blobs into ``directory``, several at a time, each file
+        there only once verified; return ``[(path, descriptor)]`` in order,
+        each descriptor with the blob's size.
+
+        :param refs: digests, aliases (all their blobs) or descriptors
+        A blob is named by its title annotation when that is a plain file
+        name (never a path: no "../"), else by its digest, as is the second
+        of two blobs with one title; a directory layer (as oras pushes it)
+        is unpacked into ``directory/<title>/``.  A blob alone may come in
+        ranges over ``concurrency`` connections (pull_blob_to).
+        """
+        plan, used = [], {}
+        for ref in refs:
+            for desc in ([ref] if isinstance(ref, dict) else [{'digest': ref}]
+                         if ':' in ref else self.get_descriptors(ref)):
+                digest = desc['digest']
+                annotations = desc.get('annotations') or {}
+                title = _safe_name(annotations.get(_TITLE_ANNOTATION))
+                name = title or digest.split(':')[1]
+                if used.setdefault(name, digest) != digest:
+                    name = digest.split(':')[1]   # two blobs, one title: keep both
+                unpack = (bool(title) and name == title
+                          and annotations.get(_UNPACK_ANNOTATION) == 'true')
+                if (name, unpack) not in [(n, u) for n, u, _ in plan]:
+                    plan.append((name, unpack, desc))
+        concurrency = concurrency or _DEFAULT_CONCURRENCY
+
+        def pull(item):
+            name, unpack, desc = item
+            path = os.path.join(directory, name)
+            # ranges over several connections for a blob alone
+            fetch = self._pull_tree if unpack else self.pull_blob_to
+            size = fetch(desc if unpack else desc['digest'], path, progress=progress,
+                         concurrency=concurrency if len(plan) == 1 else 1)
+            return path, dict(desc, size=size)
+        return _in_parallel(pull, plan, concurrency, getattr(self, '_transport', None))
+
+    def _pull_tree(self, desc, path, progress=None, concurrency=None):
+        """Download a directory layer, unpack it beside ``path`` and, once all
+        is checked, put it at ``path`` (replacing what was there); return the
+        layer's size."""
+        import shutil
+        import tempfile
+        directory, name = os.path.split(path)
+        # Its partial is named by the layer, not the work directory: resumable.
+        layer = os.path.join(directory, '.%s.dxf-layer' % name)
+        try:
+            size = self.pull_blob_to(desc['digest'], layer, progress=progress,
+                                     concurrency=concurrency)      # verified
+            work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
+                                    suffix='.dxf-partial')
+        except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
+        try:
+            archive = os.path.join(work, 'layer')
+            os.rename(layer, archive)
+            tree = os.path.join(work, 'tree')
+            os.mkdir(tree, 0o755)
+            _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
+                _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rename(path, os.path.join(work, 'old'))
+            elif os.path.lexists(path):
+                os.unlink(path)
+            os.rename(tree, path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return size
+
 
 # =============================================================================
 # 11. Registry repository
@@ -3310,31 +3383,18 @@ class DXF(DXFBase, _AliasMethods):
                     part.restart()      # a corrupted partial: once more, afresh
 
     def _fill(self, part, progress, concurrency):
-        """Fetch what ``part`` lacks: after a 206 to a range of _RANGED_MIN
-        bytes whose first eighth came slower than _RANGED_RATE, the rest in
-        ranges; else as one stream (all of it after a 200: no ranges here)."""
+        """Fetch what ``part`` lacks: in ranges where _stream_or_ranges
+        finds them worth it, else as one stream (all of it after a 200)."""
         start, size = part.hashed, part.size or self._sizes.get(part.digest)
         if size is not None and start >= size:
             part.size = size
             return
-        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
-        end = start + _RANGED_MIN if ranged else None
-        resp = self._blob_get(part.digest, start if start or end else None, end,
-                              ok=(200, 206, 416))
-        if resp.status == 206 and end:
-            size = part.size = _content_range(resp, part.digest, start, end, size)
-            if end < size:
-                began, sample = time.monotonic(), start + _RANGED_MIN // 8
-                resp = self._fetch(part, start, sample, resp, end, progress)
-                if sample - start < _RANGED_RATE * (time.monotonic() - began):
-                    return self._fill_ranges(part, (sample, end, resp), progress,
-                                             concurrency)
-                start = part.hashed
-        if resp.status == 416 or (resp.status == 206 and end and end < size):
-            resp.close()        # 0 bytes to range over, or a fast path
-            resp = self._blob_get(part.digest, start or None, ok=(200, 206))
+        resp, start = self._stream_or_ranges(part, start=start, size=size,
+                                             progress=progress, concurrency=concurrency)
+        if resp is None:
+            return
         if resp.status == 206:
-            size = part.size = _content_range(resp, part.digest, start, None, size)
+            part.size = _content_range(resp, part.digest, start, None, part.size or size)
         else:
             part.restart()
             start = 0
@@ -3346,6 +3406,29 @@ class DXF(DXFBase, _AliasMethods):
                           ) as reader:       # a line begun by the sample goes on
             reader.copy_to(part.file)        # verified
         part.hashed = part.size = reader._done
+
+    def _stream_or_ranges(self, part, start, size, progress, concurrency):
+        """After a 206 to a range of _RANGED_MIN bytes whose first eighth
+        came slower than _RANGED_RATE, fetch the rest in ranges: ``(None,
+        None)``.  Else ``(answer, offset)``: the rest comes in that answer."""
+        ranged = concurrency > 1 and (size or _RANGED_MIN) >= _RANGED_MIN
+        end = start + _RANGED_MIN if ranged else None
+        resp = self._blob_get(part.digest, start if start or end else None, end,
+                              ok=(200, 206, 416))
+        if resp.status == 206 and end:
+            size = part.size = _content_range(resp, part.digest, start, end, size)
+            if end >= size:
+                return resp, start
+            began, sample = time.monotonic(), start + _RANGED_MIN // 8
+            resp = self._fetch(part, start, sample, resp, end, progress)
+            if sample - start < _RANGED_RATE * (time.monotonic() - began):
+                self._fill_ranges(part, (sample, end, resp), progress, concurrency)
+                return None, None
+            start = part.hashed
+        elif resp.status != 416:
+            return resp, start
+        resp.close()        # 0 bytes to range over, or a fast path
+        return self._blob_get(part.digest, start or None, ok=(200, 206)), start
 
     def _fill_ranges(self, part, first, progress, concurrency):
         """The rest of ``part`` in pieces over several connections, the
@@ -4379,106 +4462,140 @@ class _HashingReader:
         return None
 
 
-def _unpack_layer(archive, tree, name, tar_digest, label):
-    """Unpack the gzip tar file ``archive`` (entries ``name/...``) into the
-    new directory ``tree``, refusing whatever would land outside it.
+def _safe_name(title):
+    """A title annotation usable as a file name in the output directory (or
+    a directory layer's name): one plain, visible, printable component."""
+    if (not isinstance(title, str) or title in ('', '.', '..')
+            or title.startswith('.') or '/' in title or '\\' in title
+            or '\0' in title or not title.isprintable()):
+        return None
+    return title
+
+
+class _LayerPolicy:
+    """Where a directory layer's entries may land: dxf's extraction filter,
+    shaped like tarfile's (3.12's ``data_filter``, which 3.6 and 3.7 lack).
 
     Nothing is written through a symbolic link: each parent is checked
     with lstat as it is made, files are created with O_EXCL|O_NOFOLLOW.
     Symbolic links must be relative and stay inside ``tree``, lexically and
     once all are made (chains); hard links must name a file unpacked
-    before; devices, FIFOs and absolute or ``..`` names are refused.
+    before; devices, FIFOs and absolute or ``..`` names are refused.  Each
+    refusal is a DXFUnsafeArchiveError carrying the entry (``member``).
+    The layer's own name, a title, follows ``_safe_name``'s stricter rule.
     """
-    import gzip
-    import stat
-    import tarfile
-    import zlib
 
-    def unsafe(member, why):
+    def __init__(self, tree, name, label):
+        self.tree, self.name, self.label = tree, name, label
+        self.links = []          # (member, path) of the symbolic links made
+
+    def unsafe(self, member, why):
         return DXFUnsafeArchiveError('layer %s: entry %r %s' % (
-            label, _printable(member.name), why))
+            self.label, _printable(member.name), why), member=member.name)
 
-    def inside(member, path):
-        """``path`` (an archive name) as components below ``name``."""
+    def inside(self, member, path):
+        """``path`` (an archive name) as components below the layer's name."""
         if path.startswith('/') or '\0' in path or '\\' in path:
-            raise unsafe(member, 'is an absolute or unusual path')
+            raise self.unsafe(member, 'is an absolute or unusual path')
         parts = [p for p in path.split('/') if p not in ('', '.')]
         if '..' in parts:
-            raise unsafe(member, 'leads out of the directory (..)')
-        if not parts or parts[0] != name:
-            raise unsafe(member, 'is not under %s/' % name)
+            raise self.unsafe(member, 'leads out of the directory (..)')
+        if not parts or parts[0] != self.name:
+            raise self.unsafe(member, 'is not under %s/' % self.name)
         return parts[1:]
 
-    def parent_of(member, parts):
+    def parent_of(self, member, parts):
         """Make (or check) the directories above ``parts``; its path."""
-        path = tree
+        import stat
+        path = self.tree
         for part in parts[:-1]:
             path = os.path.join(path, part)
             st = _lstat(path)
             if st is None:
                 os.mkdir(path, 0o755)
             elif not stat.S_ISDIR(st.st_mode):
-                raise unsafe(member, 'goes through a symbolic link or file')
+                raise self.unsafe(member, 'goes through a symbolic link or file')
         return os.path.join(path, parts[-1])
 
-    def clear(member, path):
-        """Remove what is at ``path`` (not a directory) to replace it."""
+    def clear(self, member, path):
+        """Remove what is at ``path`` (not a directory) to replace it; the
+        directory's stat if one is there and ``member`` is one too."""
+        import stat
         st = _lstat(path)
         if st is None:
             return None
         if stat.S_ISDIR(st.st_mode):
             if member.isdir():
                 return st
-            raise unsafe(member, 'replaces a directory')
+            raise self.unsafe(member, 'replaces a directory')
         os.unlink(path)
         return None
 
-    links = []
+    def extract(self, tar, member):
+        """Write one entry below the tree, or refuse it."""
+        import stat
+        parts = self.inside(member, member.name)
+        if not parts:
+            if not member.isdir():
+                raise self.unsafe(member, 'is not a directory')
+            return
+        path = self.parent_of(member, parts)
+        existing = self.clear(member, path)
+        if member.isdir():
+            if existing is None:
+                os.mkdir(path, 0o755)
+        elif member.isreg():
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, 'O_NOFOLLOW', 0), mode)
+            with os.fdopen(fd, 'wb') as out:
+                source = tar.extractfile(member)
+                for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())    # on disk before the rename
+        elif member.issym():
+            target = member.linkname
+            up = os.path.normpath(os.path.join(*parts[:-1], target))
+            if (target.startswith('/') or up == '..'
+                    or up.startswith('../') or '\0' in target):
+                raise self.unsafe(member, 'links out of the directory')
+            os.symlink(target, path)
+            self.links.append((member, path))
+        elif member.islnk():
+            linked = self.inside(member, member.linkname)
+            if not linked:
+                raise self.unsafe(member, 'is a hard link to a directory')
+            source = self.parent_of(member, linked)
+            st = _lstat(source)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                raise self.unsafe(member, 'is a hard link to no file unpacked before it')
+            os.link(source, path)
+        else:
+            raise self.unsafe(member, 'is a device or another special file')
+
+    def check_links(self):
+        """Chains of symbolic links, now all made, stay inside the tree."""
+        real_tree = os.path.realpath(self.tree)
+        for member, path in self.links:
+            real = os.path.realpath(path)
+            if real != real_tree and not real.startswith(real_tree + os.sep):
+                raise self.unsafe(member, 'links out of the directory')
+
+
+def _unpack_layer(archive, tree, name, tar_digest, label):
+    """Unpack the gzip tar file ``archive`` (entries ``name/...``) into the
+    new directory ``tree`` under _LayerPolicy, and check the tar's digest."""
+    import gzip
+    import tarfile
+    import zlib
+    policy = _LayerPolicy(tree, name, label)
     try:
         with open(archive, 'rb') as raw, gzip.GzipFile(fileobj=raw) as gz:
             reader = _HashingReader(gz)
             tar = tarfile.open(fileobj=reader, mode='r|', encoding='utf-8')
             for member in tar:
-                parts = inside(member, member.name)
-                if not parts:
-                    if not member.isdir():
-                        raise unsafe(member, 'is not a directory')
-                    continue
-                path = parent_of(member, parts)
-                existing = clear(member, path)
-                if member.isdir():
-                    if existing is None:
-                        os.mkdir(path, 0o755)
-                elif member.isreg():
-                    mode = 0o755 if member.mode & 0o111 else 0o644
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                 | getattr(os, 'O_NOFOLLOW', 0), mode)
-                    with os.fdopen(fd, 'wb') as out:
-                        source = tar.extractfile(member)
-                        for chunk in iter(lambda: source.read(_CHUNK_SIZE), b''):
-                            out.write(chunk)
-                        out.flush()
-                        os.fsync(out.fileno())    # on disk before the rename
-                elif member.issym():
-                    target = member.linkname
-                    up = os.path.normpath(os.path.join(*parts[:-1], target))
-                    if (target.startswith('/') or up == '..'
-                            or up.startswith('../') or '\0' in target):
-                        raise unsafe(member, 'links out of the directory')
-                    os.symlink(target, path)
-                    links.append((member, path))
-                elif member.islnk():
-                    linked = inside(member, member.linkname)
-                    if not linked:
-                        raise unsafe(member, 'is a hard link to a directory')
-                    source = parent_of(member, linked)
-                    st = _lstat(source)
-                    if st is None or not stat.S_ISREG(st.st_mode):
-                        raise unsafe(member, 'is a hard link to no file '
-                                     'unpacked before it')
-                    os.link(source, path)
-                else:
-                    raise unsafe(member, 'is a device or another special file')
+                policy.extract(tar, member)
             end = tar.offset + 2 * tarfile.BLOCKSIZE
             for _ in iter(lambda: reader.read(_CHUNK_SIZE), b''):
                 pass
@@ -4487,11 +4604,7 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
             label, _exc_text(exc))) from exc
     except OSError as exc:       # a full disk, say: the caller removes it all
         raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
-    real_tree = os.path.realpath(tree)
-    for member, path in links:      # chains of links, now all made
-        real = os.path.realpath(path)
-        if real != real_tree and not real.startswith(real_tree + os.sep):
-            raise unsafe(member, 'links out of the directory')
+    policy.check_links()
     if tar_digest and reader.hash.digest() != tar_digest:    # else up to the tar's end
         _verify(reader.digest_at(end), tar_digest)
 
@@ -4881,15 +4994,6 @@ def _manifest_options(args):
                     media) else (args.config, None)))
 
 
-def _safe_name(title):
-    """A title annotation usable as a file name in the output directory."""
-    if (not isinstance(title, str) or title in ('', '.', '..')
-            or title.startswith('.') or '/' in title or '\\' in title
-            or '\0' in title or not title.isprintable()):
-        return None
-    return title
-
-
 # The commands, _cmd_<name>(store, args, settings, out, stdin): what each
 # does, and its arguments, are in _COMMANDS below.
 
@@ -5010,75 +5114,23 @@ def _cmd_pull_blob(dxf, args, settings, out, stdin):
 
 
 def _pull_to_directory(dxf, args, settings, stdin, out):
-    """pull-blob -o DIR: one file per blob, several at a time, named by its
-    title annotation when that is a plain file name (never a path: no
-    "../"), else by its digest.  A directory layer (as oras pushes it) is
-    unpacked into DIR/<title>/."""
-    plan, used = [], {}
-    for desc in _resolve_refs(dxf, args.refs, settings, stdin):
-        digest = desc['digest']
-        annotations = desc.get('annotations') or {}
-        title = _safe_name(annotations.get(_TITLE_ANNOTATION))
-        name = title or digest.split(':')[1]
-        if used.setdefault(name, digest) != digest:
-            name = digest.split(':')[1]   # two blobs, one title: keep both
-            _warn(settings, 'two blobs are titled %s: %s is saved as %s'
-                  % (_printable(title), digest[:19], name))
-        unpack = (bool(title) and name == title
-                  and annotations.get(_UNPACK_ANNOTATION) == 'true')
-        if (name, unpack) not in [(n, u) for n, u, _ in plan]:
-            plan.append((name, unpack, desc))
-
-    def pull(item):
-        name, unpack, desc = item
-        path = os.path.join(args.output, name)
-        # ranges over several connections for a blob alone
-        concurrency = settings.concurrency if len(plan) == 1 else 1
-        if unpack:
-            _pull_directory(dxf, desc, path, settings, concurrency)
-        else:
-            _pull_file(dxf, desc['digest'], path, settings, concurrency)
+    """pull-blob -o DIR: DXF.pull_blobs, then what it wrote, one per blob."""
+    progress = settings.progress_printer
     try:
-        _in_parallel(pull, plan, settings.concurrency,
-                     getattr(dxf, '_transport', None))
+        written = dxf.pull_blobs(_resolve_refs(dxf, args.refs, settings, stdin),
+                                 args.output, progress=progress,
+                                 concurrency=settings.concurrency)
     finally:
-        if settings.progress_printer:
-            settings.progress_printer.finish_all()
-    for name, _, desc in plan:
-        _emit(out, settings, None, desc, path=os.path.join(args.output, name))
-
-
-def _pull_directory(dxf, desc, path, settings, concurrency):
-    """Download a directory layer, unpack it beside ``path`` and, once all
-    is checked, put it at ``path`` (replacing what was there)."""
-    import shutil
-    import tempfile
-    directory, name = os.path.split(path)
-    # Its partial is named by the layer, not the work directory: resumable.
-    layer = os.path.join(directory, '.%s.dxf-layer' % name)
-    try:
-        _pull_file(dxf, desc['digest'], layer, settings, concurrency)   # verified
-        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % name,
-                                suffix='.dxf-partial')
-    except (DXFInputError, OSError) as exc:    # named as a file's would be: PATH
-        cause = exc if isinstance(exc, OSError) else exc.__cause__
-        if not isinstance(cause, OSError):
-            raise
-        raise DXFInputError('cannot write %s: %s' % (path, _exc_text(cause))) from exc
-    try:
-        archive = os.path.join(work, 'layer')
-        os.rename(layer, archive)
-        tree = os.path.join(work, 'tree')
-        os.mkdir(tree, 0o755)
-        _unpack_layer(archive, tree, name, (desc.get('annotations') or {}).get(
-            _TAR_DIGEST_ANNOTATION), '%s (%s)' % (desc['digest'][:19], name))
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rename(path, os.path.join(work, 'old'))
-        elif os.path.lexists(path):
-            os.unlink(path)
-        os.rename(tree, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if progress:
+            progress.finish_all()
+    for path, desc in written:
+        title = _safe_name((desc.get('annotations') or {}).get(_TITLE_ANNOTATION))
+        if title and os.path.basename(path) != title:
+            _warn(settings, 'two blobs are titled %s: %s is saved as %s' % (
+                _printable(title), desc['digest'][:19], os.path.basename(path)))
+        if settings.blob_info:
+            _write_line(settings.stdout, '%s %s' % (desc['digest'], desc['size']))
+        _emit(out, settings, None, desc, path=path)
 
 
 def _check_output(path):

@@ -24,7 +24,8 @@ changed, and only here:
 * ``record_or_replay`` tests replay recordings through the ``responses``
   library, which patches requests' transport; dxf.py does not use requests
   (and the recordings are not in the sdist), so they are skipped;
-* the blobs are made here (python-dxf's Makefile makes them with dd).
+* the blobs are made here (python-dxf's Makefile makes them with dd);
+* dxf's backoff is cut to 1 ms doubling (pytest_configure).
 """
 import base64
 import hashlib
@@ -129,6 +130,10 @@ def pytest_configure(config):
     setattr(pytest, 'gc', gc)
     setattr(pytest, 'copy_registry_image', copy_registry_image)
     os.environ['REQUESTS_CA_BUNDLE'] = _tls_files().ca_cert
+    # dxf's waits between retries 1 ms doubling, as test_dxf.py's fast_backoff
+    # makes them: python-dxf's tests count on retries' outcomes, never their
+    # pace, and test_auth_host waited 6 s per token registry for 5 retries.
+    dxf._RETRY_BASE = 0.001
 
 
 def pytest_unconfigure(config):
