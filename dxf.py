@@ -142,11 +142,11 @@ _MIN_PUSH_CHUNK = 1 << 20
 # hashing 256 MiB took 0.23-0.26 s against 0.33-0.46 s in 1 MiB reads
 # (openssl dgst: 0.39 s; EPYC, SHA-NI), sending it 40% less system time.
 _FILE_PIECE = 128 << 10
-_DEFAULT_TIMEOUT = 60.0          # seconds an answer (or 1 MiB of one) may take
+_DEFAULT_TIMEOUT = 60.0          # seconds a response (or 1 MiB of one) may take
 _MAX_MANIFEST = 4 << 20          # the OCI spec's manifest size floor (4 MiB)
-_MAX_SMALL_BODY = 16 << 20       # JSON answers (tags, catalog, tokens, errors)
+_MAX_SMALL_BODY = 16 << 20       # JSON responses (tags, catalog, tokens, errors)
 _MAX_REDIRECTS = 10
-_MAX_INTERIM = 100               # 1xx answers accepted before the answer
+_MAX_INTERIM = 100               # 1xx responses accepted before the final one
 _MAX_PAGES = 100000              # a registry's Link chain cannot loop forever
 _TOKEN_MARGIN = 10               # renew a token this many seconds early
 _MAX_TOKEN_LIFE = 86400          # trust no expires_in beyond a day
@@ -220,7 +220,7 @@ class DXFConnectionError(DXFError):
 
 class DXFProtocolError(DXFConnectionError):
     """The registry (or something between) answered something malformed:
-    a bad status line or header, an answer too big, endless redirects."""
+    a bad status line or header, a response too big, endless redirects."""
     retryable = False
 
 
@@ -251,7 +251,7 @@ class DXFHTTPError(DXFError):
 
 
 class _ErrorResponse:
-    """The answer behind a DXFHTTPError, shaped like a requests.Response."""
+    """The response behind a DXFHTTPError, shaped like a requests.Response."""
 
     def __init__(self, status, reason, url):
         self.status_code = status
@@ -283,7 +283,7 @@ class DXFNotFoundError(DXFError):
 
 
 class DXFHTTPNotFoundError(DXFHTTPError, DXFNotFoundError):
-    """A registry's 404: a DXFNotFoundError that carries the HTTP answer."""
+    """A registry's 404: a DXFNotFoundError that carries the HTTP response."""
 
 
 class DXFAuthError(DXFError):
@@ -383,26 +383,60 @@ def split_digest(digest):
 
 def hash_bytes(data, algorithm='sha256'):
     """Return the digest (``'sha256:<hex>'``) of a bytes-like object."""
-    return algorithm + ':' + _hash(algorithm, data).hexdigest()
+    return _Hasher(algorithm, data).digest()
 
 
 def hash_file(filename, algorithm='sha256'):
     """Return the digest (``'sha256:<hex>'``) of a file's contents."""
     with _open_input(filename) as f:
-        return _hash_stream(f, algorithm)
+        return _Hasher(algorithm).feed(f).digest()
 
 
-def _hash_stream(f, algorithm='sha256'):
-    h = _hash(algorithm)
-    buf = bytearray(_FILE_PIECE)
-    view = memoryview(buf)
-    while True:
-        _check_stop()         # a file hashed in a worker thread: see _STOP
-        n = f.readinto(buf)
-        if not n:
-            break
-        h.update(view[:n])
-    return algorithm + ':' + h.hexdigest()
+class _Hasher:
+    """A hash that knows its algorithm: digests (``'alg:hex'``) are made and
+    checked only here.  hashlib (OpenSSL) is imported on first use: 3 ms and
+    4 MiB that get-alias and the like do without."""
+
+    def __init__(self, algorithm='sha256', data=b'', h=None):
+        if algorithm not in _DIGEST_HEX:
+            raise DXFUnexpectedDigestMethodError(algorithm)
+        import hashlib
+        self.algorithm = algorithm
+        self.h = h or getattr(hashlib, algorithm)()    # no argument: python-dxf's
+        self.update = self.h.update    # tests swap hashlib.sha256 for a class
+        if data:
+            self.update(data)
+
+    @classmethod
+    def like(cls, digest, data=b''):
+        """A hasher with the algorithm of ``digest`` (validated; None: sha256)."""
+        return cls(split_digest(digest)[0] if digest else 'sha256', data)
+
+    def digest(self):
+        return self.algorithm + ':' + self.h.hexdigest()
+
+    def verify(self, expected, whole=True):
+        """The digest, which must be ``expected``: see _verify."""
+        return _verify(self.digest(), expected, whole)
+
+    def feed(self, f):
+        """Hash the rest of the binary file ``f``; return self."""
+        buf = bytearray(_FILE_PIECE)
+        view = memoryview(buf)
+        while True:
+            _check_stop()         # a file hashed in a worker thread: see _STOP
+            n = f.readinto(buf)
+            if not n:
+                return self
+            self.update(view[:n])
+
+
+def _verify(got, expected, whole=True):
+    """``got``, the digest of what arrived, if it is ``expected`` (None:
+    any) and covers all of it (``whole``); else DXFDigestMismatchError."""
+    if expected is not None and (got != expected or not whole):
+        raise DXFDigestMismatchError(got, expected)
+    return got
 
 
 def _open_input(filename):
@@ -442,22 +476,6 @@ def _printable(value, limit=200):
     text = value if isinstance(value, str) else repr(value)
     text = ''.join(c if c.isprintable() else '?' for c in text)
     return text if len(text) <= limit else text[:limit] + '...'
-
-
-def _hash(algorithm, data=b''):
-    """A new hashlib object.  hashlib (OpenSSL) is imported on first use:
-    3 ms and 4 MiB that get-alias and the like do without."""
-    if algorithm not in _DIGEST_HEX:
-        raise DXFUnexpectedDigestMethodError(algorithm)
-    import hashlib
-    h = getattr(hashlib, algorithm)()     # no argument: code that swaps
-    if data:                              # hashlib.sha256 for a class of its
-        h.update(data)                    # own (python-dxf's tests) still runs
-    return h
-
-
-def _new_hash(digest):
-    return _hash(split_digest(digest)[0])
 
 
 def _is_loopback(host):
@@ -566,11 +584,6 @@ def _range_end(value):
     if not m:
         raise DXFProtocolError('upload status without a usable Range header')
     return int(m.group(1))
-
-
-def _hash_as(digest, data):
-    """The digest of ``data`` with the algorithm ``digest`` uses."""
-    return hash_bytes(data, split_digest(digest)[0])
 
 
 # =============================================================================
@@ -711,20 +724,20 @@ class _Joined:
         self.local.operation = self.outer
 
 
-class _Clock(io.RawIOBase):
-    """The socket reads of one answer, each limited to the time left before
+class _DeadlineSocketIO(io.RawIOBase):
+    """The socket reads of one response, each limited to the time left before
     ``deadline`` (a monotonic time).
 
     http.client's own timeout is per read, so a server that trickles a byte
-    at a time could hold an answer open for ever; this bounds it.  It also
-    counts what was read, so that bytes the server sent beyond the answer
+    at a time could hold a response open for ever; this bounds it.  It also
+    counts what was read, so that bytes the server sent beyond the response
     (``leftover``) keep the connection out of the pool.
     """
 
     def __init__(self, sock, timeout):
         # SocketIO (not recv_into) so the socket counts this user, as with
         # socket.makefile: http.client closes the connection first when
-        # the answer says so, and the body is read after.
+        # the response says so, and the body is read after.
         self._io = sock.makefile('rb', buffering=0)
         self.sock = sock
         self.timeout = timeout
@@ -734,8 +747,8 @@ class _Clock(io.RawIOBase):
 
     def makefile(self, mode):
         # 64 KiB: blob reads of 1 MiB bypass the buffer (no copy); headers
-        # and small answers take few system calls.
-        return _ClockedFile(self, 64 << 10)
+        # and small responses take few system calls.
+        return _DeadlineFile(self, 64 << 10)
 
     def allow(self):
         """The next reads must be done within the timeout from now."""
@@ -766,7 +779,7 @@ class _Clock(io.RawIOBase):
         super().close()
 
 
-class _ClockedFile(io.BufferedReader):
+class _DeadlineFile(io.BufferedReader):
 
     def close(self):
         if not self.closed:
@@ -777,17 +790,17 @@ class _ClockedFile(io.BufferedReader):
         super().close()
 
 
-def _answer_type():
+def _http_response_class():
     """http.client.HTTPResponse, stricter where RFC 9112 asks for it."""
     import http.client
 
-    class _Answer(http.client.HTTPResponse):
+    class _HTTPResponse(http.client.HTTPResponse):
         interim = 0
 
         def _read_status(self):
             version, status, reason = super()._read_status()
             if 100 <= status < 200 and status != 101:
-                # 102 and 103 come before the answer as 100 does; http.client
+                # 102 and 103 come before the response as 100 does; http.client
                 # skips only 100, so call them that.
                 self.interim += 1
                 if self.interim > _MAX_INTERIM:
@@ -814,7 +827,7 @@ def _answer_type():
                 # HEAD, 204 and 304 have no body whatever the headers say;
                 # http.client would wait for chunks that never come.
                 self.chunked = False
-    return _Answer
+    return _HTTPResponse
 
 
 def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
@@ -837,12 +850,12 @@ def _new_connection(scheme, host, port, timeout, context=None, proxy=None):
     conn.extra = proxy[2] if plain_proxy else {}
     conn.host_header = _netloc(host, port)
     conn.clock = None
-    answer = _answer_type()
+    response_class = _http_response_class()
 
     def respond(sock, *args, **kwargs):
-        conn.clock = _Clock(sock, timeout)
+        conn.clock = _DeadlineSocketIO(sock, timeout)
         conn.clock.allow()      # the status line and headers, in time
-        return answer(conn.clock, *args, **kwargs)
+        return response_class(conn.clock, *args, **kwargs)
     conn.response_class = respond
     return conn
 
@@ -956,7 +969,7 @@ class _Response:
             self._fail(exc)
 
     def read(self, limit=_MAX_SMALL_BODY, what='answer'):
-        """The whole body (for small answers), at most ``limit`` bytes, all
+        """The whole body (for small responses), at most ``limit`` bytes, all
         within the timeout."""
         body = getattr(self, 'body', None)
         if body is not None:
@@ -997,7 +1010,7 @@ class _Response:
         return data
 
     def release(self):
-        """Give the connection back if the answer was read to its end and
+        """Give the connection back if the response was read to its end and
         nothing else is waiting on it; otherwise close it."""
         conn, self._conn = self._conn, None
         if conn is None:
@@ -1010,7 +1023,7 @@ class _Response:
             self.raw.close()
             conn.close()
 
-    close = release     # dropping an answer not read to its end closes it
+    close = release     # dropping a response not read to its end closes it
 
 
 def _exc_text(exc):
@@ -1424,7 +1437,7 @@ def _netloc(host, port):
 
 
 def _port(url):
-    """The port a URL names, or None; a bad one is the answer's fault."""
+    """The port a URL names, or None; a bad one is the response's fault."""
     try:
         return urllib.parse.urlsplit(url).port
     except ValueError:
@@ -1450,8 +1463,8 @@ def _origin(url):
 # =============================================================================
 
 
-def _token_answer(body, netloc):
-    """``(token, seconds it lives)`` from a token service's JSON answer."""
+def _token_response(body, netloc):
+    """``(token, seconds it lives)`` from a token service's JSON response."""
     try:
         doc = json.loads(body.decode('utf-8'))
     except (ValueError, RecursionError):
@@ -1479,7 +1492,7 @@ def _token_answer(body, netloc):
 class _Auth:
     """One registry's credentials and tokens, and where they may go.
 
-    The request layer asks ``header(url, scope)`` for the Authorization to
+    The request layer asks ``authorization(url, scope)`` for the Authorization to
     send and hands a 401 to ``login``.  The trust rules live here alone:
     credentials (password, token, identity token, a raw Authorization) go
     only to the registry's own origin (scheme, host, port) and, for the
@@ -1515,7 +1528,7 @@ class _Auth:
                 'https, or opt in with DXF_ALLOW_INSECURE_AUTH=1 '
                 '(allow_insecure_auth=True)' % (_printable(parts.netloc), what))
 
-    def own(self, url):
+    def is_registry_url(self, url):
         """True for a URL of the registry's origin.  The registry's host
         over plain http when the registry is https is refused outright."""
         origin = _origin(url)
@@ -1528,9 +1541,9 @@ class _Auth:
                                    % _printable(url, 200), url=url)
         return False
 
-    def header(self, url, scope):
+    def authorization(self, url, scope):
         """The Authorization value for a request to ``url``, or None."""
-        if not self.own(url):
+        if not self.is_registry_url(url):
             return None        # e.g. an upload Location on a storage host
         value = self._value(scope)
         if value:
@@ -1583,7 +1596,7 @@ class _Auth:
             return self._fetch_token(scope)
 
     def _post_refresh_token(self, parts, scope, service):
-        """The OAuth2 answer to an identity token, or None where the token
+        """The OAuth2 response to an identity token, or None where the token
         service has no such flow."""
         # An identity token (docker login's "identitytoken") is an OAuth2
         # refresh token: POST it, never following a redirect with it;
@@ -1638,7 +1651,7 @@ class _Auth:
         if resp.status != 200:
             raise DXFAuthError('token service %s answered %d %s' % (
                 _printable(parts.netloc), resp.status, _printable(resp.reason)))
-        token, expires_in = _token_answer(body, netloc=parts.netloc)
+        token, expires_in = _token_response(body, netloc=parts.netloc)
         with self.lock:
             self.tokens[scope] = (token, time.time() + expires_in - _TOKEN_MARGIN)
             self.token = token
@@ -1647,7 +1660,7 @@ class _Auth:
     def check_challenger(self, response):
         """A 401 from another origin (where a redirect or a Location led)
         is an error naming it: its challenge is never answered."""
-        if not self.own(response.url):
+        if not self.is_registry_url(response.url):
             raise DXFAuthError('%s answered 401 but is not the registry: '
                                'dxf sends credentials only to %s' % (
                                    _printable(urllib.parse.urlsplit(
@@ -1895,7 +1908,7 @@ def _write_all(out, data):
 
 
 def _content_range(resp, digest, start, end, size):
-    """The blob's size from a 206 answer to bytes ``start`` to before ``end``
+    """The blob's size from a 206 response to bytes ``start`` to before ``end``
     (None: the end), refused unless it is that range of a blob of ``size``."""
     m = re.match(r'bytes (\d+)-(\d+)/(\d+)\Z', resp.header('Content-Range') or '')
     total = m and int(m.group(3))
@@ -1934,7 +1947,7 @@ class BlobReader:
         if self.size is None:
             self.size = expected_size
         self._resp = response
-        self._hash = hashed or _new_hash(digest)
+        self._hash = hashed or _Hasher.like(digest)
         self._progress = progress
         self._done = offset
         self._ahead = None        # look-ahead piece when the size is unknown
@@ -2074,7 +2087,7 @@ class BlobReader:
             return
         # A 200 starts over: read the prefix again and check it hashes the
         # same as the bytes already handed out.
-        h = _new_hash(self.digest)
+        h = _Hasher.like(self.digest)
         left = self._done
         while left:
             piece = self._raw(min(left, _CHUNK_SIZE))
@@ -2083,7 +2096,7 @@ class BlobReader:
                                            'blob %s' % self.digest)
             h.update(piece)
             left -= len(piece)
-        if h.hexdigest() != self._hash.copy().hexdigest():
+        if h.digest() != self._hash.digest():
             resp.close()
             raise DXFDigestMismatchError('(a different prefix)', self.digest)
 
@@ -2097,9 +2110,7 @@ class BlobReader:
                 raise DXFSizeMismatchError(self._done + len(extra), self.size,
                                            'blob %s' % self.digest)
         self._resp.release()
-        got = '%s:%s' % (self.digest.split(':')[0], self._hash.hexdigest())
-        if got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
+        self._hash.verify(self.digest)
 
 
 class _Source:
@@ -2118,7 +2129,6 @@ class _Source:
     def __init__(self, f=None, data=None, digest=None):
         import stat
         self.digest, self.f, self.size, self.stream = digest, f, None, None
-        self.algorithm = split_digest(digest)[0] if digest else 'sha256'
         if isinstance(data, (bytes, bytearray, memoryview)):
             self.f = io.BytesIO(data)
             self.size = len(self.f.getbuffer())
@@ -2131,7 +2141,7 @@ class _Source:
         if self.stream is not None:
             import tempfile
             self.f = tempfile.TemporaryFile()
-            self.hash = _hash(self.algorithm)
+            self.hash = _Hasher.like(digest)
         self.base = self.end = 0      # the stream's bytes in self.f
         self.on_read = None           # a stream's progress: as it is read
 
@@ -2146,13 +2156,12 @@ class _Source:
         """Hash a file (unless its digest was given) or bytes (checked)."""
         if self.stream is None and (self.digest is None
                                     or isinstance(self.f, io.BytesIO)):
-            self.f.seek(0)
-            self._check(_hash_stream(self.f, self.algorithm))
+            self.hash_again()
 
-    def _check(self, got):
-        if self.digest is not None and got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
-        self.digest = got
+    def hash_again(self):
+        """Hash the file from its start: the digest, checked if given."""
+        self.f.seek(0)
+        self.digest = _Hasher.like(self.digest).feed(self.f).verify(self.digest)
 
     def can_restart(self):
         """Whether a new upload session can start from byte 0."""
@@ -2183,7 +2192,7 @@ class _Source:
             chunk = next(self.stream, None)
             if chunk is None:
                 self.size = self.end
-                self._check(self.algorithm + ':' + self.hash.hexdigest())
+                self.digest = self.hash.verify(self.digest)
                 break
             _check_stop()
             self.hash.update(chunk)
@@ -2392,13 +2401,16 @@ def _data_progress(progress):
     return report
 
 
-def _check_echo(resp, digest):
-    """The registry's Docker-Content-Digest for what it stored must be
-    ``digest``, where it uses the same algorithm (another's cannot be
-    compared)."""
+def _check_echo(resp, digest=None, data=None):
+    """Return the registry's Docker-Content-Digest, checked: the digest of
+    ``data`` in its algorithm, else ``digest`` where that uses the same one
+    (another's cannot be compared)."""
     echoed = resp.header('Docker-Content-Digest')
-    if echoed and echoed.partition(':')[0] == digest.partition(':')[0] and echoed != digest:
-        raise DXFDigestMismatchError(echoed, digest)
+    if echoed and data is not None:
+        _Hasher.like(echoed, data).verify(echoed)
+    elif echoed and echoed.partition(':')[0] == digest.partition(':')[0]:
+        _verify(echoed, digest)
+    return echoed
 
 
 class DXFBase:
@@ -2415,8 +2427,8 @@ class DXFBase:
         True (the default) takes ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
         from ``os.environ`` (as python-dxf, through requests, does), read
         here once, else the system's store
-    :param timeout: seconds an answer may take: its headers, a small
-        answer whole, each MiB of a blob (default 60)
+    :param timeout: seconds a response may take: its headers, a small
+        response whole, each MiB of a blob (default 60)
     :param allow_insecure_auth: allow credentials over plain http to a host
         that is not the loopback
     :param retries: how many times a failed request is tried again (5)
@@ -2571,7 +2583,7 @@ class DXFBase:
             body = _Body(bytes(body))
         for attempt in (0, 1):
             headers = dict(headers or {})
-            authz = self._credentials.header(url, scope)
+            authz = self._credentials.authorization(url, scope)
             if authz:
                 headers['Authorization'] = authz
             try:
@@ -2581,14 +2593,14 @@ class DXFBase:
             except DXFConnectionError as exc:
                 _name_unresolved(exc, url, self._transport.proxies)
                 raise
-            if resp.status == 401 and not self._credentials.own(resp.url):
+            if resp.status == 401 and not self._credentials.is_registry_url(resp.url):
                 resp.close()
                 self._credentials.check_challenger(resp)
             if resp.status != 401 or attempt:
                 break
             resp.read()
             self._handle_401(resp, scope, authz)
-            if self._credentials.header(url, scope) == authz:
+            if self._credentials.authorization(url, scope) == authz:
                 break
             if body is not None:
                 body.rewind()
@@ -3246,8 +3258,7 @@ class DXF(DXFBase, _AliasMethods):
                     # The content does not match the digest: if the file
                     # changed since it was hashed (or the digest given is
                     # wrong), say so rather than "bad request".
-                    source.f.seek(0)
-                    source._check(_hash_stream(source.f, source.algorithm))
+                    source.hash_again()
                     raise
                 # A registry forgets a session whose connection broke (the
                 # next request on it gets 404): start again from the POST.
@@ -3419,7 +3430,7 @@ class DXF(DXFBase, _AliasMethods):
 
     def _fill_ranges(self, part, first, progress, concurrency):
         """The rest of ``part`` in pieces over several connections, the
-        first one ``(start, stop, its answer)``, each piece asked again from
+        first one ``(start, stop, its response)``, each piece asked again from
         where it broke; a free thread hashes the complete prefix."""
         size, url, at = part.size, first[2].url, first[1]
         step = max(_RANGED_MIN // 4, (size - at) // (concurrency * 4))
@@ -3435,7 +3446,7 @@ class DXF(DXFBase, _AliasMethods):
     def _fetch(self, part, start, stop, resp, until=None, progress=None, url=None):
         """Write bytes ``start`` to ``stop`` of ``part`` from ``resp`` (None:
         ask ``url`` for them, up to ``until``), asking again from where it
-        broke within the operation's budget; return the answer, not read to
+        broke within the operation's budget; return the response, not read to
         its end if ``until`` is beyond ``stop``."""
         buf, budget = memoryview(bytearray(_PIPELINE_PIECE)), self._transport.current().budget
         with open(part.name, 'r+b', buffering=0) as f:
@@ -3512,20 +3523,17 @@ class DXF(DXFBase, _AliasMethods):
             raise
         data = resp.body
         content_type = resp.header('Content-Type', '')
-        echoed = resp.header('Docker-Content-Digest')
         if method != 'GET':         # no body to hash: None if not echoed
-            return data, content_type, echoed
+            return data, content_type, resp.header('Docker-Content-Digest')
         by_ref = ref if ':' in ref else None
-        for claimed in (by_ref, echoed):
-            if claimed:
-                got = _hash_as(claimed, data)
-                if got != claimed:
-                    raise DXFDigestMismatchError(got, claimed)
+        if by_ref:
+            _Hasher.like(by_ref, data).verify(by_ref)
+        echoed = _check_echo(resp, data=data)
         return data, content_type, by_ref or echoed or hash_bytes(data)
 
     def get_manifest_digest(self, alias):
         """Return the digest of an alias's manifest (a HEAD request; a GET,
-        hashed, where the answer has no Docker-Content-Digest, as on ECR)."""
+        hashed, where the response has no Docker-Content-Digest, as on ECR)."""
         return (self._get_manifest(alias, method='HEAD')[2]
                 or self._get_manifest(alias)[2])
 
@@ -3595,7 +3603,7 @@ class DXF(DXFBase, _AliasMethods):
         return m['manifests'], resp.header('ETag')
 
     def _referrer_entries(self, digest, artifact_type=None):
-        """What refers to ``digest``: the referrers API's answer, or where
+        """What refers to ``digest``: the referrers API's response, or where
         the registry answers 404 but for an unknown repository, the fallback
         index ("Listing Referrers", "Unavailable Referrers API")."""
         query = artifact_type and '?' + urllib.parse.urlencode(
@@ -3852,7 +3860,7 @@ class _Partial:
 
     def restart(self, keep=()):
         """Forget all but the ranges ``keep``; hash from the start."""
-        self.ranges, self.hashed, self.hash = [], 0, _new_hash(self.digest)
+        self.ranges, self.hashed, self.hash = [], 0, _Hasher.like(self.digest)
         for start, end in keep:
             self.add(start, end)
         if not keep:
@@ -3892,9 +3900,7 @@ class _Partial:
 
     def finish(self):
         """Check the digest, put the file in place; return its size."""
-        got = '%s:%s' % (self.digest.split(':')[0], self.hash.hexdigest())
-        if self.hashed != self.size or got != self.digest:
-            raise DXFDigestMismatchError(got, self.digest)
+        self.hash.verify(self.digest, whole=self.hashed == self.size)
         self.file.truncate(self.size)
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -4027,7 +4033,7 @@ class OCILayout(_AliasMethods):
             raise TypeError('push_blob needs filename or data (not both)')
         if digest is not None and check_exists and self._blob_head(digest) is not None:
             return digest
-        algorithm = split_digest(digest)[0] if digest else 'sha256'
+        h = _Hasher.like(digest)
         source = _open_input(filename) if filename is not None else None
         try:
             total = None
@@ -4041,9 +4047,8 @@ class OCILayout(_AliasMethods):
                 total = st.st_size if stat.S_ISREG(st.st_mode) else None
                 chunks = iter(lambda: source.read(_CHUNK_SIZE), b'')
             self._init()
-            directory = os.path.join(self.path, 'blobs', algorithm)
+            directory = os.path.join(self.path, 'blobs', h.algorithm)
             os.makedirs(directory, exist_ok=True)
-            h = _hash(algorithm)
             tmp = _AtomicFile(os.path.join(directory, 'upload'))
             with tmp as f:
                 if progress:
@@ -4054,9 +4059,7 @@ class OCILayout(_AliasMethods):
                     f.write(chunk)
                     if progress:
                         progress(digest, bytes(chunk), total)
-                got = algorithm + ':' + h.hexdigest()
-                if digest is not None and got != digest:
-                    raise DXFDigestMismatchError(got, digest)
+                got = h.verify(digest)
                 tmp.path = self._blob_path(got)    # rename it to its digest
         finally:
             if source:
@@ -4323,7 +4326,7 @@ class _TarSink:
         import zlib
         self.out = out
         self.zlib = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
-        self.hash = _hash('sha256')
+        self.hash = _Hasher()
         self.size = 0
         self.end = None
 
@@ -4419,7 +4422,7 @@ def _pack_directory(directory, name):
             raise DXFInputError('cannot read %s: %s' % (
                 directory, _exc_text(exc))) from exc
         raise
-    return path, 'sha256:' + sink.hash.hexdigest()
+    return path, sink.hash.digest()
 
 
 def _lstat(path):
@@ -4436,13 +4439,13 @@ class _HashingReader:
 
     def __init__(self, f):
         self.f = f
-        self.hash = _hash('sha256')
+        self.hash = _Hasher()
         self.pos = 0
         self.recent = []       # (start, hash before, data)
 
     def read(self, n=-1):
         data = self.f.read(n)
-        self.recent = self.recent[-3:] + [(self.pos, self.hash.copy(), data)]
+        self.recent = self.recent[-3:] + [(self.pos, self.hash.h.copy(), data)]
         self.hash.update(data)
         self.pos += len(data)
         return data
@@ -4450,12 +4453,10 @@ class _HashingReader:
     def digest_at(self, end):
         """``sha256:...`` of the first ``end`` bytes read (None if too old)."""
         if end == self.pos:
-            return 'sha256:' + self.hash.hexdigest()
+            return self.hash.digest()
         for start, h, data in self.recent:
             if start <= end <= start + len(data):
-                h = h.copy()
-                h.update(data[:end - start])
-                return 'sha256:' + h.hexdigest()
+                return _Hasher(data=data[:end - start], h=h.copy()).digest()
         return None
 
 
@@ -4602,9 +4603,8 @@ def _unpack_layer(archive, tree, name, tar_digest, label):
     except OSError as exc:       # a full disk, say: the caller removes it all
         raise DXFError('layer %s: cannot unpack it: %s' % (label, _exc_text(exc))) from exc
     policy.check_links()
-    if tar_digest and tar_digest not in (
-            'sha256:' + reader.hash.hexdigest(), reader.digest_at(end)):
-        raise DXFDigestMismatchError(reader.digest_at(end), tar_digest)
+    if tar_digest and reader.hash.digest() != tar_digest:    # else up to the tar's end
+        _verify(reader.digest_at(end), tar_digest)
 
 
 # =============================================================================
@@ -4802,7 +4802,7 @@ class _Settings:
                 'or run dxf login %s' % (host, host))
 
 
-class _Line:
+class _ProgressLine:
     """One blob's progress."""
 
     def __init__(self, now):
@@ -4823,8 +4823,8 @@ class _Progress:
     def __init__(self, stream):
         self.stream = stream
         self._lock = threading.Lock()
-        self._lines = {}         # digest (else thread) -> _Line
-        self._rows = []          # _Lines on screen, top down, from the first still moving
+        self._lines = {}         # digest (else thread) -> _ProgressLine
+        self._rows = []          # _ProgressLines on screen, top down, from the first still moving
         try:
             self.width = os.get_terminal_size(stream.fileno()).columns or 80   # 0: unknown
         except (AttributeError, ValueError, OSError):
@@ -4838,7 +4838,7 @@ class _Progress:
             if not chunk or line is None:          # a new blob starts
                 if line is not None:
                     self._end(line)
-                line = self._lines[key] = _Line(now)
+                line = self._lines[key] = _ProgressLine(now)
             line.done += len(chunk)
             line.digest, line.total = digest, total
             if now - line.drawn < 0.2 and (total is None or line.done < total):
@@ -5623,7 +5623,7 @@ DXFBase.auth_by_password = DXFBase.authenticate
 
 
 def _manifest_response(dxf, alias, method):
-    """A manifest's answer as a requests.Response: status_code, headers, text."""
+    """A manifest's HTTP response as a requests.Response: status_code, headers, text."""
     resp = dxf._manifest_request(alias, method)
     view = _ErrorResponse(resp.status, resp.reason, resp.url)
     view.headers, view.content = resp.headers, resp.body or b''

@@ -3638,11 +3638,12 @@ class TestTrustBoundary:
         # nothing sent there.  Checked on the component that decides.
         auth = dxf._Auth(None, 'https://registry.example/v2/')
         auth.fixed_token = 'T'
-        assert auth.header('https://registry.example/v2/r/blobs/uploads/1', None) == 'Bearer T'
-        assert auth.header('https://storage.example/upload/1', None) is None
-        assert auth.header('https://registry.example:444/upload/1', None) is None
+        uploads = 'https://registry.example/v2/r/blobs/uploads/1'
+        assert auth.authorization(uploads, None) == 'Bearer T'
+        assert auth.authorization('https://storage.example/upload/1', None) is None
+        assert auth.authorization('https://registry.example:444/upload/1', None) is None
         with pytest.raises(dxf.DXFProtocolError) as info:
-            auth.header('http://registry.example/v2/r/blobs/uploads/1', None)
+            auth.authorization('http://registry.example/v2/r/blobs/uploads/1', None)
         assert 'downgrade' in str(info.value)
 
     def test_redirect_target_401_is_an_error_naming_it_and_gets_nothing(
