@@ -3851,7 +3851,8 @@ class _Partial:
             if state['digest'] != self.digest:
                 raise ValueError(self.record)
             tail = [] if state['tail'] is None else [(state['tail'], os.path.getsize(self.name))]
-            self.size, ranges = state['size'], [(int(a), int(b)) for a, b in state['ranges'] + tail]
+            self.size = state['size']
+            ranges = [(int(a), int(b)) for a, b in state['ranges'] + tail]
         except (OSError, ValueError, KeyError, TypeError):
             self.size, ranges = None, []
         self.restart(ranges)

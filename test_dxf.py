@@ -11096,8 +11096,8 @@ class TestReferrers:
                 dxf_obj.get_manifest(dxf_obj.referrers('v1')[0]['digest']))):
             assert ours['annotations'] == theirs['annotations']
             assert ours['config']['annotations'] == theirs['config']['annotations']
-            assert [(l['digest'], l['annotations']) for l in ours['layers']] == [
-                (l['digest'], l['annotations']) for l in theirs['layers']]
+            assert [(layer['digest'], layer['annotations']) for layer in ours['layers']] == [
+                (layer['digest'], layer['annotations']) for layer in theirs['layers']]
 
     def test_annotation_file_naming_no_file_is_an_input_error(self, cli_env, run_cli, repo,
                                                               tmp_path):
