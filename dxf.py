@@ -1191,7 +1191,10 @@ class _Transport:
                 delay, failure = None, exc
             if not budget.retry(failure, delay=delay, attempt=attempt):
                 if isinstance(failure, Exception):
-                    raise failure
+                    try:
+                        raise failure
+                    finally:     # no cycle through this frame: it would keep a
+                        failure = None   # refused CONNECT's socket open until GC
                 return failure
             attempt += 1
             if body is not None:
